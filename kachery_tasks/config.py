@@ -1,0 +1,136 @@
+"""Where a node lives: the node directory and its ``config.toml``.
+
+The node directory is ``$KACHERY_TASKS_DIR``, or ``~/.kachery-tasks`` when that
+is unset. It is created with a commented ``config.toml`` on first use. Every
+part of the node keeps its state below it (``store/``, ``mutables.db``, ...),
+so pointing ``KACHERY_TASKS_DIR`` elsewhere gives a completely separate node.
+
+A directory with the setgid bit is treated as shared by a lab group: whatever
+is created inside is made group-writable (see :mod:`kachery_tasks.fsutil`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, KacheryError
+from .fsutil import ensure_dir, is_group_shared, write_atomic
+from .sizes import parse_size
+
+ENV_DIR = "KACHERY_TASKS_DIR"
+
+DEFAULT_CONFIG_TOML = """\
+# kachery-tasks node configuration. Sizes accept units: 4096, 20MiB, 1.5GB.
+
+[store]
+# Files larger than this travel between nodes as verified chunks listed in a manifest.
+chunk_size = "20MiB"
+
+[ui]
+# Operations on files at least this large show a progress bar on a terminal.
+progress_threshold = "100MB"
+"""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings of one node, read from its ``config.toml``."""
+
+    chunk_size: int = 20 * 2**20
+    progress_threshold: int = 100 * 10**6
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "config.toml") -> Config:
+        """Parse and validate a config document."""
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{source} is not valid TOML: {e}") from e
+        store = raw.get("store", {})
+        ui = raw.get("ui", {})
+        try:
+            chunk_size = parse_size(store.get("chunk_size", cls.chunk_size))
+            threshold = parse_size(ui.get("progress_threshold", cls.progress_threshold))
+        except KacheryError as e:
+            raise ConfigError(f"{source}: {e}") from e
+        if chunk_size < 1024:
+            raise ConfigError(f"{source}: store.chunk_size must be at least 1 KiB")
+        return cls(chunk_size=chunk_size, progress_threshold=threshold, raw=raw)
+
+
+class NodeDir:
+    """One node's directory: paths of its parts and its configuration."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.shared = is_group_shared(path)
+        self.config_path = path / "config.toml"
+        self.config = self._load_config()
+
+    def _load_config(self) -> Config:
+        try:
+            text = self.config_path.read_text()
+        except FileNotFoundError:
+            return Config()
+        except OSError as e:
+            raise ConfigError(f"cannot read {self.config_path}: {e.strerror}") from e
+        return Config.from_toml(text, str(self.config_path))
+
+    def sub(self, *parts: str) -> Path:
+        """A path inside the node directory (not created)."""
+        return self.path.joinpath(*parts)
+
+    def ensure(self, *parts: str) -> Path:
+        """A directory inside the node directory, created (shared-aware) if absent."""
+        return ensure_dir(self.sub(*parts), self.shared)
+
+    def __repr__(self) -> str:
+        return f"NodeDir({str(self.path)!r})"
+
+
+_lock = threading.Lock()
+_nodes: dict[Path, NodeDir] = {}
+
+
+def default_path() -> Path:
+    """The node directory this process uses: ``$KACHERY_TASKS_DIR`` or ``~/.kachery-tasks``."""
+    env = os.environ.get(ENV_DIR)
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".kachery-tasks"
+
+
+def init_node_dir(path: Path | None = None, shared: bool = False) -> NodeDir:
+    """Create the node directory (and ``config.toml``) if needed and return it.
+
+    With ``shared=True`` the directory is made setgid and group-writable so every
+    member of its group can use it.
+    """
+    path = (path or default_path()).absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} exists and is not a directory; set {ENV_DIR} elsewhere")
+    ensure_dir(path, shared=shared or is_group_shared(path.parent))
+    if shared:
+        os.chmod(path, 0o2775)
+    config_path = path / "config.toml"
+    if not config_path.exists():
+        write_atomic(config_path, DEFAULT_CONFIG_TOML.encode(), shared=is_group_shared(path))
+    with _lock:
+        node = NodeDir(path)
+        _nodes[path] = node
+    return node
+
+
+def node_dir(path: Path | None = None) -> NodeDir:
+    """The node directory at ``path`` (default: :func:`default_path`), created on first use."""
+    path = (path or default_path()).absolute()
+    node = _nodes.get(path)
+    if node is not None and node.config_path.exists():
+        return node
+    return init_node_dir(path)

@@ -1,0 +1,67 @@
+"""SQLite connections the way every part of the node opens them.
+
+WAL mode lets readers proceed while one process writes; a busy timeout makes
+concurrent writers from several processes wait their turn instead of failing.
+``synchronous=NORMAL`` in WAL keeps every committed transaction atomic and
+consistent after a crash (a power loss may drop the last commits, never
+half of one).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from .errors import StorageError
+from .fsutil import ensure_dir, share_file
+
+_BUSY_TIMEOUT_MS = 60_000
+
+
+def connect(path: Path, schema: str, shared: bool = False) -> sqlite3.Connection:
+    """Open (creating if needed) the database at ``path`` and apply ``schema``.
+
+    ``schema`` is a script of idempotent statements (``CREATE ... IF NOT EXISTS``).
+    The connection is in autocommit mode; use :func:`transaction` for
+    multi-statement writes.
+    """
+    ensure_dir(path.parent, shared)
+    try:
+        conn = sqlite3.connect(
+            path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(schema)
+    except sqlite3.DatabaseError as e:
+        raise StorageError(
+            f"cannot open database {path}: {e}; if it is corrupted, move it aside "
+            "and run 'kachery-tasks verify' to rebuild what can be rebuilt"
+        ) from e
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(path) + suffix)
+        if p.exists():
+            share_file(p, shared)
+    return conn
+
+
+class transaction:
+    """``with transaction(conn): ...`` runs the block in one IMMEDIATE transaction.
+
+    IMMEDIATE takes the write lock up front, so two processes doing
+    read-then-write cannot interleave.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

@@ -1,0 +1,122 @@
+"""Every failure a user can cause, as one exception tree rooted at KacheryError.
+
+Each message says what was wrong and what to do about it. Where a builtin
+exception is the natural thing to catch (``ValueError`` for bad input,
+``LookupError`` for something absent, ``TypeError`` for an unsupported type),
+the class derives from it too, so generic handlers keep working.
+
+::
+
+    KacheryError
+    ├── ConfigError                 bad node directory or config.toml
+    ├── InvalidURIError             (ValueError) a URI that does not parse
+    ├── InvalidValueError           (ValueError) bad argument: size, key, JSON value
+    ├── StorageError                the content store could not do its job
+    │   ├── ContentNotFoundError    (LookupError) content is not in the store
+    │   ├── SourceFileError         the file to store is missing or not a file
+    │   ├── LinkedFileError         a linked original changed or disappeared
+    │   ├── CorruptContentError     bytes no longer match their content id
+    │   ├── StorageFullError        no space left on the device
+    │   └── StoragePermissionError  the operating system refused access
+    ├── FeedError                   feeds: keys, messages, verification
+    │   ├── FeedNotFoundError       (LookupError)
+    │   ├── FeedPermissionError     append without the key, unsafe key file
+    │   └── FeedVerificationError   forged, edited, reordered or missing message
+    └── TaskError                   tasks: definition, arguments, execution
+        ├── TaskDefinitionError     a function that cannot be a task
+        ├── UnsupportedArgumentError (TypeError) an argument with no encoder
+        ├── ResultEncodingError     a result that cannot be stored
+        ├── TaskNotCachedError      (LookupError) no result recorded for a task id
+        ├── UntrustedPickleError    a pickle from another node, not allowed
+        └── ExecutorError           the executor (e.g. a Dask cluster) failed
+"""
+
+from __future__ import annotations
+
+
+class KacheryError(Exception):
+    """Base of every error kachery-tasks raises on purpose."""
+
+
+class ConfigError(KacheryError):
+    """The node directory or its config.toml is unusable."""
+
+
+class InvalidURIError(KacheryError, ValueError):
+    """A URI (sha256://, sha1://, feed://, task id) does not parse."""
+
+
+class InvalidValueError(KacheryError, ValueError):
+    """An argument has the right type but a value that cannot be used."""
+
+
+class StorageError(KacheryError):
+    """The content store could not complete an operation."""
+
+
+class ContentNotFoundError(StorageError, LookupError):
+    """The requested content is not in this node's store."""
+
+
+class SourceFileError(StorageError):
+    """A file given to be stored is missing, unreadable, or not a regular file."""
+
+
+class LinkedFileError(StorageError):
+    """A file registered with link_file changed or disappeared since it was linked."""
+
+
+class CorruptContentError(StorageError):
+    """Stored bytes do not hash to their content id (disk corruption or tampering)."""
+
+
+class StorageFullError(StorageError):
+    """The device holding the store has no space left."""
+
+
+class StoragePermissionError(StorageError, PermissionError):
+    """The operating system refused to read or write a path the store needs."""
+
+
+class FeedError(KacheryError):
+    """A feed operation failed."""
+
+
+class FeedNotFoundError(FeedError, LookupError):
+    """No feed with that id is known to this node."""
+
+
+class FeedPermissionError(FeedError):
+    """This node may not do that to the feed (no private key, unsafe key file)."""
+
+
+class FeedVerificationError(FeedError):
+    """A feed message failed verification (signature, sequence or hash chain)."""
+
+
+class TaskError(KacheryError):
+    """A task could not be defined, identified or run."""
+
+
+class TaskDefinitionError(TaskError):
+    """A function cannot be made into a task as written."""
+
+
+class UnsupportedArgumentError(TaskError, TypeError):
+    """A task argument has a type that has no deterministic encoder."""
+
+
+class ResultEncodingError(TaskError):
+    """A task result could not be encoded into the content store."""
+
+
+class TaskNotCachedError(TaskError, LookupError):
+    """No result is recorded for the task id."""
+
+
+class UntrustedPickleError(TaskError):
+    """A pickled result produced elsewhere may not be loaded without permission."""
+
+
+class ExecutorError(TaskError):
+    """The executor failed (for example a Dask cluster that is gone)."""

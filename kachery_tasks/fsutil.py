@@ -1,0 +1,128 @@
+"""Filesystem primitives with the two guarantees the node directory relies on.
+
+* **Atomic publication**: content is written to a temporary file in the
+  destination's filesystem, flushed with fsync, then renamed into place, and the
+  directory entry is fsynced. A crash leaves either the old state or the new
+  one, never a partial file under a final name.
+* **Group-shared directories**: a lab may share one node directory between
+  several users (the directory is setgid and group-writable). Directories and
+  files created inside such a tree are made group-writable whatever the
+  creating user's umask, so one member never blocks another's writes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from .errors import StorageError, StorageFullError, StoragePermissionError
+
+TMP_PREFIX = ".tmp-"
+
+
+def is_group_shared(path: Path) -> bool:
+    """True when ``path`` is a setgid directory: the mark of a lab-shared tree."""
+    try:
+        return bool(os.stat(path).st_mode & stat.S_ISGID)
+    except FileNotFoundError:
+        return False
+
+
+def ensure_dir(path: Path, shared: bool = False) -> Path:
+    """Create ``path`` and its parents; in a shared tree make them g+rwxs."""
+    try:
+        if shared:
+            missing = []
+            p = path
+            while not p.exists():
+                missing.append(p)
+                p = p.parent
+            for d in reversed(missing):
+                try:
+                    d.mkdir()
+                except FileExistsError:
+                    continue
+                os.chmod(d, 0o2775)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, f"cannot create directory {path}") from e
+    return path
+
+
+def share_file(path: Path, shared: bool) -> None:
+    """Make a file group-writable in a shared tree (databases, config)."""
+    if shared:
+        try:
+            mode = os.stat(path).st_mode
+            if mode & 0o060 != 0o060:
+                os.chmod(path, (mode | 0o060) & 0o7777)
+        except OSError:
+            pass  # owned by another member, who made it shared already
+
+
+def temp_path(directory: Path) -> Path:
+    """A fresh temporary file name inside ``directory`` (same filesystem)."""
+    return directory / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory entry (after a rename) to disk."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, shared: bool = False) -> None:
+    """Write ``data`` to ``path`` so that readers see all of it or none of it."""
+    ensure_dir(path.parent, shared)
+    tmp = temp_path(path.parent)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, (mode | 0o060) if shared else mode)
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise os_error(e, f"cannot write {path}") from e
+    fsync_dir(path.parent)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def os_error(e: OSError, what: str) -> StorageError:
+    """Translate an OSError into the KacheryError a user can act on."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StorageFullError(
+            f"{what}: no space left on the device ({e.strerror}); free some space "
+            "or run 'kachery-tasks gc --max-size SIZE'"
+        )
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        target = e.filename or what
+        return StoragePermissionError(
+            f"{what}: permission denied on {target}; check the owner and mode of "
+            "that path (a node directory shared by a group should be setgid and "
+            "group-writable: chmod -R g+rwX,g+s DIR)"
+        )
+    return StorageError(f"{what}: {e.strerror or e}")

@@ -1,0 +1,519 @@
+"""The node's content-addressed store of whole files.
+
+Layout under ``<node>/store``::
+
+    sha256/ab/cd/<hex>      one read-only blob per content id (mode 0444)
+    incoming/               temporary files being written (same filesystem)
+    index.db                the index (see :mod:`.index`)
+
+**Writing** (crash safety): content is copied into ``incoming/`` while it is
+hashed in the same pass, fsynced, made read-only and renamed to its final
+name, then the directory is fsynced, and only then is the index row written.
+A crash at any point leaves no partial blob under a final name and no row
+pointing at nothing; leftovers in ``incoming/`` are removed by ``gc``.
+Several processes storing the same content race harmlessly: the last rename
+wins and every copy has the same bytes.
+
+**Reading**: ``load_file`` maps a URI to the blob's path without copying and
+without touching the database on the hot path; last-use times for garbage
+collection are written at most once a minute per blob and process.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import NodeDir, node_dir
+from ..errors import (
+    ContentNotFoundError,
+    CorruptContentError,
+    InvalidValueError,
+    LinkedFileError,
+    SourceFileError,
+)
+from ..fsutil import TMP_PREFIX, ensure_dir, fsync_dir, os_error, temp_path
+from ..progress import progress_bar
+from ..uris import format_uri, parse_uri
+from .hashing import Digest, ProgressFn, digest_bytes, digest_fd, hash_file
+from .index import Index, Link, Row
+from .manifest import Manifest
+
+TOUCH_INTERVAL = 60.0
+STALE_TEMP_AGE = 3600.0
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What the store knows about one content id."""
+
+    uri: str
+    sha256: str
+    size: int
+    label: str | None
+    path: str | None
+    linked_path: str | None
+    sha1: str | None
+    manifest_uri: str | None
+    chunks: int
+    pinned: bool
+    last_access: float
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :meth:`LocalStore.verify`."""
+
+    checked: int = 0
+    corrupt: list[str] = None  # type: ignore[assignment]
+    adopted: int = 0
+    dangling_rows: int = 0
+    broken_links: list[str] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.corrupt = self.corrupt or []
+        self.broken_links = self.broken_links or []
+
+
+@dataclass
+class GcReport:
+    """Outcome of :meth:`LocalStore.gc`."""
+
+    evicted: int
+    freed: int
+    remaining: int
+    pinned_bytes: int
+    temp_removed: int
+
+
+class LocalStore:
+    """Content-addressed storage of whole files in one node directory."""
+
+    def __init__(self, node: NodeDir) -> None:
+        self.node = node
+        self.root = node.ensure("store")
+        self.blobs = node.ensure("store", "sha256")
+        self.incoming = node.ensure("store", "incoming")
+        self._blob_root = str(self.blobs)
+        self.index = Index(self.root / "index.db", node.shared)
+        self._touched: dict[str, float] = {}
+
+    @property
+    def chunk_size(self) -> int:
+        return self.node.config.chunk_size
+
+    # ----------------------------------------------------------------- paths
+    def blob_path(self, sha256: str) -> str:
+        """Where the blob with this id lives (whether or not it exists)."""
+        return f"{self._blob_root}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+    def resolve(self, uri: str) -> str:
+        """The SHA-256 hex of the content ``uri`` names (sha1:// through the alias index)."""
+        cu = parse_uri(uri)
+        if cu.algorithm == "sha256":
+            return cu.hex
+        row = self.index.by_sha1(cu.hex)
+        if row is None:
+            raise ContentNotFoundError(
+                f"no content with SHA-1 {cu.hex} in this node's store ({self.root}); "
+                "import a kachery storage directory with 'kachery-tasks import-kachery DIR' "
+                "or store the file"
+            )
+        return row.sha256
+
+    # --------------------------------------------------------------- writing
+    def store_file(
+        self, path: str | os.PathLike[str], label: str | None = None, progress: bool | None = None
+    ) -> str:
+        """Copy a file into the store in one pass and return its URI."""
+        path = Path(path)
+        src, st = _open_source(path)
+        label = label if label is not None else path.name
+        try:
+            with progress_bar(
+                st.st_size, f"store {label}", self.node.config.progress_threshold, progress
+            ) as bar:
+                digest = self._ingest_fd(src, st.st_size, bar)
+        finally:
+            os.close(src)
+        return self._finish(digest, label)
+
+    def store_bytes(self, data: bytes | bytearray | memoryview, label: str | None = None) -> str:
+        """Store bytes held in memory and return their URI."""
+        digest = digest_bytes(data, self.chunk_size)
+        self._write_blob(digest.sha256, data)
+        return self._finish(digest, label)
+
+    def link_file(
+        self, path: str | os.PathLike[str], label: str | None = None, progress: bool | None = None
+    ) -> str:
+        """Register a file in place, without copying it, and return its URI.
+
+        The original's size, modification time and inode are recorded; if any of
+        them changes, loading the URI raises LinkedFileError instead of serving
+        bytes that may no longer match the id.
+        """
+        path = Path(path).absolute()
+        src, st = _open_source(path)
+        label = label if label is not None else path.name
+        try:
+            with progress_bar(
+                st.st_size, f"hash {label}", self.node.config.progress_threshold, progress
+            ) as bar:
+                digest = digest_fd(src, self.chunk_size, progress=bar, size_hint=st.st_size)
+            after = os.fstat(src)
+        finally:
+            os.close(src)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise SourceFileError(f"{path} changed while it was being linked; link it again")
+        manifest = self._store_manifest(digest)
+        self.index.record_link(
+            digest.sha256, digest.size, digest.sha1, label, manifest,
+            Link(str(path), st.st_size, st.st_mtime_ns, st.st_ino),
+        )
+        return format_uri(digest.sha256, label=label, size=digest.size)
+
+    def _ingest_fd(self, src: int, size_hint: int, progress: ProgressFn | None) -> Digest:
+        tmp = temp_path(self.incoming)
+        try:
+            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                digest = digest_fd(src, self.chunk_size, dst, progress, size_hint)
+                os.fsync(dst)
+            finally:
+                os.close(dst)
+            self._publish(tmp, digest.sha256)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise os_error(e, "cannot store the file") from e
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return digest
+
+    def _write_blob(self, sha256: str, data: bytes | bytearray | memoryview) -> None:
+        if os.path.exists(self.blob_path(sha256)):
+            return
+        tmp = temp_path(self.incoming)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._publish(tmp, sha256)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise os_error(e, "cannot write to the store") from e
+
+    def _publish(self, tmp: Path, sha256: str) -> None:
+        """Move a complete, fsynced temp file to its final name (read-only)."""
+        final = self.blob_path(sha256)
+        if os.path.exists(final):
+            _unlink_quietly(tmp)
+            return
+        os.chmod(tmp, 0o444)
+        parent = Path(final).parent
+        ensure_dir(parent, self.node.shared)
+        os.replace(tmp, final)
+        fsync_dir(parent)
+
+    def _store_manifest(self, digest: Digest) -> str | None:
+        if not digest.chunks:
+            return None
+        data = Manifest.from_digest(digest, self.chunk_size).to_json()
+        m = digest_bytes(data, self.chunk_size)
+        self._write_blob(m.sha256, data)
+        self.index.record_blob(m.sha256, m.size, m.sha1, None, role="manifest")
+        return m.sha256
+
+    def _finish(self, digest: Digest, label: str | None) -> str:
+        manifest = self._store_manifest(digest)
+        self.index.record_blob(digest.sha256, digest.size, digest.sha1, label, "data", manifest)
+        self._touched[digest.sha256] = time.time()
+        return format_uri(digest.sha256, label=label, size=digest.size)
+
+    # --------------------------------------------------------------- reading
+    def load_file(self, uri: str, verify: bool = False) -> str:
+        """Return the local path of the content ``uri`` names; never a copy, never None.
+
+        With ``verify=True`` the bytes are re-hashed first; a blob that no longer
+        matches its id is removed and CorruptContentError raised.
+        """
+        sha256 = self.resolve(uri)
+        path = self.blob_path(sha256)
+        if os.path.exists(path):
+            now = time.time()
+            if now - self._touched.get(sha256, 0.0) > TOUCH_INTERVAL:
+                self._touched[sha256] = now
+                self.index.touch(sha256, now)
+            if verify:
+                self._verify_blob(sha256)
+            return path
+        row = self.index.get(sha256)
+        if row is not None and row.link_path:
+            self._check_link(row)
+            if verify:
+                self._verify_link(row)
+            return row.link_path
+        raise ContentNotFoundError(
+            f"{uri} is not in this node's store ({self.root}); store it with "
+            "'kachery-tasks store FILE', or fetch it from a channel or bucket"
+        )
+
+    def has(self, uri: str) -> bool:
+        """True when ``load_file(uri)`` would succeed without fetching anything."""
+        try:
+            self.load_file(uri)
+        except (ContentNotFoundError, LinkedFileError):
+            return False
+        return True
+
+    def load_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive, default: the end) of the content."""
+        path = self.load_file(uri)
+        size = os.path.getsize(path)
+        if start < 0 or (end is not None and end < start):
+            raise InvalidValueError(
+                f"byte range {start}..{end} is invalid: need 0 <= start <= end"
+            )
+        if start > size:
+            raise InvalidValueError(f"start {start} is past the end of the content ({size} bytes)")
+        end = size if end is None else min(end, size)
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    def manifest(self, uri: str) -> Manifest | None:
+        """The chunk manifest of a large file (None for files below the chunk size)."""
+        sha256 = self.resolve(uri)
+        row = self.index.get(sha256)
+        if row is None or row.manifest is None:
+            return None
+        with open(self.load_file(f"sha256://{row.manifest}"), "rb") as f:
+            return Manifest.from_json(f.read())
+
+    def info(self, uri: str) -> FileInfo:
+        """What the store knows about ``uri``; ContentNotFoundError when it is not here."""
+        sha256 = self.resolve(uri)
+        path = self.load_file(f"sha256://{sha256}")
+        row = self.index.get(sha256)
+        label = parse_uri(uri).label or (row.label if row else None)
+        size = row.size if row else os.path.getsize(path)
+        chunks = 0
+        if row is not None and row.manifest:
+            m = self.manifest(f"sha256://{sha256}")
+            chunks = len(m.chunks) if m else 0
+        return FileInfo(
+            uri=format_uri(sha256, label=label, size=size),
+            sha256=sha256,
+            size=size,
+            label=label,
+            path=path,
+            linked_path=row.link_path if row else None,
+            sha1=row.sha1 if row else None,
+            manifest_uri=f"sha256://{row.manifest}" if row and row.manifest else None,
+            chunks=chunks,
+            pinned=bool(row and row.pinned),
+            last_access=row.accessed if row else 0.0,
+        )
+
+    def list(self) -> Iterator[Row]:
+        """Every indexed content id of role 'data' (not manifests)."""
+        return self.index.rows(role="data")
+
+    # --------------------------------------------------------- verification
+    def _check_link(self, row: Row) -> None:
+        try:
+            st = os.stat(row.link_path)
+        except FileNotFoundError:
+            raise LinkedFileError(
+                f"the linked original of sha256://{row.sha256} is gone: {row.link_path}; "
+                "link or store the file again"
+            ) from None
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != (
+            row.link_size, row.link_mtime_ns, row.link_ino
+        ):
+            raise LinkedFileError(
+                f"the linked original of sha256://{row.sha256} changed since it was linked: "
+                f"{row.link_path}; it is not served. Link or store the file again"
+            )
+
+    def _verify_blob(self, sha256: str) -> None:
+        path = self.blob_path(sha256)
+        actual = hash_file(path, self.chunk_size).sha256
+        if actual != sha256:
+            self._remove_blob(sha256)
+            raise CorruptContentError(
+                f"the stored bytes of sha256://{sha256} hash to {actual}: the blob was "
+                "corrupted on disk and has been removed; store or fetch it again"
+            )
+
+    def _verify_link(self, row: Row) -> None:
+        actual = hash_file(row.link_path, self.chunk_size).sha256
+        if actual != row.sha256:
+            self.index.drop_link(row.sha256)
+            raise LinkedFileError(
+                f"the linked original {row.link_path} no longer has the content "
+                f"sha256://{row.sha256}; the link was removed"
+            )
+
+    def _remove_blob(self, sha256: str) -> None:
+        self.index.drop_blob(sha256)
+        self._touched.pop(sha256, None)
+        _unlink_quietly(Path(self.blob_path(sha256)))
+
+    def verify(self, progress: bool | None = None) -> VerifyReport:
+        """Re-hash every blob and linked original; remove what no longer matches.
+
+        Blobs found without an index row (left by a crash) are adopted, and rows
+        whose blob is missing are dropped.
+        """
+        report = VerifyReport()
+        indexed = {r.sha256: r for r in self.index.rows()}
+        files = list(self._blob_files())
+        total = sum(os.path.getsize(p) for _, p in files)
+        with progress_bar(total, "verify", self.node.config.progress_threshold, progress) as bar:
+            for sha256, path in files:
+                digest = hash_file(path, self.chunk_size)
+                if bar:
+                    bar(digest.size)
+                report.checked += 1
+                if digest.sha256 != sha256:
+                    report.corrupt.append(sha256)
+                    self._remove_blob(sha256)
+                    continue
+                row = indexed.pop(sha256, None)
+                if row is None or not row.in_store:
+                    self.index.record_blob(sha256, digest.size, digest.sha1, None)
+                    report.adopted += 1
+        for row in indexed.values():
+            if row.link_path:
+                try:
+                    self._check_link(row)
+                    self._verify_link(row)
+                    report.checked += 1
+                except LinkedFileError:
+                    report.broken_links.append(row.sha256)
+                    self.index.drop_link(row.sha256)
+            elif row.in_store:
+                self.index.drop_blob(row.sha256)
+                report.dangling_rows += 1
+        return report
+
+    def _blob_files(self) -> Iterator[tuple[str, str]]:
+        for dirpath, _dirs, names in os.walk(self.blobs):
+            for name in names:
+                if len(name) == 64 and not name.startswith(TMP_PREFIX):
+                    yield name, os.path.join(dirpath, name)
+
+    # ------------------------------------------------------------ lifecycle
+    def pin(self, uri: str, pinned: bool = True) -> None:
+        """Keep (or stop keeping) ``uri`` through garbage collection."""
+        sha256 = self.resolve(uri)
+        self.load_file(f"sha256://{sha256}")  # raises when it is not here
+        if not self.index.set_pinned(sha256, pinned):
+            path = self.blob_path(sha256)
+            d = hash_file(path, self.chunk_size)
+            self.index.record_blob(sha256, d.size, d.sha1, None)
+            self.index.set_pinned(sha256, pinned)
+
+    def gc(self, max_size: int) -> GcReport:
+        """Evict least recently used blobs until the store holds at most ``max_size`` bytes.
+
+        Pinned content is never evicted (even if that leaves the store above the
+        limit), a large file's manifest goes with its file, and linked originals
+        are not the store's to delete and do not count.
+        """
+        temp_removed = self._remove_stale_temp()
+        rows = list(self.index.rows(order="accessed"))
+        in_store = [r for r in rows if r.in_store]
+        total = sum(r.size for r in in_store)
+        pinned_bytes = sum(r.size for r in in_store if r.pinned)
+        by_id = {r.sha256: r for r in rows}
+        evicted = freed = 0
+        for row in in_store:
+            if total <= max_size:
+                break
+            if row.pinned or row.role != "data":
+                continue
+            victims = [row]
+            m = by_id.get(row.manifest) if row.manifest else None
+            if m is not None and m.in_store and not m.pinned:
+                victims.append(m)
+            for v in victims:
+                self._remove_blob(v.sha256)
+                total -= v.size
+                freed += v.size
+                evicted += 1
+        return GcReport(evicted, freed, total, pinned_bytes, temp_removed)
+
+    def _remove_stale_temp(self) -> int:
+        removed = 0
+        cutoff = time.time() - STALE_TEMP_AGE
+        for entry in os.scandir(self.incoming):
+            if entry.name.startswith(TMP_PREFIX):
+                try:
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except OSError:
+                    pass
+        return removed
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def _open_source(path: Path) -> tuple[int, os.stat_result]:
+    """Open a file to be stored, with a clear error for each way that can fail."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise SourceFileError(f"no such file: {path}") from None
+    except PermissionError:
+        raise SourceFileError(
+            f"cannot read {path}: permission denied; check its mode and owner"
+        ) from None
+    except IsADirectoryError:
+        raise SourceFileError(f"{path} is a directory; store the files in it one by one") from None
+    except OSError as e:
+        raise SourceFileError(f"cannot open {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise SourceFileError(f"{path} is {kind}; only regular files can be stored")
+    return fd, st
+
+
+def _unlink_quietly(path: Path | str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+_stores: dict[Path, LocalStore] = {}
+_stores_lock = threading.Lock()
+
+
+def get_store(node: NodeDir | None = None) -> LocalStore:
+    """The LocalStore of ``node`` (default: this process's node directory), shared per process."""
+    node = node or node_dir()
+    store = _stores.get(node.path)
+    if store is None or store.node is not node:
+        with _stores_lock:
+            store = _stores.get(node.path)
+            if store is None or store.node is not node:
+                store = LocalStore(node)
+                _stores[node.path] = store
+    return store
