@@ -1,0 +1,132 @@
+"""Ed25519 key pairs: the identity of a node and the ownership of a feed.
+
+A private key is stored as its 32 raw bytes in hex, in a file of mode 0600.
+A key file that other users can read is refused (with the command that fixes
+it): whoever reads it can sign as this node or append to this feed.
+
+A public key is written as 64 lowercase hex digits; node ids and feed ids are
+public keys in that form.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError, FeedPermissionError, InvalidValueError
+from .fsutil import ensure_dir, write_atomic
+
+if TYPE_CHECKING:
+    from .config import NodeDir
+
+
+class KeyPair:
+    """An Ed25519 key pair (or just a public key, for verifying)."""
+
+    def __init__(self, public_hex: str, private_bytes: bytes | None = None) -> None:
+        if len(public_hex) != 64:
+            raise InvalidValueError(f"an Ed25519 public key has 64 hex digits: {public_hex!r}")
+        self.public_hex = public_hex.lower()
+        self._private_bytes = private_bytes
+        self._signer = None
+        self._verifier = None
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return cls.from_private_bytes(Ed25519PrivateKey.generate().private_bytes_raw())
+
+    @classmethod
+    def from_private_bytes(cls, private_bytes: bytes) -> KeyPair:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = Ed25519PrivateKey.from_private_bytes(private_bytes)
+        kp = cls(key.public_key().public_bytes_raw().hex(), private_bytes)
+        kp._signer = key
+        return kp
+
+    @property
+    def has_private(self) -> bool:
+        return self._private_bytes is not None
+
+    def sign(self, message: bytes) -> str:
+        """The hex signature of ``message`` (needs the private key)."""
+        if self._signer is None:
+            if self._private_bytes is None:
+                raise FeedPermissionError(
+                    f"no private key for {self.public_hex[:16]}...: this node cannot sign for it"
+                )
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            self._signer = Ed25519PrivateKey.from_private_bytes(self._private_bytes)
+        return self._signer.sign(message).hex()
+
+    def verify(self, message: bytes, signature_hex: str) -> bool:
+        """True when ``signature_hex`` is this key's signature of ``message``."""
+        from cryptography.exceptions import InvalidSignature
+
+        if self._verifier is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            self._verifier = Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.public_hex))
+        try:
+            self._verifier.verify(bytes.fromhex(signature_hex), message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def save(self, path: Path) -> None:
+        """Write the private key to ``path`` with mode 0600 (atomically)."""
+        if self._private_bytes is None:
+            raise FeedPermissionError("cannot save a key pair without its private key")
+        ensure_dir(path.parent)
+        write_atomic(path, self._private_bytes.hex().encode() + b"\n", mode=0o600)
+
+    @classmethod
+    def load(cls, path: Path) -> KeyPair:
+        """Read a private key file, refusing one that other users can read."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise ConfigError(f"no key file at {path}") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise FeedPermissionError(
+                f"key file {path} is readable by other users (mode "
+                f"{stat.S_IMODE(st.st_mode):o}); anyone who reads it can sign as its owner. "
+                f"Fix it with: chmod 600 {path}"
+            )
+        text = path.read_text().strip()
+        try:
+            return cls.from_private_bytes(bytes.fromhex(text))
+        except ValueError as e:
+            raise ConfigError(f"key file {path} is not a hex Ed25519 private key: {e}") from e
+
+
+def node_keypair(node: NodeDir) -> KeyPair:
+    """This node's identity key, created on first use in ``<node>/identity/node.key``."""
+    path = node.sub("identity", "node.key")
+    if not path.exists():
+        create_key_file(path)
+    return KeyPair.load(path)
+
+
+def create_key_file(path: Path) -> KeyPair:
+    """Generate a key pair into ``path`` unless another process got there first.
+
+    The key is written to a temporary file and hard-linked to its final name,
+    which fails if the name exists: two processes never end up holding
+    different keys for the same file.
+    """
+    kp = KeyPair.generate()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    kp.save(tmp)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return KeyPair.load(path)
