@@ -26,7 +26,7 @@ def run_cli(node_path: Path):
     def run(*args: str, input: bytes | None = None, env: dict | None = None, check: bool = False):
         full_env = {**os.environ, **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", "kachery_tasks.cli", *args],
+            [sys.executable, "-m", "kachery_tasks", *args],
             input=input,
             capture_output=True,
             env=full_env,
