@@ -29,6 +29,8 @@ def is_group_shared(path: Path) -> bool:
         return bool(os.stat(path).st_mode & stat.S_ISGID)
     except FileNotFoundError:
         return False
+    except OSError as e:
+        raise os_error(e, f"cannot use {path}") from e
 
 
 def ensure_dir(path: Path, shared: bool = False) -> Path:

@@ -128,9 +128,17 @@ class LocalStore:
 
     # --------------------------------------------------------------- writing
     def store_file(
-        self, path: str | os.PathLike[str], label: str | None = None, progress: bool | None = None
+        self,
+        path: str | os.PathLike[str],
+        label: str | None = None,
+        progress: bool | None = None,
+        expect_sha1: str | None = None,
     ) -> str:
-        """Copy a file into the store in one pass and return its URI."""
+        """Copy a file into the store in one pass and return its URI.
+
+        With ``expect_sha1`` the content is only admitted if its SHA-1 matches
+        (CorruptContentError otherwise, and nothing is stored).
+        """
         path = Path(path)
         src, st = _open_source(path)
         label = label if label is not None else path.name
@@ -138,7 +146,7 @@ class LocalStore:
             with progress_bar(
                 st.st_size, f"store {label}", self.node.config.progress_threshold, progress
             ) as bar:
-                digest = self._ingest_fd(src, st.st_size, bar)
+                digest = self._ingest_fd(src, st.st_size, bar, expect_sha1)
         finally:
             os.close(src)
         return self._finish(digest, label)
@@ -178,7 +186,9 @@ class LocalStore:
         )
         return format_uri(digest.sha256, label=label, size=digest.size)
 
-    def _ingest_fd(self, src: int, size_hint: int, progress: ProgressFn | None) -> Digest:
+    def _ingest_fd(
+        self, src: int, size_hint: int, progress: ProgressFn | None, expect_sha1: str | None
+    ) -> Digest:
         tmp = temp_path(self.incoming)
         try:
             dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -187,6 +197,10 @@ class LocalStore:
                 os.fsync(dst)
             finally:
                 os.close(dst)
+            if expect_sha1 is not None and digest.sha1 != expect_sha1:
+                raise CorruptContentError(
+                    f"content has SHA-1 {digest.sha1}, expected {expect_sha1}; not stored"
+                )
             self._publish(tmp, digest.sha256)
         except OSError as e:
             _unlink_quietly(tmp)
@@ -387,11 +401,11 @@ class LocalStore:
                 if bar:
                     bar(digest.size)
                 report.checked += 1
+                row = indexed.pop(sha256, None)
                 if digest.sha256 != sha256:
                     report.corrupt.append(sha256)
                     self._remove_blob(sha256)
                     continue
-                row = indexed.pop(sha256, None)
                 if row is None or not row.in_store:
                     self.index.record_blob(sha256, digest.size, digest.sha1, None)
                     report.adopted += 1

@@ -71,7 +71,9 @@ class Manifest:
         offset = 0
         for i, c in enumerate(self.chunks):
             last = i == len(self.chunks) - 1
-            if c.offset != offset or c.size <= 0 or (not last and c.size != self.chunk_size):
+            if c.offset != offset or not 0 < c.size <= self.chunk_size or (
+                not last and c.size != self.chunk_size
+            ):
                 raise CorruptContentError(f"manifest of {self.sha256}: chunk {i} is misplaced")
             if len(c.sha256) != 64:
                 raise CorruptContentError(f"manifest of {self.sha256}: chunk {i} has a bad hash")

@@ -1,0 +1,288 @@
+"""Commands for files and mutables: store, link, load, cat, info, pin, gc, verify, mutable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .. import files
+from ..errors import InvalidValueError
+from ..sizes import format_size, parse_size
+from ..storage.local import get_store
+from . import command
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = command(
+        commands, "store", "Copy a file into the node's store and print its URI.",
+        "kachery-tasks store raw.dat --label raw.dat",
+        "The file is hashed while it is copied (one read). Large files also get a\n"
+        "chunk manifest so they can travel between nodes in verified pieces.",
+    )
+    p.add_argument("path", help="the file to store")
+    p.add_argument("--label", help="a name kept as a hint in the URI (default: the file name)")
+    _progress_flag(p)
+    p.set_defaults(func=_store)
+
+    p = command(
+        commands, "link", "Register a large file where it is, without copying it.",
+        "kachery-tasks link /data/session1.bin",
+        "The file's size, modification time and inode are recorded. If the original\n"
+        "changes or disappears, loading its URI fails instead of serving wrong bytes.",
+    )
+    p.add_argument("path", help="the file to register")
+    p.add_argument("--label", help="a name kept as a hint in the URI (default: the file name)")
+    _progress_flag(p)
+    p.set_defaults(func=_link)
+
+    p = command(
+        commands, "load", "Print the local path of content, or copy it to --dest.",
+        "kachery-tasks load 'sha256://<hex>' --dest copy.dat",
+        "Accepts sha256:// URIs and, for kachery users, sha1:// URIs of content that\n"
+        "was stored or imported here.",
+    )
+    p.add_argument("uri")
+    p.add_argument("--dest", help="copy the content to this file instead of printing its path")
+    p.add_argument("--verify", action="store_true", help="re-hash the content before using it")
+    p.set_defaults(func=_load)
+
+    p = command(
+        commands, "cat", "Write content (or a byte range of it) to standard output.",
+        "kachery-tasks cat 'sha256://<hex>' --start 100 --end 200",
+    )
+    p.add_argument("uri")
+    p.add_argument("--start", type=int, default=0, help="first byte (default 0)")
+    p.add_argument("--end", type=int, default=None, help="end byte, exclusive (default: the end)")
+    p.set_defaults(func=_cat)
+
+    p = command(
+        commands, "info", "Show size, local path, chunks and label of content.",
+        "kachery-tasks info 'sha256://<hex>'",
+    )
+    p.add_argument("uri")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_info)
+
+    p = command(
+        commands, "ls", "List the content in this node's store.", "kachery-tasks ls --pinned"
+    )
+    p.add_argument("--pinned", action="store_true", help="only pinned content")
+    p.set_defaults(func=_ls)
+
+    for name, pinned in (("pin", True), ("unpin", False)):
+        p = command(
+            commands, name,
+            "Keep content through garbage collection." if pinned
+            else "Let garbage collection evict content again.",
+            f"kachery-tasks {name} 'sha256://<hex>'",
+        )
+        p.add_argument("uri", nargs="+")
+        p.set_defaults(func=_pin, pinned=pinned)
+
+    p = command(
+        commands, "gc", "Evict least recently used content until the store fits a size.",
+        "kachery-tasks gc --max-size 50GiB",
+        "Pinned content is never evicted. Linked originals are never deleted.\n"
+        "Also removes temporary files left behind by interrupted writes.",
+    )
+    p.add_argument("--max-size", required=True, help="size limit, e.g. 500MB, 50GiB")
+    p.set_defaults(func=_gc)
+
+    p = command(
+        commands, "verify", "Re-hash every stored blob; remove what no longer matches its id.",
+        "kachery-tasks verify",
+        "Also adopts blobs left without an index entry by a crash and checks linked\n"
+        "originals. Exits with status 1 if anything was corrupt.",
+    )
+    _progress_flag(p)
+    p.set_defaults(func=_verify)
+
+    p = command(
+        commands, "import-kachery", "Import a kachery or kachery-cloud storage directory.",
+        "kachery-tasks import-kachery ~/.kachery-cloud",
+        "Every file under DIR/sha1/ is verified against its SHA-1 and stored; its\n"
+        "sha1:// URI then resolves here. Files that fail verification are reported\n"
+        "and skipped.",
+    )
+    p.add_argument("dir")
+    _progress_flag(p)
+    p.set_defaults(func=_import_kachery)
+
+    p = command(
+        commands, "mutable", "Get and set node-local mutables (JSON values under string keys).",
+        "kachery-tasks mutable set alias/latest 'sha256://<hex>'",
+    )
+    sub = p.add_subparsers(dest="mutable_command", metavar="ACTION", required=True)
+    q = command(sub, "set", "Set a mutable.", "kachery-tasks mutable set alias/latest 'sha256://...'",
+                "VALUE is parsed as JSON when it is valid JSON (so 3 is a number and\n"
+                "'{\"a\": 1}' an object); anything else is stored as a string.")
+    q.add_argument("key")
+    q.add_argument("value")
+    q.add_argument("--string", action="store_true", help="store VALUE as a string, never JSON")
+    q.set_defaults(func=_mutable_set)
+    q = command(sub, "get", "Print a mutable's value.", "kachery-tasks mutable get alias/latest")
+    q.add_argument("key")
+    q.add_argument("--json", action="store_true", help="print strings as JSON too")
+    q.set_defaults(func=_mutable_get)
+    q = command(sub, "delete", "Remove a mutable.", "kachery-tasks mutable delete alias/latest")
+    q.add_argument("key")
+    q.set_defaults(func=_mutable_delete)
+    q = command(sub, "ls", "List mutables.", "kachery-tasks mutable ls alias/")
+    q.add_argument("prefix", nargs="?", default="")
+    q.set_defaults(func=_mutable_ls)
+
+
+def _progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show a progress bar (default: on a terminal, for large files)",
+    )
+
+
+def _store(args: argparse.Namespace) -> int:
+    print(files.store_file(args.path, label=args.label, progress=args.progress))
+    return 0
+
+
+def _link(args: argparse.Namespace) -> int:
+    print(files.link_file(args.path, label=args.label, progress=args.progress))
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    print(files.load_file(args.uri, dest=args.dest, verify=args.verify))
+    return 0
+
+
+def _cat(args: argparse.Namespace) -> int:
+    store = get_store()
+    path = store.load_file(args.uri)
+    start, end = args.start, args.end
+    if start < 0 or (end is not None and end < start):
+        raise InvalidValueError(f"byte range {start}..{end} is invalid: need 0 <= start <= end")
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        f.seek(start)
+        remaining = None if end is None else end - start
+        while remaining is None or remaining > 0:
+            piece = f.read(1 << 20 if remaining is None else min(1 << 20, remaining))
+            if not piece:
+                break
+            out.write(piece)
+            if remaining is not None:
+                remaining -= len(piece)
+    out.flush()
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    info = files.load_file_info(args.uri)
+    if args.json:
+        print(json.dumps(info.__dict__, indent=2))
+        return 0
+    rows = [
+        ("uri", info.uri),
+        ("size", f"{info.size} bytes ({format_size(info.size)})"),
+        ("label", info.label or "-"),
+        ("path", info.path),
+        ("linked", info.linked_path or "no"),
+        ("chunks", f"{info.chunks} (manifest {info.manifest_uri})" if info.chunks else "none"),
+        ("sha1", info.sha1 or "-"),
+        ("pinned", "yes" if info.pinned else "no"),
+        ("last used", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.last_access))),
+    ]
+    for key, value in rows:
+        print(f"{key + ':':<11}{value}")
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    for row in get_store().list():
+        if args.pinned and not row.pinned:
+            continue
+        where = "linked" if not row.in_store else ("pinned" if row.pinned else "")
+        label = row.label or ""
+        print(f"sha256://{row.sha256}  {format_size(row.size):>10}  {where:<6}  {label}")
+    return 0
+
+
+def _pin(args: argparse.Namespace) -> int:
+    store = get_store()
+    for uri in args.uri:
+        store.pin(uri, args.pinned)
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    report = get_store().gc(parse_size(args.max_size))
+    print(
+        f"evicted {report.evicted} blobs ({format_size(report.freed)}); "
+        f"store now holds {format_size(report.remaining)} "
+        f"({format_size(report.pinned_bytes)} pinned)"
+    )
+    if report.temp_removed:
+        print(f"removed {report.temp_removed} stale temporary files")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = get_store().verify(progress=args.progress)
+    print(f"checked {report.checked} blobs")
+    for sha256 in report.corrupt:
+        print(f"corrupt, removed: sha256://{sha256}")
+    for sha256 in report.broken_links:
+        print(f"linked original changed or missing, link removed: sha256://{sha256}")
+    if report.adopted:
+        print(f"indexed {report.adopted} blobs that had no index entry")
+    if report.dangling_rows:
+        print(f"dropped {report.dangling_rows} index entries whose blob was missing")
+    return 1 if report.corrupt or report.broken_links else 0
+
+
+def _import_kachery(args: argparse.Namespace) -> int:
+    from ..storage.kachery_import import import_kachery_dir
+
+    report = import_kachery_dir(args.dir, progress=args.progress)
+    print(f"imported {report.imported} files ({format_size(report.bytes)}), "
+          f"{report.already} already here")
+    for path, why in report.failed:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _mutable_set(args: argparse.Namespace) -> int:
+    value: object = args.value
+    if not args.string:
+        try:
+            value = json.loads(args.value)
+        except ValueError:
+            value = args.value
+    files.set_mutable(args.key, value)
+    return 0
+
+
+_ABSENT = object()
+
+
+def _mutable_get(args: argparse.Namespace) -> int:
+    value = files.get_mutable(args.key, _ABSENT)
+    if value is _ABSENT:
+        print(f"error: no mutable named {args.key!r}", file=sys.stderr)
+        return 1
+    print(value if isinstance(value, str) and not args.json else json.dumps(value))
+    return 0
+
+
+def _mutable_delete(args: argparse.Namespace) -> int:
+    if not files.delete_mutable(args.key):
+        print(f"error: no mutable named {args.key!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _mutable_ls(args: argparse.Namespace) -> int:
+    for key, value in files.list_mutables(args.prefix).items():
+        print(f"{key}\t{json.dumps(value)}")
+    return 0

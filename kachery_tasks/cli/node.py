@@ -1,0 +1,64 @@
+"""Commands about the node itself: node init, node info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import default_path, init_node_dir, node_dir
+from ..keys import node_keypair
+from ..sizes import format_size
+from ..storage.local import get_store
+from . import command
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = command(
+        commands, "node", "Create or describe this node's directory.", "kachery-tasks node info"
+    )
+    sub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    q = command(
+        sub, "init", "Create the node directory and its config.toml.",
+        "kachery-tasks node init --dir /shared/lab/kachery --shared",
+        "Without --dir the directory is $KACHERY_TASKS_DIR or ~/.kachery-tasks.\n"
+        "--shared makes it setgid and group-writable, so every member of its group\n"
+        "can store and load content there (whatever their umask).",
+    )
+    q.add_argument("--dir", help="where to create the node directory")
+    q.add_argument("--shared", action="store_true", help="share the directory with its group")
+    q.set_defaults(func=_init)
+    q = command(sub, "info", "Show where the node lives and what it holds.",
+                "kachery-tasks node info --json")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.set_defaults(func=_info)
+
+
+def _init(args: argparse.Namespace) -> int:
+    node = init_node_dir(Path(args.dir).expanduser() if args.dir else default_path(), args.shared)
+    print(f"node directory: {node.path}{' (group-shared)' if node.shared else ''}")
+    print(f"config:         {node.config_path}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    node = node_dir()
+    count, total = get_store(node).index.stored_bytes()
+    info = {
+        "node_dir": str(node.path),
+        "node_id": node_keypair(node).public_hex,
+        "shared": node.shared,
+        "config": str(node.config_path),
+        "chunk_size": node.config.chunk_size,
+        "blobs": count,
+        "stored_bytes": total,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"node directory: {info['node_dir']}{' (group-shared)' if node.shared else ''}")
+    print(f"node id:        {info['node_id']}")
+    print(f"config:         {info['config']}")
+    print(f"chunk size:     {format_size(node.config.chunk_size)}")
+    print(f"store:          {count} blobs, {format_size(total)}")
+    return 0

@@ -1,0 +1,120 @@
+import hashlib
+import json
+import os
+
+import pytest
+
+
+def _ok(result):
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def test_store_load_cat_info(run_cli, tmp_path):
+    data = os.urandom(1000)
+    src = tmp_path / "raw.dat"
+    src.write_bytes(data)
+    uri = _ok(run_cli("store", str(src), "--label", "raw.dat")).strip()
+    assert uri == f"sha256://{hashlib.sha256(data).hexdigest()}?label=raw.dat&size=1000"
+    dest = tmp_path / "copy.dat"
+    assert _ok(run_cli("load", uri, "--dest", str(dest))).strip() == str(dest)
+    assert dest.read_bytes() == data
+    assert run_cli("cat", uri, "--start", "100", "--end", "200").stdout == data[100:200]
+    assert run_cli("cat", uri).stdout == data
+    info = json.loads(_ok(run_cli("info", uri, "--json")))
+    assert info["size"] == 1000 and info["label"] == "raw.dat" and info["chunks"] == 0
+    text = _ok(run_cli("info", uri))
+    assert "size:" in text and "path:" in text and "label:" in text
+
+
+def test_mutables(run_cli):
+    _ok(run_cli("mutable", "set", "alias/latest", "sha256://" + "a" * 64))
+    _ok(run_cli("mutable", "set", "n", "3"))
+    _ok(run_cli("mutable", "set", "s", "3", "--string"))
+    assert _ok(run_cli("mutable", "get", "alias/latest")).strip() == "sha256://" + "a" * 64
+    assert _ok(run_cli("mutable", "get", "n", "--json")).strip() == "3"
+    assert _ok(run_cli("mutable", "get", "s", "--json")).strip() == '"3"'
+    assert "alias/latest" in _ok(run_cli("mutable", "ls"))
+    _ok(run_cli("mutable", "delete", "n"))
+    missing = run_cli("mutable", "get", "n")
+    assert missing.returncode == 1 and b"no mutable named" in missing.stderr
+
+
+def test_gc_pin_ls(run_cli, tmp_path):
+    uris = []
+    for i in range(3):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(bytes([i]) * 1000)
+        uris.append(_ok(run_cli("store", str(p))).strip())
+    _ok(run_cli("pin", uris[0]))
+    out = _ok(run_cli("gc", "--max-size", "0"))
+    assert "evicted 2 blobs" in out
+    listing = _ok(run_cli("ls"))
+    assert uris[0].split("?")[0] in listing and uris[1].split("?")[0] not in listing
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("load", "sha256://abc"), b"64 hex digits"),
+        (("load", "sha256://" + "0" * 64), b"not in this node's store"),
+        (("store", "/nonexistent/file"), b"no such file"),
+        (("store", "/"), b"is a directory"),
+        (("gc", "--max-size", "lots"), b"not a size"),
+        (("cat", "sha256://" + "0" * 64, "--start", "-4"), b"not in this node's store"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(run_cli, args, message):
+    r = run_cli(*args)
+    assert r.returncode == 1
+    assert message in r.stderr
+    assert b"Traceback" not in r.stderr
+    assert r.stderr.decode().count("\n") == 1
+
+
+def test_debug_shows_traceback(run_cli):
+    r = run_cli("--debug", "load", "sha256://abc")
+    assert r.returncode != 0 and b"Traceback" in r.stderr
+
+
+def test_every_command_has_help_with_an_example(run_cli):
+    from kachery_tasks.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        assert "example" in (p.epilog or ""), name
+    top = _ok(run_cli("--help"))
+    assert "store" in top and "examples:" in top
+
+
+def test_verify_reports_corruption(run_cli, tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"will be corrupted")
+    uri = _ok(run_cli("store", str(p))).strip()
+    blob = _ok(run_cli("load", uri)).strip()
+    os.chmod(blob, 0o644)
+    with open(blob, "r+b") as f:
+        f.write(b"W")
+    r = run_cli("verify")
+    assert r.returncode == 1 and b"corrupt, removed" in r.stdout
+    assert _ok(run_cli("verify")).startswith("checked 0 blobs")
+
+
+def test_progress_bar_only_when_asked(run_cli, tmp_path):
+    p = tmp_path / "big"
+    p.write_bytes(os.urandom(3 * 2**20))
+    quiet = run_cli("store", str(p))
+    assert quiet.stderr == b""
+    loud = run_cli("store", str(p), "--progress")
+    assert b"100.0%" in loud.stderr
+
+
+def test_import_kachery(run_cli, tmp_path):
+    data = b"from kachery"
+    sha1 = hashlib.sha1(data).hexdigest()
+    d = tmp_path / "kc" / "sha1" / sha1[:2] / sha1[2:4] / sha1[4:6]
+    d.mkdir(parents=True)
+    (d / sha1).write_bytes(data)
+    assert "imported 1 files" in _ok(run_cli("import-kachery", str(tmp_path / "kc")))
+    assert run_cli("cat", f"sha1://{sha1}").stdout == data

@@ -1,0 +1,39 @@
+"""Import of a kachery / kachery-cloud storage directory (``<dir>/sha1/ab/cd/ef/<sha1>``)."""
+
+import hashlib
+import os
+
+import pytest
+
+from kachery_tasks.errors import SourceFileError
+from kachery_tasks.storage.kachery_import import import_kachery_dir
+from kachery_tasks.storage.local import get_store
+
+
+def _put(root, data: bytes, name: str | None = None):
+    sha1 = name or hashlib.sha1(data).hexdigest()
+    d = root / "sha1" / sha1[0:2] / sha1[2:4] / sha1[4:6]
+    d.mkdir(parents=True, exist_ok=True)
+    (d / sha1).write_bytes(data)
+    return sha1
+
+
+def test_import_verifies_and_resolves_sha1_uris(tmp_path):
+    root = tmp_path / "kachery-cloud"
+    good = [_put(root, os.urandom(n)) for n in (10, 5000, 1)]
+    tampered = _put(root, b"edited after storing", name="1" * 40)
+    report = import_kachery_dir(root, progress=False)
+    assert report.imported == 3 and report.already == 0
+    assert [p for p, _ in report.failed] == [str(root / "sha1/11/11/11" / tampered)]
+    store = get_store()
+    for sha1 in good:
+        with open(store.load_file(f"sha1://{sha1}?label=x"), "rb") as f:
+            assert hashlib.sha1(f.read()).hexdigest() == sha1
+    assert not store.has("sha1://" + "1" * 40)
+    again = import_kachery_dir(root, progress=False)
+    assert again.imported == 0 and again.already == 3
+
+
+def test_not_a_kachery_dir(tmp_path):
+    with pytest.raises(SourceFileError, match="sha1/"):
+        import_kachery_dir(tmp_path, progress=False)

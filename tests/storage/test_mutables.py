@@ -1,0 +1,49 @@
+import multiprocessing as mp
+
+import pytest
+
+from kachery_tasks.config import node_dir
+from kachery_tasks.errors import InvalidValueError
+from kachery_tasks.storage.mutables import Mutables, get_mutables
+
+
+def test_set_get_delete_list():
+    m = get_mutables()
+    m.set("alias/latest", "sha256://" + "a" * 64)
+    m.set("alias/old", {"n": [1, 2]})
+    m.set("Alias/other", 3)
+    assert m.get("alias/latest") == "sha256://" + "a" * 64
+    assert m.get("alias/old") == {"n": [1, 2]}
+    assert m.list("alias/") == {"alias/latest": "sha256://" + "a" * 64, "alias/old": {"n": [1, 2]}}
+    assert m.list("alias_") == {}
+    assert m.delete("alias/old") and not m.delete("alias/old")
+    assert m.get("alias/old") is None and m.get("alias/old", 5) == 5
+
+
+@pytest.mark.parametrize("key,value", [("", 1), (None, 1), ("k", {1, 2}), ("k", float("nan"))])
+def test_bad_keys_and_values(key, value):
+    with pytest.raises(InvalidValueError):
+        get_mutables().set(key, value)
+
+
+def _writer(path, start):
+    from pathlib import Path
+
+    from kachery_tasks.config import NodeDir
+
+    m = Mutables(NodeDir(Path(path)))
+    for i in range(start, start + 200):
+        m.set(f"k{i}", i)
+
+
+def test_several_processes_lose_nothing():
+    node = node_dir()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(node.path), i * 200)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    values = get_mutables().list("k")
+    assert len(values) == 600 and values["k599"] == 599
