@@ -1,28 +1,38 @@
-"""One read of a file computes everything the store needs to know about it.
+"""One pass over content computes everything the store needs to know about it.
 
-A single pass over the source yields the SHA-256 of the whole content (its
-id), the SHA-1 (the alias kachery and kachery-cloud users hold), the SHA-256
-of every transfer chunk when the file is larger than the chunk size, and,
-optionally, a copy written to an open destination file.
+A digest holds the SHA-256 of the whole content (its id), the SHA-1 (the
+alias kachery and kachery-cloud users hold) and, when the content is larger
+than the chunk size, the SHA-256 of every transfer chunk.
 
-The reading thread reads into a small pool of buffers and writes each buffer
-to the destination while a hashing thread digests it; hashlib releases the GIL
-on large updates, so copying and hashing proceed on two cores at once. A
-buffer returns to the pool only when the hasher is done with it.
+Large content is digested on two threads that each walk it once, in order:
+one computes the whole SHA-256 and the even chunks' hashes, the other the
+SHA-1 and the odd chunks' hashes. hashlib releases the GIL, so the work
+splits about evenly across two cores and each piece is hashed while it is in
+cache.
+
+Storing a large file (:func:`copy_and_digest`) lets the kernel copy it into
+the store's temporary file (``copy_file_range``: the bytes never pass through
+Python), then digests the *copy* through a memory map while the copy is
+being flushed to disk. What is hashed is exactly what is stored, and the
+source is read once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import mmap
 import os
-import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 BUFFER_SIZE = 4 * 2**20
-_POOL = 4
+_PIECE = 256 * 2**10
 _SMALL = 2 * 2**20
+_COPY_STEP = 64 * 2**20
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
 ProgressFn = Callable[[int], None]
 
@@ -46,142 +56,168 @@ class Digest:
     chunks: list[Chunk] = field(default_factory=list)
 
 
-class _Hasher:
-    """Digests a byte stream piece by piece, cutting chunk hashes at chunk boundaries."""
-
-    def __init__(self, chunk_size: int, want_chunks: bool) -> None:
-        self.whole = hashlib.sha256()
-        self.sha1 = hashlib.sha1()
-        self.chunk_size = chunk_size
-        self.want_chunks = want_chunks
-        self.chunk = hashlib.sha256()
-        self.chunk_offset = 0
-        self.chunk_fill = 0
-        self.size = 0
-        self.chunks: list[Chunk] = []
-
-    def update(self, view: memoryview) -> None:
-        self.whole.update(view)
-        self.sha1.update(view)
-        self.size += len(view)
-        if not self.want_chunks:
-            return
-        while view:
-            take = min(len(view), self.chunk_size - self.chunk_fill)
-            self.chunk.update(view[:take])
-            self.chunk_fill += take
-            view = view[take:]
-            if self.chunk_fill == self.chunk_size:
-                self._close_chunk()
-
-    def _close_chunk(self) -> None:
-        self.chunks.append(Chunk(self.chunk_offset, self.chunk_fill, self.chunk.hexdigest()))
-        self.chunk_offset += self.chunk_fill
-        self.chunk_fill = 0
-        self.chunk = hashlib.sha256()
-
-    def digest(self) -> Digest:
-        if self.want_chunks and self.chunk_fill:
-            self._close_chunk()
-        chunks = self.chunks if self.size > self.chunk_size else []
-        return Digest(self.whole.hexdigest(), self.sha1.hexdigest(), self.size, chunks)
-
-
-def digest_bytes(data: bytes | memoryview, chunk_size: int) -> Digest:
-    """Digest content that is already in memory."""
-    h = _Hasher(chunk_size, want_chunks=len(data) > chunk_size)
-    h.update(memoryview(data))
-    return h.digest()
-
-
-def digest_fd(
-    src: int,
-    chunk_size: int,
-    dst: int | None = None,
-    progress: ProgressFn | None = None,
-    size_hint: int = -1,
+def digest_bytes(
+    data: bytes | bytearray | memoryview, chunk_size: int, progress: ProgressFn | None = None
 ) -> Digest:
-    """Read ``src`` to its end once, digesting it and copying it to ``dst`` if given.
+    """Digest content held in memory (or mapped)."""
+    view = memoryview(data).cast("B")
+    size = len(view)
+    chunked = size > chunk_size
+    bounds = [(off, min(chunk_size, size - off)) for off in range(0, size, chunk_size)]
+    chunk_hex: dict[int, str] = {}
+    out: dict[str, str] = {}
 
-    ``progress`` is called with the number of bytes just processed.
-    """
-    hasher = _Hasher(chunk_size, want_chunks=size_hint < 0 or size_hint > chunk_size)
-    if 0 <= size_hint <= _SMALL:
-        parts = []
-        while piece := os.read(src, _SMALL + 1):
-            parts.append(piece)
-        data = memoryview(b"".join(parts))
-        hasher.update(data)
-        if dst is not None:
-            _write_all(dst, data)
-        if progress:
-            progress(len(data))
-        return hasher.digest()
-    return _digest_stream(src, hasher, dst, progress)
+    def walk(name: str, parity: int, report: bool) -> None:
+        # Sub-pieces small enough to stay in cache feed both hashes of this thread.
+        h = hashlib.new(name)
+        for i, (off, n) in enumerate(bounds or [(0, 0)]):
+            mine = chunked and i % 2 == parity
+            ch = hashlib.sha256() if mine else None
+            for sub in range(off, off + n, _PIECE):
+                piece = view[sub : min(sub + _PIECE, off + n)]
+                h.update(piece)
+                if ch is not None:
+                    ch.update(piece)
+                if report and progress:
+                    progress(len(piece))
+            if ch is not None:
+                chunk_hex[i] = ch.hexdigest()
+        out[name] = h.hexdigest()
 
+    if size <= _SMALL:
+        walk("sha1", 1, False)
+        walk("sha256", 0, True)
+    else:
+        failure: list[BaseException] = []
 
-def _digest_stream(
-    src: int, hasher: _Hasher, dst: int | None, progress: ProgressFn | None
-) -> Digest:
-    free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(_POOL):
-        free.put(bytearray(BUFFER_SIZE))
-    work: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-    failure: list[BaseException] = []
+        def helper_walk() -> None:
+            try:
+                walk("sha1", 1, False)
+            except BaseException as e:  # re-raised in the calling thread
+                failure.append(e)
 
-    def hash_loop() -> None:
+        helper = threading.Thread(target=helper_walk, name="kachery-hash")
+        helper.start()
         try:
-            while (item := work.get()) is not None:
-                buf, n = item
-                hasher.update(memoryview(buf)[:n])
-                free.put(buf)
-        except BaseException as e:  # surfaced in the reading thread
-            failure.append(e)
-            free.put(bytearray(BUFFER_SIZE))
+            walk("sha256", 0, True)
+        finally:
+            helper.join()
+        if failure:
+            raise failure[0]
+    chunks = [Chunk(off, n, chunk_hex[i]) for i, (off, n) in enumerate(bounds)] if chunked else []
+    return Digest(out["sha256"], out["sha1"], size, chunks)
 
-    thread = threading.Thread(target=hash_loop, name="kachery-hash", daemon=True)
-    thread.start()
+
+@contextlib.contextmanager
+def mapped(fd: int) -> Iterator[memoryview]:
+    """The whole of file ``fd`` as a read-only memoryview (empty files included)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        yield memoryview(b"")
+        return
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    m = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+    view = memoryview(m)
     try:
-        while not failure:
-            buf = free.get()
-            n = _readinto(src, buf)
-            if n == 0:
-                free.put(buf)
-                break
-            work.put((buf, n))
-            if dst is not None:
-                _write_all(dst, memoryview(buf)[:n])
-            if progress:
-                progress(n)
+        yield view
     finally:
-        work.put(None)
-        thread.join()
-    if failure:
-        raise failure[0]
-    return hasher.digest()
+        view.release()
+        m.close()
 
 
-def _readinto(fd: int, buf: bytearray) -> int:
-    """Fill ``buf`` as far as the file allows; return the byte count (0 at end)."""
-    view = memoryview(buf)
+def read_all(fd: int) -> bytes:
+    """Read ``fd`` from its offset to its end."""
+    parts = []
+    while piece := os.read(fd, BUFFER_SIZE):
+        parts.append(piece)
+    return b"".join(parts)
+
+
+def digest_open_file(fd: int, chunk_size: int, progress: ProgressFn | None = None) -> Digest:
+    """Digest an open regular file in place: read whole when small, mapped when large."""
+    if os.fstat(fd).st_size <= _SMALL:
+        return digest_bytes(read_all(fd), chunk_size, progress)
+    with mapped(fd) as view:
+        return digest_bytes(view, chunk_size, progress)
+
+
+def hash_file(
+    path: str | os.PathLike[str], chunk_size: int, progress: ProgressFn | None = None
+) -> Digest:
+    """Digest the file at ``path`` in place (no copy)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return digest_open_file(fd, chunk_size, progress)
+    finally:
+        os.close(fd)
+
+
+def copy_fd(src: int, dst: int, progress: ProgressFn | None = None) -> int:
+    """Copy ``src`` from its offset to its end into ``dst``; return the byte count.
+
+    The kernel copies (``copy_file_range``, else ``sendfile``); a read/write
+    loop through Python is the last resort.
+    """
     total = 0
-    while total < len(buf):
-        n = os.readv(fd, [view[total:]])
-        if n == 0:
-            break
-        total += n
+    for mover in ("copy_file_range", "sendfile", "readwrite"):
+        try:
+            while True:
+                if mover == "copy_file_range":
+                    n = os.copy_file_range(src, dst, _COPY_STEP)
+                elif mover == "sendfile":
+                    n = os.sendfile(dst, src, None, _COPY_STEP)
+                else:
+                    piece = os.read(src, BUFFER_SIZE)
+                    n = len(piece)
+                    _write_all(dst, memoryview(piece))
+                if n == 0:
+                    return total
+                total += n
+                if progress:
+                    progress(n)
+        except OSError as e:
+            if mover == "readwrite" or total or e.errno not in _NO_KERNEL_COPY:
+                raise
     return total
+
+
+def copy_and_digest(
+    src: int, dst: int, chunk_size: int, progress: ProgressFn | None = None
+) -> Digest:
+    """Copy ``src`` into ``dst`` (opened read-write, empty), digest the copy, fsync it.
+
+    ``progress`` receives half of each copied piece and half of each hashed
+    piece, so a bar over the file's size fills once.
+    """
+    half = (lambda n: progress(n // 2)) if progress else None
+    if os.fstat(src).st_size <= _SMALL:
+        data = read_all(src)
+        _write_all(dst, memoryview(data))
+        digest = digest_bytes(data, chunk_size, progress)
+        os.fsync(dst)
+        return digest
+    copy_fd(src, dst, half)
+    flushed: list[BaseException | None] = []
+
+    def flush() -> None:
+        try:
+            os.fsync(dst)
+            flushed.append(None)
+        except BaseException as e:  # re-raised in the calling thread
+            flushed.append(e)
+
+    flusher = threading.Thread(target=flush, name="kachery-fsync")
+    flusher.start()
+    try:
+        with mapped(dst) as view:
+            digest = digest_bytes(view, chunk_size, half)
+    finally:
+        flusher.join()
+    if flushed and flushed[0] is not None:
+        raise flushed[0]
+    return digest
 
 
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         data = data[os.write(fd, data) :]
-
-
-def hash_file(path: str | os.PathLike[str], chunk_size: int) -> Digest:
-    """Digest the file at ``path`` without copying it."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return digest_fd(fd, chunk_size, size_hint=os.fstat(fd).st_size)
-    finally:
-        os.close(fd)

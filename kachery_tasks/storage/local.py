@@ -40,7 +40,7 @@ from ..errors import (
 from ..fsutil import TMP_PREFIX, ensure_dir, fsync_dir, os_error, temp_path
 from ..progress import progress_bar
 from ..uris import format_uri, parse_uri
-from .hashing import Digest, ProgressFn, digest_bytes, digest_fd, hash_file
+from .hashing import Digest, ProgressFn, copy_and_digest, digest_bytes, digest_open_file, hash_file
 from .index import Index, Link, Row
 from .manifest import Manifest
 
@@ -146,7 +146,7 @@ class LocalStore:
             with progress_bar(
                 st.st_size, f"store {label}", self.node.config.progress_threshold, progress
             ) as bar:
-                digest = self._ingest_fd(src, st.st_size, bar, expect_sha1)
+                digest = self._ingest_fd(src, st, bar, expect_sha1)
         finally:
             os.close(src)
         return self._finish(digest, label)
@@ -173,7 +173,7 @@ class LocalStore:
             with progress_bar(
                 st.st_size, f"hash {label}", self.node.config.progress_threshold, progress
             ) as bar:
-                digest = digest_fd(src, self.chunk_size, progress=bar, size_hint=st.st_size)
+                digest = digest_open_file(src, self.chunk_size, bar)
             after = os.fstat(src)
         finally:
             os.close(src)
@@ -187,16 +187,22 @@ class LocalStore:
         return format_uri(digest.sha256, label=label, size=digest.size)
 
     def _ingest_fd(
-        self, src: int, size_hint: int, progress: ProgressFn | None, expect_sha1: str | None
+        self, src: int, before: os.stat_result, progress: ProgressFn | None,
+        expect_sha1: str | None,
     ) -> Digest:
         tmp = temp_path(self.incoming)
         try:
-            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            dst = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                digest = digest_fd(src, self.chunk_size, dst, progress, size_hint)
-                os.fsync(dst)
+                digest = copy_and_digest(src, dst, self.chunk_size, progress)
             finally:
                 os.close(dst)
+            after = os.fstat(src)
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                raise SourceFileError(
+                    "the file changed while it was being stored; nothing was stored, "
+                    "store it again once it is complete"
+                )
             if expect_sha1 is not None and digest.sha1 != expect_sha1:
                 raise CorruptContentError(
                     f"content has SHA-1 {digest.sha1}, expected {expect_sha1}; not stored"
