@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from .errors import StorageError
+from .errors import StorageError, StoragePermissionError
 from .fsutil import ensure_dir, share_file
 
 _BUSY_TIMEOUT_MS = 60_000
@@ -34,6 +34,14 @@ def connect(path: Path, schema: str, shared: bool = False) -> sqlite3.Connection
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(schema)
+    except sqlite3.OperationalError as e:
+        if "readonly" in str(e) or "unable to open" in str(e):
+            raise StoragePermissionError(
+                f"cannot write database {path}: {e}; check the owner and mode of "
+                f"{path.parent} (a node directory shared by a group should be setgid and "
+                "group-writable: chmod -R g+rwX,g+s DIR)"
+            ) from e
+        raise StorageError(f"cannot open database {path}: {e}") from e
     except sqlite3.DatabaseError as e:
         raise StorageError(
             f"cannot open database {path}: {e}; if it is corrupted, move it aside "

@@ -121,3 +121,31 @@ print(store.load_file('sha256://{first}'))
     uri = r.stdout.decode().split()[0]
     assert get_store(node).has(uri)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_private_node_dir_of_another_user_is_a_clear_permission_error():
+    tmp_path = Path(tempfile.mkdtemp(prefix="kachery-private-"))
+    os.chmod(tmp_path, 0o755)
+    node = init_node_dir(tmp_path / "node")
+    get_store(node).store_bytes(b"root's content")
+    src = tmp_path / "f.txt"
+    src.write_bytes(b"x")
+    os.chmod(src, 0o644)
+    script = f"""
+from pathlib import Path
+import os
+from kachery_tasks.config import NodeDir
+from kachery_tasks.errors import StoragePermissionError
+from kachery_tasks.storage.local import LocalStore
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+try:
+    LocalStore(NodeDir(Path({str(node.path)!r}))).store_file({str(src)!r})
+except StoragePermissionError as e:
+    print("permission:", e)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    out = r.stdout.decode()
+    assert out.startswith("permission:") and "chmod" in out and str(node.path) in out
+    shutil.rmtree(tmp_path, ignore_errors=True)
