@@ -34,6 +34,12 @@ chunk_size = "20MiB"
 [ui]
 # Operations on files at least this large show a progress bar on a terminal.
 progress_threshold = "100MB"
+
+[bucket]
+# The bucket shared with collaborators (KACHERY_TASKS_BUCKET overrides it), e.g.
+# url = "gs://lab-share/kachery"  or  url = "file:///mnt/lab-share/kachery"
+# Chunks transferred at once.
+transfer_threads = 8
 """
 
 
@@ -43,6 +49,8 @@ class Config:
 
     chunk_size: int = 20 * 2**20
     progress_threshold: int = 100 * 10**6
+    bucket_url: str | None = None
+    transfer_threads: int = 8
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -54,6 +62,13 @@ class Config:
             raise ConfigError(f"{source} is not valid TOML: {e}") from e
         store = raw.get("store", {})
         ui = raw.get("ui", {})
+        bucket = raw.get("bucket", {})
+        threads = bucket.get("transfer_threads", cls.transfer_threads)
+        if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 256:
+            raise ConfigError(f"{source}: bucket.transfer_threads must be a whole number 1..256")
+        url = bucket.get("url")
+        if url is not None and not isinstance(url, str):
+            raise ConfigError(f"{source}: bucket.url must be a string like gs://lab/kachery")
         try:
             chunk_size = parse_size(store.get("chunk_size", cls.chunk_size))
             threshold = parse_size(ui.get("progress_threshold", cls.progress_threshold))
@@ -61,7 +76,13 @@ class Config:
             raise ConfigError(f"{source}: {e}") from e
         if chunk_size < 1024:
             raise ConfigError(f"{source}: store.chunk_size must be at least 1 KiB")
-        return cls(chunk_size=chunk_size, progress_threshold=threshold, raw=raw)
+        return cls(
+            chunk_size=chunk_size,
+            progress_threshold=threshold,
+            bucket_url=url or None,
+            transfer_threads=threads,
+            raw=raw,
+        )
 
 
 class NodeDir:

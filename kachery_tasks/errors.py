@@ -17,7 +17,11 @@ the class derives from it too, so generic handlers keep working.
     │   ├── LinkedFileError         a linked original changed or disappeared
     │   ├── CorruptContentError     bytes no longer match their content id
     │   ├── StorageFullError        no space left on the device
-    │   └── StoragePermissionError  the operating system refused access
+    │   ├── StoragePermissionError  the operating system refused access
+    │   └── BucketError             a bucket could not be used
+    │       ├── BucketNotFoundError     (LookupError) no such bucket
+    │       ├── BucketAccessError       missing credentials or no permission
+    │       └── TransferError           network failure that retries did not cure
     ├── FeedError                   feeds: keys, messages, verification
     │   ├── FeedNotFoundError       (LookupError)
     │   ├── FeedPermissionError     append without the key, unsafe key file
@@ -76,6 +80,22 @@ class StorageFullError(StorageError):
 
 class StoragePermissionError(StorageError, PermissionError):
     """The operating system refused to read or write a path the store needs."""
+
+
+class BucketError(StorageError):
+    """A bucket (file:// directory or gs:// bucket) could not be used."""
+
+
+class BucketNotFoundError(BucketError, LookupError):
+    """The bucket named by a URL does not exist."""
+
+
+class BucketAccessError(BucketError):
+    """Credentials are missing or do not allow the operation."""
+
+
+class TransferError(BucketError):
+    """A transfer failed for a transient reason (network, 5xx, 429) after all retries."""
 
 
 class FeedError(KacheryError):

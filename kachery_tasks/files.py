@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .canonical import canonical_json
-from .errors import InvalidValueError, StorageError
+from .config import node_dir
+from .errors import ContentNotFoundError, InvalidValueError, StorageError
 from .fsutil import os_error, temp_path
+from .storage.buckets import Bucket, configured_bucket_url, open_bucket
 from .storage.local import FileInfo, get_store
 from .storage.mutables import get_mutables
 
@@ -57,10 +59,33 @@ def load_file(uri: str, dest: str | os.PathLike[str] | None = None, verify: bool
     returned. ``verify=True`` re-hashes the content first and removes a blob
     whose bytes no longer match its id (CorruptContentError).
     """
-    path = get_store().load_file(uri, verify=verify)
+    path = _local_path(uri, verify)
     if dest is None:
         return path
     return _copy_out(path, Path(dest))
+
+
+def default_bucket() -> Bucket | None:
+    """The bucket this node shares content through, if one is configured.
+
+    ``$KACHERY_TASKS_BUCKET`` or ``[bucket] url`` in config.toml.
+    """
+    url = configured_bucket_url(node_dir().config.bucket_url)
+    return open_bucket(url) if url else None
+
+
+def _local_path(uri: str, verify: bool = False) -> str:
+    """The content's local path, fetched from the configured bucket when it is not here."""
+    store = get_store()
+    try:
+        return store.load_file(uri, verify=verify)
+    except ContentNotFoundError:
+        bucket = default_bucket()
+        if bucket is None:
+            raise
+    from .storage.sync import download
+
+    return download(store, bucket, uri)
 
 
 def _copy_out(path: str, dest: Path) -> str:
@@ -95,6 +120,7 @@ def store_bytes(data: bytes | bytearray | memoryview, label: str | None = None) 
 
 def load_bytes(uri: str, start: int = 0, end: int | None = None) -> bytes:
     """Bytes ``start`` (inclusive) to ``end`` (exclusive; default the end) of the content."""
+    _local_path(uri)
     return get_store().load_bytes(uri, start, end)
 
 
@@ -145,7 +171,7 @@ def load_npy(uri: str, mmap: bool = False) -> np.ndarray:
     """The array stored under ``uri``; ``mmap=True`` maps the blob read-only instead of reading."""
     import numpy as np
 
-    path = load_file(uri)
+    path = _local_path(uri)
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as e:

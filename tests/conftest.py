@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as gcs_emulator
+
 
 @pytest.fixture(autouse=True)
 def node_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -15,6 +17,7 @@ def node_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "node"
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(path))
     monkeypatch.setenv("KACHERY_TASKS_PROGRESS", "0")
+    monkeypatch.delenv("KACHERY_TASKS_BUCKET", raising=False)
     return path
 
 
@@ -35,3 +38,26 @@ def run_cli(node_path: Path):
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A fake-gcs-server on 127.0.0.1 for the whole session."""
+    from gcs_emulator import Emulator
+
+    emu = Emulator(tmp_path_factory.mktemp("gcs"))
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+_bucket_counter = iter(range(10**6))
+
+
+@pytest.fixture
+def gcs_bucket_url(gcs_emulator, monkeypatch) -> str:
+    """A fresh, empty gs:// bucket (with a prefix) in the emulator."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+    name = f"test-bucket-{next(_bucket_counter)}"
+    gcs_emulator.create_bucket(name)
+    return f"gs://{name}/lab/kachery"

@@ -216,6 +216,30 @@ class LocalStore:
             raise
         return digest
 
+    def admit(self, tmp: Path, expected_sha256: str, label: str | None = None) -> str:
+        """Move a complete file from ``incoming/`` into the store if it has the expected id.
+
+        The file is digested in full first; on a mismatch it is deleted and
+        CorruptContentError raised, so nothing unverified enters the store.
+        """
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                digest = digest_open_file(fd, self.chunk_size)
+            finally:
+                os.close(fd)
+            if digest.sha256 != expected_sha256:
+                _unlink_quietly(tmp)
+                raise CorruptContentError(
+                    f"downloaded content hashes to {digest.sha256}, not {expected_sha256}; "
+                    "nothing was stored"
+                )
+            self._publish(tmp, digest.sha256)
+        except OSError as e:
+            raise os_error(e, "cannot store downloaded content") from e
+        return self._finish(digest, label)
+
     def _write_blob(self, sha256: str, data: bytes | bytearray | memoryview) -> None:
         if os.path.exists(self.blob_path(sha256)):
             return

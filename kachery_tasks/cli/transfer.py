@@ -1,0 +1,68 @@
+"""Commands that move content through a bucket: upload, download."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import ConfigError
+from ..files import default_bucket
+from ..sizes import format_size
+from ..storage.buckets import ENV_BUCKET, Bucket, open_bucket
+from ..storage.local import get_store
+from ..storage.sync import download, upload
+from . import command
+
+_BUCKET_HELP = f"bucket URL (default: ${ENV_BUCKET}, else [bucket] url in config.toml)"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = command(
+        commands, "upload", "Put stored content into the shared bucket.",
+        "KACHERY_TASKS_BUCKET=gs://lab-share/kachery kachery-tasks upload 'sha256://<hex>'",
+        "Content above the chunk size travels as chunks plus a manifest. Writes are\n"
+        "create-only and whatever the bucket already has is skipped.",
+    )
+    p.add_argument("uri", nargs="+")
+    p.add_argument("--bucket", help=_BUCKET_HELP)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=_upload)
+
+    p = command(
+        commands, "download", "Fetch content from the shared bucket into the store.",
+        "kachery-tasks download 'sha256://<hex>' --bucket file:///mnt/share/kachery",
+        "Chunks are fetched in parallel and verified on arrival; an interrupted\n"
+        "download resumes where it stopped. Prints the local path.",
+    )
+    p.add_argument("uri", nargs="+")
+    p.add_argument("--bucket", help=_BUCKET_HELP)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=_download)
+
+
+def bucket_from(args: argparse.Namespace) -> Bucket:
+    """The bucket named on the command line, else the configured one."""
+    bucket = open_bucket(args.bucket) if args.bucket else default_bucket()
+    if bucket is None:
+        raise ConfigError(
+            f"no bucket configured: pass --bucket URL, set {ENV_BUCKET}, or set "
+            "[bucket] url in config.toml"
+        )
+    return bucket
+
+
+def _upload(args: argparse.Namespace) -> int:
+    bucket, store = bucket_from(args), get_store()
+    for uri in args.uri:
+        r = upload(store, bucket, uri, progress=args.progress)
+        state = "already in the bucket" if not r.objects_written else (
+            f"uploaded {format_size(r.uploaded_bytes)} in {r.objects_written} objects"
+        )
+        print(f"{uri}: {state}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    bucket, store = bucket_from(args), get_store()
+    for uri in args.uri:
+        print(download(store, bucket, uri, progress=args.progress))
+    return 0

@@ -1,0 +1,66 @@
+"""The bucket protocol: what every bucket backend provides.
+
+A bucket is a flat space of objects under a prefix, named by ``/``-separated
+keys (``blobs/sha256/<hex>``, ``chunks/sha256/<hex>``, ...). Content-addressed
+objects are written **create-only**: :meth:`Bucket.put` never replaces an
+existing object and says whether it wrote one, so a retry or a race between
+two writers of the same key is harmless. Reads may ask for a byte range.
+
+Every backend raises KacheryError subclasses only: ContentNotFoundError for an
+absent object, BucketNotFoundError, BucketAccessError (credentials,
+permission) and TransferError (transient failure after retries). No backend
+puts a credential in a message.
+
+The contract is tested once, in ``tests/storage/buckets/contract.py``, and run
+against every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+
+class Bucket(ABC):
+    """A place shared by nodes where objects are written once and read by many."""
+
+    url: str
+
+    @abstractmethod
+    def put(self, key: str, data: bytes | memoryview) -> bool:
+        """Create object ``key`` with ``data`` unless it exists; True if this call wrote it."""
+
+    @abstractmethod
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive; default the end) of object ``key``."""
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """The size of object ``key``, or None if it does not exist."""
+
+    def exists(self, key: str) -> bool:
+        """True when object ``key`` exists."""
+        return self.size(key) is not None
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys of the objects whose key starts with ``prefix``, in lexical order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove object ``key``; True if it existed."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (optional)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the bucket prefix or name nothing."""
+    from ...errors import InvalidValueError
+
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
+        raise InvalidValueError(f"not a valid bucket key: {key!r}")
+    return key

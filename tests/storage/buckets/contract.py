@@ -1,0 +1,67 @@
+"""The bucket contract, written once and run against every backend (see base.py)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kachery_tasks.errors import ContentNotFoundError, InvalidValueError
+
+
+class BucketContract:
+    """Subclasses provide a ``bucket`` fixture returning an empty bucket."""
+
+    def test_put_get_size_exists(self, bucket):
+        assert bucket.put("blobs/sha256/abc", b"hello world")
+        assert bucket.get("blobs/sha256/abc") == b"hello world"
+        assert bucket.size("blobs/sha256/abc") == 11
+        assert bucket.exists("blobs/sha256/abc")
+        assert not bucket.exists("blobs/sha256/other")
+        assert bucket.size("blobs/sha256/other") is None
+
+    def test_put_is_create_only(self, bucket):
+        assert bucket.put("k/one", b"first")
+        assert not bucket.put("k/one", b"second")
+        assert bucket.get("k/one") == b"first"
+
+    def test_range_reads(self, bucket):
+        bucket.put("r", b"0123456789")
+        assert bucket.get("r", 2, 5) == b"234"
+        assert bucket.get("r", 7) == b"789"
+        assert bucket.get("r", 0, 0) == b""
+
+    def test_missing_object(self, bucket):
+        with pytest.raises(ContentNotFoundError):
+            bucket.get("nope/nothing")
+
+    def test_list_by_prefix_in_order(self, bucket):
+        for key in ("b/2", "a/1", "b/1", "c"):
+            bucket.put(key, b"x")
+        assert list(bucket.list("b/")) == ["b/1", "b/2"]
+        assert list(bucket.list()) == ["a/1", "b/1", "b/2", "c"]
+
+    def test_delete(self, bucket):
+        bucket.put("d", b"x")
+        assert bucket.delete("d")
+        assert not bucket.delete("d")
+        assert not bucket.exists("d")
+
+    @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "."])
+    def test_bad_keys(self, bucket, key):
+        with pytest.raises(InvalidValueError):
+            bucket.put(key, b"x")
+
+    def test_racing_writers_create_one_object(self, bucket):
+        results = []
+
+        def write(i):
+            results.append(bucket.put("race/obj", b"same content"))
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results.count(True) == 1
+        assert bucket.get("race/obj") == b"same content"

@@ -1,0 +1,156 @@
+"""Transfers through a bucket between two node directories, on file:// and on gs://."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import kachery_tasks as kachery
+from kachery_tasks.config import init_node_dir
+from kachery_tasks.errors import ContentNotFoundError, CorruptContentError, TransferError
+from kachery_tasks.storage.buckets import open_bucket
+from kachery_tasks.storage.local import get_store
+from kachery_tasks.storage.sync import chunk_key, download, in_bucket, manifest_key, upload
+from kachery_tasks.uris import parse_uri
+
+
+@pytest.fixture(params=["file", "gs"])
+def bucket_url(request, tmp_path):
+    if request.param == "file":
+        return f"file://{tmp_path}/bucket"
+    return request.getfixturevalue("gcs_bucket_url")
+
+
+def _node(tmp_path, name, chunk="64KiB"):
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.toml").write_text(f'[store]\nchunk_size = "{chunk}"\n')
+    return get_store(init_node_dir(path))
+
+
+def test_small_and_large_files_travel_between_nodes(tmp_path, bucket_url):
+    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
+    bucket = open_bucket(bucket_url)
+    small = a.store_bytes(b"small content", label="s.txt")
+    big_data = os.urandom(5 * 65536 + 123)
+    big = a.store_bytes(big_data, label="big.bin")
+    for uri in (small, big):
+        r = upload(a, bucket, uri)
+        assert r.objects_written >= 1
+        assert in_bucket(bucket, parse_uri(uri).hex)
+    assert bucket.exists(chunk_key(a.manifest(big).chunks[0].sha256))
+    with open(download(b, bucket, big), "rb") as f:
+        assert f.read() == big_data
+    with open(download(b, bucket, small), "rb") as f:
+        assert f.read() == b"small content"
+    assert b.info(big).chunks == 6 and b.info(big).label == "big.bin"
+    assert os.listdir(b.incoming) == []
+    again = upload(a, bucket, big)
+    assert again.objects_written == 0 and again.objects_skipped == 1
+
+
+def test_load_file_falls_back_to_the_configured_bucket(tmp_path, bucket_url, monkeypatch):
+    a = _node(tmp_path, "a")
+    bucket = open_bucket(bucket_url)
+    uri = a.store_bytes(os.urandom(200_000))
+    upload(a, bucket, uri)
+    with pytest.raises(ContentNotFoundError):
+        kachery.load_file(uri)
+    monkeypatch.setenv("KACHERY_TASKS_BUCKET", bucket_url)
+    path = kachery.load_file(uri)
+    with open(path, "rb") as f, open(a.load_file(uri), "rb") as g:
+        assert f.read() == g.read()
+    with pytest.raises(ContentNotFoundError, match="nor in bucket"):
+        kachery.load_file("sha256://" + "0" * 64)
+
+
+def test_corrupt_chunk_is_named_and_nothing_is_stored(tmp_path, bucket_url):
+    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
+    bucket = open_bucket(bucket_url)
+    uri = a.store_bytes(os.urandom(4 * 65536))
+    upload(a, bucket, uri)
+    victim = a.manifest(uri).chunks[2]
+    bucket.delete(chunk_key(victim.sha256))
+    bucket.put(chunk_key(victim.sha256), os.urandom(victim.size))
+    with pytest.raises(CorruptContentError, match=f"chunk 2 \\(sha256 {victim.sha256}"):
+        download(b, bucket, uri, threads=1)
+    assert not b.has(uri)
+    assert b.index.stored_bytes() == (0, 0)
+
+
+class FlakyBucket:
+    """Wraps a bucket; chunk reads fail after ``budget`` successes (a dropped network)."""
+
+    def __init__(self, inner, budget):
+        self.inner, self.budget, self.gets = inner, budget, 0
+        self.url = inner.url
+        self.lock = threading.Lock()
+
+    def get(self, key, start=0, end=None):
+        if key.startswith("chunks/"):
+            with self.lock:
+                if self.budget <= 0:
+                    raise TransferError("network gone")
+                self.budget -= 1
+                self.gets += 1
+        return self.inner.get(key, start, end)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_interrupted_download_resumes(tmp_path, bucket_url):
+    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
+    bucket = open_bucket(bucket_url)
+    data = os.urandom(10 * 65536)
+    uri = a.store_bytes(data)
+    upload(a, bucket, uri)
+    first = FlakyBucket(bucket, budget=4)
+    with pytest.raises(TransferError):
+        download(b, first, uri, threads=1)
+    assert not b.has(uri)
+    second = FlakyBucket(bucket, budget=100)
+    with open(download(b, second, uri, threads=3), "rb") as f:
+        assert f.read() == data
+    assert second.gets == 10 - first.gets == 6
+
+
+def test_two_nodes_uploading_the_same_content_at_once(tmp_path, bucket_url):
+    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
+    bucket = open_bucket(bucket_url)
+    data = os.urandom(6 * 65536)
+    uris = [a.store_bytes(data), b.store_bytes(data)]
+    errors = []
+
+    def up(store, uri):
+        try:
+            upload(store, bucket, uri, threads=4)
+        except Exception as e:  # pragma: no cover - the assertion below reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=up, args=(s, u)) for s, u in zip((a, b), uris)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(list(bucket.list("chunks/"))) == 6
+    assert list(bucket.list("manifests/")) == [manifest_key(parse_uri(uris[0]).hex)]
+
+
+@pytest.mark.slow
+def test_100_mib_file_between_node_directories(tmp_path, bucket_url):
+    a, b = _node(tmp_path, "a", chunk="20MiB"), _node(tmp_path, "b", chunk="20MiB")
+    bucket = open_bucket(bucket_url)
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as f:
+        for _ in range(100):
+            f.write(os.urandom(2**20))
+    uri = a.store_file(src)
+    upload(a, bucket, uri)
+    path = download(b, bucket, uri)
+    assert b.verify().corrupt == []
+    assert os.path.getsize(path) == 100 * 2**20
+    assert parse_uri(uri).hex == b.info(uri).sha256
