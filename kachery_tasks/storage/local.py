@@ -216,17 +216,23 @@ class LocalStore:
             raise
         return digest
 
-    def admit(self, tmp: Path, expected_sha256: str, label: str | None = None) -> str:
+    def admit(
+        self, tmp: Path, expected_sha256: str, label: str | None = None,
+        digest: Digest | None = None,
+    ) -> str:
         """Move a complete file from ``incoming/`` into the store if it has the expected id.
 
-        The file is digested in full first; on a mismatch it is deleted and
-        CorruptContentError raised, so nothing unverified enters the store.
+        ``digest`` is what the caller computed over exactly these bytes while
+        writing them (a download hashes as chunks land); without it the file is
+        digested here. On a mismatch the file is deleted and CorruptContentError
+        raised, so nothing unverified enters the store.
         """
         try:
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
-                digest = digest_open_file(fd, self.chunk_size)
+                if digest is None:
+                    digest = digest_open_file(fd, self.chunk_size)
             finally:
                 os.close(fd)
             if digest.sha256 != expected_sha256:

@@ -13,11 +13,13 @@ lists is there. Re-uploading what the bucket already has costs one existence
 check.
 
 **Download.** Chunks are fetched in parallel into ``incoming/partial-<hex>``
-and each is verified against its SHA-256 on arrival; a chunk is recorded in
-``partial-<hex>.done`` only after its bytes are flushed to disk, so an
-interrupted download resumes where it stopped. A corrupt chunk fails the
-download naming the chunk. The whole file is verified again before it enters
-the store, so nothing unverified is ever served.
+and each is verified against its SHA-256 on arrival and recorded in
+``partial-<hex>.done``, so an interrupted download resumes where it stopped
+(recorded chunks are re-verified from disk before they count, so a crash
+that lost unflushed bytes costs a re-fetch, never a wrong byte). A corrupt
+chunk fails the download naming the chunk. The whole file is hashed front to
+back as chunks land and checked against its id before it enters the store,
+so nothing unverified is ever served.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..fsutil import os_error
 from ..progress import progress_bar
 from ..uris import parse_uri
 from .buckets.base import Bucket
+from .hashing import Chunk, Digest
 from .local import LocalStore
 from .manifest import Manifest
 
@@ -152,8 +155,8 @@ def download(
         raise CorruptContentError(
             f"the manifest of {sha256} in {bucket.url} describes other content"
         )
-    _fetch_chunks(store, bucket, manifest, progress, threads)
-    store.admit(_partial_path(store, sha256), sha256, label)
+    digest = _fetch_chunks(store, bucket, manifest, progress, threads)
+    store.admit(_partial_path(store, sha256), sha256, label, digest)
     _done_path(store, sha256).unlink(missing_ok=True)
     return store.load_file(f"sha256://{sha256}")
 
@@ -169,20 +172,40 @@ def _done_path(store: LocalStore, sha256: str) -> Path:
 def _fetch_chunks(
     store: LocalStore, bucket: Bucket, manifest: Manifest, progress: bool | None,
     threads: int | None,
-) -> None:
+) -> Digest:
+    """Fetch the missing chunks into the partial file; return the digest of the whole.
+
+    Chunks arrive in any order; the calling thread hashes the file front to
+    back (SHA-256 and SHA-1) as soon as the next chunk is in place, so the
+    whole-file check is ready when the last chunk lands. Chunks that a
+    previous attempt recorded are re-verified from disk before they count.
+    """
     sha256 = manifest.sha256
     partial, done_path = _partial_path(store, sha256), _done_path(store, sha256)
-    done = _read_done(done_path, manifest) if partial.exists() else set()
-    if not done:
-        done_path.unlink(missing_ok=True)
-    todo = [i for i in range(len(manifest.chunks)) if i not in done]
+    recorded = _read_done(done_path, manifest) if partial.exists() else set()
     threads = threads or store.node.config.transfer_threads
     try:
         fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         raise os_error(e, "cannot start the download") from e
+    whole, sha1 = hashlib.sha256(), hashlib.sha1()
     try:
         os.ftruncate(fd, manifest.size)
+        done = {i for i in recorded if _chunk_on_disk_ok(fd, manifest.chunks[i])}
+        if not done:
+            done_path.unlink(missing_ok=True)
+        next_i = 0
+
+        def hash_ready() -> None:
+            nonlocal next_i
+            while next_i in done:
+                c = manifest.chunks[next_i]
+                data = os.pread(fd, c.size, c.offset)
+                whole.update(data)
+                sha1.update(data)
+                next_i += 1
+
+        todo = [i for i in range(len(manifest.chunks)) if i not in done]
         with open(done_path, "a") as done_file, progress_bar(
             manifest.size, f"download {sha256[:12]}", store.node.config.progress_threshold,
             progress,
@@ -191,6 +214,7 @@ def _fetch_chunks(
                 bar(sum(manifest.chunks[i].size for i in done))
             if not done:
                 done_file.write(json.dumps({"manifest": manifest.to_json().decode()}) + "\n")
+            hash_ready()
 
             def fetch(i: int) -> int:
                 c = manifest.chunks[i]
@@ -206,16 +230,23 @@ def _fetch_chunks(
                 while view:
                     n = os.pwrite(fd, view, offset)
                     view, offset = view[n:], offset + n
-                os.fdatasync(fd)
                 if bar:
                     bar(c.size)
                 return i
 
             for i in _run_all(pool, fetch, todo):
+                done.add(i)
                 done_file.write(f"{i}\n")
                 done_file.flush()
+                hash_ready()
     finally:
         os.close(fd)
+    return Digest(whole.hexdigest(), sha1.hexdigest(), manifest.size, list(manifest.chunks))
+
+
+def _chunk_on_disk_ok(fd: int, chunk: Chunk) -> bool:
+    """True when the partial file holds the chunk's verified bytes (resume after a crash)."""
+    return hashlib.sha256(os.pread(fd, chunk.size, chunk.offset)).hexdigest() == chunk.sha256
 
 
 def _read_done(path: Path, manifest: Manifest) -> set[int]:
