@@ -195,14 +195,16 @@ def _fetch_chunks(
         if not done:
             done_path.unlink(missing_ok=True)
         next_i = 0
+        buf = bytearray(manifest.chunk_size)  # reused: no fresh pages per chunk
 
         def hash_ready() -> None:
             nonlocal next_i
             while next_i in done:
                 c = manifest.chunks[next_i]
-                data = os.pread(fd, c.size, c.offset)
-                whole.update(data)
-                sha1.update(data)
+                view = memoryview(buf)[: c.size]
+                got = os.preadv(fd, [view], c.offset)
+                whole.update(view[:got])
+                sha1.update(view[:got])
                 next_i += 1
 
         todo = [i for i in range(len(manifest.chunks)) if i not in done]
