@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.gcs_emulator
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=8)
     args = ap.parse_args()
-    from gcs_emulator import Emulator
+    from tests.gcs_emulator import Emulator
 
     work = Path(tempfile.mkdtemp(prefix="kt-bench-bucket-"))
     emu = Emulator(work / "gcs")
@@ -75,7 +75,8 @@ def main() -> None:
         t_down = time.perf_counter() - t
 
         print(f"{args.size_mib} MiB through fake-gcs-server on 127.0.0.1, {args.threads} threads")
-        print(f"  plain upload_from_filename     {t_plain_up:7.2f} s  {size_mb / t_plain_up:7.0f} MB/s")
+        print(f"  plain upload_from_filename     {t_plain_up:7.2f} s  "
+              f"{size_mb / t_plain_up:7.0f} MB/s")
         print(f"  kachery-tasks upload           {t_up:7.2f} s  {size_mb / t_up:7.0f} MB/s"
               f"   ratio {t_up / t_plain_up:5.2f} (target <= 1)")
         print(f"  kachery-tasks re-upload        {t_reup * 1000:7.1f} ms (target < 100 ms)")

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as gcs_emulator
-
 
 @pytest.fixture(autouse=True)
 def node_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -43,7 +41,7 @@ def run_cli(node_path: Path):
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory):
     """A fake-gcs-server on 127.0.0.1 for the whole session."""
-    from gcs_emulator import Emulator
+    from tests.gcs_emulator import Emulator
 
     emu = Emulator(tmp_path_factory.mktemp("gcs"))
     emu.start()

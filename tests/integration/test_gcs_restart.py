@@ -6,14 +6,13 @@ import os
 import threading
 import time
 
-from gcs_emulator import Emulator
-
 from kachery_tasks.config import init_node_dir
 from kachery_tasks.errors import TransferError
 from kachery_tasks.storage.buckets import gcs
 from kachery_tasks.storage.buckets.gcs import GCSBucket
 from kachery_tasks.storage.local import get_store
 from kachery_tasks.storage.sync import download, upload
+from tests.gcs_emulator import Emulator
 
 
 def test_emulator_stopped_mid_download_then_restarted(tmp_path, monkeypatch):

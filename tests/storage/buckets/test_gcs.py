@@ -1,11 +1,11 @@
 """The gs:// backend against a real GCS API (fake-gcs-server started by the fixture)."""
 
 import pytest
-from contract import BucketContract
 
 from kachery_tasks.errors import BucketAccessError, BucketNotFoundError, TransferError
 from kachery_tasks.storage.buckets import gcs
 from kachery_tasks.storage.buckets.gcs import GCSBucket
+from tests.storage.buckets.contract import BucketContract
 
 
 class TestGCSBucket(BucketContract):

@@ -1,9 +1,9 @@
 import pytest
-from contract import BucketContract
 
 from kachery_tasks.errors import BucketNotFoundError, InvalidValueError
 from kachery_tasks.storage.buckets import open_bucket
 from kachery_tasks.storage.buckets.local import FileBucket
+from tests.storage.buckets.contract import BucketContract
 
 
 class TestFileBucket(BucketContract):
