@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .canonical import canonical_json
-from .config import node_dir
 from .errors import ContentNotFoundError, InvalidValueError, StorageError
 from .fsutil import os_error, temp_path
-from .storage.buckets import Bucket, configured_bucket_url, open_bucket
+from .storage.buckets import default_bucket
 from .storage.local import FileInfo, get_store
 from .storage.mutables import get_mutables
 
@@ -63,15 +62,6 @@ def load_file(uri: str, dest: str | os.PathLike[str] | None = None, verify: bool
     if dest is None:
         return path
     return _copy_out(path, Path(dest))
-
-
-def default_bucket() -> Bucket | None:
-    """The bucket this node shares content through, if one is configured.
-
-    ``$KACHERY_TASKS_BUCKET`` or ``[bucket] url`` in config.toml.
-    """
-    url = configured_bucket_url(node_dir().config.bucket_url)
-    return open_bucket(url) if url else None
 
 
 def _local_path(uri: str, verify: bool = False) -> str:

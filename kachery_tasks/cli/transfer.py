@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from ..files import default_bucket
 from ..sizes import format_size
-from ..storage.buckets import ENV_BUCKET, Bucket, open_bucket
+from ..storage.buckets import ENV_BUCKET, Bucket, default_bucket, open_bucket
 from ..storage.local import get_store
 from ..storage.sync import download, upload
 from . import command
