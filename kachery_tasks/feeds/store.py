@@ -1,0 +1,361 @@
+"""The node's feed database: ``<node>/feeds/feeds.db`` (SQLite, WAL).
+
+Tables::
+
+    feeds(feed, label, created)          feeds this node knows (created or imported)
+    subfeeds(id, feed, name)             one small integer per (feed, subfeed)
+    messages(sub, seq, hash, data)       signed bytes; primary key (sub, seq)
+
+``messages`` is a WITHOUT ROWID table clustered on (sub, seq), i.e. the index
+on (feed, subfeed, seq): the head of a subfeed, its length and any range of
+it are found in O(log n), whatever the length of the log.
+
+**Invariants.** For every subfeed the stored seqs are exactly 0..n-1 and each
+message's ``prev`` is the stored hash of its predecessor. Every write (one
+append, one ``append_many``, one import batch) is a single ``BEGIN IMMEDIATE``
+transaction that reads the head and writes after it, so appends from several
+processes of the node are serialised and the chain never forks; and a crash
+at any moment leaves the database as it was before or after that
+transaction, never in between (SQLite's atomic commit; ``synchronous=NORMAL``
+in WAL mode may lose the last commits on power loss, never half of one).
+Rows are never updated or deleted.
+
+One :class:`FeedStore` per node directory and process; its connection is
+shared by the threads of the process under a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import NodeDir, node_dir
+from ..db import connect
+from ..errors import FeedVerificationError
+from ..fsutil import ensure_dir
+from .messages import SignedMessage, verification_error
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS feeds (
+    feed TEXT PRIMARY KEY,
+    label TEXT,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subfeeds (
+    id INTEGER PRIMARY KEY,
+    feed TEXT NOT NULL,
+    name TEXT NOT NULL,
+    UNIQUE (feed, name)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    sub INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (sub, seq)
+) WITHOUT ROWID;
+"""
+
+Row = tuple[int, str, bytes]
+"""A stored message: (seq, hash hex, signed bytes)."""
+
+MAX_SEQ_EXCLUSIVE = 2**63 - 1
+
+BuildFn = Callable[[int, "str | None"], Sequence[SignedMessage]]
+
+
+@dataclass(frozen=True)
+class FeedRow:
+    """What the database records about a feed."""
+
+    feed: str
+    label: str | None
+    created: float
+
+
+@dataclass
+class ExtendResult:
+    """Outcome of :meth:`FeedStore.extend`: messages added and already present."""
+
+    added: int = 0
+    present: int = 0
+
+
+class FeedStore:
+    """Messages of every feed the node knows, in one SQLite database."""
+
+    def __init__(self, node: NodeDir) -> None:
+        self.node = node
+        self.root = node.ensure("feeds")
+        self.keys_dir = self.root / "keys"
+        if not self.keys_dir.exists():
+            # Private keys: only their owner may list them (in a group-shared node,
+            # the group may add its own; each key file itself is 0600).
+            ensure_dir(self.keys_dir, node.shared)
+            try:
+                os.chmod(self.keys_dir, 0o2770 if node.shared else 0o700)
+            except OSError:
+                pass  # created by another user a moment ago
+        self.path = self.root / "feeds.db"
+        self.conn = connect(self.path, SCHEMA, node.shared)
+        self.lock = threading.RLock()
+        self.pid = os.getpid()
+        self._sub_ids: dict[tuple[str, str], int] = {}
+
+    # ---------------------------------------------------------------- feeds
+    def add_feed(self, feed: str, label: str | None = None) -> None:
+        """Record that this node knows ``feed`` (no-op if it does already)."""
+        with self.lock:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO feeds (feed, label, created) VALUES (?, ?, ?)",
+                (feed, label, int(time.time() * 1000)),
+            )
+
+    def get_feed(self, feed: str) -> FeedRow | None:
+        with self.lock:
+            r = self.conn.execute(
+                "SELECT feed, label, created FROM feeds WHERE feed = ?", (feed,)
+            ).fetchone()
+        return FeedRow(r[0], r[1], r[2] / 1000) if r else None
+
+    def feeds(self) -> list[FeedRow]:
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT feed, label, created FROM feeds ORDER BY rowid"
+            ).fetchall()
+        return [FeedRow(r[0], r[1], r[2] / 1000) for r in rows]
+
+    def key_path(self, feed: str) -> Path:
+        """Where the private key of ``feed`` lives if this node owns it."""
+        return self.keys_dir / f"{feed}.key"
+
+    # ------------------------------------------------------------- subfeeds
+    def sub_id(self, feed: str, name: str) -> int | None:
+        """The integer id of a subfeed, or None if it has never had a message."""
+        sid = self._sub_ids.get((feed, name))
+        if sid is None:
+            with self.lock:
+                r = self.conn.execute(
+                    "SELECT id FROM subfeeds WHERE feed = ? AND name = ?", (feed, name)
+                ).fetchone()
+            if r is None:
+                return None
+            sid = self._sub_ids[(feed, name)] = r[0]
+        return sid
+
+    def _create_sub(self, feed: str, name: str) -> int:
+        """Id of the subfeed, creating it (call inside a write transaction)."""
+        sid = self.sub_id(feed, name)
+        if sid is None:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO subfeeds (feed, name) VALUES (?, ?)", (feed, name)
+            )
+            sid = self.conn.execute(
+                "SELECT id FROM subfeeds WHERE feed = ? AND name = ?", (feed, name)
+            ).fetchone()[0]
+        return sid
+
+    def subfeeds(self, feed: str) -> list[tuple[str, int]]:
+        """(name, message count) of each subfeed of ``feed``, by name."""
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT s.name, (SELECT max(seq) FROM messages m WHERE m.sub = s.id) "
+                "FROM subfeeds s WHERE s.feed = ? ORDER BY s.name",
+                (feed,),
+            ).fetchall()
+        return [(name, 0 if top is None else top + 1) for name, top in rows]
+
+    def _head(self, sid: int) -> tuple[int, str | None]:
+        """(number of messages, hash of the last one) of a subfeed."""
+        r = self.conn.execute(
+            "SELECT seq, hash FROM messages WHERE sub = ? ORDER BY seq DESC LIMIT 1", (sid,)
+        ).fetchone()
+        return (0, None) if r is None else (r[0] + 1, r[1])
+
+    def count(self, feed: str, name: str) -> int:
+        """Number of messages in a subfeed (0 if it has none); O(log n)."""
+        sid = self.sub_id(feed, name)
+        if sid is None:
+            return 0
+        with self.lock:
+            r = self.conn.execute("SELECT max(seq) FROM messages WHERE sub = ?", (sid,)).fetchone()
+        return 0 if r[0] is None else r[0] + 1
+
+    # --------------------------------------------------------------- writing
+    def append(self, feed: str, name: str, build: BuildFn) -> Sequence[SignedMessage]:
+        """Append the messages ``build(next_seq, prev_hash)`` returns, in one transaction.
+
+        ``build`` runs while the write lock is held, so the seq and prev it is
+        given are the true head of the subfeed; nothing is written if it raises.
+        """
+        with self.lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                sid = self._create_sub(feed, name)
+                seq, prev = self._head(sid)
+                msgs = build(seq, prev)
+                if len(msgs) == 1:
+                    m = msgs[0]
+                    conn.execute(
+                        "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)",
+                        (sid, m.seq, m.hash, m.data),
+                    )
+                else:
+                    conn.executemany(
+                        "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)",
+                        [(sid, m.seq, m.hash, m.data) for m in msgs],
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                self._forget_uncommitted(feed, name)
+                raise
+        return msgs
+
+    def _forget_uncommitted(self, feed: str, name: str) -> None:
+        # A subfeed id created in a rolled-back transaction does not exist.
+        self._sub_ids.pop((feed, name), None)
+
+    def extend(self, msgs: Iterable[SignedMessage]) -> ExtendResult:
+        """Add verified messages received from elsewhere, in order, in one transaction.
+
+        Each message must already have a valid signature and, within the batch,
+        link to its predecessor. Here it is checked against what is stored: a
+        message already present must be byte-identical (else it is a fork);
+        a new one must be the next seq and link to the stored head. At the first
+        message that fails, what came before it is committed and a
+        FeedVerificationError names the message; nothing after it is written.
+        """
+        result = ExtendResult()
+        error: FeedVerificationError | None = None
+        heads: dict[tuple[str, str], tuple[int, int, str | None]] = {}
+        created: list[tuple[str, str]] = []
+        with self.lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for m in msgs:
+                    key = (m.feed, m.subfeed)
+                    head = heads.get(key)
+                    if head is None:
+                        conn.execute(
+                            "INSERT OR IGNORE INTO feeds (feed, label, created) VALUES (?, ?, ?)",
+                            (m.feed, None, int(time.time() * 1000)),
+                        )
+                        if self.sub_id(*key) is None:
+                            created.append(key)
+                        sid = self._create_sub(*key)
+                        head = (sid, *self._head(sid))
+                    sid, count, head_hash = head
+                    if m.seq < count:
+                        r = conn.execute(
+                            "SELECT hash FROM messages WHERE sub = ? AND seq = ?", (sid, m.seq)
+                        ).fetchone()
+                        if r is not None and r[0] == m.hash:
+                            result.present += 1
+                            heads[key] = head
+                            continue
+                        error = verification_error(
+                            m.feed,
+                            m.subfeed,
+                            m.seq,
+                            "differs from the message with that seq already stored here "
+                            "(a forged or forked message)",
+                            "nothing from this message on was imported",
+                        )
+                        break
+                    if m.seq > count:
+                        error = verification_error(
+                            m.feed,
+                            m.subfeed,
+                            m.seq,
+                            f"messages {count}..{m.seq - 1} are missing before it",
+                            "nothing from this message on was imported; import the whole feed",
+                        )
+                        break
+                    if m.prev != head_hash:
+                        error = verification_error(
+                            m.feed,
+                            m.subfeed,
+                            m.seq,
+                            "'prev' is not the hash of the stored message before it "
+                            "(a forged or forked message)",
+                            "nothing from this message on was imported",
+                        )
+                        break
+                    conn.execute(
+                        "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)",
+                        (sid, m.seq, m.hash, m.data),
+                    )
+                    heads[key] = (sid, count + 1, m.hash)
+                    result.added += 1
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                for key in created:
+                    self._sub_ids.pop(key, None)
+                raise
+        if error is not None:
+            error.partial = result  # type: ignore[attr-defined]
+            raise error
+        return result
+
+    # --------------------------------------------------------------- reading
+    def rows(
+        self, feed: str, name: str, start: int, end: int | None, limit: int, max_bytes: int
+    ) -> list[Row]:
+        """Stored messages seq >= start (and < end), in order: at most ``limit`` rows,
+        stopping after the row that brings the total past ``max_bytes``."""
+        sid = self.sub_id(feed, name)
+        if sid is None:
+            return []
+        hi = MAX_SEQ_EXCLUSIVE if end is None else end
+        out: list[Row] = []
+        total = 0
+        with self.lock:
+            cur = self.conn.execute(
+                "SELECT seq, hash, CAST(data AS BLOB) FROM messages "
+                "WHERE sub = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?",
+                (sid, start, hi, limit),
+            )
+            for row in cur:
+                out.append(row)
+                total += len(row[2])
+                if total > max_bytes:
+                    break
+            cur.close()
+        return out
+
+    def hash_at(self, feed: str, name: str, seq: int) -> str | None:
+        """The stored hash of message ``seq``, or None if there is none."""
+        sid = self.sub_id(feed, name)
+        if sid is None:
+            return None
+        with self.lock:
+            r = self.conn.execute(
+                "SELECT hash FROM messages WHERE sub = ? AND seq = ?", (sid, seq)
+            ).fetchone()
+        return r[0] if r else None
+
+
+_stores: dict[str, FeedStore] = {}
+_stores_lock = threading.Lock()
+
+
+def get_feed_store(node: NodeDir | None = None) -> FeedStore:
+    """The FeedStore of ``node`` (default: this process's node directory), one per process."""
+    node = node or node_dir()
+    key = str(node.path)
+    store = _stores.get(key)
+    if store is None or store.pid != os.getpid() or not store.path.parent.exists():
+        with _stores_lock:
+            store = _stores.get(key)
+            if store is None or store.pid != os.getpid() or not store.path.parent.exists():
+                store = FeedStore(node)
+                _stores[key] = store
+    return store

@@ -1,0 +1,229 @@
+"""Moving feeds between nodes: export to and import from JSON lines.
+
+**Format** (the one bucket sync and peers use too): UTF-8 text, one message
+per line, each line the message's signed bytes exactly as hashed (canonical
+JSON, see ``docs/feeds.md``), ending in ``\\n``. An export holds the subfeeds
+of one feed one after another, in name order, each from seq 0 in seq order.
+
+**Import** trusts nothing. :func:`import_messages` takes any iterable of
+message dicts, in order, and accepts a message only if its structure and
+signature are valid, it is the next seq of its subfeed in the stream, its
+``prev`` is the hash of the message before it (in the stream or already
+stored), and a message already stored with that seq is byte-identical. At
+the first message that fails, everything before it is kept, a
+FeedVerificationError names the feed, subfeed and seq, and nothing after it
+is accepted. Importing what is already here changes nothing, so an import
+can be repeated or resumed; a feed without a key on this node becomes
+readable (read-only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import FeedVerificationError, InvalidValueError
+from ..fsutil import os_error, temp_path
+from .feed import load_feed, load_subfeed
+from .messages import Message, SignedMessage, message_from_mapping, verification_error
+from .store import ExtendResult, get_feed_store
+from .uris import parse_feed_uri
+
+BATCH_MESSAGES = 1000
+BATCH_BYTES = 16 << 20
+
+
+@dataclass
+class ImportReport:
+    """What an import did: messages added, messages already present, feeds touched."""
+
+    added: int = 0
+    present: int = 0
+    feeds: set[str] = field(default_factory=set)
+
+    def __str__(self) -> str:
+        return (
+            f"imported {self.added} new messages ({self.present} already present) "
+            f"into {len(self.feeds)} feed{'s' if len(self.feeds) != 1 else ''}"
+        )
+
+
+def import_messages(messages: Iterable[Mapping[str, Any] | Message]) -> ImportReport:
+    """Verify and store messages received from elsewhere (a file, a bucket, a peer).
+
+    See the module docstring for what is checked. On the first bad message,
+    the messages before it are committed and FeedVerificationError is raised
+    (with the partial :class:`ImportReport` as its ``report`` attribute).
+    """
+    store = get_feed_store()
+    report = ImportReport()
+    last: dict[tuple[str, str], tuple[int, str]] = {}
+    pending: list[SignedMessage] = []
+    pending_bytes = 0
+
+    def flush() -> None:
+        nonlocal pending_bytes
+        if not pending:
+            return
+        batch = list(pending)
+        pending.clear()
+        pending_bytes = 0
+        try:
+            result = store.extend(batch)
+        except FeedVerificationError as e:
+            count(batch, e.partial)  # type: ignore[attr-defined]
+            raise
+        count(batch, result)
+
+    def count(batch: list[SignedMessage], result: ExtendResult) -> None:
+        report.added += result.added
+        report.present += result.present
+        report.feeds.update(m.feed for m in batch[: result.added + result.present])
+
+    try:
+        for obj in messages:
+            m = message_from_mapping(obj.to_dict() if isinstance(obj, Message) else obj)
+            key = (m.feed, m.subfeed)
+            before = last.get(key)
+            if before is not None:
+                seq, hash_hex = before
+                if m.seq != seq + 1:
+                    why = (
+                        "duplicated"
+                        if m.seq == seq
+                        else f"out of order: expected seq {seq + 1} after seq {seq} (a message "
+                        "is missing, repeated or reordered)"
+                    )
+                    raise verification_error(
+                        m.feed, m.subfeed, m.seq, why, "nothing from this message on was imported"
+                    )
+                if m.prev != hash_hex:
+                    raise verification_error(
+                        m.feed,
+                        m.subfeed,
+                        m.seq,
+                        "'prev' is not the hash of the message before it (edited or forged)",
+                        "nothing from this message on was imported",
+                    )
+            last[key] = (m.seq, m.hash)
+            pending.append(m)
+            pending_bytes += len(m.data)
+            if len(pending) >= BATCH_MESSAGES or pending_bytes >= BATCH_BYTES:
+                flush()
+    except BaseException as e:
+        try:
+            flush()  # keep the good messages before the failure
+        except FeedVerificationError as earlier:
+            earlier.report = report  # type: ignore[attr-defined]
+            raise earlier from None
+        if isinstance(e, FeedVerificationError):
+            e.report = report  # type: ignore[attr-defined]
+        raise
+    try:
+        flush()
+    except FeedVerificationError as e:
+        e.report = report  # type: ignore[attr-defined]
+        raise
+    return report
+
+
+def parse_lines(lines: Iterable[bytes | str]) -> Iterator[dict[str, Any]]:
+    """Decode JSON lines into message dicts (blank lines are skipped).
+
+    A line that is not a JSON object raises FeedVerificationError naming its
+    line number, after the lines before it have been yielded.
+    """
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise verification_error(
+                None,
+                None,
+                None,
+                f"line {n} is not JSON ({e})",
+                "nothing from this line on was imported",
+            ) from None
+        if not isinstance(obj, dict):
+            raise verification_error(
+                None,
+                None,
+                None,
+                f"line {n} is not a JSON object",
+                "nothing from this line on was imported",
+            )
+        yield obj
+
+
+def import_lines(lines: Iterable[bytes | str]) -> ImportReport:
+    """Import messages from JSON lines (the export format)."""
+    return import_messages(parse_lines(lines))
+
+
+def import_feed(path: str | os.PathLike[str]) -> ImportReport:
+    """Import a JSON-lines file written by :func:`export_feed` (or a feed snapshot)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, errors translated
+    except OSError as e:
+        raise InvalidValueError(f"cannot read {path}: {e.strerror}") from e
+    with f:
+        return import_lines(f)
+
+
+def export_lines(uri: str) -> Iterator[bytes]:
+    """The signed bytes of every message of a feed (every subfeed) or of one subfeed.
+
+    Messages are checked as they are read (``verify="chain"``): a damaged
+    local copy raises FeedVerificationError instead of being exported.
+    """
+    parsed = parse_feed_uri(uri)
+    if parsed.subfeed is not None:
+        return load_subfeed(uri).export_lines()
+    feed = load_feed(uri)
+
+    def gen() -> Iterator[bytes]:
+        for name in feed.subfeeds():
+            yield from feed.subfeed(name).export_lines()
+
+    return gen()
+
+
+def export_feed(uri: str, out: str | os.PathLike[str] | IO[bytes]) -> int:
+    """Write a feed (or one subfeed) as JSON lines to ``out``; return the message count.
+
+    ``out`` is a binary file object or a path; a path is written atomically
+    (readers never see a partial export).
+    """
+    lines = export_lines(uri)
+    if isinstance(out, (str, os.PathLike)):
+        path = Path(out)
+        tmp = temp_path(path.absolute().parent)
+        try:
+            with open(tmp, "wb") as f:
+                n = _write_lines(lines, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise os_error(e, f"cannot write {path}") from e
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return n
+    return _write_lines(lines, out)
+
+
+def _write_lines(lines: Iterable[bytes], f: IO[bytes]) -> int:
+    n = 0
+    for line in lines:
+        f.write(line)
+        f.write(b"\n")
+        n += 1
+    return n

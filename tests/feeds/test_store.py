@@ -1,0 +1,148 @@
+"""The SQLite feed store: transactions, chain checks on extend, paging, indexes."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from kachery_tasks.errors import FeedPermissionError, FeedVerificationError
+from kachery_tasks.feeds import create_feed
+from kachery_tasks.feeds.messages import encode_body, sign_message
+from kachery_tasks.feeds.store import get_feed_store
+from kachery_tasks.keys import KeyPair
+
+
+@pytest.fixture
+def store():
+    return get_feed_store()
+
+
+def _chain(key: KeyPair, n: int, subfeed: str = "s", start: int = 0, prev=None) -> list:
+    out = []
+    for i in range(start, start + n):
+        m = sign_message(key, subfeed, i, prev, 1000 + i, encode_body(i))
+        out.append(m)
+        prev = m.hash
+    return out
+
+
+def test_database_lives_in_the_node_dir_in_wal_mode(store, node_path):
+    assert store.path == node_path / "feeds" / "feeds.db"
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert stat.S_IMODE(os.stat(store.keys_dir).st_mode) == 0o700
+
+
+def test_append_gives_build_the_true_head(store):
+    key = KeyPair.generate()
+    seen = []
+
+    def build(seq, prev):
+        seen.append((seq, prev))
+        return _chain(key, 2, start=seq, prev=prev)
+
+    first = store.append(key.public_hex, "s", build)
+    store.append(key.public_hex, "s", build)
+    assert seen == [(0, None), (2, first[1].hash)]
+    assert store.count(key.public_hex, "s") == 4
+
+
+def test_failed_append_writes_nothing(store):
+    key = KeyPair.generate()
+    store.append(key.public_hex, "s", lambda seq, prev: _chain(key, 1))
+
+    def boom(seq, prev):
+        raise RuntimeError("crash while building")
+
+    with pytest.raises(RuntimeError):
+        store.append(key.public_hex, "s", boom)
+    with pytest.raises(RuntimeError):
+        store.append(key.public_hex, "new", boom)
+    assert store.count(key.public_hex, "s") == 1
+    assert store.subfeeds(key.public_hex) == [("s", 1)]
+    assert store.sub_id(key.public_hex, "new") is None
+
+
+def test_a_duplicate_seq_cannot_be_written(store):
+    key = KeyPair.generate()
+    store.append(key.public_hex, "s", lambda seq, prev: _chain(key, 2))
+    # A buggy builder that ignores the head it is given is stopped by the primary key.
+    with pytest.raises(Exception, match="UNIQUE"):
+        store.append(key.public_hex, "s", lambda seq, prev: _chain(key, 1))
+    assert store.count(key.public_hex, "s") == 2
+
+
+def test_extend_adds_skips_present_and_is_idempotent(store):
+    key = KeyPair.generate()
+    msgs = _chain(key, 5)
+    r = store.extend(msgs[:3])
+    assert (r.added, r.present) == (3, 0)
+    r = store.extend(msgs)
+    assert (r.added, r.present) == (2, 3)
+    r = store.extend(msgs)
+    assert (r.added, r.present) == (0, 5)
+    assert store.count(key.public_hex, "s") == 5
+    assert store.get_feed(key.public_hex) is not None
+
+
+def test_extend_refuses_a_gap_and_keeps_the_prefix(store):
+    key = KeyPair.generate()
+    msgs = _chain(key, 6)
+    with pytest.raises(FeedVerificationError, match="missing") as info:
+        store.extend([*msgs[:2], *msgs[3:]])
+    assert info.value.seq == 3
+    assert store.count(key.public_hex, "s") == 2
+
+
+def test_extend_refuses_a_fork(store):
+    key = KeyPair.generate()
+    msgs = _chain(key, 3)
+    store.extend(msgs)
+    fork = sign_message(key, "s", 2, msgs[1].hash, 99, encode_body("other"))
+    with pytest.raises(FeedVerificationError, match="differs") as info:
+        store.extend([fork])
+    assert info.value.seq == 2
+    wrong_prev = sign_message(key, "s", 3, "0" * 64, 99, encode_body("x"))
+    with pytest.raises(FeedVerificationError, match="prev") as info:
+        store.extend([wrong_prev])
+    assert info.value.seq == 3
+    assert store.count(key.public_hex, "s") == 3
+
+
+def test_rows_pages_by_count_and_bytes(store):
+    key = KeyPair.generate()
+    store.extend(_chain(key, 10))
+    assert [r[0] for r in store.rows(key.public_hex, "s", 2, None, 3, 1 << 20)] == [2, 3, 4]
+    assert [r[0] for r in store.rows(key.public_hex, "s", 8, None, 100, 1 << 20)] == [8, 9]
+    assert [r[0] for r in store.rows(key.public_hex, "s", 0, 4, 100, 1 << 20)] == [0, 1, 2, 3]
+    assert [r[0] for r in store.rows(key.public_hex, "s", 0, None, 100, 1)] == [0]
+    assert store.rows(key.public_hex, "nothing", 0, None, 100, 1 << 20) == []
+    assert store.hash_at(key.public_hex, "s", 9) is not None
+    assert store.hash_at(key.public_hex, "s", 10) is None
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT max(seq) FROM messages WHERE sub = 1",
+        "SELECT seq, hash FROM messages WHERE sub = 1 ORDER BY seq DESC LIMIT 1",
+        "SELECT seq, hash, data FROM messages WHERE sub = 1 AND seq >= 5 ORDER BY seq LIMIT 100",
+        "SELECT hash FROM messages WHERE sub = 1 AND seq = 5",
+    ],
+)
+def test_hot_queries_use_the_primary_key_index(store, sql):
+    plan = " ".join(str(r[-1]) for r in store.conn.execute("EXPLAIN QUERY PLAN " + sql))
+    assert "PRIMARY KEY" in plan and "SCAN" not in plan, plan
+
+
+def test_key_file_readable_by_others_is_refused():
+    feed = create_feed("x")
+    path = get_feed_store().key_path(feed.id)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    os.chmod(path, 0o644)
+    from kachery_tasks.feeds import load_feed
+
+    with pytest.raises(FeedPermissionError, match=f"chmod 600 {path}"):
+        load_feed(feed.uri).append(1)
+    assert load_feed(feed.uri).count() == 0
