@@ -1,0 +1,211 @@
+"""Commands about task records: tasks ls, tasks show, tasks why, tasks forget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..config import node_dir
+from ..errors import InvalidValueError, TaskNotCachedError
+from . import command
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = command(
+        commands, "tasks", "List and explain the task runs recorded on this node.",
+        "kachery-tasks tasks ls --function mylab.pipeline.bandpass",
+    )
+    sub = p.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
+
+    q = command(
+        sub, "ls", "List recorded tasks, newest first (the latest run of each task id).",
+        "kachery-tasks tasks ls --function bandpass --limit 20",
+        "Status is success, error, running or abandoned (its process died mid-run).",
+    )
+    q.add_argument("--function", help="only this function (module.qualname, or its last part)")
+    q.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.set_defaults(func=_ls)
+
+    q = command(
+        sub, "show", "Show one task: inputs, result, timings, what it called and what called it.",
+        "kachery-tasks tasks show sha256:3f2a9c",
+        "ID may be a unique prefix of the task id, with or without 'sha256:'.",
+    )
+    q.add_argument("task_id", metavar="ID")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.set_defaults(func=_show)
+
+    q = command(
+        sub, "why", "Explain why the last call of a function missed the cache.",
+        "kachery-tasks tasks why mylab.pipeline.bandpass",
+        "Compares the parts of the task id of the last run with the run before it:\n"
+        "version, code hash and each argument.",
+    )
+    q.add_argument("function", metavar="FUNC", help="module.qualname, or its last part")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.set_defaults(func=_why)
+
+    q = command(
+        sub, "forget", "Stop serving the recorded result of a task (it is recomputed next time).",
+        "kachery-tasks tasks forget sha256:3f2a9c",
+    )
+    q.add_argument("task_id", metavar="ID")
+    q.set_defaults(func=_forget)
+
+
+def _records():
+    from ..runtime.records import Records
+
+    node = node_dir()
+    return Records(node.ensure("tasks") / "records.db", node.shared)
+
+
+def _resolve_function(records, name: str) -> str:
+    names = records.functions()
+    if name in names:
+        return name
+    matches = [n for n in names if n.rsplit(".", 1)[-1] == name or n.endswith("." + name)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise InvalidValueError(
+            f"no runs of a function named {name!r} on this node; 'kachery-tasks tasks ls' "
+            "lists the recorded ones"
+        )
+    raise InvalidValueError(f"{name!r} is ambiguous: {', '.join(sorted(matches))}")
+
+
+def _resolve_id(records, prefix: str) -> str:
+    prefix = prefix.strip()
+    matches = records.task_ids_with_prefix(prefix)
+    if not matches:
+        raise TaskNotCachedError(
+            f"no task with id {prefix} is recorded on this node; 'kachery-tasks tasks ls' "
+            "lists them"
+        )
+    if len(matches) > 1:
+        raise InvalidValueError(
+            f"{prefix} matches several tasks ({', '.join(m[:19] for m in matches)}...); "
+            "give more digits"
+        )
+    return matches[0]
+
+
+def _t(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _dur(d: float | None) -> str:
+    if d is None:
+        return "-"
+    return f"{d * 1000:.0f} ms" if d < 1 else f"{d:.2f} s"
+
+
+def _ls(args: argparse.Namespace) -> int:
+    records = _records()
+    function = _resolve_function(records, args.function) if args.function else None
+    runs = records.latest_runs(function=function, limit=args.limit)
+    if args.json:
+        print(json.dumps([_run_dict(r) for r in runs], indent=2))
+        return 0
+    if not runs:
+        print("no task runs recorded on this node")
+        return 0
+    print(f"{'TASK ID':<23} {'KIND':<6} {'STATUS':<9} {'FINISHED':<19} {'TIME':>9}  FUNCTION")
+    for r in runs:
+        print(f"{r.task_id[:23]} {r.kind:<6} {r.effective_status():<9} {_t(r.finished):<19} "
+              f"{_dur(r.duration):>9}  {r.function}")
+    return 0
+
+
+def _run_dict(r) -> dict:
+    return {
+        "task_id": r.task_id, "kind": r.kind, "function": r.function, "version": r.version,
+        "code_hash": r.code_hash, "args": r.args, "inputs": r.inputs, "result_uri": r.result_uri,
+        "codec": r.codec, "node": r.node, "host": r.host, "pid": r.pid, "started": r.started,
+        "finished": r.finished, "duration": r.duration, "status": r.effective_status(),
+        "error": r.error, "reason": r.reason, "components": r.components,
+    }
+
+
+def _show(args: argparse.Namespace) -> int:
+    records = _records()
+    tid = _resolve_id(records, args.task_id)
+    runs = records.runs(task_id=tid)
+    served = records.result(tid)
+    children, parents = records.children(tid), records.parents(tid)
+    info = {
+        "task_id": tid,
+        "served_result": served.result_uri if served else None,
+        "runs": [_run_dict(r) for r in runs],
+        "called": [{"task_id": c, "function": records.function_of(c)} for c in children],
+        "called_by": [{"task_id": p, "function": records.function_of(p)} for p in parents],
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    last = runs[0] if runs else None
+    print(f"task:      {tid}")
+    if last is not None:
+        print(f"function:  {last.function} ({last.kind}"
+              + (f", version {last.version}" if last.version else
+                 f", code {(last.code_hash or '')[:12]}") + ")")
+        print("arguments:")
+        for name, summary in last.args.items():
+            print(f"  {name} = {summary}")
+        if last.inputs:
+            print("inputs:")
+            for uri in last.inputs:
+                print(f"  {uri}")
+    if served is not None:
+        what = served.result_uri or f"outcome {served.status}"
+        print(f"result:    {what}" + (f" ({served.codec})" if served.codec else ""))
+    else:
+        print("result:    none served (never succeeded, or forgotten)")
+    print(f"runs:      {len(runs)}")
+    for r in runs:
+        line = (f"  {_t(r.started)}  {r.effective_status():<9} {_dur(r.duration):>9}  "
+                f"node {r.node[:12]} pid {r.pid} on {r.host}")
+        print(line + (f"  [{r.reason}]" if r.reason not in ("miss",) else ""))
+        if r.error:
+            print(f"    error: {r.error}")
+    print("called:" if children else "called:    nothing")
+    for c in info["called"]:
+        print(f"  {c['task_id']}  {c['function'] or '?'}")
+    print("called by:" if parents else "called by: nothing")
+    for p in info["called_by"]:
+        print(f"  {p['task_id']}  {p['function'] or '?'}")
+    return 0
+
+
+def _why(args: argparse.Namespace) -> int:
+    from ..runtime.records import why
+
+    records = _records()
+    function = _resolve_function(records, args.function)
+    report = why(records, function)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    if report.last is not None:
+        print(f"last run of {function}: {report.last.task_id} at {_t(report.last.started)}")
+    if report.previous is not None:
+        print(f"compared with:  {report.previous.task_id} at {_t(report.previous.started)}")
+    for reason in report.reasons:
+        print(f"  - {reason}")
+    return 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    records = _records()
+    tid = _resolve_id(records, args.task_id)
+    dropped = records.forget(tid)
+    if dropped:
+        # Tell processes that memoised this result to drop it (see runtime/cache.py).
+        path = node_dir().sub("tasks", "invalidations")
+        with open(path, "ab") as f:
+            f.write(b".")
+    print(f"forgot {tid}" if dropped else f"{tid} had no served result")
+    return 0

@@ -1,0 +1,60 @@
+"""The tasks runtime: ``@pure``, ``@query`` and ``@action`` with deterministic ids.
+
+Modules, one job each: :mod:`.ids` (task ids and code hashes),
+:mod:`.encoders` (argument encodings), :mod:`.results` (result codecs),
+:mod:`.records` (records and provenance), :mod:`.leases` (one computation
+per id at a time), :mod:`.cache` (the per-node cache of a process),
+:mod:`.tasks` (decorators and the Task object) and :mod:`.executors`
+(in-process and Dask). Importing this package imports neither numpy nor
+Dask; they load when first needed.
+"""
+
+from .encoders import register_encoder
+from .executors import (
+    DaskExecutor,
+    Executor,
+    LocalExecutor,
+    TaskFuture,
+    current_executor,
+    dask,
+    gather,
+    use_executor,
+)
+from .ids import compute_task_id
+from .results import ResultCodec, allow_pickles_from, register_codec
+from .tasks import (
+    ActionOutcome,
+    File,
+    QueryResult,
+    StaleResultWarning,
+    Task,
+    action,
+    again,
+    pure,
+    query,
+)
+
+__all__ = [
+    "ActionOutcome",
+    "DaskExecutor",
+    "Executor",
+    "File",
+    "LocalExecutor",
+    "QueryResult",
+    "ResultCodec",
+    "StaleResultWarning",
+    "Task",
+    "TaskFuture",
+    "action",
+    "again",
+    "allow_pickles_from",
+    "compute_task_id",
+    "current_executor",
+    "dask",
+    "gather",
+    "pure",
+    "query",
+    "register_codec",
+    "register_encoder",
+    "use_executor",
+]

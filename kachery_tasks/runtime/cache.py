@@ -1,0 +1,214 @@
+"""The per-node task cache of this process: records, store, and an in-memory memo.
+
+The memo maps task id -> what a hit needs (see ``results.MemoEntry``), so a
+hit of a task whose result this process has already seen costs an id
+computation and a dict lookup, with no database query and no file read.
+It is sound because results are immutable blobs; it stays correct across
+processes through one shared file, ``<node>/tasks/invalidations``: every
+``forget`` or ``recompute`` (in any process) appends a byte to it, and a
+process whose memo was filled when the file had another size clears the
+memo before serving from it (one ``stat`` per hit).
+
+Small results (encoded size at most ``KACHERY_TASKS_INLINE_MAX`` bytes,
+default 4096) are kept inline in the records database rather than as blobs:
+storing a blob costs two fsyncs and a new file, which would dominate tiny
+tasks. Their URI is the ``sha256://`` of the same bytes; :meth:`materialize`
+writes them to the content store when they must be loaded as files or
+travel to another node.
+
+The memo is bounded (``KACHERY_TASKS_MEMO_BYTES``, default 256 MiB of held
+values; oldest entries go first) and keyed by node directory, so switching
+``KACHERY_TASKS_DIR`` switches caches.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from ..config import ENV_DIR, NodeDir, node_dir
+from ..errors import ContentNotFoundError, LinkedFileError
+from . import results
+from .records import Records, ResultRow
+
+MISS = object()
+_key_lock = threading.Lock()
+ENV_MEMO = "KACHERY_TASKS_MEMO_BYTES"
+ENV_INLINE = "KACHERY_TASKS_INLINE_MAX"
+INLINE_MAX = 4096
+
+
+class NodeCache:
+    """Everything the runtime keeps for one node directory in this process."""
+
+    def __init__(self, node: NodeDir) -> None:
+        self.node = node
+        self.pid = os.getpid()
+        tasks_dir = node.ensure("tasks")
+        self.records = Records(tasks_dir / "records.db", node.shared)
+        self.memo: dict[str, results.MemoEntry] = {}
+        self.memo_bytes = 0
+        try:
+            self.memo_limit = int(os.environ.get(ENV_MEMO, 256 * 2**20))
+        except ValueError:
+            self.memo_limit = 256 * 2**20
+        self.inval_path = str(tasks_dir / "invalidations")
+        fd = os.open(self.inval_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        os.close(fd)
+        self.inval_seen = os.stat(self.inval_path).st_size
+        self._lock = threading.Lock()
+        self._node_id: str | None = None
+        try:
+            self.inline_max = int(os.environ.get(ENV_INLINE, INLINE_MAX))
+        except ValueError:
+            self.inline_max = INLINE_MAX
+
+    @property
+    def store(self):
+        from ..storage.local import get_store
+
+        return get_store(self.node)
+
+    @property
+    def node_id(self) -> str:
+        """This node's public key (hex): the producer named in its records."""
+        if self._node_id is None:
+            from ..keys import node_keypair
+
+            with _key_lock:  # keys.create_key_file is not safe between threads of a process
+                if self._node_id is None:
+                    self._node_id = node_keypair(self.node).public_hex
+        return self._node_id
+
+    # --------------------------------------------------------------- memo
+    def get(self, task_id: str) -> Any:
+        """The memoised value of ``task_id``, or :data:`MISS`."""
+        e = self.memo.get(task_id)
+        if e is None:
+            return MISS
+        try:
+            fresh = os.stat(self.inval_path).st_size == self.inval_seen
+        except OSError:
+            fresh = False
+        if not fresh:
+            self.clear()
+            return MISS
+        return e[1] if e[0] is None else e[0](e[1])
+
+    def put(self, task_id: str, entry: results.MemoEntry) -> Any:
+        """Remember ``entry`` for ``task_id`` and return the value it serves."""
+        size = entry[2]
+        if size <= self.memo_limit // 4:
+            with self._lock:
+                old = self.memo.pop(task_id, None)
+                if old is not None:
+                    self.memo_bytes -= old[2]
+                while self.memo and self.memo_bytes + size > self.memo_limit:
+                    oldest = next(iter(self.memo))
+                    self.memo_bytes -= self.memo.pop(oldest)[2]
+                self.memo[task_id] = entry
+                self.memo_bytes += size
+        return entry[1] if entry[0] is None else entry[0](entry[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self.memo.clear()
+            self.memo_bytes = 0
+            try:
+                self.inval_seen = os.stat(self.inval_path).st_size
+            except OSError:
+                self.inval_seen = -1
+
+    def invalidate(self, task_id: str) -> None:
+        """Drop ``task_id`` here and tell other processes to drop their memos."""
+        with self._lock:
+            old = self.memo.pop(task_id, None)
+            if old is not None:
+                self.memo_bytes -= old[2]
+            expected = self.inval_seen
+            fd = os.open(self.inval_path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, b".")
+            finally:
+                os.close(fd)
+            size = os.stat(self.inval_path).st_size
+        if size != expected + 1:  # others invalidated too: our memo may be stale
+            self.clear()
+        else:
+            self.inval_seen = size
+
+    # ------------------------------------------------------------- loading
+    def load(self, row: ResultRow) -> Any:
+        """The value of a recorded result (memoised), or :data:`MISS` when its blob is gone.
+
+        Raises UntrustedPickleError for a pickle from a node not allowed.
+        """
+        if row.node != self.node_id:
+            results.check_trust(row.codec or "", row.node, self.node_id, row.task_id)
+        codec = results.codec_named(row.codec or "")
+        data = row.data
+        if data is None:
+            try:
+                path = self.store.load_file(row.result_uri)
+            except (ContentNotFoundError, LinkedFileError):
+                return MISS
+            if not codec.inline or codec.name == "npy":
+                return self.put(row.task_id, codec.memo(codec.decode(path), None))
+            data = _read(path)  # read once: decoded now, and kept for later hits
+        return self.put(row.task_id, codec.memo(codec.decode_bytes(data), data))
+
+    def result_bytes(self, task_id: str) -> bytes | None:
+        """The encoded result served for ``task_id`` (inline or from its blob), or None."""
+        row = self.records.result(task_id)
+        if row is None or row.result_uri is None:
+            return None
+        if row.data is not None:
+            return row.data
+        return self.store.load_bytes(row.result_uri)
+
+    def materialize(self, task_id: str) -> str | None:
+        """Make sure the result of ``task_id`` is a blob in the content store; its URI.
+
+        Small results live inline in the records database; this writes them to
+        the store (same bytes, so the same ``sha256://`` id) for code that loads
+        result URIs as files or sends them to other nodes.
+        """
+        row = self.records.result(task_id)
+        if row is None or row.result_uri is None:
+            return None
+        if row.data is not None:
+            from ..uris import parse_uri
+
+            self.store.store_bytes(row.data, label=parse_uri(row.result_uri).label)
+        return row.result_uri
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+_caches: dict[str | None, NodeCache] = {}
+_caches_lock = threading.Lock()
+
+
+def current() -> NodeCache:
+    """The cache of this process's node directory (``$KACHERY_TASKS_DIR``)."""
+    c = _caches.get(os.environ.get(ENV_DIR))
+    if c is not None and c.pid == os.getpid():
+        return c
+    return _open(os.environ.get(ENV_DIR))
+
+
+def _open(key: str | None) -> NodeCache:
+    with _caches_lock:
+        c = _caches.get(key)
+        if c is None or c.pid != os.getpid():
+            node = node_dir()
+            c = next(
+                (x for x in _caches.values() if x.node.path == node.path and x.pid == os.getpid()),
+                None,
+            ) or NodeCache(node)
+            _caches[key] = c
+        return c

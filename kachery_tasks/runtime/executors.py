@@ -1,0 +1,491 @@
+"""Executors: where submitted tasks run -- in this process, or on a Dask cluster.
+
+The contract every :class:`Executor` keeps (one shared test class checks it
+against each implementation, see ``tests/runtime/test_executors.py``):
+
+* ``submit(task, args, kwargs)`` returns a :class:`TaskFuture` whose
+  ``task_id`` is ``task.task_id(*args, **kwargs)``.
+* A cached pure call is served from the cache *before* submission: the
+  future is already done and nothing reaches the executor.
+* Identical submissions in flight run once (same id, same computation).
+* ``future.result()`` returns what ``task(*args, **kwargs)`` would return, or
+  raises the exception the task raised, with its own type. The failure is
+  recorded and never served as a cached result.
+* A TaskFuture may be an argument of another submission: the dependent call
+  runs after it, and its id encodes the producer's task id (tag ``r``).
+* ``map(task, items, args, kwargs)`` is ``[submit(task, (item, *args), kwargs)
+  for item in items]``, in order.
+* A failure of the executor itself (a Dask cluster that is gone) raises
+  :class:`~kachery_tasks.errors.ExecutorError`.
+
+:class:`LocalExecutor` (the default) runs each submission at once in the
+calling thread. :class:`DaskExecutor` sends misses to a ``distributed``
+cluster; the Dask key of a call is ``"<function>-<task id>"`` -- it contains
+the task id, so identical calls in flight share one key and run once, and
+it starts with the function's name so Dask groups tasks per function (a key
+made of the task id alone puts every task in its own group, which slows the
+scheduler several-fold). Recomputations and queries, which must run even
+when an identical call is in flight, get a random suffix.
+
+On a worker, calls of pure tasks from inside a task join the same graph:
+they are submitted through ``distributed.worker_client`` (which secedes the
+waiting task from the worker's thread pool) under the same key scheme.
+Workers on this machine use this process's node directory: it is passed
+with every call and put in the worker's ``KACHERY_TASKS_DIR`` (a worker
+process serves one node directory at a time). ``distributed`` is imported
+only when Dask is used.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import contextvars
+import hashlib
+import os
+import secrets
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from ..config import ENV_DIR
+from ..errors import ExecutorError, TaskError
+from . import cache as cache_mod
+from . import encoders
+from .records import ResultRow
+from .tasks import ActionOutcome, Task, _fmt_time
+
+_NOTHING = object()
+
+
+class TaskFuture:
+    """A submitted call: pending on an executor, or already done."""
+
+    _kachery_future = True
+    __slots__ = ("_dask", "_error", "_executor", "_value", "task", "task_id")
+
+    def __init__(
+        self, task: Task, task_id: str, value: Any = _NOTHING, error: BaseException | None = None,
+        dask_future: Any = None, executor: Executor | None = None,
+    ) -> None:
+        self.task = task
+        self.task_id = task_id
+        self._value = value
+        self._error = error
+        self._dask = dask_future
+        self._executor = executor
+
+    def done(self) -> bool:
+        """True when the result (or the error) is available."""
+        if self._dask is not None:
+            return self._dask.done()
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's result; raises the task's exception, or ExecutorError for the cluster's."""
+        if self._error is not None:
+            raise self._error
+        if self._value is not _NOTHING:
+            return self._value
+        return gather([self], timeout=timeout)[0]
+
+    def _set(self, value: Any) -> None:
+        self._value = _readonly_array(value)
+        self._dask = None
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        return f"<TaskFuture {self.task.name} {self.task_id[:19]}... {state}>"
+
+    def __reduce__(self):
+        raise ExecutorError(
+            "a TaskFuture cannot be sent elsewhere; pass it to submit() as an argument, or "
+            "send its result()"
+        )
+
+
+def _enc_future(v: TaskFuture, out: list) -> None:
+    out.append(b"r" + v.task_id[7:].encode("ascii"))
+
+
+encoders.register_special(TaskFuture, _enc_future)
+
+
+def _readonly_array(value: Any) -> Any:
+    flags = getattr(value, "flags", None)
+    if flags is not None and type(value).__module__ == "numpy":
+        try:
+            value.flags.writeable = False
+        except (ValueError, AttributeError):  # pragma: no cover - exotic arrays
+            pass
+    return value
+
+
+# ------------------------------------------------------------------ base
+class Executor(abc.ABC):
+    """Where submitted calls run. See the module docstring for the contract."""
+
+    @abc.abstractmethod
+    def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
+        """Start ``task(*args, **kwargs)``; ``mode`` is ``call``, ``force`` or ``again``."""
+
+    def map(self, task: Task, items: Iterable[Any], args: tuple = (),
+            kwargs: dict | None = None) -> list[TaskFuture]:
+        """``submit(task, (item, *args), kwargs)`` for every item, in order."""
+        return [self.submit(task, (item, *args), dict(kwargs or {})) for item in items]
+
+    def gather(self, futures: Sequence[TaskFuture], timeout: float | None = None) -> list[Any]:
+        """The results of ``futures`` in order (raises the first failure)."""
+        return [f.result() for f in futures]
+
+    def close(self) -> None:  # noqa: B027 - optional: most executors hold nothing
+        """Release the executor's resources (a no-op for the local executor)."""
+
+
+class LocalExecutor(Executor):
+    """Runs each submission immediately, in the calling thread."""
+
+    def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
+        tid = task.task_id(*args, **kwargs)
+        try:
+            if mode == "force":
+                value = task.recompute(*args, **kwargs)
+            elif mode == "again":
+                value = task.run_again(*args, **kwargs)
+            else:
+                value = task(*args, **kwargs)
+        except Exception as e:
+            return TaskFuture(task, tid, error=e, executor=self)
+        return TaskFuture(task, tid, value=value, executor=self)
+
+
+LOCAL = LocalExecutor()
+_current: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
+    "kachery_executor", default=None
+)
+
+
+def current_executor() -> Executor:
+    """The executor submissions go to: the innermost ``dask(...)`` block, else in-process."""
+    return _current.get() or LOCAL
+
+
+@contextlib.contextmanager
+def use_executor(executor: Executor) -> Iterator[Executor]:
+    """Send ``submit``/``map`` to ``executor`` inside the block."""
+    token = _current.set(executor)
+    try:
+        yield executor
+    finally:
+        _current.reset(token)
+
+
+# ------------------------------------------------------------------ Dask
+def dask_key(task: Task, task_id: str, mode: str) -> str:
+    """The Dask key of a call (see the module docstring)."""
+    key = f"{task.name}-{task_id}"
+    if mode != "call" or task.kind == "query":
+        key += f"-{secrets.token_hex(6)}"
+    return key
+
+
+class DaskExecutor(Executor):
+    """Runs cache misses on a ``distributed`` cluster through ``client``."""
+
+    def __init__(self, client: Any, share_node_dir: bool = True, cluster: Any = None) -> None:
+        self.client = client
+        self.share_node_dir = share_node_dir
+        self.cluster = cluster
+
+    def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
+        return self._submit_many(task, [(tuple(args), dict(kwargs))], mode)[0]
+
+    def map(self, task: Task, items: Iterable[Any], args: tuple = (),
+            kwargs: dict | None = None) -> list[TaskFuture]:
+        kw = dict(kwargs or {})
+        return self._submit_many(task, [((item, *args), kw) for item in items], "call")
+
+    def _submit_many(self, task: Task, calls: list[tuple[tuple, dict]], mode: str) -> list:
+        c = cache_mod.current()
+        prepared = []
+        for args, kwargs in calls:
+            parts, marks, a, k = task._encode(args, kwargs)
+            tid = "sha256:" + hashlib.sha256(b"".join(parts)).hexdigest()
+            prepared.append((tid, parts, marks, a, k))
+        out: list[TaskFuture | None] = [None] * len(prepared)
+        if mode == "call" and task.kind != "query":
+            self._serve_cached(c, task, prepared, out)
+        todo = [i for i, f in enumerate(out) if f is None]
+        if not todo:
+            return out  # type: ignore[return-value]
+        node_path = str(c.node.path) if self.share_node_dir else None
+        reason = {"call": "miss", "force": "forced", "again": "again"}[mode]
+        if task.kind == "query":
+            reason = "query"
+        by_key: dict[str, int] = {}
+        key_of: dict[int, str] = {}
+        keys, starts, dargs, dkwargs = [], [], [], []
+        for i in todo:
+            tid, parts, marks, a, k = prepared[i]
+            key = dask_key(task, tid, mode)
+            if self._erred(key):  # a failure still held by some future: run afresh
+                key = f"{key}-{secrets.token_hex(6)}"
+            key_of[i] = key
+            if key in by_key:
+                continue
+            by_key[key] = len(keys)
+            keys.append(key)
+            if _has_future(a) or _has_future(k.values()):
+                # the id encodes producers by reference: describe the call before Dask
+                # replaces the futures by their values
+                starts.append(task._prepare(tid, parts, marks, a, k, reason, c.node_id))
+            else:  # the worker describes it (keeps the scheduler's messages small)
+                starts.append((tid, reason))
+            dargs.append(self._to_dask(a))
+            dkwargs.append(self._to_dask(k))
+        n = len(keys)
+        try:
+            dfuts = self.client.map(
+                _run_on_worker, [task] * n, [node_path] * n, starts, dargs, dkwargs, [mode] * n,
+                key=keys, pure=False,
+            )
+        except Exception as e:
+            raise self._executor_error(e) from e
+        for i in todo:
+            dfut = dfuts[by_key[key_of[i]]]
+            out[i] = TaskFuture(task, prepared[i][0], dask_future=dfut, executor=self)
+        return out  # type: ignore[return-value]
+
+    def _erred(self, key: str) -> bool:
+        state = getattr(self.client, "futures", {}).get(key)
+        return state is not None and getattr(state, "status", None) == "error"
+
+    def _serve_cached(self, c: cache_mod.NodeCache, task: Task, prepared: list, out: list) -> None:
+        """Fill ``out`` with finished futures for calls that are cached (no submission)."""
+        if task.kind == "pure":
+            for i, p in enumerate(prepared):
+                v = c.get(p[0])
+                if v is not cache_mod.MISS:
+                    out[i] = TaskFuture(task, p[0], value=v)
+        rest = [p[0] for i, p in enumerate(prepared) if out[i] is None]
+        if not rest:
+            return
+        rows = c.records.results_many(rest)
+        for i, p in enumerate(prepared):
+            row = rows.get(p[0])
+            if out[i] is not None or row is None:
+                continue
+            if task.kind == "action":
+                out[i] = _action_future(task, row)
+                continue
+            try:
+                v = c.load(row)
+            except Exception as e:  # untrusted pickle: the caller sees it on result()
+                out[i] = TaskFuture(task, p[0], error=e)
+                continue
+            if v is not cache_mod.MISS:
+                out[i] = TaskFuture(task, p[0], value=v)
+
+    def _to_dask(self, value: Any) -> Any:
+        """Replace TaskFutures in an argument structure by what Dask can resolve."""
+        t = type(value)
+        if t is TaskFuture:
+            if value._dask is not None:
+                return value._dask
+            return value.result()
+        if t is tuple:
+            return tuple(self._to_dask(v) for v in value)
+        if t is list:
+            return [self._to_dask(v) for v in value]
+        if t is dict:
+            return {k: self._to_dask(v) for k, v in value.items()}
+        return value
+
+    def gather(self, futures: Sequence[TaskFuture], timeout: float | None = None) -> list[Any]:
+        pending = [f for f in futures if f._dask is not None]
+        if pending:
+            unique = list({id(f._dask): f._dask for f in pending}.values())
+            try:
+                values = self.client.gather(unique, errors="raise")
+            except Exception as e:
+                if not any(getattr(d, "status", None) == "error" for d in unique):
+                    raise self._executor_error(e) from e
+                # The tasks' own exceptions: keep them in the futures and let go of the
+                # Dask futures, so that a new submission of the same key runs again.
+                for f in pending:
+                    if f._dask.status == "error":
+                        f._error = f._dask.exception()
+                        f._dask = None
+                raise
+            by_id = {id(d): v for d, v in zip(unique, values)}
+            for f in pending:
+                f._set(by_id[id(f._dask)])
+        return [f.result() for f in futures]
+
+    def _executor_error(self, e: BaseException) -> ExecutorError:
+        address = getattr(getattr(self.client, "scheduler", None), "address", "?")
+        status = getattr(self.client, "status", "?")
+        return ExecutorError(
+            f"the Dask cluster at {address} failed (client {status}): {type(e).__name__}: {e}. "
+            "Check that the scheduler and its workers are running, then submit again"
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+
+
+def _action_future(task: Task, row: ResultRow) -> TaskFuture:
+    if row.status == "success":
+        return TaskFuture(task, row.task_id,
+                          value=ActionOutcome(row.task_id, task.name, True, False, None,
+                                              row.finished))
+    return TaskFuture(task, row.task_id, error=TaskError(
+        f"action {task.name} ({row.task_id}) failed at {_fmt_time(row.finished)}: {row.error}. "
+        "Actions run at most once per id; use run_again or kachery.again to retry"
+    ))
+
+
+# -------------------------------------------------------- on the worker
+_worker_node: contextvars.ContextVar[tuple[str | None] | None] = contextvars.ContextVar(
+    "kachery_worker_node", default=None
+)
+
+
+def _run_on_worker(task: Task, node_path: str | None, start: Any, args: tuple, kwargs: dict,
+                   mode: str) -> Any:
+    """What a Dask worker runs for one call: the same protocol as in-process.
+
+    ``start`` is the RunStart prepared by the client, or ``(task_id, reason)``
+    when the arguments hold no futures and the worker can describe the call.
+    """
+    if node_path is not None and os.environ.get(ENV_DIR) != node_path:
+        os.environ[ENV_DIR] = node_path
+    token = _worker_node.set((node_path,))
+    try:
+        c = cache_mod.current()
+        tid = start[0] if type(start) is tuple else start.task_id
+        if mode == "call" and task.kind == "pure":
+            v = c.get(tid)
+            if v is not cache_mod.MISS:
+                return v
+        if type(start) is tuple:
+            parts, marks, args, kwargs = task._encode(args, kwargs)
+            start = task._prepare(tid, parts, marks, args, kwargs, start[1], c.node_id)
+        return task.run_started(c, start, args, kwargs, mode)
+    finally:
+        _worker_node.reset(token)
+
+
+def _has_future(values: Iterable[Any]) -> bool:
+    for v in values:
+        t = type(v)
+        if t is TaskFuture:
+            return True
+        if t in (list, tuple) and any(type(x) is TaskFuture for x in v):
+            return True
+        if t is dict and any(type(x) is TaskFuture for x in v.values()):
+            return True
+    return False
+
+
+def nested_runner() -> Any:
+    """Inside a task on a Dask worker: a function that runs a call through the cluster."""
+    ctx = _worker_node.get()
+    if ctx is None:
+        return None
+    node_path = ctx[0]
+
+    def run(task: Task, start: Any, args: tuple, kwargs: dict, mode: str) -> Any:
+        from distributed import worker_client
+
+        key = dask_key(task, start.task_id, mode)
+        with worker_client() as client:
+            fut = client.submit(_run_on_worker, task, node_path, start, args, kwargs, mode,
+                                key=key, pure=False)
+            return _readonly_array(fut.result())
+
+    return run
+
+
+# -------------------------------------------------------------- public
+def gather(futures: Iterable[TaskFuture], timeout: float | None = None) -> list[Any]:
+    """The results of ``futures``, in order; Dask futures are fetched in one round trip."""
+    futures = list(futures)
+    for f in futures:
+        if not isinstance(f, TaskFuture):
+            raise TypeError(f"kachery.gather takes TaskFutures (from submit or map), not {f!r}")
+    groups: dict[int, tuple[Executor, list[TaskFuture]]] = {}
+    for f in futures:
+        if f._dask is not None and f._executor is not None:
+            groups.setdefault(id(f._executor), (f._executor, []))[1].append(f)
+    for executor, fs in groups.values():
+        executor.gather(fs, timeout=timeout)
+    return [f.result() for f in futures]
+
+
+def _is_local_address(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1", "", socket.gethostname()) or host.startswith(
+        "127."
+    ) or address.startswith("inproc://")
+
+
+@contextlib.contextmanager
+def dask(
+    address: str | None = None,
+    *,
+    n_workers: int = 2,
+    threads_per_worker: int = 1,
+    client: Any = None,
+    share_node_dir: bool | None = None,
+    timeout: float = 10.0,
+    **cluster_kwargs: Any,
+) -> Iterator[DaskExecutor]:
+    """Run ``submit`` and ``map`` on Dask inside the block.
+
+    Without arguments a ``LocalCluster`` of worker processes is started (and
+    closed at the end); ``address="tcp://host:8786"`` connects to a running
+    scheduler; ``client=`` uses an existing ``distributed.Client``. Workers
+    on this machine share this node directory (``share_node_dir`` defaults to
+    True for a local cluster or a loopback address); workers elsewhere keep
+    results in their own node directories.
+    """
+    try:
+        import distributed
+    except ImportError as e:
+        raise ExecutorError(
+            "Dask is not installed; install it with: pip install 'kachery-tasks[dask]'"
+        ) from e
+    cluster = None
+    own_client = client is None
+    node = cache_mod.current().node.path
+    try:
+        if client is not None:
+            pass
+        elif address is not None:
+            client = distributed.Client(address, timeout=timeout)
+        else:
+            cluster = distributed.LocalCluster(
+                n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                dashboard_address=None, env={ENV_DIR: str(node)}, **cluster_kwargs,
+            )
+            client = distributed.Client(cluster)
+    except (OSError, TimeoutError) as e:
+        where = address or "a new LocalCluster"
+        raise ExecutorError(
+            f"cannot reach the Dask scheduler at {where}: {e}. Start it (dask scheduler) or "
+            "check the address"
+        ) from e
+    if share_node_dir is None:
+        share_node_dir = cluster is not None or _is_local_address(client.scheduler.address)
+    executor = DaskExecutor(client, share_node_dir=share_node_dir, cluster=cluster)
+    try:
+        with use_executor(executor):
+            yield executor
+    finally:
+        if own_client:
+            executor.close()

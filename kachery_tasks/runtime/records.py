@@ -1,0 +1,517 @@
+"""Result records and provenance in ``<node>/tasks/records.db``.
+
+Tables:
+
+* ``runs``: one row per execution attempt: task id, kind, function,
+  version, code hash, the id's components (per-argument hashes), a short
+  summary of the arguments, input URIs, result URI and codec, the node that
+  computed it, host and pid, started and finished times, status
+  (``running``, ``success``, ``error``, ``abandoned``) and the error.
+* ``results``: the cache, one row per task id: the run whose outcome is
+  served. Pure and query rows are always successes; an action's row is its
+  outcome, success or error. A small encoded result (at most
+  ``KACHERY_TASKS_INLINE_MAX`` bytes, default 4096) is kept in the row's
+  ``data`` column instead of a blob: its ``result_uri`` is still the
+  ``sha256://`` of exactly those bytes, and ``NodeCache.materialize`` writes
+  them to the content store when they must travel.
+* ``edges``: call edges, parent task id -> child task id.
+* ``leases``: see :mod:`.leases`.
+
+Invariants: a ``results`` row is written only after its result blob is in
+the store (or with its bytes inline), in the same transaction that marks the run ``success`` and
+releases the lease. A failure of a pure task or a query updates its run row
+only, so it is never served as a cached result. A process killed mid-task
+leaves its run ``running`` (later marked ``abandoned``), never ``success``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..db import connect
+from . import leases
+
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id    TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    function   TEXT NOT NULL,
+    version    TEXT,
+    code_hash  TEXT,
+    components TEXT NOT NULL,
+    args       TEXT NOT NULL,
+    inputs     TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    result_uri TEXT,
+    codec      TEXT,
+    node       TEXT NOT NULL,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    lease      TEXT,
+    started    REAL NOT NULL,
+    finished   REAL,
+    status     TEXT NOT NULL,
+    error      TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_task ON runs(task_id, run_id);
+CREATE INDEX IF NOT EXISTS runs_function ON runs(function, run_id);
+CREATE TABLE IF NOT EXISTS results (
+    task_id    TEXT PRIMARY KEY,
+    run_id     INTEGER,
+    kind       TEXT NOT NULL,
+    function   TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    result_uri TEXT,
+    codec      TEXT,
+    node       TEXT NOT NULL,
+    finished   REAL NOT NULL,
+    error      TEXT,
+    data       BLOB
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS edges (
+    parent TEXT NOT NULL,
+    child  TEXT NOT NULL,
+    PRIMARY KEY (parent, child)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS edges_child ON edges(child);
+"""
+    + leases.SCHEMA
+)
+
+_BUSY_SECONDS = 60.0
+_RESULT_COLS = (
+    "task_id, run_id, kind, function, status, result_uri, codec, node, finished, error, data"
+)
+_RUN_COLS = (
+    "run_id, task_id, kind, function, version, code_hash, components, args, inputs, reason, "
+    "result_uri, codec, node, host, pid, lease, started, finished, status, error"
+)
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """The cached outcome of a task id."""
+
+    task_id: str
+    run_id: int | None
+    kind: str
+    function: str
+    status: str
+    result_uri: str | None
+    codec: str | None
+    node: str
+    finished: float
+    error: str | None
+    data: bytes | None = None  # the encoded result, when it is small enough to keep inline
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution attempt (see the module docstring)."""
+
+    run_id: int
+    task_id: str
+    kind: str
+    function: str
+    version: str | None
+    code_hash: str | None
+    components: dict
+    args: dict
+    inputs: list
+    reason: str
+    result_uri: str | None
+    codec: str | None
+    node: str
+    host: str
+    pid: int
+    lease: str | None
+    started: float
+    finished: float | None
+    status: str
+    error: str | None
+
+    @classmethod
+    def from_row(cls, r: Sequence) -> Run:
+        r = list(r)
+        for i in (6, 7, 8):
+            r[i] = json.loads(r[i])
+        return cls(*r)
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.finished is None else self.finished - self.started
+
+    def effective_status(self) -> str:
+        """``running`` only while the process that runs it is alive on this host."""
+        if self.status == "running" and self.host == leases.HOST and not leases.pid_alive(
+            self.pid
+        ):
+            return "abandoned"
+        return self.status
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What is known about a call when it starts running."""
+
+    task_id: str
+    kind: str
+    function: str
+    version: str | None
+    code_hash: str | None
+    components: dict
+    args: dict
+    inputs: list
+    reason: str
+    node: str
+
+
+class Records:
+    """The records database of one node (thread-safe: one lock around the connection)."""
+
+    def __init__(self, path: Path, shared: bool = False) -> None:
+        self.path = path
+        self.conn = connect(path, SCHEMA, shared)
+        self.lock = threading.RLock()
+        self.heartbeat = leases.Heartbeat(self.conn, self.lock)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE write transaction, waiting for other writers in short steps.
+
+        SQLite's own busy handler sleeps at least 1 ms per retry; writers here
+        hold the lock for tens of microseconds, so polling every 50-2000 us
+        keeps two busy processes (e.g. Dask workers) from stalling each other.
+        """
+        with self.lock:
+            conn = self.conn
+            conn.execute("PRAGMA busy_timeout=0")
+            try:
+                delay, deadline = 50e-6, time.monotonic() + _BUSY_SECONDS
+                while True:
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                        break
+                    except sqlite3.OperationalError as e:
+                        if "locked" not in str(e) and "busy" not in str(e):
+                            raise
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(delay * (0.5 + random.random()))
+                        delay = min(delay * 2, 2e-3)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # ---------------------------------------------------------------- cache
+    def result(self, task_id: str) -> ResultRow | None:
+        """The served outcome of ``task_id``, or None."""
+        with self.lock:
+            r = self.conn.execute(
+                f"SELECT {_RESULT_COLS} FROM results WHERE task_id=?", (task_id,)
+            ).fetchone()
+        return ResultRow(*r) if r else None
+
+    def results_many(self, task_ids: Iterable[str]) -> dict[str, ResultRow]:
+        """The served outcomes of many task ids at once (absent ids are left out)."""
+        ids = list(dict.fromkeys(task_ids))
+        found: dict[str, ResultRow] = {}
+        with self.lock:
+            for i in range(0, len(ids), 500):
+                batch = ids[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                for r in self.conn.execute(
+                    f"SELECT {_RESULT_COLS} FROM results WHERE task_id IN ({marks})", batch
+                ):
+                    found[r[0]] = ResultRow(*r)
+        return found
+
+    def forget(self, task_id: str) -> bool:
+        """Stop serving the outcome of ``task_id`` (its runs stay as history)."""
+        with self._write():
+            return self.conn.execute("DELETE FROM results WHERE task_id=?", (task_id,)).rowcount > 0
+
+    def import_result(
+        self, task_id: str, kind: str, function: str, result_uri: str, codec: str, node: str,
+        finished: float | None = None,
+    ) -> None:
+        """Record a result computed elsewhere (e.g. fetched from a channel) as served."""
+        with self._write():
+            self.conn.execute(
+                f"INSERT OR REPLACE INTO results ({_RESULT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (task_id, None, kind, function, "success", result_uri, codec, node,
+                 finished or time.time(), None, None),
+            )
+
+    # ----------------------------------------------------------------- runs
+    def begin(
+        self, start: RunStart, ttl: float | None, check_cached: bool
+    ) -> tuple[int, leases.Lease | None] | ResultRow | None:
+        """Start a run: take the lease (unless ``ttl`` is None) and insert a ``running`` row.
+
+        Returns ``(run_id, lease)`` when this process should run the task, the
+        cached :class:`ResultRow` when ``check_cached`` and an outcome appeared,
+        or None when another live process holds the lease.
+        """
+        now = time.time()
+        with self._write():
+            if check_cached:
+                r = self.conn.execute(
+                    f"SELECT {_RESULT_COLS} FROM results WHERE task_id=?", (start.task_id,)
+                ).fetchone()
+                if r:
+                    return ResultRow(*r)
+            lease = previous = None
+            if ttl is not None:
+                lease, previous = leases.try_acquire(self.conn, start.task_id, ttl)
+                if lease is None:
+                    return None
+                if previous is not None:
+                    self.conn.execute(
+                        "UPDATE runs SET status='abandoned', finished=?, error=? "
+                        "WHERE lease=? AND status='running'",
+                        (now, f"the process holding the lease (pid {previous.pid} on "
+                              f"{previous.host}) died or stopped heartbeating", previous.holder),
+                    )
+            cur = self.conn.execute(
+                f"INSERT INTO runs ({_RUN_COLS}) VALUES (NULL,?,?,?,?,?,?,?,?,?,NULL,NULL,?,?,?,?,"
+                "?,NULL,'running',NULL)",
+                (start.task_id, start.kind, start.function, start.version, start.code_hash,
+                 json.dumps(start.components), json.dumps(start.args), json.dumps(start.inputs),
+                 start.reason, start.node, leases.HOST, _pid(), lease.holder if lease else None,
+                 now),
+            )
+            run_id = cur.lastrowid
+        if lease is not None:
+            self.heartbeat.add(lease, ttl or leases.DEFAULT_TTL)
+        return run_id, lease
+
+    def finish(
+        self,
+        run_id: int,
+        start: RunStart,
+        lease: leases.Lease | None,
+        status: str,
+        children: Iterable[str] = (),
+        result_uri: str | None = None,
+        codec: str | None = None,
+        error: str | None = None,
+        serve: bool = True,
+        data: bytes | None = None,
+    ) -> None:
+        """End a run: mark it, serve its outcome (if ``serve``), add edges, drop the lease.
+
+        Callers pass ``serve=False`` for failures of pure tasks and queries:
+        those are recorded, never served. ``data`` holds a small encoded result
+        kept inline instead of in the content store (see :mod:`.cache`).
+        """
+        now = time.time()
+        try:
+            with self._write():
+                self.conn.execute(
+                    "UPDATE runs SET status=?, finished=?, result_uri=?, codec=?, error=? "
+                    "WHERE run_id=?",
+                    (status, now, result_uri, codec, error, run_id),
+                )
+                if serve:
+                    self.conn.execute(
+                        f"INSERT OR REPLACE INTO results ({_RESULT_COLS}) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (start.task_id, run_id, start.kind, start.function, status, result_uri,
+                         codec, start.node, now, error, data),
+                    )
+                if children:
+                    self.conn.executemany(
+                        "INSERT OR IGNORE INTO edges (parent, child) VALUES (?,?)",
+                        [(start.task_id, c) for c in dict.fromkeys(children)],
+                    )
+                if lease is not None:
+                    leases.release(self.conn, lease)
+        finally:
+            if lease is not None:
+                self.heartbeat.remove(lease)
+
+    def lease(self, task_id: str) -> leases.Lease | None:
+        """The lease row of ``task_id`` (possibly stale), or None."""
+        with self.lock:
+            return leases.get(self.conn, task_id)
+
+    # ------------------------------------------------------------ provenance
+    def runs(
+        self, function: str | None = None, task_id: str | None = None, limit: int | None = None,
+        status: str | None = None,
+    ) -> list[Run]:
+        """Runs, newest first, optionally of one function or task id."""
+        where, params = [], []
+        if function is not None:
+            where.append("function=?")
+            params.append(function)
+        if task_id is not None:
+            where.append("task_id=?")
+            params.append(task_id)
+        if status is not None:
+            where.append("status=?")
+            params.append(status)
+        sql = f"SELECT {_RUN_COLS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY run_id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self.lock:
+            return [Run.from_row(r) for r in self.conn.execute(sql, params)]
+
+    def latest_runs(self, function: str | None = None, limit: int = 100) -> list[Run]:
+        """The newest run of each task id, newest first."""
+        sql = (
+            f"SELECT {_RUN_COLS} FROM runs WHERE run_id IN "
+            "(SELECT MAX(run_id) FROM runs GROUP BY task_id)"
+        )
+        params: list[Any] = []
+        if function is not None:
+            sql += " AND function=?"
+            params.append(function)
+        sql += f" ORDER BY run_id DESC LIMIT {int(limit)}"
+        with self.lock:
+            return [Run.from_row(r) for r in self.conn.execute(sql, params)]
+
+    def functions(self) -> list[str]:
+        """Every function name that has runs here."""
+        with self.lock:
+            return [r[0] for r in self.conn.execute("SELECT DISTINCT function FROM runs")]
+
+    def task_ids_with_prefix(self, prefix: str) -> list[str]:
+        """Task ids that start with ``prefix`` (with or without ``sha256:``)."""
+        if not prefix.startswith("sha256:"):
+            prefix = "sha256:" + prefix
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT DISTINCT task_id FROM runs WHERE task_id LIKE ? ESCAPE '\\' "
+                "UNION SELECT task_id FROM results WHERE task_id LIKE ? ESCAPE '\\' LIMIT 10",
+                (pattern, pattern),
+            ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def children(self, task_id: str) -> list[str]:
+        """Task ids that ``task_id`` called."""
+        with self.lock:
+            return [r[0] for r in self.conn.execute(
+                "SELECT child FROM edges WHERE parent=? ORDER BY child", (task_id,))]
+
+    def parents(self, task_id: str) -> list[str]:
+        """Task ids that called ``task_id``."""
+        with self.lock:
+            return [r[0] for r in self.conn.execute(
+                "SELECT parent FROM edges WHERE child=? ORDER BY parent", (task_id,))]
+
+    def function_of(self, task_id: str) -> str | None:
+        with self.lock:
+            r = self.conn.execute(
+                "SELECT function FROM runs WHERE task_id=? UNION "
+                "SELECT function FROM results WHERE task_id=? LIMIT 1", (task_id, task_id),
+            ).fetchone()
+        return r[0] if r else None
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+# --------------------------------------------------------------------- why
+@dataclass(frozen=True)
+class Why:
+    """Why the last computation of a function was not served from the cache."""
+
+    function: str
+    last: Run | None
+    previous: Run | None
+    reasons: list[str]
+
+    def to_dict(self) -> dict:
+        return {
+            "function": self.function,
+            "last_task_id": self.last.task_id if self.last else None,
+            "previous_task_id": self.previous.task_id if self.previous else None,
+            "reasons": self.reasons,
+        }
+
+
+def why(records: Records, function: str) -> Why:
+    """Explain the last cache miss of ``function`` by comparing id components.
+
+    The last run is compared with the run before it: a changed version, code
+    hash or argument (added, removed, or with another value) is named. When
+    the same id had run before, the reason is the outcome of that run (it
+    failed, the result was forgotten, or recomputation was forced).
+    """
+    runs = records.runs(function=function, limit=200)
+    if not runs:
+        return Why(function, None, None, [f"no runs of {function} are recorded on this node"])
+    last = runs[0]
+    if last.reason in ("forced", "again"):
+        what = "recompute" if last.kind == "pure" else "run again"
+        return Why(function, last, None, [f"a {what} was requested explicitly"])
+    if last.reason == "query":
+        return Why(function, last, None, ["queries run on every call; the cache is a fallback"])
+    same = [r for r in runs[1:] if r.task_id == last.task_id]
+    if same:
+        prev = same[0]
+        if prev.status == "success":
+            reason = "the same id was computed before, but its result was forgotten"
+        elif prev.status == "error":
+            reason = f"the same id ran before and failed ({prev.error}); failures are not cached"
+        else:
+            reason = f"the same id ran before but did not finish (status {prev.effective_status()})"
+        return Why(function, last, prev, [reason])
+    if len(runs) == 1:
+        return Why(function, last, None, [f"first recorded call of {function} on this node"])
+    prev = runs[1]
+    return Why(function, last, prev, diff_components(prev, last))
+
+
+def diff_components(old: Run, new: Run) -> list[str]:
+    """Human-readable differences between the id components of two runs."""
+    reasons = []
+    if old.kind != new.kind:
+        reasons.append(f"kind changed: {old.kind} -> {new.kind}")
+    if old.version != new.version:
+        reasons.append(f"version changed: {old.version!r} -> {new.version!r}")
+    elif new.version is None and old.code_hash != new.code_hash:
+        reasons.append(
+            f"code changed: code hash {(old.code_hash or '')[:12]} -> {(new.code_hash or '')[:12]}"
+            " (the function or a @pure task it calls was edited)"
+        )
+    a, b = old.components.get("args", {}), new.components.get("args", {})
+    for name in sorted(set(a) | set(b)):
+        if name not in a:
+            reasons.append(f"argument {name!r} is new")
+        elif name not in b:
+            reasons.append(f"argument {name!r} was removed")
+        elif a[name] != b[name]:
+            before = old.args.get(name, "?")
+            after = new.args.get(name, "?")
+            reasons.append(f"argument {name!r} changed: {before} -> {after}")
+    return reasons or ["no component differs: the previous result was forgotten or failed"]

@@ -1,0 +1,87 @@
+"""The ``kachery-tasks tasks`` commands: ls, show, why, forget."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+import task_defs
+
+
+@pytest.fixture
+def history():
+    """A small call history: a nested call, a changed argument, a failure."""
+    task_defs.total([1, 2])
+    task_defs.add(1, 2)
+    task_defs.add(1, 3)
+    with pytest.raises(ValueError):
+        task_defs.fail_until("/nonexistent/marker")
+    return {
+        "total": task_defs.total.task_id([1, 2]),
+        "child": task_defs.add.task_id(1, 1),
+        "add13": task_defs.add.task_id(1, 3),
+    }
+
+
+def test_ls_lists_latest_runs(run_cli, history):
+    r = run_cli("tasks", "ls")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "task_defs.total" in out and "task_defs.fail_until" in out
+    assert "error" in out and "success" in out
+    r = run_cli("tasks", "ls", "--function", "add", "--json")
+    rows = json.loads(r.stdout)
+    assert {row["function"] for row in rows} == {"task_defs.add"}
+    assert history["add13"] in {row["task_id"] for row in rows}
+    assert all(row["status"] == "success" for row in rows)
+
+
+def test_show_gives_inputs_result_timings_and_edges(run_cli, history):
+    r = run_cli("tasks", "show", history["total"][7:19])  # a prefix without 'sha256:'
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert history["total"] in out
+    assert "values = [1, 2]" in out
+    assert "result:    sha256://" in out and "(json)" in out
+    assert "called:" in out and history["child"] in out
+    r = run_cli("tasks", "show", history["child"], "--json")
+    info = json.loads(r.stdout)
+    assert info["called_by"] == [{"task_id": history["total"], "function": "task_defs.total"}]
+    run = info["runs"][0]
+    assert run["duration"] >= 0 and run["started"] <= run["finished"]
+
+
+def test_why_names_the_changed_argument(run_cli, history):
+    r = run_cli("tasks", "why", "task_defs.add")
+    assert r.returncode == 0, r.stderr
+    assert "argument 'b' changed: 2 -> 3" in r.stdout.decode()
+    r = run_cli("tasks", "why", "add", "--json")
+    assert json.loads(r.stdout)["reasons"] == ["argument 'b' changed: 2 -> 3"]
+
+
+def test_forget_makes_the_next_call_recompute(run_cli, history):
+    before = task_defs.calls["add"]
+    r = run_cli("tasks", "forget", history["add13"])
+    assert r.returncode == 0, r.stderr
+    assert f"forgot {history['add13']}" in r.stdout.decode()
+    task_defs.add(1, 3)  # this process had it memoised: the CLI's forget reaches it
+    assert task_defs.calls["add"] - before == 1
+
+
+def test_errors_are_one_line(run_cli, history):
+    r = run_cli("tasks", "show", "ffffffffff")
+    assert r.returncode == 1 and r.stderr.decode().startswith("error: no task with id")
+    r = run_cli("tasks", "why", "no_such_function")
+    assert r.returncode == 1 and "no runs of a function named" in r.stderr.decode()
+
+
+def test_empty_node_and_help(run_cli):
+    r = run_cli("tasks", "ls")
+    assert r.returncode == 0 and "no task runs recorded" in r.stdout.decode()
+    for sub in ("ls", "show", "why", "forget"):
+        r = run_cli("tasks", sub, "--help")
+        assert r.returncode == 0 and "example:" in r.stdout.decode()

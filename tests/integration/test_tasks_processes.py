@@ -1,0 +1,99 @@
+"""Tasks across real processes: one computation per id, and crashes that claim nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kachery_tasks.runtime import cache
+
+RUNTIME_TESTS = Path(__file__).resolve().parents[1] / "runtime"
+pytestmark = pytest.mark.timeout(120)
+
+
+def _spawn(call: str) -> subprocess.Popen:
+    code = (
+        f"import sys; sys.path.insert(0, {str(RUNTIME_TESTS)!r}); import task_defs; "
+        f"print(task_defs.{call}, flush=True)"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _task_defs():
+    sys.path.insert(0, str(RUNTIME_TESTS))
+    import task_defs
+
+    return task_defs
+
+
+def test_two_processes_compute_the_same_task_once():
+    td = _task_defs()
+    procs = [_spawn("slow_square(5, 1.5)") for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [o[0].strip() for o in outs] == ["25", "25"]
+    runs = cache.current().records.runs(task_id=td.slow_square.task_id(5, 1.5))
+    assert [r.status for r in runs] == ["success"]
+    assert runs[0].pid in {p.pid for p in procs}
+
+
+def _wait_for_running(tid: str, timeout: float = 30.0):
+    records = cache.current().records
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = records.runs(task_id=tid)
+        if runs and runs[0].status == "running":
+            return runs[0]
+        time.sleep(0.05)
+    raise AssertionError("the task never started")
+
+
+def test_sigkill_mid_task_leaves_no_success_and_the_next_call_recomputes(tmp_path, monkeypatch):
+    # With an hour-long lease only the holder's death can explain a takeover.
+    monkeypatch.setenv("KACHERY_TASKS_LEASE_TTL", "3600")
+    td = _task_defs()
+    marker = str(tmp_path / "go")
+    tid = td.block_unless.task_id(marker, 3)
+    proc = _spawn(f"block_unless({marker!r}, 3)")
+    run = _wait_for_running(tid)
+    assert run.pid == proc.pid
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    records = cache.current().records
+    assert records.result(tid) is None
+    [killed] = records.runs(task_id=tid)
+    assert killed.status == "running" and killed.effective_status() == "abandoned"
+    assert not td.block_unless.is_cached(marker, 3)
+    open(marker, "w").close()
+    assert td.block_unless(marker, 3) == 6  # the dead holder's lease is taken over
+    statuses = [r.status for r in records.runs(task_id=tid)]
+    assert statuses == ["success", "abandoned"]
+    assert td.block_unless.is_cached(marker, 3)
+
+
+def test_a_waiting_process_takes_over_when_the_holder_is_killed(tmp_path, monkeypatch):
+    monkeypatch.setenv("KACHERY_TASKS_LEASE_TTL", "3600")
+    td = _task_defs()
+    marker = str(tmp_path / "go")
+    tid = td.block_unless.task_id(marker, 4)
+    holder = _spawn(f"block_unless({marker!r}, 4)")
+    _wait_for_running(tid)
+    waiter = _spawn(f"block_unless({marker!r}, 4)")
+    time.sleep(1.0)  # the waiter is now polling the lease
+    assert waiter.poll() is None
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=10)
+    open(marker, "w").close()
+    out, err = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0, err
+    assert out.strip() == "8"
+    runs = cache.current().records.runs(task_id=tid)
+    assert [r.status for r in runs] == ["success", "abandoned"]
+    assert runs[0].pid == waiter.pid

@@ -1,0 +1,128 @@
+"""Records: what a run records, call edges, failures, forgetting, and ``why``."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import task_defs
+
+import kachery_tasks.runtime as kachery
+from kachery_tasks.config import node_dir
+from kachery_tasks.keys import node_keypair
+from kachery_tasks.runtime import cache
+from kachery_tasks.runtime.records import why
+
+
+def _records():
+    return cache.current().records
+
+
+def test_a_run_records_its_provenance():
+    uri = "sha256://" + "ab" * 32 + "?label=raw.dat"
+    t0 = time.time()
+    assert task_defs.add(np.arange(3.0), b=uri.__len__()) is not None
+    task_defs.pair(uri, 5)
+    run = _records().runs(function="task_defs.pair")[0]
+    assert run.task_id == task_defs.pair.task_id(uri, 5)
+    assert run.kind == "pure" and run.function == "task_defs.pair"
+    assert run.version is None and run.code_hash == task_defs.pair.code_hash
+    assert run.args == {"a": repr(uri), "b": "5"}
+    assert run.inputs == [uri]
+    assert run.status == "success" and run.error is None
+    assert run.result_uri.startswith("sha256://") and run.codec == "pickle"
+    assert run.node == node_keypair(node_dir()).public_hex
+    assert t0 <= run.started <= run.finished <= time.time()
+    assert set(run.components["args"]) == {"a", "b"}
+    served = _records().result(run.task_id)
+    assert served.result_uri == run.result_uri and served.run_id == run.run_id
+    arr_run = _records().runs(function="task_defs.add")[0]
+    assert arr_run.args["a"] == "ndarray(float64, shape=(3,))"
+
+
+def test_versioned_tasks_record_their_version():
+    task_defs.scale(2, 3.0)
+    run = _records().runs(function="task_defs.scale")[0]
+    assert run.version == "1"
+
+
+def test_call_edges_are_recorded():
+    assert task_defs.total([1, 2, 3]) == 9
+    parent = task_defs.total.task_id([1, 2, 3])
+    children = _records().children(parent)
+    assert sorted(children) == sorted(task_defs.add.task_id(v, 1) for v in (1, 2, 3))
+    assert _records().parents(task_defs.add.task_id(2, 1)) == [parent]
+    # a child that was a cache hit is an edge too
+    task_defs.add.forget(1, 1)
+    task_defs.total.recompute([1, 2, 3])
+    assert len(_records().children(parent)) == 3
+
+
+def test_failures_are_recorded_never_served_and_retried(tmp_path):
+    marker = str(tmp_path / "marker")
+    before = task_defs.calls["fail_until"]
+    with pytest.raises(ValueError, match="no marker"):
+        task_defs.fail_until(marker)
+    assert not task_defs.fail_until.is_cached(marker)
+    tid = task_defs.fail_until.task_id(marker)
+    assert _records().result(tid) is None
+    [run] = _records().runs(task_id=tid)
+    assert run.status == "error" and "ValueError: no marker" in run.error
+    with pytest.raises(ValueError):
+        task_defs.fail_until(marker)  # retried, fails again
+    open(marker, "w").close()
+    assert task_defs.fail_until(marker) == "ok"
+    assert task_defs.fail_until(marker) == "ok"  # now cached
+    assert task_defs.calls["fail_until"] - before == 3
+    assert [r.status for r in _records().runs(task_id=tid)] == ["success", "error", "error"]
+
+
+def test_forget_and_results_many():
+    task_defs.add(1, 2)
+    task_defs.add(3, 4)
+    ids = [task_defs.add.task_id(1, 2), task_defs.add.task_id(3, 4), "sha256:" + "0" * 64]
+    assert set(_records().results_many(ids)) == set(ids[:2])
+    assert task_defs.add.forget(1, 2) is True
+    assert task_defs.add.forget(1, 2) is False
+    assert set(_records().results_many(ids)) == {ids[1]}
+    assert len(_records().runs(task_id=ids[0])) == 1  # history stays
+
+
+def test_why_names_the_changed_argument():
+    task_defs.add(1, 2)
+    task_defs.add(1, 3)
+    report = why(_records(), "task_defs.add")
+    assert report.last.task_id == task_defs.add.task_id(1, 3)
+    assert report.previous.task_id == task_defs.add.task_id(1, 2)
+    assert report.reasons == ["argument 'b' changed: 2 -> 3"]
+
+
+def _fn(src):
+    ns = {"__name__": "whymod"}
+    exec(compile(src, "whymod.py", "exec"), ns)
+    return ns["f"]
+
+
+def test_why_names_code_and_version_changes():
+    a = kachery.pure(name="whymod.f")(_fn("def f(x):\n    return x + 1\n"))
+    b = kachery.pure(name="whymod.f")(_fn("def f(x):\n    return x + 2\n"))
+    a(1)
+    b(1)
+    [reason] = why(_records(), "whymod.f").reasons
+    assert reason.startswith("code changed")
+    c = kachery.pure(name="whymod.f", version="7")(_fn("def f(x):\n    return x + 2\n"))
+    c(1)
+    [reason] = why(_records(), "whymod.f").reasons
+    assert reason == "version changed: None -> '7'"
+
+
+def test_why_explains_forgotten_failed_and_forced():
+    assert "no runs" in why(_records(), "task_defs.add").reasons[0]
+    task_defs.add(5)
+    assert why(_records(), "task_defs.add").reasons[0].startswith("first recorded call")
+    task_defs.add.forget(5)
+    task_defs.add(5)
+    assert "forgotten" in why(_records(), "task_defs.add").reasons[0]
+    task_defs.add.recompute(5)
+    assert "recompute was requested" in why(_records(), "task_defs.add").reasons[0]
