@@ -17,9 +17,8 @@ from .errors import InvalidValueError
 def canonical_json(value: Any) -> bytes:
     """Encode ``value`` as canonical JSON bytes; raise InvalidValueError if it is not JSON."""
     try:
-        text = json.dumps(
+        return json.dumps(
             value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-    except (TypeError, ValueError) as e:
+        ).encode("utf-8")
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError (lone surrogates) included
         raise InvalidValueError(f"value is not JSON-serialisable: {e}") from e
-    return text.encode("utf-8")

@@ -11,6 +11,7 @@ public keys in that form.
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,7 +122,7 @@ def create_key_file(path: Path) -> KeyPair:
     different keys for the same file.
     """
     kp = KeyPair.generate()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     kp.save(tmp)
     try:
         os.link(tmp, path)

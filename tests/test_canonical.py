@@ -29,3 +29,8 @@ def test_exact_form():
 def test_non_json_is_refused(bad):
     with pytest.raises(InvalidValueError):
         canonical_json({"x": bad})
+
+
+def test_lone_surrogate_is_a_clear_error():
+    with pytest.raises(InvalidValueError):
+        canonical_json("\ud800")

@@ -35,3 +35,17 @@ def test_readable_key_file_is_refused_with_fix():
     with pytest.raises(FeedPermissionError) as e:
         KeyPair.load(path)
     assert f"chmod 600 {path}" in str(e.value)
+
+
+def test_node_key_created_once_under_threads():
+    import threading
+
+    node = node_dir()
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(node_keypair(node).public_hex))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 8 and len(set(seen)) == 1
