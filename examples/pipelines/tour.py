@@ -1,4 +1,4 @@
-"""A short tour of kachery-tasks: store content, get a URI, load it back.
+"""A short tour of kachery-tasks: store content, load it back, run a cached pipeline twice.
 
 Run it with ``python examples/pipelines/tour.py``. It uses your node directory
 ($KACHERY_TASKS_DIR, or ~/.kachery-tasks), or a throwaway one with --temp.
@@ -57,6 +57,10 @@ def main() -> None:
 
         print(f"node directory: {node_dir().path}\n")
         files_tour(Path(tmp))
+        print("\n7. Tasks: a spike-sorting pipeline of cached @pure steps, run twice.")
+        import spike_sorting  # beside this file
+
+        spike_sorting.main([])
 
 
 if __name__ == "__main__":

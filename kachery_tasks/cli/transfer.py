@@ -38,6 +38,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_download)
 
 
+    p = command(
+        commands, "sync", "Push this node's feeds to the shared bucket and pull the others'.",
+        "kachery-tasks sync --bucket file:///mnt/share/kachery",
+        "Feeds travel as append-only segments; pulled messages are verified\n"
+        "(signatures and hash chain) before they are stored. Files travel on demand\n"
+        "(upload, download, or load_file falling back to the bucket).",
+    )
+    p.add_argument("--bucket", help=_BUCKET_HELP)
+    p.set_defaults(func=_sync)
+
+
 def bucket_from(args: argparse.Namespace) -> Bucket:
     """The bucket named on the command line, else the configured one."""
     bucket = open_bucket(args.bucket) if args.bucket else default_bucket()
@@ -64,4 +75,13 @@ def _download(args: argparse.Namespace) -> int:
     bucket, store = bucket_from(args), get_store()
     for uri in args.uri:
         print(download(store, bucket, uri, progress=args.progress))
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from ..feeds.bucket import sync_feeds
+
+    pushed, pulled = sync_feeds(bucket_from(args))
+    print(f"pushed {pushed.messages} messages of {len(pushed.feeds)} feeds; "
+          f"pulled {pulled.messages} messages of {len(pulled.feeds)} feeds")
     return 0

@@ -511,13 +511,26 @@ def load_feed(uri: str) -> Feed:
             f"{uri!r} names a subfeed; pass feed://{parsed.feed_id} to load_feed, or use "
             "load_subfeed for the subfeed"
         )
+    _pull_from_bucket(parsed.feed_id)
     return _known_feed(parsed.feed_id)
 
 
 def load_subfeed(uri: str) -> Subfeed:
     """The subfeed ``feed://<id>/<name>`` (``feed://<id>`` means its "main" subfeed)."""
     parsed = parse_feed_uri(uri)
+    _pull_from_bucket(parsed.feed_id)
     return _known_feed(parsed.feed_id).subfeed(parsed.subfeed or DEFAULT_SUBFEED)
+
+
+def _pull_from_bucket(feed_id: str) -> None:
+    """With a shared bucket configured, fetch (and verify) what it has that we lack."""
+    from ..storage.buckets import default_bucket
+
+    bucket = default_bucket()
+    if bucket is not None:
+        from .bucket import pull_feed
+
+        pull_feed(bucket, feed_id)
 
 
 def _known_feed(feed_id: str) -> Feed:

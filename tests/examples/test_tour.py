@@ -10,3 +10,4 @@ def test_tour_stores_and_loads():
     assert r.returncode == 0, r.stderr.decode()
     out = r.stdout.decode()
     assert "sha256://" in out and "same URI" in out and "'sampling_rate': 30000" in out
+    assert "every step was loaded from the cache" in out

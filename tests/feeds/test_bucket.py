@@ -5,7 +5,7 @@ import json
 import pytest
 
 import kachery_tasks.feeds as feeds
-from kachery_tasks.errors import FeedVerificationError
+from kachery_tasks.errors import FeedNotFoundError, FeedVerificationError
 from kachery_tasks.feeds.bucket import bucket_feed_ids, pull_feed, push_feed, sync_feeds
 from kachery_tasks.storage.buckets import open_bucket
 
@@ -83,3 +83,26 @@ def test_sync_pushes_own_and_pulls_others(tmp_path, two_nodes):
     two_nodes("a")
     sync_feeds(bucket)
     assert [m.body for m in feeds.load_feed(fb.uri).read()] == [{"from": "b"}]
+
+
+def test_load_feed_pulls_from_the_configured_bucket(tmp_path, two_nodes, monkeypatch):
+    url = f"file://{tmp_path}/bucket"
+    two_nodes("a")
+    feed = feeds.create_feed()
+    feed.append({"n": 1})
+    push_feed(open_bucket(url), feed.uri)
+    two_nodes("b")
+    with pytest.raises(FeedNotFoundError):
+        feeds.load_feed(feed.uri)
+    monkeypatch.setenv("KACHERY_TASKS_BUCKET", url)
+    assert [m.body for m in feeds.load_feed(feed.uri).read()] == [{"n": 1}]
+
+
+def test_sync_command(tmp_path, two_nodes, run_cli):
+    url = f"file://{tmp_path}/bucket"
+    two_nodes("a")
+    feeds.create_feed().append({"n": 1})
+    r = run_cli("sync", "--bucket", url, env={"KACHERY_TASKS_DIR": str(tmp_path / "a")})
+    assert r.returncode == 0 and b"pushed 1 messages of 1 feeds" in r.stdout
+    r = run_cli("sync", "--bucket", url, env={"KACHERY_TASKS_DIR": str(tmp_path / "b")})
+    assert r.returncode == 0 and b"pulled 1 messages of 1 feeds" in r.stdout
