@@ -85,19 +85,27 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def write_temp(tmp: Path, data: bytes | bytearray | memoryview, mode: int = 0o600) -> None:
+    """Create ``tmp`` (which must not exist) holding ``data``, flushed to disk.
+
+    Raises OSError; the caller decides what the failure means and removes ``tmp``.
+    """
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644, shared: bool = False) -> None:
     """Write ``data`` to ``path`` so that readers see all of it or none of it."""
     ensure_dir(path.parent, shared)
     tmp = temp_path(path.parent)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_temp(tmp, data)
         os.chmod(tmp, (mode | 0o060) if shared else mode)
         os.replace(tmp, path)
     except OSError as e:

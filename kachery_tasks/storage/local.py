@@ -37,7 +37,7 @@ from ..errors import (
     LinkedFileError,
     SourceFileError,
 )
-from ..fsutil import TMP_PREFIX, ensure_dir, fsync_dir, os_error, temp_path
+from ..fsutil import TMP_PREFIX, ensure_dir, fsync_dir, os_error, temp_path, write_temp
 from ..progress import progress_bar
 from ..uris import format_uri, parse_uri
 from .hashing import Digest, ProgressFn, copy_and_digest, digest_bytes, digest_open_file, hash_file
@@ -251,14 +251,7 @@ class LocalStore:
             return
         tmp = temp_path(self.incoming)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_temp(tmp, data)
             self._publish(tmp, sha256)
         except OSError as e:
             _unlink_quietly(tmp)

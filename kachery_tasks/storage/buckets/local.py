@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ...errors import BucketNotFoundError, ContentNotFoundError
-from ...fsutil import TMP_PREFIX, ensure_dir, os_error, temp_path
+from ...fsutil import TMP_PREFIX, ensure_dir, os_error, temp_path, write_temp
 from .base import Bucket, check_key
 
 
@@ -44,14 +44,7 @@ class FileBucket(Bucket):
         ensure_dir(final.parent)
         tmp = temp_path(final.parent)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_temp(tmp, data, mode=0o644)
             try:
                 os.link(tmp, final)
             except FileExistsError:
