@@ -45,6 +45,7 @@ from ..errors import (
     TaskDefinitionError,
     TaskError,
 )
+from ..storage.buckets import default_bucket
 from ..uris import format_uri
 from . import cache as cache_mod
 from . import encoders, ids, leases, results
@@ -368,14 +369,24 @@ class Task:
                 value = c.load(row)
                 if value is not _MISS:
                     return value
+        from . import remote
         from .executors import nested_runner
 
+        bucket = default_bucket()
+        if bucket is not None and not force and remote.fetch(c, tid, bucket):
+            value = c.load(c.records.result(tid))  # computed by a collaborator
+            if value is not _MISS:
+                return value
         start = self._prepare(tid, parts, marks, args, kwargs, "forced" if force else "miss",
                               c.node_id)
         runner = nested_runner()
         if runner is not None:
-            return runner(self, start, args, kwargs, "force" if force else "call")
-        return self.run_started(c, start, args, kwargs, "force" if force else "call")
+            value = runner(self, start, args, kwargs, "force" if force else "call")
+        else:
+            value = self.run_started(c, start, args, kwargs, "force" if force else "call")
+        if bucket is not None:
+            remote.publish(c, tid, bucket)
+        return value
 
     def run_started(
         self, c: cache_mod.NodeCache, start: RunStart, args: tuple, kwargs: dict, mode: str

@@ -1,0 +1,59 @@
+"""Pure results shared through a bucket: computed once, anywhere."""
+
+import json
+
+import numpy as np
+import pytest
+import task_defs
+
+from kachery_tasks.runtime import cache as cache_mod
+from kachery_tasks.runtime.remote import result_key
+from kachery_tasks.storage.buckets import open_bucket
+
+
+@pytest.fixture
+def shared(tmp_path, monkeypatch, request):
+    url = (f"file://{tmp_path}/bucket" if request.param == "file"
+           else request.getfixturevalue("gcs_bucket_url"))
+    monkeypatch.setenv("KACHERY_TASKS_BUCKET", url)
+
+    def use(name):
+        monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / name))
+
+    return use, open_bucket(url)
+
+
+@pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
+def test_a_collaborators_result_is_loaded_not_recomputed(shared):
+    use, bucket = shared
+    x = np.arange(1000.0)
+    use("a")
+    before = task_defs.calls["scale"]
+    y = task_defs.scale(x, 3.0)
+    assert task_defs.calls["scale"] == before + 1
+    tid = task_defs.scale.task_id(x, 3.0)
+    doc = json.loads(bucket.get(result_key(tid)))
+    node_a = doc["signer"]
+    use("b")
+    z = task_defs.scale(x, 3.0)
+    assert task_defs.calls["scale"] == before + 1  # not computed again
+    np.testing.assert_array_equal(y, z)
+    row = cache_mod.current().records.result(tid)
+    assert row.node == node_a != cache_mod.current().node_id
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_forged_record_is_ignored(shared):
+    use, bucket = shared
+    use("a")
+    task_defs.add(5, 6)
+    tid = task_defs.add.task_id(5, 6)
+    key = result_key(tid)
+    doc = json.loads(bucket.get(key))
+    doc["record"]["result_uri"] = "sha256://" + "0" * 64  # tampered after signing
+    bucket.delete(key)
+    bucket.put(key, json.dumps(doc).encode())
+    use("b")
+    before = task_defs.calls["add"]
+    assert task_defs.add(5, 6) == 11
+    assert task_defs.calls["add"] == before + 1  # computed here instead
