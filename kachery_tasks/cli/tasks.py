@@ -162,6 +162,11 @@ def _show(args: argparse.Namespace) -> int:
     if served is not None:
         what = served.result_uri or f"outcome {served.status}"
         print(f"result:    {what}" + (f" ({served.codec})" if served.codec else ""))
+        from ..keys import node_keypair
+
+        here = served.node == node_keypair(node_dir()).public_hex
+        print(f"signer:    node {served.node}" + (" (this node)" if here else
+                                                   " (a collaborator; signed record)"))
     else:
         print("result:    none served (never succeeded, or forgotten)")
     print(f"runs:      {len(runs)}")

@@ -42,8 +42,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         commands, "sync", "Push this node's feeds to the shared bucket and pull the others'.",
         "kachery-tasks sync --bucket file:///mnt/share/kachery",
         "Feeds travel as append-only segments; pulled messages are verified\n"
-        "(signatures and hash chain) before they are stored. Files travel on demand\n"
-        "(upload, download, or load_file falling back to the bucket).",
+        "(signatures and hash chain) before they are stored. Pure task results this\n"
+        "node computed are published, signed, for collaborators to load instead of\n"
+        "recomputing. Files travel on demand (upload, download, load_file).",
     )
     p.add_argument("--bucket", help=_BUCKET_HELP)
     p.set_defaults(func=_sync)
@@ -80,8 +81,12 @@ def _download(args: argparse.Namespace) -> int:
 
 def _sync(args: argparse.Namespace) -> int:
     from ..feeds.bucket import sync_feeds
+    from ..runtime import cache, remote
 
-    pushed, pulled = sync_feeds(bucket_from(args))
-    print(f"pushed {pushed.messages} messages of {len(pushed.feeds)} feeds; "
+    bucket = bucket_from(args)
+    published = remote.publish_all(cache.current(), bucket)
+    pushed, pulled = sync_feeds(bucket)
+    print(f"published {published} task results; "
+          f"pushed {pushed.messages} messages of {len(pushed.feeds)} feeds; "
           f"pulled {pulled.messages} messages of {len(pulled.feeds)} feeds")
     return 0

@@ -409,6 +409,13 @@ class Records:
             ).fetchall()
         return sorted(r[0] for r in rows)
 
+    def pure_results_of(self, node: str) -> list[str]:
+        """Task ids of the pure results this node computed (to publish them)."""
+        with self.lock:
+            return [r[0] for r in self.conn.execute(
+                "SELECT task_id FROM results WHERE kind='pure' AND status='success' AND node=? "
+                "ORDER BY task_id", (node,))]
+
     def children(self, task_id: str) -> list[str]:
         """Task ids that ``task_id`` called."""
         with self.lock:

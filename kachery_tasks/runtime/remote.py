@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from ..canonical import canonical_json
 from ..errors import ContentNotFoundError, KacheryError
 from ..keys import KeyPair, node_keypair
 from ..storage.buckets import Bucket, default_bucket
 from ..storage.sync import download, upload
+
+if TYPE_CHECKING:
+    from .cache import NodeCache
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def result_key(task_id: str) -> str:
     return f"results/{task_id.split(':', 1)[-1]}.json"
 
 
-def publish(c, task_id: str, bucket: Bucket | None = None) -> bool:
+def publish(c: NodeCache, task_id: str, bucket: Bucket | None = None) -> bool:
     """Publish the pure result of ``task_id`` to the bucket; True if this call wrote it."""
     bucket = bucket or default_bucket()
     if bucket is None:
@@ -57,7 +61,7 @@ def publish(c, task_id: str, bucket: Bucket | None = None) -> bool:
     return bucket.put(result_key(task_id), canonical_json(doc))
 
 
-def fetch(c, task_id: str, bucket: Bucket | None = None) -> bool:
+def fetch(c: NodeCache, task_id: str, bucket: Bucket | None = None) -> bool:
     """Import a result published for ``task_id``; True when one was found and verified.
 
     A record that is malformed, unsigned by the node it names, or whose result
@@ -95,3 +99,8 @@ def fetch(c, task_id: str, bucket: Bucket | None = None) -> bool:
         record["node"], record.get("finished"),
     )
     return True
+
+
+def publish_all(c: NodeCache, bucket: Bucket) -> int:
+    """Publish every pure result this node computed that the bucket lacks; the count."""
+    return sum(publish(c, tid, bucket) for tid in c.records.pure_results_of(c.node_id))

@@ -103,6 +103,7 @@ def test_sync_command(tmp_path, two_nodes, run_cli):
     two_nodes("a")
     feeds.create_feed().append({"n": 1})
     r = run_cli("sync", "--bucket", url, env={"KACHERY_TASKS_DIR": str(tmp_path / "a")})
-    assert r.returncode == 0 and b"pushed 1 messages of 1 feeds" in r.stdout
+    assert r.returncode == 0, r.stderr
+    assert b"pushed 1 messages of 1 feeds" in r.stdout
     r = run_cli("sync", "--bucket", url, env={"KACHERY_TASKS_DIR": str(tmp_path / "b")})
     assert r.returncode == 0 and b"pulled 1 messages of 1 feeds" in r.stdout

@@ -57,3 +57,19 @@ def test_a_forged_record_is_ignored(shared):
     before = task_defs.calls["add"]
     assert task_defs.add(5, 6) == 11
     assert task_defs.calls["add"] == before + 1  # computed here instead
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_sync_publishes_results_computed_before_the_bucket(shared, monkeypatch, run_cli, tmp_path):
+    use, bucket = shared
+    use("a")
+    monkeypatch.delenv("KACHERY_TASKS_BUCKET")
+    task_defs.add(40, 2)
+    tid = task_defs.add.task_id(40, 2)
+    assert not bucket.exists(result_key(tid))
+    r = run_cli("sync", "--bucket", bucket.url)
+    assert r.returncode == 0, r.stderr
+    assert b"published 1 task results" in r.stdout
+    assert bucket.exists(result_key(tid))
+    shown = run_cli("tasks", "show", tid)
+    assert b"(this node)" in shown.stdout
