@@ -49,3 +49,19 @@ def test_node_key_created_once_under_threads():
     for t in threads:
         t.join()
     assert len(seen) == 8 and len(set(seen)) == 1
+
+
+def test_both_backends_agree(monkeypatch):
+    from kachery_tasks import keys
+
+    kp = KeyPair.generate()
+    fast = kp.sign(b"abc")
+    monkeypatch.setattr(keys, "_SODIUM", False)
+    slow_kp = KeyPair.from_private_bytes(kp._private_bytes)
+    assert slow_kp.sign(b"abc") == fast
+    assert slow_kp.verify(b"abc", fast) and not slow_kp.verify(b"abd", fast)
+    monkeypatch.undo()
+    assert keys._sodium() is not None
+    assert KeyPair(kp.public_hex).verify(b"abc", fast)
+    assert not KeyPair(kp.public_hex).verify(b"abc", "00" * 64)
+    assert not KeyPair(kp.public_hex).verify(b"abc", "zz")
