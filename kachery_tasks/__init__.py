@@ -90,6 +90,7 @@ from .runtime import (
 )
 from .storage.local import FileInfo
 from .uris import format_uri, parse_uri
+from .zarr_arrays import load_zarr, store_zarr
 
 __all__ = [
     "ActionOutcome",
@@ -157,6 +158,7 @@ __all__ = [
     "load_pickle",
     "load_subfeed",
     "load_text",
+    "load_zarr",
     "parse_feed_uri",
     "parse_uri",
     "pure",
@@ -170,5 +172,6 @@ __all__ = [
     "store_npy",
     "store_pickle",
     "store_text",
+    "store_zarr",
     "use_executor",
 ]

@@ -1,0 +1,274 @@
+"""A zarr v3 store over the content store: every value is a content-addressed blob.
+
+Each zarr key (``zarr.json``, ``c/0/1``, ...) maps to the SHA-256 of a blob in
+the node's store. The mapping itself is sealed into a small canonical-JSON
+index, stored as a blob of its own, whose ``sha256://`` URI names the whole
+hierarchy::
+
+    {"format": "kachery-tasks/zarr/1", "keys": {"<zarr key>": "<sha256 hex>", ...}}
+
+Two arrays that share chunk bytes share blobs, so storing an array with one
+changed chunk adds one chunk blob (plus the new index).
+
+* ``ContentStore()`` is writable: values are written to the content store as
+  they are set, the key index is held in memory, and ``seal()`` stores the
+  index and returns its URI.
+* ``ContentStore.from_uri(uri)`` (or ``await ContentStore.open(uri)``, zarr's
+  usual async constructor) is read-only and lazy: only the index is read
+  up front; each value is fetched (from the configured bucket when it is not
+  here, via :func:`kachery_tasks.files._local_path`) when zarr asks for it.
+
+zarr is imported here, so this module must only be imported by code that
+needs zarr (``kachery_tasks`` itself does not import it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Iterable
+
+from zarr.abc.store import (
+    ByteRequest,
+    OffsetByteRequest,
+    RangeByteRequest,
+    Store,
+    SuffixByteRequest,
+)
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.core.common import concurrent_map
+
+from ..canonical import canonical_json
+from ..errors import InvalidValueError, StorageError
+from ..uris import parse_uri
+from .local import get_store
+
+INDEX_FORMAT = "kachery-tasks/zarr/1"
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _blob_uri(sha256: str) -> str:
+    return f"sha256://{sha256}"
+
+
+def _local_path(uri: str) -> str:
+    from ..files import _local_path as local_path
+
+    return local_path(uri)
+
+
+def read_index(uri: str) -> dict[str, str]:
+    """The key → blob map of a sealed zarr index; KacheryError when ``uri`` is not one."""
+    parsed = parse_uri(uri)  # InvalidURIError for anything that is not a content URI
+    if parsed.algorithm != "sha256":
+        raise InvalidValueError(f"{uri}: a zarr array is named by a sha256:// URI")
+    with open(_local_path(uri), "rb") as f:
+        data = f.read()
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+        raise StorageError(
+            f"{uri} is not a kachery-tasks zarr array (expected a JSON index with "
+            f'"format": "{INDEX_FORMAT}"); store arrays with store_zarr'
+        )
+    keys = doc.get("keys")
+    if not isinstance(keys, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _HEX.match(v) for k, v in keys.items()
+    ):
+        raise StorageError(f"{uri}: the zarr index has a malformed 'keys' map")
+    return dict(keys)
+
+
+def _slice(size: int, byte_range: ByteRequest | None) -> tuple[int, int]:
+    if byte_range is None:
+        return 0, size
+    if isinstance(byte_range, RangeByteRequest):
+        return min(byte_range.start, size), min(byte_range.end, size)
+    if isinstance(byte_range, OffsetByteRequest):
+        return min(byte_range.offset, size), size
+    if isinstance(byte_range, SuffixByteRequest):
+        return max(size - byte_range.suffix, 0), size
+    raise TypeError(f"Unexpected byte_range, got {byte_range!r}")
+
+
+class ContentStore(Store):
+    """zarr v3 store whose values are blobs in the node's content store."""
+
+    supports_writes: bool = True
+    supports_deletes: bool = True
+    supports_listing: bool = True
+    supports_partial_writes: bool = False
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        *,
+        read_only: bool | None = None,
+        keys: dict[str, str] | None = None,
+    ) -> None:
+        if read_only is None:
+            read_only = uri is not None
+        super().__init__(read_only=read_only)
+        self.uri = uri
+        if keys is None:
+            keys = read_index(uri) if uri is not None else {}
+        self._keys: dict[str, str] = keys
+
+    @classmethod
+    def from_uri(cls, uri: str) -> ContentStore:
+        """A read-only store over the sealed index ``uri`` (synchronous)."""
+        store = cls(uri)
+        store._is_open = True
+        return store
+
+    # ----------------------------------------------------------- identity
+    def with_read_only(self, read_only: bool = False) -> ContentStore:
+        # Like MemoryStore: the copy shares the in-memory key index.
+        return type(self)(self.uri, read_only=read_only, keys=self._keys)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, type(self))
+            and self._keys == other._keys
+            and self.read_only == other.read_only
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return f"kachery-zarr://{self.uri or hex(id(self._keys))}"
+
+    def __repr__(self) -> str:
+        return f"ContentStore('{self}')"
+
+    def blobs(self) -> dict[str, str]:
+        """A copy of the key → sha256 map."""
+        return dict(self._keys)
+
+    def seal(self) -> str:
+        """Store the key index as canonical JSON and return its ``sha256://`` URI."""
+        data = canonical_json({"format": INDEX_FORMAT, "keys": self._keys})
+        return get_store().store_bytes(data, label="zarr-index.json")
+
+    # ------------------------------------------------------------ reading
+    def _read(self, key: str, byte_range: ByteRequest | None) -> bytes | None:
+        sha256 = self._keys.get(key)
+        if sha256 is None:
+            return None
+        with open(_local_path(_blob_uri(sha256)), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start, end = _slice(size, byte_range)
+            f.seek(start)
+            return f.read(max(end - start, 0))
+
+    def get_sync(
+        self,
+        key: str,
+        *,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        prototype = prototype or default_buffer_prototype()
+        data = self._read(key, byte_range)
+        return None if data is None else prototype.buffer.from_bytes(data)
+
+    async def get(
+        self,
+        key: str,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        await self._ensure_open()
+        prototype = prototype or default_buffer_prototype()
+        if key not in self._keys:
+            return None
+        data = await asyncio.to_thread(self._read, key, byte_range)
+        return None if data is None else prototype.buffer.from_bytes(data)
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        async def _get(key: str, byte_range: ByteRequest | None) -> Buffer | None:
+            return await self.get(key, prototype=prototype, byte_range=byte_range)
+
+        return await concurrent_map(key_ranges, _get, limit=None)
+
+    async def exists(self, key: str) -> bool:
+        return key in self._keys
+
+    async def getsize(self, key: str) -> int:
+        sha256 = self._keys.get(key)
+        if sha256 is None:
+            raise FileNotFoundError(key)
+        path = await asyncio.to_thread(_local_path, _blob_uri(sha256))
+        return os.path.getsize(path)
+
+    # ------------------------------------------------------------ writing
+    def _write(self, key: str, value: Buffer) -> None:
+        if not isinstance(value, Buffer):
+            raise TypeError(
+                f"ContentStore.set(): `value` must be a Buffer instance, not {type(value)}"
+            )
+        uri = get_store().store_bytes(value.to_bytes())
+        self._keys[key] = parse_uri(uri).hex
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self._check_writable()
+        self._is_open = True
+        self._write(key, value)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        self._check_writable()
+        await self._ensure_open()
+        if not isinstance(value, Buffer):
+            raise TypeError(
+                f"ContentStore.set(): `value` must be a Buffer instance, not {type(value)}"
+            )
+        await asyncio.to_thread(self._write, key, value)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        self._check_writable()
+        await self._ensure_open()
+        if key not in self._keys:
+            await asyncio.to_thread(self._write, key, value)
+
+    def delete_sync(self, key: str) -> None:
+        # Only the index entry goes: the blob may be shared; gc reclaims it.
+        self._check_writable()
+        self._keys.pop(key, None)
+
+    async def delete(self, key: str) -> None:
+        self.delete_sync(key)
+
+    async def clear(self) -> None:
+        self._check_writable()
+        self._keys.clear()
+
+    # ------------------------------------------------------------ listing
+    async def list(self) -> AsyncIterator[str]:
+        for key in list(self._keys):
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        for key in list(self._keys):
+            if key.startswith(prefix):
+                yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        prefix = prefix.rstrip("/")
+        if prefix == "":
+            names = {k.split("/")[0] for k in self._keys}
+        else:
+            names = {
+                k.removeprefix(prefix + "/").split("/")[0]
+                for k in self._keys
+                if k.startswith(prefix + "/") and k != prefix
+            }
+        for name in names:
+            yield name

@@ -1,0 +1,88 @@
+"""Chunked arrays in the content store, through zarr v3 (``pip install kachery-tasks[zarr]``).
+
+``store_zarr`` writes an array chunk by chunk into the content store and
+returns the ``sha256://`` URI of its key index (see
+:mod:`kachery_tasks.storage.zarr_store`); ``load_zarr`` opens that URI as a
+read-only, lazy ``zarr.Array`` that reads (and, with a bucket configured,
+fetches) only the chunks a selection touches. Chunks with equal bytes are one
+blob, so a new version of an array that changes one chunk costs one chunk.
+
+zarr is imported inside the functions: ``import kachery_tasks`` does not need it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidValueError, StorageError
+
+if TYPE_CHECKING:
+    import zarr
+
+
+def _zarr() -> Any:
+    try:
+        import zarr
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise InvalidValueError(
+            "zarr arrays need zarr>=3: pip install 'kachery-tasks[zarr]'"
+        ) from e
+    return zarr
+
+
+def store_zarr(array: Any, chunks: Any = None) -> str:
+    """Store a numpy or zarr array as a zarr v3 array in the content store; return its URI.
+
+    ``chunks`` is a chunk shape (default: the chunking of a zarr array, else
+    zarr's automatic choice). A zarr array is copied block by block, never
+    loaded whole; its codecs (compression) and attributes are kept.
+    """
+    zarr = _zarr()
+    import numpy as np
+
+    from .storage.zarr_store import ContentStore
+
+    store = ContentStore()
+    if isinstance(array, zarr.Array):
+        # v3 codecs carry over; a v2 array's numcodecs do not, so it gets v3 defaults
+        codecs: dict[str, Any] = {}
+        if array.metadata.zarr_format == 3:
+            codecs = {"compressors": array.compressors, "filters": array.filters}
+        target = zarr.create_array(
+            store,
+            shape=array.shape,
+            dtype=array.dtype,
+            chunks=chunks or array.chunks,
+            fill_value=array.fill_value,
+            attributes=dict(array.attrs),
+            zarr_format=3,
+            **codecs,
+        )
+        step = target.chunks
+        for block in np.ndindex(*[-(-s // c) for s, c in zip(array.shape, step, strict=True)]):
+            sel = tuple(
+                slice(i * c, min((i + 1) * c, s))
+                for i, c, s in zip(block, step, array.shape, strict=True)
+            )
+            target[sel] = array[sel]
+    else:
+        data = np.asarray(array)
+        if data.dtype.hasobject:
+            raise InvalidValueError("store_zarr cannot store arrays of Python objects")
+        try:
+            zarr.create_array(store, data=data, chunks=chunks or "auto", zarr_format=3)
+        except (TypeError, ValueError) as e:
+            raise InvalidValueError(f"cannot store this array as zarr: {e}") from e
+    return store.seal()
+
+
+def load_zarr(uri: str) -> zarr.Array:
+    """The read-only zarr array stored under ``uri``; chunks are read when indexed."""
+    zarr = _zarr()
+    from .storage.zarr_store import ContentStore
+
+    store = ContentStore.from_uri(uri)
+    try:
+        return zarr.open_array(store, mode="r", zarr_format=3)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise StorageError(f"{uri} does not hold a zarr v3 array: {e}") from e
