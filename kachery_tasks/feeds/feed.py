@@ -32,7 +32,7 @@ from ..errors import (
     InvalidValueError,
 )
 from ..keys import KeyPair
-from .messages import MAX_SEQ, ChainReader, Message, encode_body, sign_message
+from .messages import MAX_SEQ, ChainReader, Message, encode_body, sign_message, stored_message
 from .store import FeedStore, Row, get_feed_store
 from .uris import check_subfeed_name, format_feed_uri, is_feed_id, parse_feed_uri
 
@@ -413,17 +413,7 @@ class Subfeed:
 def _decode(feed: str, name: str, row: Row) -> Message:
     seq, hash_hex, data = row
     try:
-        d = json.loads(data)
-        return Message(
-            d["feed"],
-            d["subfeed"],
-            d["seq"],
-            d["prev"],
-            d["time"],
-            d["body"],
-            d["signature"],
-            hash_hex,
-        )
+        return stored_message(json.loads(data), hash_hex)
     except (ValueError, KeyError, TypeError):
         raise ChainReader(feed, name, seq, None, False).error(
             seq, "stored bytes are not a feed message"

@@ -303,6 +303,14 @@ def verifier_for(feed: str) -> KeyPair:
     return kp
 
 
+def stored_message(d: dict, hash_hex: str) -> Message:
+    """The Message a decoded stored row holds (KeyError/TypeError if a field is missing)."""
+    return Message(
+        d["feed"], d["subfeed"], d["seq"], d["prev"], d["time"], d["body"], d["signature"],
+        hash_hex,
+    )
+
+
 class ChainReader:
     """Turns stored rows of one subfeed, in order, into verified Messages.
 
@@ -347,16 +355,7 @@ class ChainReader:
         try:
             d = json.loads(data)
             fields = (d["feed"], d["subfeed"], d["seq"], d["prev"])
-            m = Message(
-                d["feed"],
-                d["subfeed"],
-                d["seq"],
-                d["prev"],
-                d["time"],
-                d["body"],
-                d["signature"],
-                hash_hex,
-            )
+            m = stored_message(d, hash_hex)
         except (ValueError, KeyError, TypeError):
             raise self.error(seq, "stored bytes are not a feed message") from None
         if fields != (self.feed, self.subfeed, seq, self.prev):
