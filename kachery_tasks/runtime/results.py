@@ -4,6 +4,9 @@ Codecs are tried in registry order and the first that accepts the value wins:
 
 * ``json``   plain data: None, bool, int, finite float, str, and lists and
   dicts (with str keys) of those, nothing else. Round-trips exactly.
+* ``zarr``   zarr arrays, and numpy arrays of at least 256 MiB
+  (``KACHERY_TASKS_ZARR_THRESHOLD``): chunked content-addressed zarr, returned
+  as a lazy read-only ``zarr.Array``.
 * ``npy``    numpy arrays of any non-object dtype, in the ``.npy`` format.
 * ``pickle`` anything else that cloudpickle can serialise. Loading runs code,
   so a pickle produced by *another node* is loaded only where the user has
@@ -11,7 +14,7 @@ Codecs are tried in registry order and the first that accepts the value wins:
   ``KACHERY_TASKS_ALLOW_PICKLES_FROM`` holding node ids separated by commas,
   or ``*``); otherwise :class:`~kachery_tasks.errors.UntrustedPickleError`.
 
-A new codec (zarr for large arrays, say) is a :class:`ResultCodec` subclass
+A new codec is a :class:`ResultCodec` subclass
 passed to :func:`register_codec` with ``before="npy"`` or ``before="pickle"``;
 records name the codec, so decoding always finds the right one.
 
@@ -165,6 +168,62 @@ class NpyCodec(ResultCodec):
         return (None, value, value.nbytes)
 
 
+ENV_ZARR_THRESHOLD = "KACHERY_TASKS_ZARR_THRESHOLD"
+ZARR_THRESHOLD = 256 * 2**20
+
+
+class ZarrCodec(ResultCodec):
+    """Large arrays (and zarr arrays) as content-addressed zarr, returned lazily.
+
+    A numpy array of at least ``$KACHERY_TASKS_ZARR_THRESHOLD`` bytes (default
+    256 MiB) or any zarr array is written chunk by chunk into the content store
+    (:mod:`kachery_tasks.storage.zarr_store`); the stored result is the array's
+    index, so the result URI is the array's URI. Callers get a read-only
+    ``zarr.Array`` that reads only the chunks they touch.
+    """
+
+    name, extension, inline = "zarr", "json", False
+
+    def accepts(self, value: Any) -> bool:
+        module = type(value).__module__
+        if module.startswith("zarr"):
+            import zarr
+
+            return isinstance(value, zarr.Array)
+        if "numpy" not in module:
+            return False
+        import numpy as np
+
+        limit = int(os.environ.get(ENV_ZARR_THRESHOLD, ZARR_THRESHOLD))
+        return (
+            isinstance(value, np.ndarray) and not value.dtype.hasobject
+            and value.nbytes >= limit and value.ndim > 0
+        )
+
+    def encode(self, value: Any) -> bytes:
+        from ..storage.local import get_store
+        from ..zarr_arrays import store_zarr
+
+        return get_store().load_bytes(store_zarr(value))
+
+    def decode(self, path: str) -> Any:
+        from ..zarr_arrays import load_zarr
+
+        return load_zarr(f"sha256://{os.path.basename(path)}")
+
+    def memo(self, value: Any, data: bytes | memoryview | None) -> MemoEntry:
+        """Keep the lazy store-backed array (it holds no data in memory)."""
+        if getattr(getattr(value, "store", None), "uri", None) is None:
+            import hashlib
+
+            from ..zarr_arrays import load_zarr
+
+            if data is None:
+                data = self.encode(value)
+            value = load_zarr(f"sha256://{hashlib.sha256(data).hexdigest()}")
+        return (None, value, 4096)
+
+
 class PickleCodec(ResultCodec):
     name, extension, inline = "pickle", "pkl", True
 
@@ -208,7 +267,7 @@ def _is_iterator(v: Any) -> bool:
 
 
 _lock = threading.Lock()
-_CODECS: list[ResultCodec] = [JsonCodec(), NpyCodec(), PickleCodec()]
+_CODECS: list[ResultCodec] = [JsonCodec(), ZarrCodec(), NpyCodec(), PickleCodec()]
 
 
 def register_codec(codec: ResultCodec, before: str = "pickle") -> None:
