@@ -10,6 +10,7 @@ half of one).
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from .errors import StorageError, StoragePermissionError
@@ -31,9 +32,7 @@ def connect(path: Path, schema: str, shared: bool = False) -> sqlite3.Connection
             path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
         conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(schema)
+        _set_up(conn, schema)
     except sqlite3.OperationalError as e:
         if "readonly" in str(e) or "unable to open" in str(e):
             raise StoragePermissionError(
@@ -52,6 +51,28 @@ def connect(path: Path, schema: str, shared: bool = False) -> sqlite3.Connection
         if p.exists():
             share_file(p, shared)
     return conn
+
+
+def _set_up(conn: sqlite3.Connection, schema: str) -> None:
+    """Switch to WAL and apply the schema, waiting out other processes doing the same.
+
+    Changing the journal mode of a database another process is creating can
+    fail with "database is locked" at once, without the busy handler being
+    consulted; that case is retried with backoff up to the busy timeout.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(schema)
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 class transaction:
