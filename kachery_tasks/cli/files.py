@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 from .. import files
-from ..errors import InvalidValueError
 from ..sizes import format_size, parse_size
-from ..storage.local import get_store
+from ..storage.local import check_range, get_store
 from . import command
 
 
@@ -157,22 +157,18 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _cat(args: argparse.Namespace) -> int:
-    store = get_store()
-    path = store.load_file(args.uri)
-    start, end = args.start, args.end
-    if start < 0 or (end is not None and end < start):
-        raise InvalidValueError(f"byte range {start}..{end} is invalid: need 0 <= start <= end")
+    path = files.load_file(args.uri)  # fetched from the bucket when not local
+    start, end = check_range(args.start, args.end, os.path.getsize(path))
     out = sys.stdout.buffer
     with open(path, "rb") as f:
         f.seek(start)
-        remaining = None if end is None else end - start
-        while remaining is None or remaining > 0:
-            piece = f.read(1 << 20 if remaining is None else min(1 << 20, remaining))
+        remaining = end - start
+        while remaining > 0:
+            piece = f.read(min(1 << 20, remaining))
             if not piece:
                 break
             out.write(piece)
-            if remaining is not None:
-                remaining -= len(piece)
+            remaining -= len(piece)
     out.flush()
     return 0
 

@@ -26,7 +26,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import NodeDir, node_dir
@@ -70,14 +70,10 @@ class VerifyReport:
     """Outcome of :meth:`LocalStore.verify`."""
 
     checked: int = 0
-    corrupt: list[str] = None  # type: ignore[assignment]
+    corrupt: list[str] = field(default_factory=list)
     adopted: int = 0
     dangling_rows: int = 0
-    broken_links: list[str] = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.corrupt = self.corrupt or []
-        self.broken_links = self.broken_links or []
+    broken_links: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -323,14 +319,7 @@ class LocalStore:
     def load_bytes(self, uri: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``start`` to ``end`` (exclusive, default: the end) of the content."""
         path = self.load_file(uri)
-        size = os.path.getsize(path)
-        if start < 0 or (end is not None and end < start):
-            raise InvalidValueError(
-                f"byte range {start}..{end} is invalid: need 0 <= start <= end"
-            )
-        if start > size:
-            raise InvalidValueError(f"start {start} is past the end of the content ({size} bytes)")
-        end = size if end is None else min(end, size)
+        start, end = check_range(start, end, os.path.getsize(path))
         with open(path, "rb") as f:
             f.seek(start)
             return f.read(end - start)
@@ -514,6 +503,15 @@ class LocalStore:
 
     def close(self) -> None:
         self.index.close()
+
+
+def check_range(start: int, end: int | None, size: int) -> tuple[int, int]:
+    """Validate a byte range of content of ``size`` bytes; the range clipped to the content."""
+    if start < 0 or (end is not None and end < start):
+        raise InvalidValueError(f"byte range {start}..{end} is invalid: need 0 <= start <= end")
+    if start > size:
+        raise InvalidValueError(f"start {start} is past the end of the content ({size} bytes)")
+    return start, size if end is None else min(end, size)
 
 
 def _open_source(path: Path) -> tuple[int, os.stat_result]:

@@ -26,9 +26,6 @@ CREATE TABLE IF NOT EXISTS mutables (
 );
 """
 
-_MISSING = object()
-
-
 class Mutables:
     """The mutables of one node directory."""
 

@@ -124,23 +124,6 @@ class GCSBucket(Bucket):
 
         return self._call(upload, f"write {key}", key)
 
-    def put_file(self, key: str, path: str) -> bool:
-        """Create object ``key`` from a local file unless it exists."""
-        from google.api_core.exceptions import PreconditionFailed
-
-        blob = self._bucket().blob(self._name(key))
-
-        def upload() -> bool:
-            try:
-                blob.upload_from_filename(
-                    path, if_generation_match=0, checksum=None, retry=None, timeout=TIMEOUT
-                )
-            except PreconditionFailed:
-                return False
-            return True
-
-        return self._call(upload, f"write {key}", key)
-
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         blob = self._bucket().blob(self._name(key))
         if end is not None and end <= start:
