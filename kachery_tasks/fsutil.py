@@ -85,9 +85,12 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_temp(tmp: Path, data: bytes | bytearray | memoryview, mode: int = 0o600) -> None:
+def write_temp(
+    tmp: Path, data: bytes | bytearray | memoryview, mode: int = 0o600, sync: bool = True
+) -> None:
     """Create ``tmp`` (which must not exist) holding ``data``, flushed to disk.
 
+    With ``sync=False`` the flush is the caller's (who batches many files).
     Raises OSError; the caller decides what the failure means and removes ``tmp``.
     """
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -95,7 +98,8 @@ def write_temp(tmp: Path, data: bytes | bytearray | memoryview, mode: int = 0o60
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -25,9 +25,7 @@ needs zarr (``kachery_tasks`` itself does not import it).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 from collections.abc import AsyncIterator, Iterable
 
 from zarr.abc.store import (
@@ -40,13 +38,13 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.common import concurrent_map
 
-from ..canonical import canonical_json
-from ..errors import InvalidValueError, StorageError
+from ..errors import InvalidValueError
 from ..uris import parse_uri
+from .batch import BlobBatch
 from .local import get_store
+from .zarr_index import INDEX_FORMAT, decode_index, encode_index
 
-INDEX_FORMAT = "kachery-tasks/zarr/1"
-_HEX = re.compile(r"^[0-9a-f]{64}$")
+__all__ = ["INDEX_FORMAT", "ContentStore", "read_index"]
 
 
 def _blob_uri(sha256: str) -> str:
@@ -65,22 +63,7 @@ def read_index(uri: str) -> dict[str, str]:
     if parsed.algorithm != "sha256":
         raise InvalidValueError(f"{uri}: a zarr array is named by a sha256:// URI")
     with open(_local_path(uri), "rb") as f:
-        data = f.read()
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
-        raise StorageError(
-            f"{uri} is not a kachery-tasks zarr array (expected a JSON index with "
-            f'"format": "{INDEX_FORMAT}"); store arrays with store_zarr'
-        )
-    keys = doc.get("keys")
-    if not isinstance(keys, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and _HEX.match(v) for k, v in keys.items()
-    ):
-        raise StorageError(f"{uri}: the zarr index has a malformed 'keys' map")
-    return dict(keys)
+        return decode_index(f.read(), uri)
 
 
 def _slice(size: int, byte_range: ByteRequest | None) -> tuple[int, int]:
@@ -109,6 +92,7 @@ class ContentStore(Store):
         *,
         read_only: bool | None = None,
         keys: dict[str, str] | None = None,
+        batch: BlobBatch | None = None,
     ) -> None:
         if read_only is None:
             read_only = uri is not None
@@ -117,6 +101,8 @@ class ContentStore(Store):
         if keys is None:
             keys = read_index(uri) if uri is not None else {}
         self._keys: dict[str, str] = keys
+        # values written and not yet sealed (shared with with_read_only copies)
+        self._batch = batch if batch is not None else BlobBatch(get_store())
 
     @classmethod
     def from_uri(cls, uri: str) -> ContentStore:
@@ -128,7 +114,7 @@ class ContentStore(Store):
     # ----------------------------------------------------------- identity
     def with_read_only(self, read_only: bool = False) -> ContentStore:
         # Like MemoryStore: the copy shares the in-memory key index.
-        return type(self)(self.uri, read_only=read_only, keys=self._keys)
+        return type(self)(self.uri, read_only=read_only, keys=self._keys, batch=self._batch)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -150,16 +136,24 @@ class ContentStore(Store):
         return dict(self._keys)
 
     def seal(self) -> str:
-        """Store the key index as canonical JSON and return its ``sha256://`` URI."""
-        data = canonical_json({"format": INDEX_FORMAT, "keys": self._keys})
-        return get_store().store_bytes(data, label="zarr-index.json")
+        """Make every value written durable, store the key index and return its URI.
+
+        Values are written to the content store as they are set but flushed to
+        disk together here (see :mod:`kachery_tasks.storage.batch`); a store
+        that is never sealed leaves nothing behind but temporary files.
+        """
+        self._batch.commit()
+        return self._batch.store.store_bytes(encode_index(self._keys), label="zarr-index.json")
+
+    def _blob_path(self, sha256: str) -> str:
+        return self._batch.path(sha256) or _local_path(_blob_uri(sha256))
 
     # ------------------------------------------------------------ reading
     def _read(self, key: str, byte_range: ByteRequest | None) -> bytes | None:
         sha256 = self._keys.get(key)
         if sha256 is None:
             return None
-        with open(_local_path(_blob_uri(sha256)), "rb") as f:
+        with open(self._blob_path(sha256), "rb") as f:
             size = os.fstat(f.fileno()).st_size
             start, end = _slice(size, byte_range)
             f.seek(start)
@@ -206,7 +200,7 @@ class ContentStore(Store):
         sha256 = self._keys.get(key)
         if sha256 is None:
             raise FileNotFoundError(key)
-        path = await asyncio.to_thread(_local_path, _blob_uri(sha256))
+        path = await asyncio.to_thread(self._blob_path, sha256)
         return os.path.getsize(path)
 
     # ------------------------------------------------------------ writing
@@ -215,8 +209,7 @@ class ContentStore(Store):
             raise TypeError(
                 f"ContentStore.set(): `value` must be a Buffer instance, not {type(value)}"
             )
-        uri = get_store().store_bytes(value.to_bytes())
-        self._keys[key] = parse_uri(uri).hex
+        self._keys[key] = self._batch.add(value.as_buffer_like())
 
     def set_sync(self, key: str, value: Buffer) -> None:
         self._check_writable()

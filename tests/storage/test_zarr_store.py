@@ -7,8 +7,9 @@ Adapted because of content addressing:
 * ``store``/``store_not_open`` are plain (not async) fixtures so zarr's sync
   tests can use them under anyio's plugin (pytest-asyncio is not a dependency).
 * ``store_kwargs`` is empty (a fresh writable store); the tests' backdoor
-  ``set``/``get`` write a blob with ``LocalStore.store_bytes`` and edit the
-  key index directly, since a key can only name a blob through the index.
+  ``set`` writes a blob with ``LocalStore.store_bytes`` and edits the key
+  index directly, since a key can only name a blob through the index; ``get``
+  reads the blob a key names, flushed or still pending in the store's batch.
 * ``test_store_eq``: two stores are equal when their key indexes (and
   read-only flags) are equal, so the equal-inputs case holds as written.
 * Deletes and ``clear`` drop index entries only; blobs may be shared with
@@ -58,7 +59,7 @@ class TestContentStoreConformance(StoreTests[ContentStore, cpu.Buffer]):
         store._keys[key] = parse_uri(uri).hex
 
     async def get(self, store: ContentStore, key: str) -> Buffer:
-        with open(get_store().blob_path(store._keys[key]), "rb") as f:
+        with open(store._blob_path(store._keys[key]), "rb") as f:
             return self.buffer_cls.from_bytes(f.read())
 
     @pytest.fixture
@@ -242,3 +243,51 @@ def test_await_open_with_uri_is_read_only():
     uri = store_zarr(np.arange(6), chunks=(3,))
     s = sync(ContentStore.open(uri))
     assert s.read_only and s._is_open and s == ContentStore.from_uri(uri)
+
+
+def test_gc_keeps_the_chunks_of_a_pinned_array_and_evicts_the_others():
+    store = get_store()
+    kept = store_zarr(np.arange(400, dtype="f8").reshape(20, 20), chunks=(10, 10))
+    dropped = store_zarr(np.arange(400, dtype="f8").reshape(20, 20) + 0.5, chunks=(10, 10))
+    store.pin(kept)
+    only_dropped = set(ContentStore.from_uri(dropped).blobs().values()) - set(
+        ContentStore.from_uri(kept).blobs().values()
+    )
+    assert only_dropped  # the chunks differ
+    report = store.gc(0)
+    assert report.evicted >= len(only_dropped)
+    np.testing.assert_array_equal(
+        load_zarr(kept)[:], np.arange(400, dtype="f8").reshape(20, 20)
+    )
+    for h in only_dropped:
+        assert not store.has(f"sha256://{h}")
+    chunks = set(ContentStore.from_uri(kept).blobs().values())
+    store.pin(kept, pinned=False)
+    store.gc(0)
+    assert not any(store.has(f"sha256://{h}") for h in chunks)
+
+
+def test_sealing_flushes_every_chunk_together(monkeypatch):
+    """Chunks are written as they come and made durable at seal, before the index."""
+    from kachery_tasks.storage import batch as batch_mod
+
+    order: list[str] = []
+    real_commit = batch_mod.BlobBatch.commit
+
+    def commit(self):
+        order.append(f"commit {len(self)}")
+        real_commit(self)
+
+    real_store_bytes = type(get_store()).store_bytes
+
+    def store_bytes(self, data, label=None):
+        order.append(f"store {label}")
+        return real_store_bytes(self, data, label)
+
+    monkeypatch.setattr(batch_mod.BlobBatch, "commit", commit)
+    monkeypatch.setattr(type(get_store()), "store_bytes", store_bytes)
+    uri = store_zarr(np.arange(100, dtype="i4"), chunks=(10,))
+    # 10 chunks + zarr.json in one batch, then the index
+    assert order == ["commit 11", "store zarr-index.json"]
+    assert os.listdir(get_store().incoming) == []
+    np.testing.assert_array_equal(load_zarr(uri)[:], np.arange(100, dtype="i4"))

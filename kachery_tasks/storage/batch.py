@@ -1,0 +1,135 @@
+"""Many blobs written as one batch: one flush for all of them, not two per blob.
+
+Storing a blob on its own costs two fsyncs (the file, then its directory after
+the rename) and an index transaction. A zarr array of thousands of chunks
+would pay that thousands of times, so its chunks are written through a
+:class:`BlobBatch` instead:
+
+* :meth:`BlobBatch.add` hashes the bytes (SHA-256 only: these are parts of a
+  larger value, which nobody holds by a kachery ``sha1://`` URI) and writes
+  them, unflushed, to a temporary file in the store's ``incoming/``;
+* :meth:`BlobBatch.commit` flushes every temporary file (several at once, so
+  the filesystem journals them together), renames each to its final name,
+  flushes each directory once, and records every row in one transaction.
+
+Crash safety is the store's own: before ``commit`` nothing is under a final
+name and no row exists (``gc`` removes leftovers from ``incoming/``); a blob
+is renamed only after its bytes are on disk, and its row is written only
+after the rename is.
+
+Blobs added but not yet committed can be read back through :meth:`path`
+(zarr reads a chunk back when a later write covers part of it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..fsutil import ensure_dir, fsync_dir, os_error, temp_path, write_temp
+
+if TYPE_CHECKING:
+    from .local import LocalStore
+
+# fsyncs issued at once: enough for the journal to group them, few enough for any disk.
+_FLUSHERS = 8
+
+
+class BlobBatch:
+    """Blobs written now and made durable, under their final names, together."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._temp: dict[str, Path] = {}  # sha256 -> its unflushed temporary file
+        self._sizes: dict[str, int] = {}  # every blob added since the last commit
+
+    def __getstate__(self) -> dict:
+        # A copy in another process reads pending blobs from the same files; the
+        # store is found again from its node directory.
+        return {"node": self.store.node, "temp": dict(self._temp), "sizes": dict(self._sizes)}
+
+    def __setstate__(self, state: dict) -> None:
+        from .local import get_store
+
+        self.store = get_store(state["node"])
+        self._lock = threading.Lock()
+        self._temp = state["temp"]
+        self._sizes = state["sizes"]
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def add(self, data: bytes | bytearray | memoryview) -> str:
+        """Write ``data`` (unless the store or this batch has it); return its SHA-256 hex."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        size = memoryview(data).nbytes
+        with self._lock:
+            if sha256 in self._sizes:
+                return sha256
+            self._sizes[sha256] = size
+        if os.path.exists(self.store.blob_path(sha256)):
+            return sha256
+        tmp = temp_path(self.store.incoming)
+        try:
+            write_temp(tmp, data, sync=False)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            with self._lock:
+                self._sizes.pop(sha256, None)
+            raise os_error(e, "cannot write to the store") from e
+        with self._lock:
+            self._temp[sha256] = tmp
+        return sha256
+
+    def path(self, sha256: str) -> str | None:
+        """Where an added, uncommitted blob can be read (None when it is not pending)."""
+        tmp = self._temp.get(sha256)
+        return None if tmp is None else str(tmp)
+
+    def commit(self) -> None:
+        """Make every added blob durable, under its final name and in the index."""
+        with self._lock:
+            temp, sizes = self._temp, self._sizes
+            self._temp, self._sizes = {}, {}
+        try:
+            with ThreadPoolExecutor(_FLUSHERS, thread_name_prefix="kachery-flush") as pool:
+                list(pool.map(_fsync_path, temp.values()))
+                parents = {self._place(sha256, tmp) for sha256, tmp in temp.items()}
+                list(pool.map(fsync_dir, parents))
+        except OSError as e:
+            for tmp in temp.values():
+                tmp.unlink(missing_ok=True)
+            raise os_error(e, "cannot write to the store") from e
+        self.store.index.record_blobs([(sha256, size, None) for sha256, size in sizes.items()])
+
+    def discard(self) -> None:
+        """Remove the temporary files of blobs not committed."""
+        with self._lock:
+            temp = self._temp
+            self._temp, self._sizes = {}, {}
+        for tmp in temp.values():
+            tmp.unlink(missing_ok=True)
+
+    def _place(self, sha256: str, tmp: Path) -> Path:
+        """Rename a flushed temporary file to the blob's final name; return its directory."""
+        final = Path(self.store.blob_path(sha256))
+        if final.exists():  # stored meanwhile (same bytes, by its name)
+            tmp.unlink(missing_ok=True)
+            return final.parent
+        os.chmod(tmp, 0o444)
+        ensure_dir(final.parent, self.store.node.shared)
+        os.replace(tmp, final)
+        return final.parent
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

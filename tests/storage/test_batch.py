@@ -1,0 +1,122 @@
+"""BlobBatch: blobs written now, flushed and named together at commit."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from kachery_tasks.errors import StorageError
+from kachery_tasks.storage.batch import BlobBatch
+from kachery_tasks.storage.local import get_store
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_blobs_are_named_and_indexed_only_at_commit():
+    store = get_store()
+    batch = BlobBatch(store)
+    datas = [os.urandom(1000 + i) for i in range(5)]
+    ids = [batch.add(d) for d in datas]
+    assert ids == [_sha(d) for d in datas]
+    assert len(batch) == 5
+    for sha, d in zip(ids, datas):
+        assert not os.path.exists(store.blob_path(sha))  # nothing under a final name yet
+        assert not store.has(f"sha256://{sha}")
+        with open(batch.path(sha), "rb") as f:  # but readable from where it waits
+            assert f.read() == d
+    batch.commit()
+    assert len(batch) == 0
+    for sha, d in zip(ids, datas):
+        assert batch.path(sha) is None
+        with open(store.load_file(f"sha256://{sha}"), "rb") as f:
+            assert f.read() == d
+        assert os.stat(store.blob_path(sha)).st_mode & 0o222 == 0  # read-only
+        assert store.info(f"sha256://{sha}").size == len(d)
+    assert not [n for n in os.listdir(store.incoming)]
+
+
+def test_same_content_is_written_once_and_known_content_not_at_all():
+    store = get_store()
+    known = store.store_bytes(b"already here")
+    batch = BlobBatch(store)
+    a = batch.add(b"twice")
+    assert batch.add(b"twice") == a
+    assert batch.add(b"already here") == _sha(b"already here")
+    assert batch.path(_sha(b"already here")) is None  # not rewritten
+    assert len(os.listdir(store.incoming)) == 1
+    batch.commit()
+    assert store.has(known) and store.has(f"sha256://{a}")
+
+
+def test_discard_leaves_nothing():
+    store = get_store()
+    batch = BlobBatch(store)
+    sha = batch.add(b"never kept")
+    batch.discard()
+    assert os.listdir(store.incoming) == []
+    assert not os.path.exists(store.blob_path(sha))
+    assert not store.has(f"sha256://{sha}")
+
+
+def test_a_crash_before_commit_leaves_no_blob_and_no_row(node_path):
+    code = textwrap.dedent(
+        """
+        import os
+        from kachery_tasks.storage.batch import BlobBatch
+        from kachery_tasks.storage.local import get_store
+        b = BlobBatch(get_store())
+        b.add(b"lost in the crash")
+        os._exit(9)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=os.environ.copy())
+    assert proc.returncode == 9
+    store = get_store()
+    sha = _sha(b"lost in the crash")
+    assert not os.path.exists(store.blob_path(sha))
+    assert not store.has(f"sha256://{sha}")
+    assert len(os.listdir(store.incoming)) == 1  # a temp file for gc to reclaim
+    # the same content stored again afterwards is whole
+    again = BlobBatch(store)
+    again.add(b"lost in the crash")
+    again.commit()
+    with open(store.load_file(f"sha256://{sha}"), "rb") as f:
+        assert f.read() == b"lost in the crash"
+
+
+def test_a_pickled_batch_reads_pending_blobs_and_commits_them():
+    store = get_store()
+    batch = BlobBatch(store)
+    sha = batch.add(b"travels")
+    copy = pickle.loads(pickle.dumps(batch))
+    with open(copy.path(sha), "rb") as f:
+        assert f.read() == b"travels"
+    copy.commit()
+    assert store.has(f"sha256://{sha}")
+
+
+def test_a_full_disk_is_a_storage_error_and_leaves_nothing(monkeypatch):
+    import errno
+
+    from kachery_tasks.storage import batch as batch_mod
+
+    def full(tmp, data, mode=0o600, sync=True):
+        with open(tmp, "wb") as f:
+            f.write(bytes(data)[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(batch_mod, "write_temp", full)
+    store = get_store()
+    batch = BlobBatch(store)
+    with pytest.raises(StorageError, match="space"):
+        batch.add(b"nowhere to go, not even half of it")
+    assert len(batch) == 0
+    assert os.listdir(store.incoming) == []
