@@ -35,13 +35,16 @@ def store_zarr(array: Any, chunks: Any = None) -> str:
 
     ``chunks`` is a chunk shape (default: the chunking of a zarr array, else
     zarr's automatic choice). A zarr array is copied block by block, never
-    loaded whole; its codecs (compression) and attributes are kept.
+    loaded whole; its codecs (compression) and attributes are kept. An array
+    from :func:`load_zarr` is already stored: its URI is returned at once.
     """
     zarr = _zarr()
     import numpy as np
 
     from .storage.zarr_store import ContentStore
 
+    if isinstance(array, zarr.Array) and _stored_as_is(array, chunks):
+        return array.store.uri
     store = ContentStore()
     if isinstance(array, zarr.Array):
         # v3 codecs carry over; a v2 array's numcodecs do not, so it gets v3 defaults
@@ -74,6 +77,20 @@ def store_zarr(array: Any, chunks: Any = None) -> str:
         except (TypeError, ValueError) as e:
             raise InvalidValueError(f"cannot store this array as zarr: {e}") from e
     return store.seal()
+
+
+def _stored_as_is(array: zarr.Array, chunks: Any) -> bool:
+    """Whether ``array`` is already a stored array that store_zarr would store unchanged."""
+    from .storage.zarr_store import ContentStore
+
+    store = array.store
+    return (
+        isinstance(store, ContentStore)
+        and store.uri is not None
+        and store.read_only
+        and array.path == ""
+        and (chunks is None or tuple(chunks) == tuple(array.chunks))
+    )
 
 
 def load_zarr(uri: str) -> zarr.Array:

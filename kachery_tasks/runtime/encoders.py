@@ -14,12 +14,13 @@ variable-length payload is preceded by its length (8 bytes, big-endian)::
     numpy array  a dtype ndim dims order xxh3-128   numpy scalar  n dtype len raw
     dataclass c name n (field value)*            kachery.File  p <64 hex sha256>
     task future  r <64 hex task id>              registered type  x name encoded-surrogate
+    zarr array stored in the content store  z <64 hex of its index> path
 
 Dispatch is by exact type through a dict (the fast path of a cache hit), then
 by the classes of the value's MRO. A type with no encoder is refused with an
 :class:`~kachery_tasks.errors.UnsupportedArgumentError`; new types are added
 with :func:`register_encoder`. numpy and xxhash are imported only when an
-array or a numpy scalar is first encoded.
+array or a numpy scalar is first encoded, zarr only when a zarr array is.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ _NAN = b"f\x7f\xf8\x00\x00\x00\x00\x00\x00"
 
 ACCEPTED = (
     "None, bool, int, float, str, bytes, list, tuple, dict, set, frozenset, numpy arrays "
-    "and scalars, sha256:// URIs, kachery.File(path), task futures, dataclasses, and types "
-    "registered with kachery.register_encoder"
+    "and scalars, zarr arrays from kachery.load_zarr, sha256:// URIs, kachery.File(path), "
+    "task futures, dataclasses, and types registered with kachery.register_encoder"
 )
 
 Out = list  # a list of bytes pieces; the encoding is their concatenation
@@ -194,6 +195,40 @@ def _numpy_scalar_types(np: Any) -> list[type]:
     return found
 
 
+# -------------------------------------------------------------------- zarr
+_ZARR_HINT = (
+    "a zarr array is part of a task id only when it lives in the content store, where its "
+    "URI names its content: pass kachery.load_zarr(kachery.store_zarr(array)) (chunks that "
+    "are already stored are not stored again)"
+)
+
+
+def _enc_zarr_array(v: Any, out: Out) -> None:
+    """A stored zarr array is its index URI (and path): its chunks are never read."""
+    from ..storage.zarr_store import ContentStore
+    from ..uris import parse_uri
+
+    store = v.store
+    if not (isinstance(store, ContentStore) and store.uri is not None and store.read_only):
+        raise _Refused(v, _ZARR_HINT)
+    out.append(b"z" + parse_uri(store.uri).hex.encode("ascii"))
+    _enc_str(v.path, out)
+
+
+def _register_zarr() -> None:
+    """Route zarr arrays to their encoder (on first use: zarr is imported only then)."""
+    global _zarr_ready
+    import zarr
+
+    with _lock:
+        _DISPATCH[zarr.Array] = _enc_zarr_array
+        _INHERITABLE.add(zarr.Array)
+        _zarr_ready = True
+
+
+_zarr_ready = False
+
+
 # ------------------------------------------------------------- other kinds
 def _enc_dataclass(v: Any, out: Out) -> None:
     cls = type(v)
@@ -287,6 +322,11 @@ def _resolve(v: Any) -> Encoder:
     t = type(v)
     if not _numpy_ready and t.__module__.split(".")[0] == "numpy":
         _register_numpy()
+        enc = _DISPATCH.get(t)
+        if enc is not None:
+            return enc
+    if not _zarr_ready and t.__module__.split(".")[0] == "zarr":
+        _register_zarr()
         enc = _DISPATCH.get(t)
         if enc is not None:
             return enc

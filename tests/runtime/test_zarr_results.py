@@ -28,3 +28,60 @@ def test_large_array_result_is_zarr(monkeypatch):
 def test_small_arrays_stay_npy():
     y = task_defs.scale(np.arange(10.0), 2.0)
     assert isinstance(y, np.ndarray) and not y.flags.writeable
+
+
+# ------------------------------------------------------- zarr arrays as arguments
+def _never_read(monkeypatch):
+    """Make any read of a stored zarr value fail (index and chunks alike)."""
+    from kachery_tasks.storage.zarr_store import ContentStore
+
+    def refuse(self, key, byte_range):
+        raise AssertionError(f"read {key}")
+
+    monkeypatch.setattr(ContentStore, "_read", refuse)
+
+
+def test_a_stored_zarr_argument_hashes_by_its_uri_without_reading(monkeypatch):
+    import pytest
+
+    from kachery_tasks.errors import UnsupportedArgumentError
+    from kachery_tasks.runtime.encoders import encode
+    from kachery_tasks.uris import parse_uri
+    from kachery_tasks.zarr_arrays import store_zarr
+
+    a = np.arange(10_000, dtype="f4").reshape(100, 100)
+    uri = store_zarr(a, chunks=(10, 10))
+    other = store_zarr(a + 1, chunks=(10, 10))
+    z1, z2, z3 = load_zarr(uri), load_zarr(uri), load_zarr(other)
+    _never_read(monkeypatch)
+    assert encode(z1) == b"z" + parse_uri(uri).hex.encode() + encode("")
+    assert task_defs.scale.task_id(z1) == task_defs.scale.task_id(z2)  # another opening
+    assert task_defs.scale.task_id(z1) != task_defs.scale.task_id(z3)
+    assert task_defs.scale.task_id(z1) != task_defs.scale.task_id(uri)  # not the URI string
+    assert task_defs.scale.task_id(z1) != task_defs.scale.task_id(a)  # nor the numpy data
+    # arrays whose bytes no URI names are refused, with the way out
+    plain = zarr.create_array(zarr.storage.MemoryStore(), data=a, chunks=(10, 10))
+    with pytest.raises(UnsupportedArgumentError, match="store_zarr"):
+        task_defs.scale.task_id(plain)
+
+
+def test_a_task_on_a_stored_zarr_argument_is_cached_across_openings():
+    from kachery_tasks.zarr_arrays import store_zarr
+
+    a = np.arange(1000, dtype="f8")
+    uri = store_zarr(a, chunks=(100,))
+    before = task_defs.calls["array_sum"]
+    assert task_defs.array_sum(load_zarr(uri)) == a.sum()
+    cache_mod.current().clear()  # as in a fresh process: from the records, not the memo
+    assert task_defs.array_sum(load_zarr(uri)) == a.sum()  # a new opening: a hit
+    assert task_defs.calls["array_sum"] == before + 1
+
+
+def test_returning_a_stored_zarr_array_stores_nothing_new(monkeypatch):
+    from kachery_tasks.zarr_arrays import store_zarr
+
+    a = np.arange(1000, dtype="f8")
+    uri = store_zarr(a, chunks=(100,))
+    z = load_zarr(uri)
+    _never_read(monkeypatch)
+    assert store_zarr(z) == uri  # already stored: no chunk is read or copied
