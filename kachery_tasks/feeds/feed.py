@@ -32,6 +32,7 @@ from ..errors import (
     InvalidValueError,
 )
 from ..keys import KeyPair
+from . import parallel
 from .messages import MAX_SEQ, ChainReader, Message, encode_body, sign_message, stored_message
 from .store import FeedStore, Row, get_feed_store
 from .uris import check_subfeed_name, format_feed_uri, is_feed_id, parse_feed_uri
@@ -291,6 +292,17 @@ class Subfeed:
             if store.count(feed, name) <= start:
                 return  # nothing at or after start yet
             raise reader.error(start - 1, "message is missing")
+        if verify == "full":
+            last = store.count(feed, name) if end is None else end
+            pool = None
+            if last - start >= parallel.MIN_MESSAGES:
+                pool = parallel.Pool.acquire(parallel.worker_count())
+            if pool is not None:
+                try:
+                    yield from self._rows_checked_in_parallel(reader, start, end, pool)
+                finally:
+                    pool.release()
+                return
         pos = start
         while end is None or pos < end:
             rows = store.rows(feed, name, pos, end, READ_PAGE_ROWS, READ_PAGE_BYTES)
@@ -307,6 +319,48 @@ class Subfeed:
                     raise _locate(feed, name, pos, page_prev, rows) or e from None
             yield from page
             pos = rows[-1][0] + 1
+
+    def _rows_checked_in_parallel(
+        self, reader: ChainReader, start: int, end: int | None, pool: parallel.Pool
+    ) -> Iterator[tuple[Message, bytes]]:
+        """Like the full check, with each page's signatures checked by worker processes.
+
+        While the workers check page n, this process decodes and chain-checks
+        page n+1; page n is handed out only once all its signatures passed.
+        A failure is raised after every message before it was handed out.
+        """
+        store, feed, name = self.feed._store, self.feed.id, self.name
+        reader.defer_signatures()
+        pending: tuple[list[tuple[Message, bytes]], parallel.Batch] | None = None
+        failure: FeedVerificationError | None = None
+        pos = start
+        try:
+            while failure is None and (end is None or pos < end):
+                rows = store.rows(feed, name, pos, end, READ_PAGE_ROWS, READ_PAGE_BYTES)
+                if not rows:
+                    break
+                page: list[tuple[Message, bytes]] = []
+                try:
+                    for row in rows:
+                        page.append((reader.check(*row), row[2]))
+                except FeedVerificationError as e:
+                    failure = e  # raised once the messages before it are handed out
+                if pending is not None:
+                    pending[1].first_bad()  # wait, so that the workers are free
+                items, reader.deferred = reader.deferred or [], []
+                batch = pool.submit(feed, items)
+                if pending is not None:
+                    yield from _passed(reader, *pending)
+                pending = (page, batch)
+                pos = rows[-1][0] + 1
+            if pending is not None:
+                last, pending = pending, None
+                yield from _passed(reader, *last)
+        finally:
+            if pending is not None:
+                pending[1].first_bad()  # read the answers the workers owe
+        if failure is not None:
+            raise failure
 
     def watch(
         self,
@@ -418,6 +472,18 @@ def _decode(feed: str, name: str, row: Row) -> Message:
         raise ChainReader(feed, name, seq, None, False).error(
             seq, "stored bytes are not a feed message"
         ) from None
+
+
+def _passed(
+    reader: ChainReader, page: list[tuple[Message, bytes]], batch: parallel.Batch
+) -> Iterator[tuple[Message, bytes]]:
+    """The messages of a page whose signatures the workers checked, once they passed."""
+    bad = batch.first_bad()
+    if bad is None:
+        yield from page
+        return
+    yield from (m for m in page if m[0].seq < bad)
+    raise reader.bad_signature(bad)
 
 
 def _locate(

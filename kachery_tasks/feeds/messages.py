@@ -323,7 +323,9 @@ class ChainReader:
     (through the links) the whole run.
     """
 
-    __slots__ = ("_sealed", "every_signature", "feed", "next_seq", "prev", "subfeed", "verifier")
+    __slots__ = (
+        "_sealed", "deferred", "every_signature", "feed", "next_seq", "prev", "subfeed", "verifier"
+    )
 
     def __init__(
         self, feed: str, subfeed: str, seq: int, prev: str | None, every_signature: bool
@@ -335,6 +337,17 @@ class ChainReader:
         self.every_signature = every_signature
         self.verifier = verifier_for(feed)
         self._sealed: tuple[int, bytes] | None = None
+        # With every_signature, (seq, unsigned bytes, signature) to be checked by the
+        # caller instead (see defer_signatures); None: checked here, one by one.
+        self.deferred: list[tuple[int, bytes, str]] | None = None
+
+    def defer_signatures(self) -> None:
+        """Collect each message's signature in :attr:`deferred` instead of checking it.
+
+        The caller must check them all (in bulk, elsewhere) before it hands out
+        the messages they sign.
+        """
+        self.deferred = []
 
     def error(self, seq: int, reason: str) -> FeedVerificationError:
         return verification_error(
@@ -364,7 +377,9 @@ class ChainReader:
                 "message does not link to the previous one (feed, subfeed, "
                 "seq or prev differ from its place in the chain)",
             )
-        if self.every_signature:
+        if self.deferred is not None:
+            self.deferred.append((seq, *self._split(seq, data)))
+        elif self.every_signature:
             self._check_signature(seq, data)
         else:
             self._sealed = (seq, data)
@@ -379,10 +394,17 @@ class ChainReader:
             self._sealed = None
             self._check_signature(seq, data)
 
-    def _check_signature(self, seq: int, data: bytes) -> None:
+    def _split(self, seq: int, data: bytes) -> tuple[bytes, str]:
         try:
-            unsigned, signature = split_signature(data)
+            return split_signature(data)
         except (ValueError, UnicodeDecodeError):
             raise self.error(seq, "stored message has no well-formed signature") from None
+
+    def _check_signature(self, seq: int, data: bytes) -> None:
+        unsigned, signature = self._split(seq, data)
         if not self.verifier.verify(unsigned, signature):
-            raise self.error(seq, "the signature does not match (forged or edited message)")
+            raise self.bad_signature(seq)
+
+    def bad_signature(self, seq: int) -> FeedVerificationError:
+        """The error for a message whose signature does not match."""
+        return self.error(seq, "the signature does not match (forged or edited message)")
