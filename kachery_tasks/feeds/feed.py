@@ -33,7 +33,14 @@ from ..errors import (
 )
 from ..keys import KeyPair
 from . import parallel
-from .messages import MAX_SEQ, ChainReader, Message, encode_body, sign_message, stored_message
+from .messages import (
+    MAX_SEQ,
+    ChainReader,
+    Message,
+    encode_and_decode_body,
+    sign_message,
+    stored_message,
+)
 from .store import FeedStore, Row, get_feed_store
 from .uris import check_subfeed_name, format_feed_uri, is_feed_id, parse_feed_uri
 
@@ -222,7 +229,7 @@ class Subfeed:
         (InvalidValueError otherwise). FeedPermissionError when this node does
         not hold the feed's private key.
         """
-        body_json = encode_body(body)
+        body_json, decoded = encode_and_decode_body(body)
         key = self.feed.key()
         name = self.name
 
@@ -230,14 +237,12 @@ class Subfeed:
             return (sign_message(key, name, seq, prev, time.time_ns() // 1_000_000, body_json),)
 
         (m,) = self.feed._store.append(self.feed.id, name, build)
-        return Message(
-            m.feed, name, m.seq, m.prev, m.time_ms, json.loads(body_json), m.signature, m.hash
-        )
+        return Message(m.feed, name, m.seq, m.prev, m.time_ms, decoded, m.signature, m.hash)
 
     def append_many(self, bodies: Iterable[Any]) -> list[Message]:
         """Append several bodies in one transaction: all of them or, on error, none."""
-        encoded = [encode_body(b) for b in bodies]
-        if not encoded:
+        pairs = [encode_and_decode_body(b) for b in bodies]
+        if not pairs:
             return []
         key = self.feed.key()
         name = self.name
@@ -245,7 +250,7 @@ class Subfeed:
         def build(seq: int, prev: str | None) -> list:
             t = time.time_ns() // 1_000_000
             out = []
-            for i, body_json in enumerate(encoded):
+            for i, (body_json, _) in enumerate(pairs):
                 m = sign_message(key, name, seq + i, prev, t, body_json)
                 prev = m.hash
                 out.append(m)
@@ -253,8 +258,8 @@ class Subfeed:
 
         signed = self.feed._store.append(self.feed.id, name, build)
         return [
-            Message(m.feed, name, m.seq, m.prev, m.time_ms, json.loads(b), m.signature, m.hash)
-            for m, b in zip(signed, encoded)
+            Message(m.feed, name, m.seq, m.prev, m.time_ms, body, m.signature, m.hash)
+            for m, (_, body) in zip(signed, pairs)
         ]
 
     # --------------------------------------------------------------- reading

@@ -163,12 +163,40 @@ _NO_BAD_KEY = object()
 def encode_body(body: Any) -> bytes:
     """The canonical JSON of a body; InvalidValueError if it is not JSON or too large."""
     if isinstance(body, (dict, list, tuple)):
-        key = _non_str_key(body)
-        if key is not _NO_BAD_KEY:
-            raise InvalidValueError(
-                f"message body has an object key that is not a string: {key!r}; JSON object "
-                "keys are strings, so convert it (e.g. with str()) before appending"
-            )
+        _refuse_non_str_keys(body)
+    return _encode(body)
+
+
+def encode_and_decode_body(body: Any) -> tuple[bytes, Any]:
+    """The canonical JSON of a body and the value a reader decodes from it.
+
+    Same checks as :func:`encode_body`. The decoded value is needed anyway (it
+    is what an appended Message holds), and comparing it with ``body`` is far
+    cheaper than walking the body for keys that are not strings: only a body
+    that does not read back equal (non-string keys, tuples) is walked.
+    """
+    try:
+        data = _encode(body)
+    except InvalidValueError:
+        if isinstance(body, (dict, list, tuple)):
+            _refuse_non_str_keys(body)  # the clearer reason, when it is one
+        raise
+    decoded = json.loads(data)
+    if decoded != body:
+        _refuse_non_str_keys(body)
+    return data, decoded
+
+
+def _refuse_non_str_keys(body: Any) -> None:
+    key = _non_str_key(body)
+    if key is not _NO_BAD_KEY:
+        raise InvalidValueError(
+            f"message body has an object key that is not a string: {key!r}; JSON object "
+            "keys are strings, so convert it (e.g. with str()) before appending"
+        )
+
+
+def _encode(body: Any) -> bytes:
     try:
         data = _CANONICAL(body).encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate in a string

@@ -18,6 +18,7 @@ from kachery_tasks.feeds.messages import (
     MAX_BODY_BYTES,
     ChainReader,
     Message,
+    encode_and_decode_body,
     encode_body,
     message_from_mapping,
     sign_message,
@@ -354,3 +355,24 @@ def test_chain_reader_rejects_bytes_that_are_not_a_message():
     reader = ChainReader(KEY.public_hex, "s", 0, None, False)
     with pytest.raises(FeedVerificationError, match="not a feed message"):
         reader.check(0, hashlib.sha256(data).hexdigest(), data)
+
+
+@settings(max_examples=300)
+@given(loose_values)
+def test_encode_and_decode_agrees_with_encode_body(body):
+    """The append path's shortcut (compare the decoded value instead of walking the
+    body) accepts and refuses exactly what encode_body does, with the same bytes."""
+    try:
+        expected = encode_body(body)
+    except InvalidValueError as e:
+        with pytest.raises(InvalidValueError, match=str(e).split(":")[0]):
+            encode_and_decode_body(body)
+        return
+    data, decoded = encode_and_decode_body(body)
+    assert data == expected and decoded == json.loads(expected)
+
+
+@pytest.mark.parametrize("body", [{10: "a", 9: "b"}, [{"a": {None: 1}}], {"x": [(1, {2.5: 0})]}])
+def test_non_string_keys_are_refused_on_the_append_path(body):
+    with pytest.raises(InvalidValueError, match="not a string"):
+        encode_and_decode_body(body)
