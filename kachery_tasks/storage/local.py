@@ -25,7 +25,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from ..errors import (
     InvalidValueError,
     LinkedFileError,
     SourceFileError,
+    StorageError,
 )
 from ..fsutil import TMP_PREFIX, ensure_dir, fsync_dir, os_error, temp_path, write_temp
 from ..progress import progress_bar
@@ -43,9 +44,12 @@ from ..uris import format_uri, parse_uri
 from .hashing import Digest, ProgressFn, copy_and_digest, digest_bytes, digest_open_file, hash_file
 from .index import Index, Link, Row
 from .manifest import Manifest
+from .zarr_index import INDEX_PREFIX, decode_index, is_index
 
 TOUCH_INTERVAL = 60.0
 STALE_TEMP_AGE = 3600.0
+# A pinned blob larger than this is not read to see whether it is a zarr index.
+_MAX_INDEX_SIZE = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -462,20 +466,22 @@ class LocalStore:
         """Evict least recently used blobs until the store holds at most ``max_size`` bytes.
 
         Pinned content is never evicted (even if that leaves the store above the
-        limit), a large file's manifest goes with its file, and linked originals
-        are not the store's to delete and do not count.
+        limit), nor are the chunks of a pinned zarr array; a large file's
+        manifest goes with its file, and linked originals are not the store's
+        to delete and do not count.
         """
         temp_removed = self._remove_stale_temp()
         rows = list(self.index.rows(order="accessed"))
         in_store = [r for r in rows if r.in_store]
         total = sum(r.size for r in in_store)
-        pinned_bytes = sum(r.size for r in in_store if r.pinned)
+        kept = self._kept_by_pins(r for r in in_store if r.pinned)
+        pinned_bytes = sum(r.size for r in in_store if r.pinned or r.sha256 in kept)
         by_id = {r.sha256: r for r in rows}
         evicted = freed = 0
         for row in in_store:
             if total <= max_size:
                 break
-            if row.pinned or row.role != "data":
+            if row.pinned or row.role != "data" or row.sha256 in kept:
                 continue
             victims = [row]
             m = by_id.get(row.manifest) if row.manifest else None
@@ -487,6 +493,22 @@ class LocalStore:
                 freed += v.size
                 evicted += 1
         return GcReport(evicted, freed, total, pinned_bytes, temp_removed)
+
+    def _kept_by_pins(self, pinned: Iterable[Row]) -> set[str]:
+        """The blobs that pinned zarr indexes name (a pinned array keeps its chunks)."""
+        kept: set[str] = set()
+        for row in pinned:
+            if row.size > _MAX_INDEX_SIZE:
+                continue
+            try:
+                with open(self.blob_path(row.sha256), "rb") as f:
+                    if not is_index(f.read(len(INDEX_PREFIX))):
+                        continue
+                    f.seek(0)
+                    kept.update(decode_index(f.read(), row.sha256).values())
+            except (OSError, StorageError):
+                continue  # not readable as an index: nothing more to keep
+        return kept
 
     def _remove_stale_temp(self) -> int:
         removed = 0
