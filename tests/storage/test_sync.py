@@ -88,14 +88,21 @@ class FlakyBucket:
         self.url = inner.url
         self.lock = threading.Lock()
 
-    def get(self, key, start=0, end=None):
+    def _spend(self, key):
         if key.startswith("chunks/"):
             with self.lock:
                 if self.budget <= 0:
                     raise TransferError("network gone")
                 self.budget -= 1
                 self.gets += 1
+
+    def get(self, key, start=0, end=None):
+        self._spend(key)
         return self.inner.get(key, start, end)
+
+    def get_into(self, key, consume, start=0, end=None):
+        self._spend(key)
+        return self.inner.get_into(key, consume, start, end)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -154,3 +161,63 @@ def test_100_mib_file_between_node_directories(tmp_path, bucket_url):
     assert b.verify().corrupt == []
     assert os.path.getsize(path) == 100 * 2**20
     assert parse_uri(uri).hex == b.info(uri).sha256
+
+
+def test_chunks_are_recorded_and_hashed_while_others_are_in_flight(tmp_path, bucket_url):
+    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
+    bucket = open_bucket(bucket_url)
+    data = os.urandom(6 * 65536)
+    uri = a.store_bytes(data)
+    upload(a, bucket, uri)
+    last = chunk_key(a.manifest(uri).chunks[-1].sha256)
+    done_path = b.incoming / f"partial-{parse_uri(uri).hex}.done"
+    seen = []
+
+    class LastChunkWaits:
+        """The last chunk is only read once the .done file records chunk 0."""
+
+        url = bucket.url
+
+        def get_into(self, key, consume, start=0, end=None):
+            if key == last:
+                for _ in range(1000):
+                    if done_path.exists() and "0" in done_path.read_text().split("\n")[1:]:
+                        break
+                    threading.Event().wait(0.01)
+                seen.append(done_path.read_text().split("\n")[1:])
+            return bucket.get_into(key, consume, start, end)
+
+        def __getattr__(self, name):
+            return getattr(bucket, name)
+
+    with open(download(b, LastChunkWaits(), uri, threads=6), "rb") as f:
+        assert f.read() == data
+    assert "0" in seen[0]
+
+
+def test_a_failure_releases_fetches_held_back_for_the_hashing(tmp_path, bucket_url, monkeypatch):
+    from kachery_tasks.storage import sync
+
+    monkeypatch.setattr(sync, "_AHEAD", -1)  # with 2 threads, chunk 1 waits for chunk 0's hash
+    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
+    bucket = open_bucket(bucket_url)
+    uri = a.store_bytes(os.urandom(4 * 65536))
+    upload(a, bucket, uri)
+    victim = a.manifest(uri).chunks[0]
+    bucket.delete(chunk_key(victim.sha256))
+    bucket.put(chunk_key(victim.sha256), os.urandom(victim.size + 1))  # too long, too
+    errors = []
+
+    def run():
+        try:
+            download(b, bucket, uri, threads=2)
+        except Exception as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the download hung"
+    assert len(errors) == 1 and isinstance(errors[0], CorruptContentError)
+    assert f"chunk 0 (sha256 {victim.sha256}" in str(errors[0])
+    assert not b.has(uri)

@@ -4,7 +4,10 @@ A bucket is a flat space of objects under a prefix, named by ``/``-separated
 keys (``blobs/sha256/<hex>``, ``chunks/sha256/<hex>``, ...). Content-addressed
 objects are written **create-only**: :meth:`Bucket.put` never replaces an
 existing object and says whether it wrote one, so a retry or a race between
-two writers of the same key is harmless. Reads may ask for a byte range.
+two writers of the same key is harmless. Reads may ask for a byte range, and
+:meth:`Bucket.get_into` streams a read piece by piece into the caller's code
+(no whole-object ``bytes``: a download hashes and writes each piece while it
+is still in the CPU cache).
 
 Every backend raises KacheryError subclasses only: ContentNotFoundError for an
 absent object, BucketNotFoundError, BucketAccessError (credentials,
@@ -18,7 +21,10 @@ against every backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+#: The size of the pieces :meth:`Bucket.get_into` hands over (small enough to stay in cache).
+READ_PIECE = 2**20
 
 
 class Bucket(ABC):
@@ -33,6 +39,24 @@ class Bucket(ABC):
     @abstractmethod
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``start`` to ``end`` (exclusive; default the end) of object ``key``."""
+
+    def get_into(
+        self, key: str, consume: Callable[[memoryview], object], start: int = 0,
+        end: int | None = None,
+    ) -> int:
+        """Stream bytes ``start`` to ``end`` of object ``key`` to ``consume``; return the count.
+
+        ``consume`` is called with consecutive pieces, in order, each a
+        memoryview that is valid only during the call (backends reuse the
+        buffer). A backend that retries a dropped transfer resumes where it
+        stopped, so every byte is handed over exactly once; an exception raised
+        by ``consume`` ends the read and propagates. This default reads the
+        range with :meth:`get` and hands it over in pieces.
+        """
+        data = memoryview(self.get(key, start, end))
+        for offset in range(0, len(data), READ_PIECE):
+            consume(data[offset : offset + READ_PIECE])
+        return len(data)
 
     @abstractmethod
     def size(self, key: str) -> int | None:

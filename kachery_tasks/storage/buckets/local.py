@@ -9,13 +9,13 @@ one writer creates the object and readers never see a partial one.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ...errors import BucketNotFoundError, ContentNotFoundError
 from ...fsutil import TMP_PREFIX, ensure_dir, os_error, temp_path, write_temp
-from .base import Bucket, check_key
+from .base import READ_PIECE, Bucket, check_key
 
 
 class FileBucket(Bucket):
@@ -68,6 +68,31 @@ class FileBucket(Bucket):
         except OSError as e:
             raise os_error(e, f"cannot read {key} from {self.url}") from e
 
+    def get_into(
+        self, key: str, consume: Callable[[memoryview], object], start: int = 0,
+        end: int | None = None,
+    ) -> int:
+        buf = memoryview(bytearray(READ_PIECE))
+        got = 0
+        try:
+            f = open(self._path(key), "rb", buffering=0)  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise ContentNotFoundError(f"{key} is not in bucket {self.url}") from None
+        except OSError as e:
+            raise os_error(e, f"cannot read {key} from {self.url}") from e
+        with f:
+            while end is None or start + got < end:
+                want = READ_PIECE if end is None else min(READ_PIECE, end - start - got)
+                try:
+                    n = f.readinto(buf[:want]) if got else _read_at(f, buf[:want], start)
+                except OSError as e:
+                    raise os_error(e, f"cannot read {key} from {self.url}") from e
+                if not n:
+                    break
+                consume(buf[:n])  # its own errors are not read errors
+                got += n
+        return got
+
     def size(self, key: str) -> int | None:
         try:
             return os.path.getsize(self._path(key))
@@ -92,3 +117,8 @@ class FileBucket(Bucket):
             return True
         except FileNotFoundError:
             return False
+
+
+def _read_at(f, buf: memoryview, offset: int) -> int:
+    f.seek(offset)
+    return f.readinto(buf)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -34,6 +35,29 @@ class BucketContract:
     def test_missing_object(self, bucket):
         with pytest.raises(ContentNotFoundError):
             bucket.get("nope/nothing")
+        with pytest.raises(ContentNotFoundError):
+            bucket.get_into("nope/nothing", lambda piece: None)
+
+    def test_get_into_streams_pieces_in_order(self, bucket, monkeypatch):
+        from kachery_tasks.storage.buckets import base, gcs, local
+
+        for module in (base, gcs, local):  # several pieces even for a small object
+            monkeypatch.setattr(module, "READ_PIECE", 1000, raising=False)
+        data = os.urandom(4500)
+        bucket.put("g", data)
+
+        def read(*args):
+            pieces = []
+            n = bucket.get_into("g", lambda piece: pieces.append(bytes(piece)), *args)
+            assert n == sum(map(len, pieces))
+            return pieces
+
+        pieces = read()
+        assert b"".join(pieces) == data and len(pieces) >= 5
+        assert max(map(len, pieces)) <= 1000
+        assert b"".join(read(1234, 3456)) == data[1234:3456]
+        assert b"".join(read(4000)) == data[4000:]
+        assert read(5, 5) == [] and read(4500) == []
 
     def test_list_by_prefix_in_order(self, bucket):
         for key in ("b/2", "a/1", "b/1", "c"):
