@@ -49,6 +49,7 @@ from .buckets.base import Bucket
 from .hashing import Chunk, Digest
 from .local import LocalStore
 from .manifest import Manifest
+from .zarr_index import decode_index, is_index
 
 _HASH_PIECE = 2**20
 _AHEAD = 2  # chunks beyond the thread count a fetch may run ahead of the hashing
@@ -84,20 +85,27 @@ def upload(
     store: LocalStore, bucket: Bucket, uri: str, progress: bool | None = None,
     threads: int | None = None,
 ) -> UploadReport:
-    """Put the content ``uri`` names into ``bucket`` (create-only; skips what is there)."""
+    """Put the content ``uri`` names into ``bucket`` (create-only; skips what is there).
+
+    A zarr array's index (see :mod:`.zarr_index`) goes up with every blob it
+    names, the index last: a reader who finds the index finds its chunks.
+    """
     sha256 = store.resolve(uri)
-    path = store.load_file(f"sha256://{sha256}")
     report = UploadReport()
     if in_bucket(bucket, sha256):
         report.objects_skipped += 1
         return report
+    path = store.load_file(f"sha256://{sha256}")
+    threads = threads or store.node.config.transfer_threads
     manifest = store.manifest(f"sha256://{sha256}")
     if manifest is None:
         with open(path, "rb") as f:
             data = f.read()
+        if is_index(data):
+            members = sorted(set(decode_index(data, uri).values()))
+            _upload_members(store, bucket, members, report, progress, threads)
         _count(report, bucket.put(blob_key(sha256), data), len(data))
         return report
-    threads = threads or store.node.config.transfer_threads
     fd = os.open(path, os.O_RDONLY)
     try:
         with progress_bar(
@@ -121,6 +129,29 @@ def upload(
         os.close(fd)
     _count(report, bucket.put(manifest_key(sha256), manifest.to_json()), 0)
     return report
+
+
+def _upload_members(
+    store: LocalStore, bucket: Bucket, members: list[str], report: UploadReport,
+    progress: bool | None, threads: int,
+) -> None:
+    """Upload the blobs a zarr index names, several at once, with one progress bar."""
+    sizes = {h: os.path.getsize(store.load_file(f"sha256://{h}")) for h in members}
+    with progress_bar(
+        sum(sizes.values()), f"upload {len(members)} array blobs",
+        store.node.config.progress_threshold, progress,
+    ) as bar, ThreadPoolExecutor(threads, thread_name_prefix="kachery-up") as pool:
+
+        def send(h: str) -> UploadReport:
+            r = upload(store, bucket, f"sha256://{h}", progress=False, threads=1)
+            if bar:
+                bar(sizes[h])
+            return r
+
+        for r in _run_all(pool, send, members):
+            report.uploaded_bytes += r.uploaded_bytes
+            report.objects_written += r.objects_written
+            report.objects_skipped += r.objects_skipped
 
 
 def _count(report: UploadReport, wrote: bool, size: int) -> None:

@@ -73,3 +73,20 @@ def test_sync_publishes_results_computed_before_the_bucket(shared, monkeypatch, 
     assert bucket.exists(result_key(tid))
     shown = run_cli("tasks", "show", tid)
     assert b"(this node)" in shown.stdout
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_zarr_result_travels_with_its_chunks(shared, monkeypatch):
+    import zarr
+
+    use, bucket = shared
+    monkeypatch.setenv("KACHERY_TASKS_ZARR_THRESHOLD", str(64 * 1024))
+    x = np.arange(40_000, dtype=np.float64)  # 320 kB: stored as zarr
+    use("a")
+    before = task_defs.calls["scale"]
+    assert isinstance(task_defs.scale(x, 5.0), zarr.Array)
+    use("b")
+    z = task_defs.scale(x, 5.0)
+    assert task_defs.calls["scale"] == before + 1  # not computed again
+    assert isinstance(z, zarr.Array)
+    np.testing.assert_array_equal(z[:], x * 5.0)  # every chunk came from the bucket

@@ -221,3 +221,46 @@ def test_a_failure_releases_fetches_held_back_for_the_hashing(tmp_path, bucket_u
     assert len(errors) == 1 and isinstance(errors[0], CorruptContentError)
     assert f"chunk 0 (sha256 {victim.sha256}" in str(errors[0])
     assert not b.has(uri)
+
+
+def test_a_zarr_array_goes_up_whole_index_last_and_reads_lazily_elsewhere(
+    tmp_path, bucket_url, monkeypatch
+):
+    import numpy as np
+
+    from kachery_tasks.storage.zarr_store import ContentStore
+    from kachery_tasks.zarr_arrays import load_zarr, store_zarr
+
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "a"))
+    a = np.arange(60 * 60, dtype="f8").reshape(60, 60)
+    uri = store_zarr(a, chunks=(20, 20))
+    members = set(ContentStore.from_uri(uri).blobs().values())
+    bucket = open_bucket(bucket_url)
+    puts: list[str] = []
+    real_put = type(bucket).put
+
+    def put(self, key, data):
+        puts.append(key)
+        return real_put(self, key, data)
+
+    monkeypatch.setattr(type(bucket), "put", put)
+    report = upload(get_store(), bucket, uri)
+    index_key = f"blobs/sha256/{parse_uri(uri).hex}"
+    assert puts[-1] == index_key  # the index after everything it names
+    assert {k.rsplit("/", 1)[1] for k in puts[:-1]} == members
+    assert report.objects_written == len(members) + 1
+    assert upload(get_store(), bucket, uri).objects_written == 0  # already there
+
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "b"))
+    monkeypatch.setenv("KACHERY_TASKS_BUCKET", bucket_url)
+    z = load_zarr(uri)
+    np.testing.assert_array_equal(z[25:35, 5:45], a[25:35, 5:45])
+    np.testing.assert_array_equal(z[:], a)
+
+
+def test_uploading_content_the_bucket_has_needs_no_local_copy(tmp_path, bucket_url):
+    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
+    bucket = open_bucket(bucket_url)
+    uri = a.store_bytes(b"shared already")
+    upload(a, bucket, uri)
+    assert upload(b, bucket, uri).objects_skipped == 1
