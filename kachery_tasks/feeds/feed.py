@@ -336,7 +336,8 @@ class Subfeed:
         """
         store, feed, name = self.feed._store, self.feed.id, self.name
         reader.defer_signatures()
-        pending: tuple[list[tuple[Message, bytes]], parallel.Batch] | None = None
+        # Pages sent to the workers and not yet handed out, oldest first (at most two).
+        queue: list[tuple[list[tuple[Message, bytes]], parallel.Batch]] = []
         failure: FeedVerificationError | None = None
         pos = start
         try:
@@ -350,20 +351,19 @@ class Subfeed:
                         page.append((reader.check(*row), row[2]))
                 except FeedVerificationError as e:
                     failure = e  # raised once the messages before it are handed out
-                if pending is not None:
-                    pending[1].first_bad()  # wait, so that the workers are free
                 items, reader.deferred = reader.deferred or [], []
-                batch = pool.submit(feed, items)
-                if pending is not None:
-                    yield from _passed(reader, *pending)
-                pending = (page, batch)
+                # queued behind the page being checked, so the workers never wait
+                queue.append((page, pool.submit(feed, items)))
+                if len(queue) > 1:
+                    yield from _passed(reader, *queue[0])
+                    queue.pop(0)
                 pos = rows[-1][0] + 1
-            if pending is not None:
-                last, pending = pending, None
-                yield from _passed(reader, *last)
+            while queue:
+                yield from _passed(reader, *queue[0])
+                queue.pop(0)
         finally:
-            if pending is not None:
-                pending[1].first_bad()  # read the answers the workers owe
+            for _, batch in queue:
+                batch.first_bad()  # read every answer the workers owe before the next read
         if failure is not None:
             raise failure
 

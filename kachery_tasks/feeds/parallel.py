@@ -115,6 +115,7 @@ class _Worker:
             stderr=subprocess.DEVNULL,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        _widen_pipe(self.proc.stdin.fileno())
         self.stdin: IO[bytes] = self.proc.stdin
         self.stdout: IO[bytes] = self.proc.stdout
 
@@ -135,6 +136,21 @@ class _Worker:
             self.proc.wait(timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let a pipe hold a page or two of requests, so that queueing the next page
+    behind the one being checked never blocks the reader (Linux; elsewhere a
+    full pipe only makes the reader wait)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
+    except (ImportError, OSError):
+        pass
+
+
+_PIPE_SIZE = 1 << 20
 
 
 def _start(n: int) -> list[_Worker]:
@@ -182,6 +198,9 @@ class Batch:
             except (OSError, ValueError):  # the worker died: check its share here instead
                 _give_up()
                 i = check_signatures(self.feed, _pairs(self.items[offset : offset + length]))
+            except BaseException:  # interrupted mid-answer: the pipes are out of step
+                _give_up()
+                raise
             if i >= 0 and first is None:
                 first = self.items[offset + i][0]
         self._done, self._first = True, first

@@ -181,3 +181,16 @@ def test_requests_round_trip(pairs):
     if pairs:
         with pytest.raises(ValueError):
             parallel.decode_request(request[4:-1])
+
+
+@pytest.mark.parametrize("taken", [1, 10, 15, 60])
+def test_an_abandoned_read_leaves_no_answer_behind(sub, taken):
+    """Answers owed for pages queued behind the one being read must be collected,
+    or the next read would take them for its own and miss a forgery."""
+    it = sub.read(verify="full")
+    for _ in range(taken):
+        next(it)
+    it.close()
+    _forge(33)
+    got, error = _read_until_error(sub)
+    assert got == list(range(33)) and error is not None and error.seq == 33
