@@ -7,7 +7,9 @@ would pay that thousands of times, so its chunks are written through a
 
 * :meth:`BlobBatch.add` hashes the bytes (SHA-256 only: these are parts of a
   larger value, which nobody holds by a kachery ``sha1://`` URI) and writes
-  them, unflushed, to a temporary file in the store's ``incoming/``;
+  them, unflushed, to a temporary file in the store's ``incoming/``; a
+  background thread asks the kernel to start writing it to disk, so the disk
+  works while the caller computes the next value;
 * :meth:`BlobBatch.commit` flushes every temporary file (several at once, so
   the filesystem journals them together), renames each to its final name,
   flushes each directory once, and records every row in one transaction.
@@ -30,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..fsutil import ensure_dir, fsync_dir, os_error, temp_path, write_temp
+from ..fsutil import ensure_dir, fsync_dir, os_error, start_writeback, temp_path, write_temp
 
 if TYPE_CHECKING:
     from .local import LocalStore
@@ -47,10 +49,12 @@ class BlobBatch:
         self._lock = threading.Lock()
         self._temp: dict[str, Path] = {}  # sha256 -> its unflushed temporary file
         self._sizes: dict[str, int] = {}  # every blob added since the last commit
+        self._writeback: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict:
         # A copy in another process reads pending blobs from the same files; the
         # store is found again from its node directory.
+        self._settle()
         return {"node": self.store.node, "temp": dict(self._temp), "sizes": dict(self._sizes)}
 
     def __setstate__(self, state: dict) -> None:
@@ -60,6 +64,7 @@ class BlobBatch:
         self._lock = threading.Lock()
         self._temp = state["temp"]
         self._sizes = state["sizes"]
+        self._writeback = None
 
     def __len__(self) -> int:
         return len(self._sizes)
@@ -84,7 +89,17 @@ class BlobBatch:
             raise os_error(e, "cannot write to the store") from e
         with self._lock:
             self._temp[sha256] = tmp
+            if self._writeback is None:
+                self._writeback = ThreadPoolExecutor(1, thread_name_prefix="kachery-writeback")
+            self._writeback.submit(_start_writeback, tmp)
         return sha256
+
+    def _settle(self) -> None:
+        """Wait for the background writeback requests (they are only hints)."""
+        with self._lock:
+            pool, self._writeback = self._writeback, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def path(self, sha256: str) -> str | None:
         """Where an added, uncommitted blob can be read (None when it is not pending)."""
@@ -93,6 +108,7 @@ class BlobBatch:
 
     def commit(self) -> None:
         """Make every added blob durable, under its final name and in the index."""
+        self._settle()
         with self._lock:
             temp, sizes = self._temp, self._sizes
             self._temp, self._sizes = {}, {}
@@ -109,6 +125,7 @@ class BlobBatch:
 
     def discard(self) -> None:
         """Remove the temporary files of blobs not committed."""
+        self._settle()
         with self._lock:
             temp = self._temp
             self._temp, self._sizes = {}, {}
@@ -131,5 +148,16 @@ def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _start_writeback(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # discarded meanwhile
+    try:
+        start_writeback(fd)
     finally:
         os.close(fd)

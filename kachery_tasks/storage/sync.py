@@ -31,18 +31,16 @@ file enters the store has almost nothing left to do.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import sys
 import threading
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ContentNotFoundError, CorruptContentError
-from ..fsutil import os_error
+from ..fsutil import os_error, start_writeback
 from ..progress import progress_bar
 from ..uris import parse_uri
 from .buckets.base import Bucket
@@ -284,7 +282,7 @@ def _fetch_chunks(
                     done_file.flush()
                     followers.add(i)
                     c = manifest.chunks[i]
-                    flusher.submit(_start_writeback, fd, c.offset, c.size)
+                    flusher.submit(start_writeback, fd, c.offset, c.size)
             except BaseException:
                 followers.stop()  # before the pool waits for fetches held back by wait_turn
                 followers.raise_failure()  # a follower's error is why fetches were cancelled
@@ -382,36 +380,6 @@ class _Followers:
         except BaseException as e:  # reported by result()
             self.failure.append(e)
             self.stop()
-
-
-def _start_writeback(fd: int, offset: int, size: int) -> None:
-    """Have the kernel start writing a finished chunk to disk now (a hint; Linux only).
-
-    The fsync before the file enters the store then finds little left to
-    write: the disk works while the rest downloads instead of after it.
-    """
-    fn = _sync_file_range()
-    if fn is not None:
-        fn(fd, offset, size, _SYNC_FILE_RANGE_WRITE)  # a failure only loses the head start
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-@functools.cache
-def _sync_file_range():
-    """libc's sync_file_range (Python's os module lacks it), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
 
 
 def _corrupt_chunk(i: int, c: Chunk, sha256: str, bucket: Bucket) -> CorruptContentError:

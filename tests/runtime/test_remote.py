@@ -79,7 +79,7 @@ def test_sync_publishes_results_computed_before_the_bucket(shared, monkeypatch, 
 def test_a_zarr_result_travels_with_its_chunks(shared, monkeypatch):
     import zarr
 
-    use, bucket = shared
+    use, _bucket = shared
     monkeypatch.setenv("KACHERY_TASKS_ZARR_THRESHOLD", str(64 * 1024))
     x = np.arange(40_000, dtype=np.float64)  # 320 kB: stored as zarr
     use("a")
