@@ -35,16 +35,16 @@ def test_emulator_stopped_mid_download_then_restarted(tmp_path, monkeypatch):
 
         fetched = []
         bucket = GCSBucket("gs://restart/k")
-        real_get = bucket.get
+        real_get_into = bucket.get_into
 
-        def counting_get(key, start=0, end=None):
-            out = real_get(key, start, end)
+        def counting_get_into(key, consume, start=0, end=None):
+            out = real_get_into(key, consume, start, end)
             if key.startswith("chunks/"):
                 fetched.append(key)
                 time.sleep(0.02)  # slow enough to stop the service midway
             return out
 
-        bucket.get = counting_get
+        bucket.get_into = counting_get_into  # what downloads read chunks with
         failure = []
 
         def run():
@@ -55,7 +55,9 @@ def test_emulator_stopped_mid_download_then_restarted(tmp_path, monkeypatch):
 
         t = threading.Thread(target=run)
         t.start()
+        deadline = time.monotonic() + 60
         while len(fetched) < 8:
+            assert time.monotonic() < deadline, "the download fetched no chunks"
             time.sleep(0.005)
         emu.stop()
         t.join(60)
