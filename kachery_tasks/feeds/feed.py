@@ -15,7 +15,6 @@ methods without a subfeed name act on its default subfeed, ``"main"``.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -37,6 +36,7 @@ from .messages import (
     MAX_SEQ,
     ChainReader,
     Message,
+    decode_json,
     encode_and_decode_body,
     sign_message,
     stored_message,
@@ -472,7 +472,7 @@ class Subfeed:
 def _decode(feed: str, name: str, row: Row) -> Message:
     seq, hash_hex, data = row
     try:
-        return stored_message(json.loads(data), hash_hex)
+        return stored_message(decode_json(data), hash_hex)
     except (ValueError, KeyError, TypeError):
         raise ChainReader(feed, name, seq, None, False).error(
             seq, "stored bytes are not a feed message"

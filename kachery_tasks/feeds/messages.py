@@ -132,6 +132,15 @@ _CANONICAL = json.JSONEncoder(
 ).encode
 
 
+_DECODE = json.JSONDecoder().decode
+
+
+def decode_json(data: bytes) -> Any:
+    """Decode stored UTF-8 JSON (ValueError if it is not), without json.loads's
+    detection of other encodings, a measurable cost per message read."""
+    return _DECODE(data.decode("utf-8"))
+
+
 def _non_str_key(value: Any) -> Any:
     """A dict key anywhere in ``value`` that is not a string (``_NO_BAD_KEY`` if none).
 
@@ -181,7 +190,7 @@ def encode_and_decode_body(body: Any) -> tuple[bytes, Any]:
         if isinstance(body, (dict, list, tuple)):
             _refuse_non_str_keys(body)  # the clearer reason, when it is one
         raise
-    decoded = json.loads(data)
+    decoded = decode_json(data)
     if decoded != body:
         _refuse_non_str_keys(body)
     return data, decoded
@@ -394,7 +403,7 @@ class ChainReader:
         if hashlib.sha256(data).hexdigest() != hash_hex:
             raise self.error(seq, "stored bytes do not match their hash (edited or corrupted)")
         try:
-            d = json.loads(data)
+            d = decode_json(data)
             fields = (d["feed"], d["subfeed"], d["seq"], d["prev"])
             m = stored_message(d, hash_hex)
         except (ValueError, KeyError, TypeError):

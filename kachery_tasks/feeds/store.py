@@ -27,6 +27,7 @@ shared by the threads of the process under a lock.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -105,6 +106,10 @@ class FeedStore:
         self.lock = threading.RLock()
         self.pid = os.getpid()
         self._sub_ids: dict[tuple[str, str], int] = {}
+        # (next seq, last hash) of subfeeds this store appended to: skips reading the
+        # head in the next append; a stale one (another process appended since)
+        # fails on the primary key and the head is read then.
+        self._heads: dict[int, tuple[int, str | None]] = {}
 
     # ---------------------------------------------------------------- feeds
     def add_feed(self, feed: str, label: str | None = None) -> None:
@@ -197,25 +202,36 @@ class FeedStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 sid = self._create_sub(feed, name)
-                seq, prev = self._head(sid)
-                msgs = build(seq, prev)
-                if len(msgs) == 1:
-                    m = msgs[0]
-                    conn.execute(
-                        "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)",
-                        (sid, m.seq, m.hash, m.data),
-                    )
-                else:
-                    conn.executemany(
-                        "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)",
-                        [(sid, m.seq, m.hash, m.data) for m in msgs],
-                    )
+                head = self._heads.pop(sid, None)
+                msgs = build(*(head or self._head(sid)))
+                try:
+                    self._insert(sid, msgs)
+                except sqlite3.IntegrityError:
+                    if head is None:
+                        raise
+                    msgs = build(*self._head(sid))  # another process appended meanwhile
+                    self._insert(sid, msgs)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 self._forget_uncommitted(feed, name)
                 raise
+            if msgs:
+                self._heads[sid] = (msgs[-1].seq + 1, msgs[-1].hash)
         return msgs
+
+    def _insert(self, sid: int, msgs: Sequence[SignedMessage]) -> None:
+        if len(msgs) == 1:
+            m = msgs[0]
+            self.conn.execute(
+                "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)",
+                (sid, m.seq, m.hash, m.data),
+            )
+        else:
+            self.conn.executemany(
+                "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)",
+                [(sid, m.seq, m.hash, m.data) for m in msgs],
+            )
 
     def _forget_uncommitted(self, feed: str, name: str) -> None:
         # A subfeed id created in a rolled-back transaction does not exist.
@@ -236,6 +252,7 @@ class FeedStore:
         heads: dict[tuple[str, str], tuple[int, int, str | None]] = {}
         created: list[tuple[str, str]] = []
         with self.lock:
+            self._heads.clear()  # imported messages move heads
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:

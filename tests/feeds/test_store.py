@@ -48,6 +48,32 @@ def test_append_gives_build_the_true_head(store):
     assert store.count(key.public_hex, "s") == 4
 
 
+def test_append_after_another_writer_gets_the_true_head(store, node_path):
+    """A store remembers the head it wrote; when another writer (another process)
+    appended since, the append is built again on the true head."""
+    from kachery_tasks.config import NodeDir
+    from kachery_tasks.feeds.store import FeedStore
+
+    other = FeedStore(NodeDir(node_path))  # its own connection, like another process
+    key = KeyPair.generate()
+    seen = []
+
+    def build(seq, prev):
+        seen.append((seq, prev))
+        return _chain(key, 1, start=seq, prev=prev)
+
+    a0 = store.append(key.public_hex, "s", build)[0]
+    b1 = other.append(key.public_hex, "s", build)[0]
+    a2 = store.append(key.public_hex, "s", build)[0]
+    assert (b1.seq, b1.prev, a2.seq, a2.prev) == (1, a0.hash, 2, b1.hash)
+    # the stale head (1, a0) was tried first, then the true one
+    assert seen == [(0, None), (1, a0.hash), (1, a0.hash), (2, b1.hash)]
+    store.append(key.public_hex, "s", build)  # and the remembered head is right again
+    assert seen[-1] == (3, a2.hash)
+    assert store.count(key.public_hex, "s") == 4
+    other.conn.close()
+
+
 def test_failed_append_writes_nothing(store):
     key = KeyPair.generate()
     store.append(key.public_hex, "s", lambda seq, prev: _chain(key, 1))
