@@ -7,10 +7,11 @@ each page are checked by worker processes while the reading process decodes
 the next page; the reader hands out no message before its signature has
 been checked (see ``Subfeed.read(verify="full")``).
 
-The workers are plain ``python -m kachery_tasks.feeds.verify_worker``
-processes talking over pipes: they import nothing of the caller's program
-(no re-run of an unguarded script, no fork of a process with threads). They
-are started on first need (about 0.1 s, once per process), reused by later
+The workers are ``python .../feeds/verify_worker.py`` processes talking over
+pipes: they import nothing of the caller's program (no re-run of an
+unguarded script, no fork of a process with threads), nor of kachery_tasks,
+only libsodium. They are started on first need (a few tens of milliseconds,
+once per process), reused by later
 reads, and end when this process does. ``KACHERY_TASKS_VERIFY_WORKERS`` sets
 how many (``0``: check every signature in the reading process, the default
 on a single-core machine). One parallel read runs at a time per process;
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import atexit
 import os
-import struct
 import subprocess
 import sys
 import threading
 from typing import IO
 
 from ..errors import InvalidValueError
+from . import verify_worker
+from .verify_worker import RESULT, encode_request
 
 # Fewer messages than this are checked in the reading process: starting the
 # workers would cost more than it saves.
@@ -37,9 +39,6 @@ MIN_MESSAGES = 4000
 ENV = "KACHERY_TASKS_VERIFY_WORKERS"
 
 Item = tuple[int, bytes, str]  # (seq, unsigned bytes, signature hex)
-
-_U32 = struct.Struct("<I")
-_RESULT = struct.Struct("<i")
 
 _busy = threading.Lock()  # held by the one read that uses the workers
 _workers: list[_Worker] = []
@@ -65,34 +64,6 @@ def worker_count() -> int:
     return n
 
 
-def encode_request(feed: str, pairs: list[tuple[bytes, str]]) -> bytes:
-    """One request to a worker (see :mod:`.verify_worker` for the layout)."""
-    out = [feed.encode("ascii")]
-    for unsigned, signature in pairs:
-        out.append(_U32.pack(len(unsigned)))
-        out.append(unsigned)
-        out.append(signature.encode("ascii"))
-    body = b"".join(out)
-    return _U32.pack(len(body)) + body
-
-
-def decode_request(body: bytes) -> tuple[str, list[tuple[bytes, str]]]:
-    """The feed id and (unsigned bytes, signature) pairs of a request body."""
-    feed = body[:64].decode("ascii")
-    pairs = []
-    pos, end = 64, len(body)
-    while pos < end:
-        (n,) = _U32.unpack_from(body, pos)
-        pos += _U32.size
-        unsigned = body[pos : pos + n]
-        signature = body[pos + n : pos + n + 128].decode("ascii")
-        if len(unsigned) != n or len(signature) != 128:
-            raise ValueError("truncated request")
-        pairs.append((unsigned, signature))
-        pos += n + 128
-    return feed, pairs
-
-
 def check_signatures(feed: str, pairs: list[tuple[bytes, str]]) -> int:
     """The index of the first pair whose signature does not match, or -1."""
     from .messages import verifier_for
@@ -109,7 +80,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kachery_tasks.feeds.verify_worker"],
+            [sys.executable, verify_worker.__file__],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -125,10 +96,10 @@ class _Worker:
 
     def receive(self) -> int:
         """The worker's answer to the oldest request not yet answered."""
-        data = self.stdout.read(_RESULT.size)
-        if len(data) != _RESULT.size:
+        data = self.stdout.read(RESULT.size)
+        if len(data) != RESULT.size:
             raise OSError("signature worker ended")
-        return _RESULT.unpack(data)[0]
+        return RESULT.unpack(data)[0]
 
     def stop(self) -> None:
         try:

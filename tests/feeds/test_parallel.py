@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import kachery_tasks.feeds as kf
 from kachery_tasks.errors import FeedVerificationError, InvalidValueError
 from kachery_tasks.feeds import feed as feed_mod
-from kachery_tasks.feeds import parallel
+from kachery_tasks.feeds import parallel, verify_worker
 from kachery_tasks.feeds.store import get_feed_store
 
 
@@ -134,7 +134,7 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path)
     script.write_text(textwrap.dedent(
         """
         import kachery_tasks.feeds as kf
-        from kachery_tasks.feeds import parallel
+        from kachery_tasks.feeds import parallel, verify_worker
         parallel.MIN_MESSAGES = 1
         s = kf.create_feed("x").subfeed("s")
         s.append_many(list(range(50)))
@@ -147,6 +147,17 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path)
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["ran 50 True"]
+
+
+def test_the_worker_imports_nothing_of_kachery_tasks():
+    code = (
+        "import runpy, sys; sys.argv = ['w']; sys.stdin = open('/dev/null'); "
+        f"runpy.run_path({verify_worker.__file__!r}, run_name='__main__'); "
+        "print(sorted(m for m in sys.modules if m.startswith('kachery_tasks')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_worker_protocol_reports_the_first_bad_signature():
@@ -174,13 +185,13 @@ def test_the_worker_protocol_reports_the_first_bad_signature():
 )
 def test_requests_round_trip(pairs):
     feed = "ab" * 32
-    request = parallel.encode_request(feed, pairs)
-    (size,) = parallel._U32.unpack(request[:4])
+    request = verify_worker.encode_request(feed, pairs)
+    (size,) = verify_worker.U32.unpack(request[:4])
     assert size == len(request) - 4
-    assert parallel.decode_request(request[4:]) == (feed, pairs)
+    assert verify_worker.decode_request(request[4:]) == (feed, pairs)
     if pairs:
         with pytest.raises(ValueError):
-            parallel.decode_request(request[4:-1])
+            verify_worker.decode_request(request[4:-1])
 
 
 @pytest.mark.parametrize("taken", [1, 10, 15, 60])
