@@ -63,3 +63,61 @@ def test_hash_file_of_empty_file(tmp_path):
     p.write_bytes(b"")
     d = hash_file(p, 1024)
     assert d.sha256 == hashlib.sha256(b"").hexdigest() and d.size == 0 and d.chunks == []
+
+
+def test_pipelined_copy_digests_each_step_as_it_lands(tmp_path, monkeypatch):
+    """Many small copy steps and pieces: the digest threads wait for every step."""
+    monkeypatch.setattr(hashing, "_SMALL", 10)
+    monkeypatch.setattr(hashing, "_PIPE_STEP", 1000)
+    monkeypatch.setattr(hashing, "_PIECE", 300)
+    real = hashing.os.copy_file_range
+    steps = []
+
+    def slow_copy(*args):
+        import time
+
+        time.sleep(0.001)  # the digest threads catch up and must wait
+        n = real(*args)
+        steps.append(n)
+        return n
+
+    monkeypatch.setattr(hashing.os, "copy_file_range", slow_copy)
+    data = os.urandom(23_456)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    fd = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT)
+    seen = []
+    with open(src, "rb") as fin:
+        d = copy_and_digest(fin.fileno(), fd, 2000, progress=seen.append)
+    os.close(fd)
+    assert len(steps) == 24  # 23 full steps and a short one
+    assert (tmp_path / "dst").read_bytes() == data
+    sha256, sha1, chunks = _expected(data, 2000)
+    assert (d.sha256, d.sha1) == (sha256, sha1)
+    assert [(c.offset, c.size, c.sha256) for c in d.chunks] == chunks
+    assert abs(sum(seen) - len(data)) <= len(seen)
+
+
+def test_a_source_that_shrinks_mid_copy_is_refused_not_waited_for(tmp_path, monkeypatch):
+    from kachery_tasks.errors import SourceFileError
+
+    monkeypatch.setattr(hashing, "_SMALL", 10)
+    monkeypatch.setattr(hashing, "_PIPE_STEP", 1000)
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(10_000))
+    real = hashing.os.copy_file_range
+    calls = {"n": 0}
+
+    def shrinking(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.truncate(src, 2000)
+        return real(*args)
+
+    monkeypatch.setattr(hashing.os, "copy_file_range", shrinking)
+    fd = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT)
+    try:
+        with open(src, "rb") as fin, pytest.raises(SourceFileError, match="shorter"):
+            copy_and_digest(fin.fileno(), fd, 2000)
+    finally:
+        os.close(fd)
