@@ -1,7 +1,7 @@
 """Checking the signatures of many feed messages on several cores.
 
 Checking an Ed25519 signature is most of the cost of a fully verified read
-(here about 40 us a message, against about 13 us to decode a message and
+(here about 40 us a message, against about 6 us to decode a message and
 check its hash link). For reads long enough to repay it, the signatures of
 each page are checked by worker processes while the reading process decodes
 the next page; the reader hands out no message before its signature has
@@ -11,13 +11,13 @@ The workers are ``python .../feeds/verify_worker.py`` processes talking over
 pipes: they import nothing of the caller's program (no re-run of an
 unguarded script, no fork of a process with threads), nor of kachery_tasks,
 only libsodium. They are started on first need (a few tens of milliseconds,
-once per process), reused by later
-reads, and end when this process does. ``KACHERY_TASKS_VERIFY_WORKERS`` sets
-how many (``0``: check every signature in the reading process, the default
-on a single-core machine). One parallel read runs at a time per process;
-another thread's full read meanwhile checks in its own thread. If a worker
-cannot start or dies, its share is checked in the reading process: slower,
-never skipped.
+once per process), reused by later reads, and end when this process does.
+``KACHERY_TASKS_VERIFY_WORKERS`` sets how many (default: the cores, at most
+4; ``0``: check every signature in the reading process, the default on a
+single-core machine). One parallel read runs at a time per process; another
+thread's full read meanwhile checks in its own thread. If a worker cannot
+start or dies, its share is checked in the reading process: slower, never
+skipped.
 """
 
 from __future__ import annotations
