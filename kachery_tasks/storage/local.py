@@ -511,10 +511,16 @@ class LocalStore:
         return kept
 
     def _remove_stale_temp(self) -> int:
+        """Remove temporary files older than an hour whose writer is gone.
+
+        A temporary file is named after the process writing it; one whose
+        process still runs on this machine is kept however old (a long
+        computation's array chunks wait there until the array is sealed).
+        """
         removed = 0
         cutoff = time.time() - STALE_TEMP_AGE
         for entry in os.scandir(self.incoming):
-            if entry.name.startswith(TMP_PREFIX):
+            if entry.name.startswith(TMP_PREFIX) and not _writer_alive(entry.name):
                 try:
                     if entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)
@@ -525,6 +531,20 @@ class LocalStore:
 
     def close(self) -> None:
         self.index.close()
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process named in a temporary file's name still runs here."""
+    pid = temp_name[len(TMP_PREFIX) :].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # a process of another user (or an unparsable pid): leave it be
+    return True
 
 
 def check_range(start: int, end: int | None, size: int) -> tuple[int, int]:

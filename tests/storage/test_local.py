@@ -2,6 +2,8 @@ import errno
 import hashlib
 import os
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -181,12 +183,17 @@ def test_gc_evicts_least_recently_used_and_keeps_pinned(store, tmp_path):
 def test_gc_takes_a_manifest_with_its_file_and_cleans_stale_temp(store, tmp_path):
     uri = store.store_file(_file(tmp_path, "big", os.urandom(9000)))
     manifest_uri = store.info(uri).manifest_uri
-    stale = store.incoming / ".tmp-1-abc"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = store.incoming / f".tmp-{dead}-abc"  # its writer has exited
     stale.write_bytes(b"partial")
-    os.utime(stale, (0, 0))
+    busy = store.incoming / f".tmp-{os.getpid()}-def"  # its writer is still at work
+    busy.write_bytes(b"a chunk of an array not sealed yet")
+    for p in (stale, busy):
+        os.utime(p, (0, 0))
     report = store.gc(max_size=0)
     assert not store.has(uri) and not store.has(manifest_uri)
-    assert report.temp_removed == 1 and not stale.exists()
+    assert report.temp_removed == 1 and not stale.exists() and busy.exists()
 
 
 def test_pin_of_absent_content_raises(store):
