@@ -28,10 +28,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import StorageError
 from ..fsutil import ensure_dir, fsync_dir, os_error, start_writeback, temp_path, write_temp
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ class BlobBatch:
                 return sha256
             self._sizes[sha256] = size
         if os.path.exists(self.store.blob_path(sha256)):
+            self.store.index.touch(sha256, time.time())  # used now: last in line for gc
             return sha256
         tmp = temp_path(self.store.incoming)
         try:
@@ -112,6 +115,14 @@ class BlobBatch:
         with self._lock:
             temp, sizes = self._temp, self._sizes
             self._temp, self._sizes = {}, {}
+        gone = [h for h in sizes if h not in temp and not os.path.exists(self.store.blob_path(h))]
+        if gone:  # evicted by gc since it was found in the store: record nothing
+            for tmp in temp.values():
+                tmp.unlink(missing_ok=True)
+            raise StorageError(
+                f"{len(gone)} blob(s) of this batch (e.g. sha256://{gone[0]}) were removed "
+                "from the store (by gc) while the batch was being written; write it again"
+            )
         try:
             with ThreadPoolExecutor(_FLUSHERS, thread_name_prefix="kachery-flush") as pool:
                 list(pool.map(_fsync_path, temp.values()))

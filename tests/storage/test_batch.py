@@ -120,3 +120,25 @@ def test_a_full_disk_is_a_storage_error_and_leaves_nothing(monkeypatch):
         batch.add(b"nowhere to go, not even half of it")
     assert len(batch) == 0
     assert os.listdir(store.incoming) == []
+
+
+def test_known_content_is_touched_and_a_blob_evicted_meanwhile_is_not_recorded():
+    store = get_store()
+    old = store.store_bytes(b"old and unused")
+    store.index.touch(_sha(b"old and unused"), 0.0)  # least recently used
+    newer = store.store_bytes(b"newer")
+    store.index.touch(_sha(b"newer"), 1.0)
+    batch = BlobBatch(store)
+    batch.add(b"old and unused")  # found in the store: now the most recently used
+    store.gc(max_size=len(b"old and unused"))  # room for one: the other goes
+    assert store.has(old) and not store.has(newer)
+
+    batch.add(b"newer and pending")
+    store.gc(max_size=0)  # evicts the blob the batch counted on
+    assert not store.has(old)
+    with pytest.raises(StorageError, match="removed from the store"):
+        batch.commit()
+    assert not store.has(old)  # no row pointing at nothing
+    assert store.index.get(_sha(b"old and unused")) is None
+    assert not store.has(f"sha256://{_sha(b'newer and pending')}")
+    assert os.listdir(store.incoming) == []
