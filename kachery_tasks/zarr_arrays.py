@@ -12,6 +12,9 @@ zarr is imported inside the functions: ``import kachery_tasks`` does not need it
 
 from __future__ import annotations
 
+import json
+import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidValueError, StorageError
@@ -103,3 +106,56 @@ def load_zarr(uri: str) -> zarr.Array:
         return zarr.open_array(store, mode="r", zarr_format=3)
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise StorageError(f"{uri} does not hold a zarr v3 array: {e}") from e
+
+
+@dataclass(frozen=True)
+class ZarrInfo:
+    """What a stored zarr hierarchy is, read from its index and root metadata only."""
+
+    uri: str
+    node_type: str  # "array" or "group"
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    chunks: tuple[int, ...] | None
+    blobs: int  # values the index names (chunks and metadata)
+    blobs_here: int  # of which this node holds
+    bytes_here: int
+
+
+def zarr_info(uri: str) -> ZarrInfo | None:
+    """Describe the zarr hierarchy ``uri`` names, or None when it is not a zarr index.
+
+    Reads the index and the root ``zarr.json`` only (no zarr import, no chunk);
+    ``uri`` must be here (or in the configured bucket).
+    """
+    from .files import _local_path
+    from .storage.local import get_store
+    from .storage.zarr_index import INDEX_PREFIX, decode_index, is_index
+
+    with open(_local_path(uri), "rb") as f:
+        if not is_index(f.read(len(INDEX_PREFIX))):
+            return None
+        f.seek(0)
+        keys = decode_index(f.read(), uri)
+    store = get_store()
+    here = [h for h in set(keys.values()) if store.has(f"sha256://{h}")]
+    meta: dict[str, Any] = {}
+    if keys.get("zarr.json") in here:
+        with open(store.blob_path(keys["zarr.json"]), "rb") as f:
+            try:
+                meta = json.loads(f.read())
+            except ValueError:
+                meta = {}
+    grid = (meta.get("chunk_grid") or {}).get("configuration") or {}
+    shape, chunks = meta.get("shape"), grid.get("chunk_shape")
+    dtype = meta.get("data_type")
+    return ZarrInfo(
+        uri=uri,
+        node_type=str(meta.get("node_type", "unknown")),
+        shape=tuple(shape) if isinstance(shape, list) else None,
+        dtype=dtype if isinstance(dtype, str) else None,
+        chunks=tuple(chunks) if isinstance(chunks, list) else None,
+        blobs=len(set(keys.values())),
+        blobs_here=len(here),
+        bytes_here=sum(os.path.getsize(store.blob_path(h)) for h in here),
+    )

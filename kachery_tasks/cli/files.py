@@ -11,6 +11,7 @@ import time
 from .. import files
 from ..sizes import format_size, parse_size
 from ..storage.local import check_range, get_store
+from ..zarr_arrays import zarr_info
 from . import command
 
 
@@ -58,7 +59,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cat)
 
     p = command(
-        commands, "info", "Show size, local path, chunks and label of content.",
+        commands, "info",
+        "Show size, local path, chunks and label of content; for a zarr array's URI also "
+        "its shape, dtype, chunking and how many of its blobs are here.",
         "kachery-tasks info 'sha256://<hex>'",
     )
     p.add_argument("uri")
@@ -175,8 +178,12 @@ def _cat(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     info = files.load_file_info(args.uri)
+    array = zarr_info(args.uri) if info.path and info.size < _MAX_INDEX_INFO else None
     if args.json:
-        print(json.dumps(info.__dict__, indent=2))
+        doc = dict(info.__dict__)
+        if array is not None:
+            doc["zarr"] = array.__dict__
+        print(json.dumps(doc, indent=2))
         return 0
     rows = [
         ("uri", info.uri),
@@ -189,9 +196,20 @@ def _info(args: argparse.Namespace) -> int:
         ("pinned", "yes" if info.pinned else "no"),
         ("last used", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.last_access))),
     ]
+    if array is not None:
+        what = f"zarr {array.node_type}"
+        if array.shape is not None:
+            what += f", shape {array.shape}, {array.dtype}, chunks {array.chunks}"
+        rows.append(("zarr", what))
+        rows.append(("blobs", f"{array.blobs} named, {array.blobs_here} here "
+                              f"({format_size(array.bytes_here)})"))
     for key, value in rows:
         print(f"{key + ':':<11}{value}")
     return 0
+
+
+# An index larger than this is not read by `info` (a zarr index is far smaller).
+_MAX_INDEX_INFO = 256 * 2**20
 
 
 def _ls(args: argparse.Namespace) -> int:

@@ -118,3 +118,23 @@ def test_import_kachery(run_cli, tmp_path):
     (d / sha1).write_bytes(data)
     assert "imported 1 files" in _ok(run_cli("import-kachery", str(tmp_path / "kc")))
     assert run_cli("cat", f"sha1://{sha1}").stdout == data
+
+
+def test_info_describes_a_zarr_array(run_cli, tmp_path):
+    import json
+
+    import numpy as np
+
+    from kachery_tasks.zarr_arrays import store_zarr
+
+    uri = store_zarr(np.zeros((20, 30)), chunks=(10, 10))
+    out = _ok(run_cli("info", uri))
+    assert "zarr array, shape (20, 30), float64, chunks (10, 10)" in out
+    assert "blobs:" in out and "here" in out
+    doc = json.loads(_ok(run_cli("info", uri, "--json")))
+    assert doc["zarr"]["shape"] == [20, 30] and doc["zarr"]["blobs"] == doc["zarr"]["blobs_here"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not an array")
+    other = _ok(run_cli("store", str(plain))).strip()
+    assert not [row for row in _ok(run_cli("info", other)).splitlines()
+                if row.startswith(("zarr:", "blobs:"))]
