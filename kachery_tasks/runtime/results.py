@@ -30,7 +30,7 @@ import os
 import threading
 from typing import Any
 
-from ..errors import ResultEncodingError, UntrustedPickleError
+from ..errors import ContentNotFoundError, ResultEncodingError, UntrustedPickleError
 
 ENV_ALLOW = "KACHERY_TASKS_ALLOW_PICKLES_FROM"
 MMAP_THRESHOLD = 64 * 2**20  # arrays at least this large are memory-mapped, not read
@@ -207,9 +207,19 @@ class ZarrCodec(ResultCodec):
         return get_store().load_bytes(store_zarr(value))
 
     def decode(self, path: str) -> Any:
-        from ..zarr_arrays import load_zarr
+        """The lazy array; ContentNotFoundError (the cache then computes again) when
+        some of its chunks are gone from here (gc) and no bucket can supply them."""
+        from ..storage.buckets import default_bucket
+        from ..zarr_arrays import load_zarr, missing_blobs
 
-        return load_zarr(f"sha256://{os.path.basename(path)}")
+        uri = f"sha256://{os.path.basename(path)}"
+        missing = missing_blobs(uri)
+        if missing and default_bucket() is None:
+            raise ContentNotFoundError(
+                f"{len(missing)} chunk(s) of the zarr result {uri} are no longer here "
+                "and no bucket is configured"
+            )
+        return load_zarr(uri)
 
     def memo(self, value: Any, data: bytes | memoryview | None) -> MemoEntry:
         """Keep the lazy store-backed array (it holds no data in memory)."""

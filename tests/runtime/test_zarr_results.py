@@ -85,3 +85,21 @@ def test_returning_a_stored_zarr_array_stores_nothing_new(monkeypatch):
     z = load_zarr(uri)
     _never_read(monkeypatch)
     assert store_zarr(z) == uri  # already stored: no chunk is read or copied
+
+
+def test_a_zarr_result_missing_chunks_is_computed_again(monkeypatch):
+    from kachery_tasks.storage.local import get_store
+    from kachery_tasks.storage.zarr_store import ContentStore
+
+    monkeypatch.setenv("KACHERY_TASKS_ZARR_THRESHOLD", str(64 * 1024))
+    x = np.arange(50_000, dtype=np.float64)
+    before = task_defs.calls["scale"]
+    task_defs.scale(x, 7.0)
+    row = cache_mod.current().records.result(task_defs.scale.task_id(x, 7.0))
+    chunk = next(h for k, h in ContentStore.from_uri(row.result_uri).blobs().items()
+                 if k.startswith("c/"))
+    get_store()._remove_blob(chunk)  # as gc would, leaving the index
+    cache_mod.current().clear()
+    again = task_defs.scale(x, 7.0)
+    assert task_defs.calls["scale"] == before + 2  # computed again, not served broken
+    np.testing.assert_array_equal(again[:], x * 7.0)
