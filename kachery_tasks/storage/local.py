@@ -272,7 +272,10 @@ class LocalStore:
     def _store_manifest(self, digest: Digest) -> str | None:
         if not digest.chunks:
             return None
-        data = Manifest.from_digest(digest, self.chunk_size).to_json()
+        # Chunks cut elsewhere (a download) keep the uploader's chunk size: every
+        # chunk but the last has it.
+        chunk_size = digest.chunks[0].size if digest.chunks else self.chunk_size
+        data = Manifest.from_digest(digest, chunk_size).to_json()
         m = digest_bytes(data, self.chunk_size)
         self._write_blob(m.sha256, data)
         self.index.record_blob(m.sha256, m.size, m.sha1, None, role="manifest")

@@ -264,3 +264,20 @@ def test_uploading_content_the_bucket_has_needs_no_local_copy(tmp_path, bucket_u
     uri = a.store_bytes(b"shared already")
     upload(a, bucket, uri)
     assert upload(b, bucket, uri).objects_skipped == 1
+
+
+def test_nodes_with_different_chunk_sizes_exchange_files(tmp_path, bucket_url):
+    a = _node(tmp_path, "a", chunk="64KiB")
+    b = _node(tmp_path, "b", chunk="1MiB")
+    c = _node(tmp_path, "c", chunk="16KiB")
+    data = os.urandom(300 * 1024)
+    uri = a.store_bytes(data)
+    upload(a, open_bucket(bucket_url), uri)
+    download(b, open_bucket(bucket_url), uri)
+    m = b.manifest(uri)  # kept as the uploader cut it: 64 KiB chunks
+    assert m is not None and m.chunk_size == 64 * 1024 and len(m.chunks) == 5
+    assert b.info(uri).chunks == 5
+    other = open_bucket(f"file://{tmp_path}/other-bucket")
+    upload(b, other, uri)  # passed on by a node that did not cut it
+    with open(download(c, other, uri), "rb") as f:
+        assert f.read() == data
