@@ -275,8 +275,9 @@ class Subfeed:
         ``verify="chain"`` (default) checks every message's hash, seq and link
         to its predecessor and, for each page of up to 1000 messages, the
         signature of the page's last message, which through the links vouches
-        for the whole page. ``"full"`` also checks every signature (more than
-        10x slower); ``"none"`` only decodes. A damaged message raises
+        for the whole page. ``"full"`` also checks every signature (5-10x
+        slower; long reads use worker processes, see :mod:`.parallel`);
+        ``"none"`` only decodes. A damaged message raises
         FeedVerificationError naming its seq, before it is returned.
         """
         _check_range(start, end)
