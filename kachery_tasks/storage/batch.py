@@ -6,7 +6,8 @@ would pay that thousands of times, so its chunks are written through a
 :class:`BlobBatch` instead:
 
 * :meth:`BlobBatch.add` hashes the bytes (SHA-256 only: these are parts of a
-  larger value, which nobody holds by a kachery ``sha1://`` URI) and writes
+  larger value, which nobody holds by a kachery ``sha1://`` URI; a value over
+  the chunk size is digested in full and gets its manifest at commit) and writes
   them, unflushed, to a temporary file in the store's ``incoming/``; a
   background thread asks the kernel to start writing it to disk, so the disk
   works while the caller computes the next value;
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StorageError
 from ..fsutil import ensure_dir, fsync_dir, os_error, start_writeback, temp_path, write_temp
+from .hashing import Digest, digest_bytes
 
 if TYPE_CHECKING:
     from .local import LocalStore
@@ -51,13 +53,17 @@ class BlobBatch:
         self._lock = threading.Lock()
         self._temp: dict[str, Path] = {}  # sha256 -> its unflushed temporary file
         self._sizes: dict[str, int] = {}  # every blob added since the last commit
+        self._digests: dict[str, Digest] = {}  # full digests of the large ones
         self._writeback: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict:
         # A copy in another process reads pending blobs from the same files; the
         # store is found again from its node directory.
         self._settle()
-        return {"node": self.store.node, "temp": dict(self._temp), "sizes": dict(self._sizes)}
+        return {
+            "node": self.store.node, "temp": dict(self._temp), "sizes": dict(self._sizes),
+            "digests": dict(self._digests),
+        }
 
     def __setstate__(self, state: dict) -> None:
         from .local import get_store
@@ -66,19 +72,32 @@ class BlobBatch:
         self._lock = threading.Lock()
         self._temp = state["temp"]
         self._sizes = state["sizes"]
+        self._digests = state["digests"]
         self._writeback = None
 
     def __len__(self) -> int:
         return len(self._sizes)
 
     def add(self, data: bytes | bytearray | memoryview) -> str:
-        """Write ``data`` (unless the store or this batch has it); return its SHA-256 hex."""
-        sha256 = hashlib.sha256(data).hexdigest()
+        """Write ``data`` (unless the store or this batch has it); return its SHA-256 hex.
+
+        A value larger than the store's chunk size gets what any large blob
+        gets (its SHA-1 alias and a manifest of chunk hashes), so it travels
+        through buckets in verified chunks like every other large file.
+        """
         size = memoryview(data).nbytes
+        digest = None
+        if size > self.store.chunk_size:
+            digest = digest_bytes(data, self.store.chunk_size)
+            sha256 = digest.sha256
+        else:
+            sha256 = hashlib.sha256(data).hexdigest()
         with self._lock:
             if sha256 in self._sizes:
                 return sha256
             self._sizes[sha256] = size
+            if digest is not None:
+                self._digests[sha256] = digest
         if os.path.exists(self.store.blob_path(sha256)):
             self.store.index.touch(sha256, time.time())  # used now: last in line for gc
             return sha256
@@ -113,8 +132,8 @@ class BlobBatch:
         """Make every added blob durable, under its final name and in the index."""
         self._settle()
         with self._lock:
-            temp, sizes = self._temp, self._sizes
-            self._temp, self._sizes = {}, {}
+            temp, sizes, digests = self._temp, self._sizes, self._digests
+            self._temp, self._sizes, self._digests = {}, {}, {}
         gone = [h for h in sizes if h not in temp and not os.path.exists(self.store.blob_path(h))]
         if gone:  # evicted by gc since it was found in the store: record nothing
             for tmp in temp.values():
@@ -132,14 +151,19 @@ class BlobBatch:
             for tmp in temp.values():
                 tmp.unlink(missing_ok=True)
             raise os_error(e, "cannot write to the store") from e
-        self.store.index.record_blobs([(sha256, size, None) for sha256, size in sizes.items()])
+        rows = []
+        for sha256, size in sizes.items():
+            d = digests.get(sha256)
+            manifest = self.store.store_manifest(d) if d is not None else None
+            rows.append((sha256, size, d.sha1 if d else None, manifest))
+        self.store.index.record_blobs(rows)
 
     def discard(self) -> None:
         """Remove the temporary files of blobs not committed."""
         self._settle()
         with self._lock:
             temp = self._temp
-            self._temp, self._sizes = {}, {}
+            self._temp, self._sizes, self._digests = {}, {}, {}
         for tmp in temp.values():
             tmp.unlink(missing_ok=True)
 

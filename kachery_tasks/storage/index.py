@@ -124,18 +124,21 @@ class Index:
                 (sha256, size, sha1, label, role, manifest, now, now),
             )
 
-    def record_blobs(self, blobs: list[tuple[str, int, str | None]]) -> None:
-        """Record many (sha256, size, sha1) data blobs now in the store, in one transaction."""
+    def record_blobs(self, blobs: list[tuple[str, int, str | None, str | None]]) -> None:
+        """Record many (sha256, size, sha1, manifest) data blobs now in the store, at once."""
         now = time.time()
         with self._lock, transaction(self._conn) as c:
             c.executemany(
-                """INSERT INTO blobs (sha256, size, sha1, label, role, in_store, stored, accessed)
-                   VALUES (?, ?, ?, NULL, 'data', 1, ?, ?)
+                """INSERT INTO blobs (sha256, size, sha1, label, role, in_store, manifest,
+                                      stored, accessed)
+                   VALUES (?, ?, ?, NULL, 'data', 1, ?, ?, ?)
                    ON CONFLICT(sha256) DO UPDATE SET
                      in_store = 1, accessed = excluded.accessed,
                      sha1 = COALESCE(blobs.sha1, excluded.sha1),
+                     manifest = COALESCE(excluded.manifest, blobs.manifest),
                      role = 'data'""",
-                [(sha256, size, sha1, now, now) for sha256, size, sha1 in blobs],
+                [(sha256, size, sha1, manifest, now, now)
+                 for sha256, size, sha1, manifest in blobs],
             )
 
     def record_link(

@@ -179,7 +179,7 @@ class LocalStore:
             os.close(src)
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise SourceFileError(f"{path} changed while it was being linked; link it again")
-        manifest = self._store_manifest(digest)
+        manifest = self.store_manifest(digest)
         self.index.record_link(
             digest.sha256, digest.size, digest.sha1, label, manifest,
             Link(str(path), st.st_size, st.st_mtime_ns, st.st_ino),
@@ -269,7 +269,8 @@ class LocalStore:
         os.replace(tmp, final)
         fsync_dir(parent)
 
-    def _store_manifest(self, digest: Digest) -> str | None:
+    def store_manifest(self, digest: Digest) -> str | None:
+        """Store and index the manifest of a large blob's digest; its id (None if small)."""
         if not digest.chunks:
             return None
         # Chunks cut elsewhere (a download) keep the uploader's chunk size: every
@@ -282,7 +283,7 @@ class LocalStore:
         return m.sha256
 
     def _finish(self, digest: Digest, label: str | None) -> str:
-        manifest = self._store_manifest(digest)
+        manifest = self.store_manifest(digest)
         self.index.record_blob(digest.sha256, digest.size, digest.sha1, label, "data", manifest)
         self._touched[digest.sha256] = time.time()
         return format_uri(digest.sha256, label=label, size=digest.size)

@@ -142,3 +142,20 @@ def test_known_content_is_touched_and_a_blob_evicted_meanwhile_is_not_recorded()
     assert store.index.get(_sha(b"old and unused")) is None
     assert not store.has(f"sha256://{_sha(b'newer and pending')}")
     assert os.listdir(store.incoming) == []
+
+
+def test_a_value_over_the_chunk_size_gets_a_manifest(node_path):
+    from kachery_tasks.config import init_node_dir
+
+    node_path.mkdir(parents=True, exist_ok=True)
+    (node_path / "config.toml").write_text('[store]\nchunk_size = "64KiB"\n')
+    store = get_store(init_node_dir(node_path))
+    batch = BlobBatch(store)
+    big = os.urandom(200 * 1024)
+    sha = batch.add(big)
+    small = batch.add(b"small")
+    batch.commit()
+    info = store.info(f"sha256://{sha}")
+    assert info.chunks == 4 and info.sha1 == hashlib.sha1(big).hexdigest()
+    assert store.manifest(f"sha256://{sha}").chunk_size == 64 * 1024
+    assert store.info(f"sha256://{small}").chunks == 0

@@ -281,3 +281,26 @@ def test_nodes_with_different_chunk_sizes_exchange_files(tmp_path, bucket_url):
     upload(b, other, uri)  # passed on by a node that did not cut it
     with open(download(c, other, uri), "rb") as f:
         assert f.read() == data
+
+
+def test_a_zarr_array_with_chunks_over_the_chunk_size_travels(tmp_path, bucket_url, monkeypatch):
+    import numpy as np
+
+    from kachery_tasks.zarr_arrays import load_zarr, store_zarr
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.toml").write_text('[store]\nchunk_size = "16KiB"\n')
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "a"))
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((64, 256))  # zarr chunks of 8 x 256 float64 = 16 KiB + header
+    uri = store_zarr(a, chunks=(16, 256))  # 32 KiB chunks: each a blob with a manifest
+    assert get_store().info(uri).size < 16 * 1024  # the index itself is small
+    from kachery_tasks.storage.zarr_store import ContentStore
+
+    chunk_blobs = [h for k, h in ContentStore.from_uri(uri).blobs().items() if k.startswith("c/")]
+    assert all(get_store().info(f"sha256://{h}").chunks >= 2 for h in chunk_blobs)
+    upload(get_store(), open_bucket(bucket_url), uri)
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "b"))
+    monkeypatch.setenv("KACHERY_TASKS_BUCKET", bucket_url)
+    np.testing.assert_array_equal(load_zarr(uri)[20:40, 100:120], a[20:40, 100:120])
