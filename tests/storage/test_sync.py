@@ -30,6 +30,15 @@ def _node(tmp_path, name, chunk="64KiB"):
     return get_store(init_node_dir(path))
 
 
+def _shared(tmp_path, bucket_url, data: bytes):
+    """Nodes a and b, the bucket, and ``data`` stored by a and uploaded."""
+    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
+    bucket = open_bucket(bucket_url)
+    uri = a.store_bytes(data)
+    upload(a, bucket, uri)
+    return a, b, bucket, uri
+
+
 def test_small_and_large_files_travel_between_nodes(tmp_path, bucket_url):
     a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
     bucket = open_bucket(bucket_url)
@@ -67,10 +76,7 @@ def test_load_file_falls_back_to_the_configured_bucket(tmp_path, bucket_url, mon
 
 
 def test_corrupt_chunk_is_named_and_nothing_is_stored(tmp_path, bucket_url):
-    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
-    bucket = open_bucket(bucket_url)
-    uri = a.store_bytes(os.urandom(4 * 65536))
-    upload(a, bucket, uri)
+    a, b, bucket, uri = _shared(tmp_path, bucket_url, os.urandom(4 * 65536))
     victim = a.manifest(uri).chunks[2]
     bucket.delete(chunk_key(victim.sha256))
     bucket.put(chunk_key(victim.sha256), os.urandom(victim.size))
@@ -109,11 +115,8 @@ class FlakyBucket:
 
 
 def test_interrupted_download_resumes(tmp_path, bucket_url):
-    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
-    bucket = open_bucket(bucket_url)
     data = os.urandom(10 * 65536)
-    uri = a.store_bytes(data)
-    upload(a, bucket, uri)
+    _a, b, bucket, uri = _shared(tmp_path, bucket_url, data)
     first = FlakyBucket(bucket, budget=4)
     with pytest.raises(TransferError):
         download(b, first, uri, threads=1)
@@ -164,11 +167,8 @@ def test_100_mib_file_between_node_directories(tmp_path, bucket_url):
 
 
 def test_chunks_are_recorded_and_hashed_while_others_are_in_flight(tmp_path, bucket_url):
-    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
-    bucket = open_bucket(bucket_url)
     data = os.urandom(6 * 65536)
-    uri = a.store_bytes(data)
-    upload(a, bucket, uri)
+    a, b, bucket, uri = _shared(tmp_path, bucket_url, data)
     last = chunk_key(a.manifest(uri).chunks[-1].sha256)
     done_path = b.incoming / f"partial-{parse_uri(uri).hex}.done"
     seen = []
@@ -199,10 +199,7 @@ def test_a_failure_releases_fetches_held_back_for_the_hashing(tmp_path, bucket_u
     from kachery_tasks.storage import sync
 
     monkeypatch.setattr(sync, "_AHEAD", -1)  # with 2 threads, chunk 1 waits for chunk 0's hash
-    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
-    bucket = open_bucket(bucket_url)
-    uri = a.store_bytes(os.urandom(4 * 65536))
-    upload(a, bucket, uri)
+    a, b, bucket, uri = _shared(tmp_path, bucket_url, os.urandom(4 * 65536))
     victim = a.manifest(uri).chunks[0]
     bucket.delete(chunk_key(victim.sha256))
     bucket.put(chunk_key(victim.sha256), os.urandom(victim.size + 1))  # too long, too
@@ -259,10 +256,7 @@ def test_a_zarr_array_goes_up_whole_index_last_and_reads_lazily_elsewhere(
 
 
 def test_uploading_content_the_bucket_has_needs_no_local_copy(tmp_path, bucket_url):
-    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
-    bucket = open_bucket(bucket_url)
-    uri = a.store_bytes(b"shared already")
-    upload(a, bucket, uri)
+    _a, b, bucket, uri = _shared(tmp_path, bucket_url, b"shared already")
     assert upload(b, bucket, uri).objects_skipped == 1
 
 
