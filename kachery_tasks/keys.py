@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,41 @@ def _sodium() -> Any:
         except ImportError:
             _SODIUM = False
     return _SODIUM or None
+
+
+def _raw_signer() -> Any:
+    """A function (message, secret key) -> 64-byte signature calling libsodium directly.
+
+    PyNaCl's ``crypto_sign`` allocates two buffers, copies the whole signed
+    message out and checks its arguments in Python: 2.4 us of a 17 us
+    signature here, on the sequential path of every feed append. This calls
+    the same libsodium function through PyNaCl's compiled module with one
+    reused buffer per thread. None when that module is not there (then
+    PyNaCl's public binding is used).
+    """
+    global _RAW_SIGNER
+    if _RAW_SIGNER is None:
+        try:
+            from nacl._sodium import ffi, lib
+
+            local = threading.local()
+
+            def sign(message: bytes, sk: bytes) -> bytes:
+                need = len(message) + 64
+                buf = getattr(local, "buf", None)
+                if buf is None or len(buf) < need:
+                    buf = local.buf = ffi.new("unsigned char[]", max(need, 4096))
+                if lib.crypto_sign(buf, ffi.NULL, message, len(message), sk) != 0:
+                    raise ValueError("libsodium could not sign")
+                return ffi.buffer(buf, 64)[:]
+
+            _RAW_SIGNER = sign
+        except ImportError:
+            _RAW_SIGNER = False
+    return _RAW_SIGNER or None
+
+
+_RAW_SIGNER: Any = None
 
 
 class KeyPair:
@@ -84,6 +120,9 @@ class KeyPair:
         if sodium is not None and self._private_bytes is not None:
             if self._sodium_sk is None:
                 self._sodium_sk = sodium.crypto_sign_seed_keypair(self._private_bytes)[1]
+            raw = _raw_signer()
+            if raw is not None:
+                return raw(message, self._sodium_sk).hex()
             return sodium.crypto_sign(message, self._sodium_sk)[:64].hex()
         if self._signer is None:
             if self._private_bytes is None:

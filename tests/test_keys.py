@@ -65,3 +65,31 @@ def test_both_backends_agree(monkeypatch):
     assert KeyPair(kp.public_hex).verify(b"abc", fast)
     assert not KeyPair(kp.public_hex).verify(b"abc", "00" * 64)
     assert not KeyPair(kp.public_hex).verify(b"abc", "zz")
+
+
+def test_the_direct_libsodium_signer_matches_pynacl_from_several_threads():
+    import os as _os
+    import threading
+
+    from nacl import bindings
+
+    from kachery_tasks import keys
+
+    raw = keys._raw_signer()
+    assert raw is not None  # PyNaCl is a dependency: the fast path is taken here
+    kp = KeyPair.generate()
+    sk = bindings.crypto_sign_seed_keypair(kp._private_bytes)[1]
+    messages = [_os.urandom(n) for n in (0, 1, 200, 4031, 4032, 4033, 70_000, 300)]
+    expected = [bindings.crypto_sign(m, sk)[:64] for m in messages]
+    results: list[list[bytes]] = []
+
+    def run() -> None:
+        results.append([raw(m, sk) for m in messages * 20])
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [expected * 20] * 4
+    assert [kp.sign(m) for m in messages] == [e.hex() for e in expected]
