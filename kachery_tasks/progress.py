@@ -21,11 +21,12 @@ ENV_FORCE = "KACHERY_TASKS_PROGRESS"  # "1" forces bars on, "0" off
 
 
 class ProgressBar:
-    """Accumulates byte counts and redraws at most ten times a second."""
+    """Accumulates byte counts (or counts of ``unit``) and redraws at most ten times a second."""
 
-    def __init__(self, total: int, label: str, stream=None) -> None:
+    def __init__(self, total: int, label: str, stream=None, unit: str | None = None) -> None:
         self.total = max(total, 1)
         self.label = label
+        self.unit = unit
         self.stream = stream or sys.stderr
         self.done = 0
         self.start = time.monotonic()
@@ -50,9 +51,12 @@ class ProgressBar:
         bar = "#" * filled + "-" * (width - filled)
         self.stream.write(
             f"\r{self.label[:30]:<30} [{bar}] {frac * 100:5.1f}% "
-            f"{format_size(int(rate))}/s {left:5.0f}s left "
+            f"{self._rate(rate)}/s {left:5.0f}s left "
         )
         self.stream.flush()
+
+    def _rate(self, rate: float) -> str:
+        return format_size(int(rate)) if self.unit is None else f"{rate:.0f} {self.unit}"
 
     def close(self) -> None:
         with self._lock:
@@ -70,19 +74,21 @@ def _enabled(total: int, threshold: int) -> bool:
 
 @contextlib.contextmanager
 def progress_bar(
-    total: int, label: str, threshold: int, enabled: bool | None = None
+    total: int, label: str, threshold: int, enabled: bool | None = None,
+    unit: str | None = None,
 ) -> Iterator[Callable[[int], None] | None]:
     """Yield a byte-count callback drawing a bar, or None when no bar is wanted.
 
     ``enabled=None`` decides automatically: a bar only on a terminal and only for
-    operations of at least ``threshold`` bytes.
+    operations of at least ``threshold`` bytes. With ``unit`` the counts are of
+    that (say "blobs"), not bytes.
     """
     if enabled is None:
         enabled = _enabled(total, threshold)
     if not enabled:
         yield None
         return
-    bar = ProgressBar(total, label)
+    bar = ProgressBar(total, label, unit=unit)
     try:
         yield bar
     finally:

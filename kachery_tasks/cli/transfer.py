@@ -8,7 +8,7 @@ from ..errors import ConfigError
 from ..sizes import format_size
 from ..storage.buckets import ENV_BUCKET, Bucket, default_bucket, open_bucket
 from ..storage.local import get_store
-from ..storage.sync import download, upload
+from ..storage.sync import download, download_members, upload
 from . import command
 
 _BUCKET_HELP = f"bucket URL (default: ${ENV_BUCKET}, else [bucket] url in config.toml)"
@@ -30,7 +30,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         commands, "download", "Fetch content from the shared bucket into the store.",
         "kachery-tasks download 'sha256://<hex>' --bucket file:///mnt/share/kachery",
         "Chunks are fetched in parallel and verified on arrival; an interrupted\n"
-        "download resumes where it stopped. Prints the local path.",
+        "download resumes where it stopped. Prints the local path. The URI of a\n"
+        "zarr array fetches every blob of the array (load_zarr alone fetches\n"
+        "chunks as they are read).",
     )
     p.add_argument("uri", nargs="+")
     p.add_argument("--bucket", help=_BUCKET_HELP)
@@ -76,6 +78,7 @@ def _download(args: argparse.Namespace) -> int:
     bucket, store = bucket_from(args), get_store()
     for uri in args.uri:
         print(download(store, bucket, uri, progress=args.progress))
+        download_members(store, bucket, uri, progress=args.progress)
     return 0
 
 

@@ -50,6 +50,7 @@ from .manifest import Manifest
 from .zarr_index import decode_index, is_index
 
 _HASH_PIECE = 2**20
+_BLOBS_FOR_A_BAR = 100  # fetching fewer blobs than this shows no bar
 _AHEAD = 2  # chunks beyond the thread count a fetch may run ahead of the hashing
 
 
@@ -201,6 +202,40 @@ def download(
     store.admit(_partial_path(store, sha256), sha256, label, digest)
     _done_path(store, sha256).unlink(missing_ok=True)
     return store.load_file(f"sha256://{sha256}")
+
+
+def download_members(
+    store: LocalStore, bucket: Bucket, uri: str, progress: bool | None = None,
+    threads: int | None = None,
+) -> int:
+    """Fetch every blob the zarr index ``uri`` names that is not here; return how many.
+
+    ``load_zarr`` fetches chunks lazily, as they are read; this makes a whole
+    array local at once (to work offline, say). Each blob is verified like
+    any download. 0 when ``uri`` is not a zarr index.
+    """
+    path = download(store, bucket, uri, progress=False)
+    with open(path, "rb") as f:
+        data = f.read()
+    if not is_index(data):
+        return 0
+    missing = sorted(
+        h for h in set(decode_index(data, uri).values()) if not store.has(f"sha256://{h}")
+    )
+    threads = threads or store.node.config.transfer_threads
+    with progress_bar(
+        len(missing), f"download {len(missing)} array blobs", _BLOBS_FOR_A_BAR, progress,
+        unit="blobs",
+    ) as bar, ThreadPoolExecutor(threads, thread_name_prefix="kachery-down") as pool:
+
+        def fetch(h: str) -> None:
+            download(store, bucket, f"sha256://{h}", progress=False, threads=1)
+            if bar:
+                bar(1)
+
+        for _ in _run_all(pool, fetch, missing):
+            pass
+    return len(missing)
 
 
 def _partial_path(store: LocalStore, sha256: str) -> Path:

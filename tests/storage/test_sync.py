@@ -298,3 +298,25 @@ def test_a_zarr_array_with_chunks_over_the_chunk_size_travels(tmp_path, bucket_u
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "b"))
     monkeypatch.setenv("KACHERY_TASKS_BUCKET", bucket_url)
     np.testing.assert_array_equal(load_zarr(uri)[20:40, 100:120], a[20:40, 100:120])
+
+
+def test_download_members_makes_a_whole_array_local(tmp_path, bucket_url, monkeypatch):
+    import numpy as np
+
+    from kachery_tasks.storage.sync import download_members
+    from kachery_tasks.zarr_arrays import load_zarr, missing_blobs, store_zarr
+
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "a"))
+    a = np.arange(40 * 40, dtype="f8").reshape(40, 40)
+    uri = store_zarr(a, chunks=(10, 10))
+    bucket = open_bucket(bucket_url)
+    upload(get_store(), bucket, uri)
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "b"))  # no bucket configured here
+    b = get_store()
+    assert download_members(b, bucket, uri) == 17  # 16 chunks and zarr.json
+    assert missing_blobs(uri) == []
+    np.testing.assert_array_equal(load_zarr(uri)[:], a)  # read with no bucket at all
+    assert download_members(b, bucket, uri) == 0  # nothing left to fetch
+    plain = get_store(init_node_dir(tmp_path / "a")).store_bytes(b"not an array")
+    upload(get_store(init_node_dir(tmp_path / "a")), bucket, plain)
+    assert download_members(b, bucket, plain) == 0 and b.has(plain)
