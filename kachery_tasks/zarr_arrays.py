@@ -12,8 +12,10 @@ zarr is imported inside the functions: ``import kachery_tasks`` does not need it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +35,15 @@ def _zarr() -> Any:
     return zarr
 
 
-def store_zarr(array: Any, chunks: Any = None) -> str:
+def store_zarr(array: Any, chunks: Any = None, progress: bool | None = None) -> str:
     """Store a numpy or zarr array as a zarr v3 array in the content store; return its URI.
 
     ``chunks`` is a chunk shape (default: the chunking of a zarr array, else
     zarr's automatic choice). A zarr array is copied block by block, never
     loaded whole; its codecs (compression) and attributes are kept. An array
     from :func:`load_zarr` is already stored: its URI is returned at once.
+    ``progress=None`` shows a bar counting chunks on a terminal for arrays
+    over the progress threshold (100 MB by default).
     """
     zarr = _zarr()
     import numpy as np
@@ -64,22 +68,61 @@ def store_zarr(array: Any, chunks: Any = None) -> str:
             zarr_format=3,
             **codecs,
         )
-        step = target.chunks
-        for block in np.ndindex(*[-(-s // c) for s, c in zip(array.shape, step, strict=True)]):
-            sel = tuple(
-                slice(i * c, min((i + 1) * c, s))
-                for i, c, s in zip(block, step, array.shape, strict=True)
-            )
-            target[sel] = array[sel]
+
+        def write() -> None:
+            step = target.chunks
+            blocks = [-(-s // c) for s, c in zip(array.shape, step, strict=True)]
+            for block in np.ndindex(*blocks):
+                sel = tuple(
+                    slice(i * c, min((i + 1) * c, s))
+                    for i, c, s in zip(block, step, array.shape, strict=True)
+                )
+                target[sel] = array[sel]
     else:
         data = np.asarray(array)
         if data.dtype.hasobject:
             raise InvalidValueError("store_zarr cannot store arrays of Python objects")
         try:
-            zarr.create_array(store, data=data, chunks=chunks or "auto", zarr_format=3)
+            target = zarr.create_array(
+                store, shape=data.shape, dtype=data.dtype, chunks=chunks or "auto", zarr_format=3
+            )
         except (TypeError, ValueError) as e:
             raise InvalidValueError(f"cannot store this array as zarr: {e}") from e
+
+        def write() -> None:
+            target[...] = data
+
+    with _counting_chunks(store, target.nchunks, target.nbytes, progress):
+        write()
     return store.seal()
+
+
+@contextlib.contextmanager
+def _counting_chunks(
+    store: Any, nchunks: int, nbytes: int, progress: bool | None
+) -> Iterator[None]:
+    """A bar counting the chunks written into ``store`` (on a terminal, for large arrays)."""
+    from .config import node_dir
+    from .progress import progress_bar
+
+    if progress is None and nbytes < node_dir().config.progress_threshold:
+        progress = False
+    written = [0]
+    with progress_bar(nchunks, "store_zarr", 0, progress, unit="chunks") as bar:
+        if bar is not None:
+
+            def on_write(key: str) -> None:
+                if key.startswith("c/"):
+                    written[0] += 1
+                    bar(1)
+
+            store.on_write = on_write
+        try:
+            yield
+            if bar is not None and written[0] < nchunks:
+                bar(nchunks - written[0])  # chunks of fill values are not written at all
+        finally:
+            store.on_write = None
 
 
 def _stored_as_is(array: zarr.Array, chunks: Any) -> bool:

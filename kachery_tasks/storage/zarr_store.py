@@ -28,7 +28,7 @@ import asyncio
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from zarr.abc.store import (
     ByteRequest,
@@ -102,8 +102,12 @@ def _slice(size: int, byte_range: ByteRequest | None) -> tuple[int, int]:
 
 
 class ContentStore(Store):
-    """zarr v3 store whose values are blobs in the node's content store."""
+    """zarr v3 store whose values are blobs in the node's content store.
 
+    ``on_write``, when set, is called with each key written (progress reports).
+    """
+
+    on_write: Callable[[str], object] | None = None
     supports_writes: bool = True
     supports_deletes: bool = True
     supports_listing: bool = True
@@ -233,6 +237,8 @@ class ContentStore(Store):
                 f"ContentStore.set(): `value` must be a Buffer instance, not {type(value)}"
             )
         self._keys[key] = self._batch.add(value.as_buffer_like())
+        if self.on_write is not None:
+            self.on_write(key)
 
     def set_sync(self, key: str, value: Buffer) -> None:
         self._check_writable()

@@ -311,3 +311,15 @@ def test_an_index_is_parsed_once_and_handed_out_as_a_copy(monkeypatch):
     second = zarr_store.read_index(uri)
     assert len(parsed) == 1 and second["c/0"] != "f" * 64
     np.testing.assert_array_equal(load_zarr(uri)[:], np.arange(100, dtype="i4"))
+
+
+def test_store_zarr_counts_chunks_on_a_bar(monkeypatch, capsys):
+    monkeypatch.setenv("KACHERY_TASKS_PROGRESS", "1")
+    a = np.arange(100 * 100, dtype="f4").reshape(100, 100)
+    a[:50] = 0  # the chunks of fill values are not written, yet the bar ends full
+    uri = store_zarr(a, chunks=(10, 100), progress=True)
+    err = capsys.readouterr().err
+    assert "store_zarr" in err and "100.0%" in err and "chunks/s" in err
+    np.testing.assert_array_equal(load_zarr(uri)[:], a)
+    store_zarr(a + 1, chunks=(10, 100), progress=False)
+    assert capsys.readouterr().err == ""
