@@ -132,6 +132,35 @@ class TestDaskExecutor(ExecutorContract):
         worker_pids = set(dask_client.run(os.getpid).values())
         assert run.pid in worker_pids and run.pid != os.getpid()
 
+    def test_zarr_results_and_arguments_cross_to_the_workers(
+        self, executor, dask_client, monkeypatch
+    ):
+        import os
+
+        import numpy as np
+        import zarr
+
+        env = "KACHERY_TASKS_ZARR_THRESHOLD"
+        monkeypatch.setenv(env, str(64 * 1024))
+
+        def setenv(value):  # in the workers' own os.environ (a bound method would copy it)
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
+
+        dask_client.run(setenv, str(64 * 1024))
+        try:
+            x = np.arange(40_000, dtype=np.float64)  # 320 kB: a zarr result
+            z = executor.submit(task_defs.scale, (x, 3.0), {}).result()
+            assert isinstance(z, zarr.Array) and z[5] == 15.0
+            total = executor.submit(task_defs.array_sum, (z,), {}).result()  # zarr argument
+            assert total == float((x * 3.0).sum())
+            [run] = _runs(task_defs.array_sum, z)
+            assert run.pid in set(dask_client.run(os.getpid).values())
+        finally:
+            dask_client.run(setenv, None)
+
     def test_context_manager_with_an_existing_client(self, dask_client):
         with kachery.dask(client=dask_client) as ex:
             assert isinstance(kachery.current_executor(), DaskExecutor)
