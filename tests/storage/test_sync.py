@@ -196,9 +196,9 @@ def test_chunks_are_recorded_and_hashed_while_others_are_in_flight(tmp_path, buc
 
 
 def test_a_failure_releases_fetches_held_back_for_the_hashing(tmp_path, bucket_url, monkeypatch):
-    from kachery_tasks.storage import sync
+    from kachery_tasks.storage import fetch
 
-    monkeypatch.setattr(sync, "_AHEAD", -1)  # with 2 threads, chunk 1 waits for chunk 0's hash
+    monkeypatch.setattr(fetch, "_AHEAD", -1)  # with 2 threads, chunk 1 waits for chunk 0's hash
     a, b, bucket, uri = _shared(tmp_path, bucket_url, os.urandom(4 * 65536))
     victim = a.manifest(uri).chunks[0]
     bucket.delete(chunk_key(victim.sha256))

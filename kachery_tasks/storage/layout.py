@@ -1,0 +1,20 @@
+"""Where content lives in a bucket (see DESIGN.md, bucket layout)::
+
+    blobs/sha256/<hex>              content no larger than the chunk size
+    chunks/sha256/<chunk hex>       one chunk of larger content
+    manifests/sha256/<hex>.json     its manifest (see docs/storage.md)
+"""
+
+from __future__ import annotations
+
+
+def blob_key(sha256: str) -> str:
+    return f"blobs/sha256/{sha256}"
+
+
+def chunk_key(sha256: str) -> str:
+    return f"chunks/sha256/{sha256}"
+
+
+def manifest_key(sha256: str) -> str:
+    return f"manifests/sha256/{sha256}.json"
