@@ -9,34 +9,12 @@ import pytest
 
 import kachery_tasks as kachery
 from kachery_tasks.config import init_node_dir
-from kachery_tasks.errors import ContentNotFoundError, CorruptContentError, TransferError
+from kachery_tasks.errors import ContentNotFoundError
 from kachery_tasks.storage.buckets import open_bucket
 from kachery_tasks.storage.local import get_store
 from kachery_tasks.storage.sync import chunk_key, download, in_bucket, manifest_key, upload
 from kachery_tasks.uris import parse_uri
-
-
-@pytest.fixture(params=["file", "gs"])
-def bucket_url(request, tmp_path):
-    if request.param == "file":
-        return f"file://{tmp_path}/bucket"
-    return request.getfixturevalue("gcs_bucket_url")
-
-
-def _node(tmp_path, name, chunk="64KiB"):
-    path = tmp_path / name
-    path.mkdir()
-    (path / "config.toml").write_text(f'[store]\nchunk_size = "{chunk}"\n')
-    return get_store(init_node_dir(path))
-
-
-def _shared(tmp_path, bucket_url, data: bytes):
-    """Nodes a and b, the bucket, and ``data`` stored by a and uploaded."""
-    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
-    bucket = open_bucket(bucket_url)
-    uri = a.store_bytes(data)
-    upload(a, bucket, uri)
-    return a, b, bucket, uri
+from tests.storage.nodes import _node, _shared
 
 
 def test_small_and_large_files_travel_between_nodes(tmp_path, bucket_url):
@@ -73,58 +51,6 @@ def test_load_file_falls_back_to_the_configured_bucket(tmp_path, bucket_url, mon
         assert f.read() == g.read()
     with pytest.raises(ContentNotFoundError, match="nor in bucket"):
         kachery.load_file("sha256://" + "0" * 64)
-
-
-def test_corrupt_chunk_is_named_and_nothing_is_stored(tmp_path, bucket_url):
-    a, b, bucket, uri = _shared(tmp_path, bucket_url, os.urandom(4 * 65536))
-    victim = a.manifest(uri).chunks[2]
-    bucket.delete(chunk_key(victim.sha256))
-    bucket.put(chunk_key(victim.sha256), os.urandom(victim.size))
-    with pytest.raises(CorruptContentError, match=f"chunk 2 \\(sha256 {victim.sha256}"):
-        download(b, bucket, uri, threads=1)
-    assert not b.has(uri)
-    assert b.index.stored_bytes() == (0, 0)
-
-
-class FlakyBucket:
-    """Wraps a bucket; chunk reads fail after ``budget`` successes (a dropped network)."""
-
-    def __init__(self, inner, budget):
-        self.inner, self.budget, self.gets = inner, budget, 0
-        self.url = inner.url
-        self.lock = threading.Lock()
-
-    def _spend(self, key):
-        if key.startswith("chunks/"):
-            with self.lock:
-                if self.budget <= 0:
-                    raise TransferError("network gone")
-                self.budget -= 1
-                self.gets += 1
-
-    def get(self, key, start=0, end=None):
-        self._spend(key)
-        return self.inner.get(key, start, end)
-
-    def get_into(self, key, consume, start=0, end=None):
-        self._spend(key)
-        return self.inner.get_into(key, consume, start, end)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-def test_interrupted_download_resumes(tmp_path, bucket_url):
-    data = os.urandom(10 * 65536)
-    _a, b, bucket, uri = _shared(tmp_path, bucket_url, data)
-    first = FlakyBucket(bucket, budget=4)
-    with pytest.raises(TransferError):
-        download(b, first, uri, threads=1)
-    assert not b.has(uri)
-    second = FlakyBucket(bucket, budget=100)
-    with open(download(b, second, uri, threads=3), "rb") as f:
-        assert f.read() == data
-    assert second.gets == 10 - first.gets == 6
 
 
 def test_two_nodes_uploading_the_same_content_at_once(tmp_path, bucket_url):
@@ -164,60 +90,6 @@ def test_100_mib_file_between_node_directories(tmp_path, bucket_url):
     assert b.verify().corrupt == []
     assert os.path.getsize(path) == 100 * 2**20
     assert parse_uri(uri).hex == b.info(uri).sha256
-
-
-def test_chunks_are_recorded_and_hashed_while_others_are_in_flight(tmp_path, bucket_url):
-    data = os.urandom(6 * 65536)
-    a, b, bucket, uri = _shared(tmp_path, bucket_url, data)
-    last = chunk_key(a.manifest(uri).chunks[-1].sha256)
-    done_path = b.incoming / f"partial-{parse_uri(uri).hex}.done"
-    seen = []
-
-    class LastChunkWaits:
-        """The last chunk is only read once the .done file records chunk 0."""
-
-        url = bucket.url
-
-        def get_into(self, key, consume, start=0, end=None):
-            if key == last:
-                for _ in range(1000):
-                    if done_path.exists() and "0" in done_path.read_text().split("\n")[1:]:
-                        break
-                    threading.Event().wait(0.01)
-                seen.append(done_path.read_text().split("\n")[1:])
-            return bucket.get_into(key, consume, start, end)
-
-        def __getattr__(self, name):
-            return getattr(bucket, name)
-
-    with open(download(b, LastChunkWaits(), uri, threads=6), "rb") as f:
-        assert f.read() == data
-    assert "0" in seen[0]
-
-
-def test_a_failure_releases_fetches_held_back_for_the_hashing(tmp_path, bucket_url, monkeypatch):
-    from kachery_tasks.storage import fetch
-
-    monkeypatch.setattr(fetch, "_AHEAD", -1)  # with 2 threads, chunk 1 waits for chunk 0's hash
-    a, b, bucket, uri = _shared(tmp_path, bucket_url, os.urandom(4 * 65536))
-    victim = a.manifest(uri).chunks[0]
-    bucket.delete(chunk_key(victim.sha256))
-    bucket.put(chunk_key(victim.sha256), os.urandom(victim.size + 1))  # too long, too
-    errors = []
-
-    def run():
-        try:
-            download(b, bucket, uri, threads=2)
-        except Exception as e:
-            errors.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(30)
-    assert not t.is_alive(), "the download hung"
-    assert len(errors) == 1 and isinstance(errors[0], CorruptContentError)
-    assert f"chunk 0 (sha256 {victim.sha256}" in str(errors[0])
-    assert not b.has(uri)
 
 
 def test_a_zarr_array_goes_up_whole_index_last_and_reads_lazily_elsewhere(
