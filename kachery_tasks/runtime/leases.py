@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+
+from ..processes import HOST, MY_START, pid_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -53,7 +54,6 @@ CREATE TABLE IF NOT EXISTS leases (
 
 DEFAULT_TTL = 30.0
 ENV_TTL = "KACHERY_TASKS_LEASE_TTL"
-HOST = socket.gethostname()
 
 
 def lease_ttl() -> float:
@@ -84,36 +84,8 @@ class Lease:
         return self.host == HOST and not pid_alive(self.pid, self.pid_start)
 
 
-def pid_start_time(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces; fields after it are plain.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return fields[19].decode() if len(fields) > 19 else None
 
 
-_MY_START = pid_start_time(os.getpid())
-
-
-def pid_alive(pid: int, start: str | None = None) -> bool:
-    """True when process ``pid`` exists on this host (and, if known, started at ``start``)."""
-    if pid == os.getpid():
-        return start is None or start == _MY_START
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    if start is not None:
-        now_start = pid_start_time(pid)
-        if now_start is not None and now_start != start:
-            return False  # the pid was reused by another process
-    return True
 
 
 def _row(r: tuple | None) -> Lease | None:
@@ -144,7 +116,7 @@ def try_acquire(
     if current is not None and not current.is_stale(now):
         return None, None
     pid = os.getpid()
-    lease = Lease(task_id, secrets.token_hex(12), HOST, pid, _MY_START, now, now + ttl)
+    lease = Lease(task_id, secrets.token_hex(12), HOST, pid, MY_START, now, now + ttl)
     conn.execute(
         "INSERT OR REPLACE INTO leases (task_id, holder, host, pid, pid_start, acquired, expires) "
         "VALUES (?,?,?,?,?,?,?)",

@@ -39,6 +39,7 @@ from ..errors import (
     StorageError,
 )
 from ..fsutil import TMP_PREFIX, ensure_dir, fsync_dir, os_error, temp_path, write_temp
+from ..processes import pid_alive
 from ..progress import progress_bar
 from ..uris import format_uri, parse_uri
 from .hashing import Digest, ProgressFn, copy_and_digest, digest_bytes, digest_open_file, hash_file
@@ -540,15 +541,7 @@ class LocalStore:
 def _writer_alive(temp_name: str) -> bool:
     """Whether the process named in a temporary file's name still runs here."""
     pid = temp_name[len(TMP_PREFIX) :].split("-", 1)[0]
-    if not pid.isdigit() or int(pid) == 0:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # a process of another user (or an unparsable pid): leave it be
-    return True
+    return pid.isdigit() and int(pid) > 0 and pid_alive(int(pid))
 
 
 def check_range(start: int, end: int | None, size: int) -> tuple[int, int]:

@@ -62,16 +62,6 @@ def test_dead_holder_on_this_host_is_taken_over_at_once():
     assert not other_host.is_stale()  # on another host only expiry counts
 
 
-def test_reused_pid_is_detected():
-    me = leases.pid_start_time(os.getpid())
-    assert me is not None
-    assert leases.pid_alive(os.getpid(), me)
-    assert not leases.pid_alive(os.getpid(), str(int(me) + 1))
-    parent = os.getppid()
-    assert leases.pid_alive(parent, leases.pid_start_time(parent))
-    assert not leases.pid_alive(parent, "1")
-
-
 def test_heartbeat_extends_held_leases():
     records = cache.current().records
     lease, _ = _acquire(ttl=0.3)
