@@ -171,9 +171,11 @@ def zarr_info(uri: str) -> ZarrInfo | None:
     Reads the index and the root ``zarr.json`` only (no zarr import, no chunk);
     ``uri`` must be here (or in the configured bucket).
     """
+    from .files import _local_path
     from .storage.local import get_store
+    from .storage.zarr_index import read_index_file
 
-    keys = _index_keys(uri)
+    keys = read_index_file(_local_path(uri), uri)
     if keys is None:
         return None
     store = get_store()
@@ -203,21 +205,8 @@ def zarr_info(uri: str) -> ZarrInfo | None:
 def missing_blobs(uri: str) -> list[str]:
     """The SHA-256s of the blobs the zarr index ``uri`` names that are not here."""
     from .storage.local import get_store
+    from .storage.zarr_index import read_index
 
-    keys = _index_keys(uri)
-    if keys is None:
-        raise StorageError(f"{uri} is not a kachery-tasks zarr array")
+    keys = read_index(uri)
     store = get_store()
     return sorted(h for h in set(keys.values()) if not store.has(f"sha256://{h}"))
-
-
-def _index_keys(uri: str) -> dict[str, str] | None:
-    """The key map of the zarr index ``uri`` (fetched if need be), or None if it is not one."""
-    from .files import _local_path
-    from .storage.zarr_index import INDEX_PREFIX, decode_index, is_index
-
-    with open(_local_path(uri), "rb") as f:
-        if not is_index(f.read(len(INDEX_PREFIX))):
-            return None
-        f.seek(0)
-        return decode_index(f.read(), uri)

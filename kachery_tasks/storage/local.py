@@ -45,7 +45,7 @@ from ..uris import format_uri, parse_uri
 from .hashing import Digest, ProgressFn, copy_and_digest, digest_bytes, digest_open_file, hash_file
 from .index import Index, Link, Row
 from .manifest import Manifest
-from .zarr_index import INDEX_PREFIX, decode_index, is_index
+from .zarr_index import read_index_file
 
 TOUCH_INTERVAL = 60.0
 STALE_TEMP_AGE = 3600.0
@@ -506,13 +506,10 @@ class LocalStore:
             if row.size > _MAX_INDEX_SIZE:
                 continue
             try:
-                with open(self.blob_path(row.sha256), "rb") as f:
-                    if not is_index(f.read(len(INDEX_PREFIX))):
-                        continue
-                    f.seek(0)
-                    kept.update(decode_index(f.read(), row.sha256).values())
+                keys = read_index_file(self.blob_path(row.sha256), row.sha256)
             except (OSError, StorageError):
                 continue  # not readable as an index: nothing more to keep
+            kept.update((keys or {}).values())
         return kept
 
     def _remove_stale_temp(self) -> int:

@@ -30,7 +30,7 @@ from .fetch import done_path, fetch_chunks, partial_path, run_all
 from .layout import blob_key, chunk_key, manifest_key
 from .local import LocalStore
 from .manifest import Manifest
-from .zarr_index import decode_index, is_index
+from .zarr_index import decode_index, is_index, read_index_file
 
 __all__ = [
     "UploadReport", "blob_key", "chunk_key", "download", "download_members", "in_bucket",
@@ -188,14 +188,10 @@ def download_members(
     array local at once (to work offline, say). Each blob is verified like
     any download. 0 when ``uri`` is not a zarr index.
     """
-    path = download(store, bucket, uri, progress=False)
-    with open(path, "rb") as f:
-        data = f.read()
-    if not is_index(data):
+    keys = read_index_file(download(store, bucket, uri, progress=False), uri)
+    if keys is None:
         return 0
-    missing = sorted(
-        h for h in set(decode_index(data, uri).values()) if not store.has(f"sha256://{h}")
-    )
+    missing = sorted(h for h in set(keys.values()) if not store.has(f"sha256://{h}"))
     threads = threads or store.node.config.transfer_threads
     with progress_bar(
         len(missing), f"download {len(missing)} array blobs", _BLOBS_FOR_A_BAR, progress,

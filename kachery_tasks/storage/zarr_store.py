@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from zarr.abc.store import (
@@ -40,11 +38,9 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.common import concurrent_map
 
-from ..errors import InvalidValueError
-from ..uris import parse_uri
 from .batch import BlobBatch
 from .local import get_store
-from .zarr_index import INDEX_FORMAT, decode_index, encode_index
+from .zarr_index import INDEX_FORMAT, encode_index, read_index
 
 __all__ = ["INDEX_FORMAT", "ContentStore", "read_index"]
 
@@ -57,36 +53,6 @@ def _local_path(uri: str) -> str:
     from ..files import _local_path as local_path
 
     return local_path(uri)
-
-
-def read_index(uri: str) -> dict[str, str]:
-    """The key → blob map of a sealed zarr index; KacheryError when ``uri`` is not one.
-
-    Indexes are immutable (named by their hash), so the last few read are kept
-    parsed: opening an array again costs a dict copy, not a JSON parse (about
-    0.6 us per chunk).
-    """
-    parsed = parse_uri(uri)  # InvalidURIError for anything that is not a content URI
-    if parsed.algorithm != "sha256":
-        raise InvalidValueError(f"{uri}: a zarr array is named by a sha256:// URI")
-    key = (str(get_store().root), parsed.hex)  # per node: each fetches the index once
-    with _index_lock:
-        keys = _indexes.get(key)
-        if keys is not None:
-            _indexes.move_to_end(key)
-    if keys is None:
-        with open(_local_path(uri), "rb") as f:
-            keys = decode_index(f.read(), uri)
-        with _index_lock:
-            _indexes[key] = keys
-            while len(_indexes) > _INDEXES_KEPT:
-                _indexes.popitem(last=False)
-    return dict(keys)
-
-
-_INDEXES_KEPT = 16
-_indexes: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()
-_index_lock = threading.Lock()
 
 
 def _slice(size: int, byte_range: ByteRequest | None) -> tuple[int, int]:

@@ -294,21 +294,21 @@ def test_sealing_flushes_every_chunk_together(monkeypatch):
 
 
 def test_an_index_is_parsed_once_and_handed_out_as_a_copy(monkeypatch):
-    from kachery_tasks.storage import zarr_store
+    from kachery_tasks.storage import zarr_index
 
     uri = store_zarr(np.arange(100, dtype="i4"), chunks=(10,))
     parsed = []
-    real = zarr_store.decode_index
+    real = zarr_index.decode_index
 
     def counting(data, u):
         parsed.append(u)
         return real(data, u)
 
-    monkeypatch.setattr(zarr_store, "decode_index", counting)
-    zarr_store._indexes.clear()
-    first = zarr_store.read_index(uri)
+    monkeypatch.setattr(zarr_index, "decode_index", counting)
+    zarr_index._indexes.clear()
+    first = zarr_index.read_index(uri)
     first["c/0"] = "f" * 64  # a caller's copy: the cache is not touched
-    second = zarr_store.read_index(uri)
+    second = zarr_index.read_index(uri)
     assert len(parsed) == 1 and second["c/0"] != "f" * 64
     np.testing.assert_array_equal(load_zarr(uri)[:], np.arange(100, dtype="i4"))
 
