@@ -88,6 +88,19 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+    """Write all of ``data`` to ``fd`` (at ``offset`` if given, else at its position).
+
+    A write may take fewer bytes than offered; this loops until all are written.
+    """
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        view = view[n:]
+        if offset is not None:
+            offset += n
+
+
 def write_temp(
     tmp: Path, data: bytes | bytearray | memoryview, mode: int = 0o600, sync: bool = True
 ) -> None:
@@ -98,9 +111,7 @@ def write_temp(
     """
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         if sync:
             os.fsync(fd)
     finally:

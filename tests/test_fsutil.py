@@ -56,3 +56,21 @@ def test_write_atomic_reports_full_disk(tmp_path, monkeypatch):
         write_atomic(tmp_path / "f", b"data")
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_all_loops_over_short_writes(tmp_path, monkeypatch):
+    import os as _os
+
+    from kachery_tasks import fsutil
+
+    real_write, real_pwrite = _os.write, _os.pwrite
+    monkeypatch.setattr(fsutil.os, "write", lambda fd, b: real_write(fd, bytes(b[:3])))
+    monkeypatch.setattr(fsutil.os, "pwrite", lambda fd, b, o: real_pwrite(fd, bytes(b[:5]), o))
+    path = tmp_path / "f"
+    fd = _os.open(path, _os.O_RDWR | _os.O_CREAT)
+    try:
+        fsutil.write_all(fd, b"0123456789abcdef")
+        fsutil.write_all(fd, memoryview(b"XXXXXXXXXXXX"), offset=2)
+    finally:
+        _os.close(fd)
+    assert path.read_bytes() == b"01XXXXXXXXXXXXef"

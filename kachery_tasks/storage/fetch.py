@@ -26,7 +26,7 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from ..errors import CorruptContentError
-from ..fsutil import os_error, start_writeback
+from ..fsutil import os_error, start_writeback, write_all
 from ..progress import progress_bar
 from .buckets.base import Bucket
 from .hashing import Chunk, Digest
@@ -101,7 +101,7 @@ def fetch_chunks(
                     if pos + len(piece) > end:
                         raise _corrupt_chunk(i, c, sha256, bucket)
                     h.update(piece)
-                    _pwrite_all(fd, piece, pos)
+                    write_all(fd, piece, pos)
                     pos += len(piece)
 
                 bucket.get_into(chunk_key(c.sha256), land)
@@ -222,12 +222,6 @@ def _corrupt_chunk(i: int, c: Chunk, sha256: str, bucket: Bucket) -> CorruptCont
         f"chunk {i} (sha256 {c.sha256}, bytes {c.offset}..{c.offset + c.size}) "
         f"of sha256://{sha256} is corrupt in bucket {bucket.url}; nothing was stored"
     )
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
 
 
 def _chunk_on_disk_ok(fd: int, chunk: Chunk) -> bool:

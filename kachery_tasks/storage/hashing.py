@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import SourceFileError
+from ..fsutil import write_all
 
 BUFFER_SIZE = 4 * 2**20
 _PIECE = 256 * 2**10
@@ -191,7 +192,7 @@ def copy_fd(src: int, dst: int, progress: ProgressFn | None = None) -> int:
                 else:
                     piece = os.read(src, BUFFER_SIZE)
                     n = len(piece)
-                    _write_all(dst, memoryview(piece))
+                    write_all(dst, piece)
                 if n == 0:
                     return total
                 total += n
@@ -220,7 +221,7 @@ def copy_and_digest(
     size = os.fstat(src).st_size
     if size <= _SMALL:
         data = read_all(src)
-        _write_all(dst, memoryview(data))
+        write_all(dst, data)
         digest = digest_bytes(data, chunk_size, progress)
         os.fsync(dst)
         return digest
@@ -329,8 +330,3 @@ class _Copier(threading.Thread):
     def raise_failure(self) -> None:
         if self.error is not None:
             raise self.error
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
