@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import StorageError
-from ..fsutil import ensure_dir, fsync_dir, os_error, start_writeback, temp_path, write_temp
+from ..fsutil import fsync_dir, os_error, start_writeback, temp_path, write_temp
 from .hashing import Digest, digest_bytes
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class BlobBatch:
         try:
             with ThreadPoolExecutor(_FLUSHERS, thread_name_prefix="kachery-flush") as pool:
                 list(pool.map(_fsync_path, temp.values()))
-                parents = {self._place(sha256, tmp) for sha256, tmp in temp.items()}
+                parents = {self.store.publish(tmp, h, sync_dir=False) for h, tmp in temp.items()}
                 list(pool.map(fsync_dir, parents))
         except OSError as e:
             for tmp in temp.values():
@@ -166,17 +166,6 @@ class BlobBatch:
             self._temp, self._sizes, self._digests = {}, {}, {}
         for tmp in temp.values():
             tmp.unlink(missing_ok=True)
-
-    def _place(self, sha256: str, tmp: Path) -> Path:
-        """Rename a flushed temporary file to the blob's final name; return its directory."""
-        final = Path(self.store.blob_path(sha256))
-        if final.exists():  # stored meanwhile (same bytes, by its name)
-            tmp.unlink(missing_ok=True)
-            return final.parent
-        os.chmod(tmp, 0o444)
-        ensure_dir(final.parent, self.store.node.shared)
-        os.replace(tmp, final)
-        return final.parent
 
 
 def _fsync_path(path: Path) -> None:

@@ -208,7 +208,7 @@ class LocalStore:
                 raise CorruptContentError(
                     f"content has SHA-1 {digest.sha1}, expected {expect_sha1}; not stored"
                 )
-            self._publish(tmp, digest.sha256)
+            self.publish(tmp, digest.sha256)
         except OSError as e:
             _unlink_quietly(tmp)
             raise os_error(e, "cannot store the file") from e
@@ -242,7 +242,7 @@ class LocalStore:
                     f"downloaded content hashes to {digest.sha256}, not {expected_sha256}; "
                     "nothing was stored"
                 )
-            self._publish(tmp, digest.sha256)
+            self.publish(tmp, digest.sha256)
         except OSError as e:
             raise os_error(e, "cannot store downloaded content") from e
         return self._finish(digest, label)
@@ -253,22 +253,28 @@ class LocalStore:
         tmp = temp_path(self.incoming)
         try:
             write_temp(tmp, data)
-            self._publish(tmp, sha256)
+            self.publish(tmp, sha256)
         except OSError as e:
             _unlink_quietly(tmp)
             raise os_error(e, "cannot write to the store") from e
 
-    def _publish(self, tmp: Path, sha256: str) -> None:
-        """Move a complete, fsynced temp file to its final name (read-only)."""
+    def publish(self, tmp: Path, sha256: str, sync_dir: bool = True) -> Path:
+        """Move a complete, fsynced temp file to its final name (read-only).
+
+        Returns the blob's directory; with ``sync_dir=False`` flushing it is
+        the caller's (a batch flushes each directory once).
+        """
         final = self.blob_path(sha256)
-        if os.path.exists(final):
-            _unlink_quietly(tmp)
-            return
-        os.chmod(tmp, 0o444)
         parent = Path(final).parent
+        if os.path.exists(final):  # stored meanwhile: the same bytes, by its name
+            _unlink_quietly(tmp)
+            return parent
+        os.chmod(tmp, 0o444)
         ensure_dir(parent, self.node.shared)
         os.replace(tmp, final)
-        fsync_dir(parent)
+        if sync_dir:
+            fsync_dir(parent)
+        return parent
 
     def store_manifest(self, digest: Digest) -> str | None:
         """Store and index the manifest of a large blob's digest; its id (None if small)."""
