@@ -213,8 +213,8 @@ class ZarrCodec(ResultCodec):
         from ..zarr_arrays import load_zarr, missing_blobs
 
         uri = f"sha256://{os.path.basename(path)}"
-        missing = missing_blobs(uri)
-        if missing and default_bucket() is None:
+        missing = missing_blobs(uri) if default_bucket() is None else []  # a bucket has them
+        if missing:
             raise ContentNotFoundError(
                 f"{len(missing)} chunk(s) of the zarr result {uri} are no longer here "
                 "and no bucket is configured"
