@@ -178,7 +178,7 @@ def _cat(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     info = files.load_file_info(args.uri)
-    array = zarr_info(args.uri) if info.path and info.size < _MAX_INDEX_INFO else None
+    array = zarr_info(args.uri) if info.path else None
     if args.json:
         doc = dict(info.__dict__)
         if array is not None:
@@ -207,9 +207,6 @@ def _info(args: argparse.Namespace) -> int:
         print(f"{key + ':':<11}{value}")
     return 0
 
-
-# An index larger than this is not read by `info` (a zarr index is far smaller).
-_MAX_INDEX_INFO = 256 * 2**20
 
 
 def _ls(args: argparse.Namespace) -> int:

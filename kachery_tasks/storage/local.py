@@ -49,8 +49,6 @@ from .zarr_index import read_index_file
 
 TOUCH_INTERVAL = 60.0
 STALE_TEMP_AGE = 3600.0
-# A pinned blob larger than this is not read to see whether it is a zarr index.
-_MAX_INDEX_SIZE = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -509,8 +507,6 @@ class LocalStore:
         """The blobs that pinned zarr indexes name (a pinned array keeps its chunks)."""
         kept: set[str] = set()
         for row in pinned:
-            if row.size > _MAX_INDEX_SIZE:
-                continue
             try:
                 keys = read_index_file(self.blob_path(row.sha256), row.sha256)
             except (OSError, StorageError):

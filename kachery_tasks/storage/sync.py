@@ -30,7 +30,7 @@ from .fetch import done_path, fetch_chunks, partial_path, run_all
 from .layout import blob_key, chunk_key, manifest_key
 from .local import LocalStore
 from .manifest import Manifest
-from .zarr_index import decode_index, is_index, read_index_file
+from .zarr_index import read_index_file
 
 __all__ = [
     "UploadReport", "blob_key", "chunk_key", "download", "download_members", "in_bucket",
@@ -70,13 +70,13 @@ def upload(
         return report
     path = store.load_file(f"sha256://{sha256}")
     threads = threads or store.node.config.transfer_threads
+    keys = read_index_file(path, uri)  # a zarr array's index, however large: members first
+    if keys is not None:
+        _upload_members(store, bucket, sorted(set(keys.values())), report, progress, threads)
     manifest = store.manifest(f"sha256://{sha256}")
     if manifest is None:
         with open(path, "rb") as f:
             data = f.read()
-        if is_index(data):
-            members = sorted(set(decode_index(data, uri).values()))
-            _upload_members(store, bucket, members, report, progress, threads)
         _count(report, bucket.put(blob_key(sha256), data), len(data))
         return report
     fd = os.open(path, os.O_RDONLY)

@@ -192,3 +192,31 @@ def test_download_members_makes_a_whole_array_local(tmp_path, bucket_url, monkey
     plain = get_store(init_node_dir(tmp_path / "a")).store_bytes(b"not an array")
     upload(get_store(init_node_dir(tmp_path / "a")), bucket, plain)
     assert download_members(b, bucket, plain) == 0 and b.has(plain)
+
+
+def test_an_array_whose_index_is_over_the_chunk_size_travels_and_is_kept(
+    tmp_path, bucket_url, monkeypatch
+):
+    """An index larger than the chunk size is itself chunked: its members still go
+    up before it, and gc still keeps them when it is pinned."""
+    import numpy as np
+
+    from kachery_tasks.storage.zarr_store import ContentStore
+    from kachery_tasks.zarr_arrays import load_zarr, store_zarr
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.toml").write_text('[store]\nchunk_size = "1KiB"\n')
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "a"))
+    a = np.arange(64 * 8, dtype="i4").reshape(64, 8)
+    uri = store_zarr(a, chunks=(1, 8))  # 64 chunks: an index of several KiB
+    store = get_store()
+    assert store.info(uri).chunks > 1  # the index has a manifest
+    members = set(ContentStore.from_uri(uri).blobs().values())
+    store.pin(uri)
+    store.gc(0)
+    assert all(store.has(f"sha256://{h}") for h in members)
+    upload(store, open_bucket(bucket_url), uri)
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "b"))
+    monkeypatch.setenv("KACHERY_TASKS_BUCKET", bucket_url)
+    np.testing.assert_array_equal(load_zarr(uri)[:], a)
