@@ -125,7 +125,8 @@ def fetch_chunks(
         whole, sha1 = followers.result()
     finally:
         os.close(fd)
-    return Digest(whole, sha1, manifest.size, list(manifest.chunks))
+    # the chunks keep the uploader's chunk size, whatever this node's is
+    return Digest(whole, sha1, manifest.size, list(manifest.chunks), manifest.chunk_size)
 
 
 class _Followers:

@@ -59,6 +59,7 @@ class Digest:
     sha1: str
     size: int
     chunks: list[Chunk] = field(default_factory=list)
+    chunk_size: int = 0  # the size of every chunk but the last (0: not chunked)
 
 
 def digest_bytes(
@@ -121,7 +122,7 @@ def digest_bytes(
         if failure:
             raise failure[0]
     chunks = [Chunk(off, n, chunk_hex[i]) for i, (off, n) in enumerate(bounds)] if chunked else []
-    return Digest(out["sha256"], out["sha1"], size, chunks)
+    return Digest(out["sha256"], out["sha1"], size, chunks, chunk_size if chunked else 0)
 
 
 @contextlib.contextmanager

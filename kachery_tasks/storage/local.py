@@ -150,9 +150,20 @@ class LocalStore:
             os.close(src)
         return self._finish(digest, label)
 
-    def store_bytes(self, data: bytes | bytearray | memoryview, label: str | None = None) -> str:
-        """Store bytes held in memory and return their URI."""
+    def store_bytes(
+        self, data: bytes | bytearray | memoryview, label: str | None = None,
+        expect_sha256: str | None = None,
+    ) -> str:
+        """Store bytes held in memory and return their URI.
+
+        With ``expect_sha256`` they are stored only if that is their hash
+        (CorruptContentError otherwise): received bytes are hashed once.
+        """
         digest = digest_bytes(data, self.chunk_size)
+        if expect_sha256 is not None and digest.sha256 != expect_sha256:
+            raise CorruptContentError(
+                f"content hashes to {digest.sha256}, not {expect_sha256}; nothing was stored"
+            )
         self._write_blob(digest.sha256, data)
         return self._finish(digest, label)
 
@@ -278,10 +289,7 @@ class LocalStore:
         """Store and index the manifest of a large blob's digest; its id (None if small)."""
         if not digest.chunks:
             return None
-        # Chunks cut elsewhere (a download) keep the uploader's chunk size: every
-        # chunk but the last has it.
-        chunk_size = digest.chunks[0].size if digest.chunks else self.chunk_size
-        data = Manifest.from_digest(digest, chunk_size).to_json()
+        data = Manifest.from_digest(digest).to_json()
         m = digest_bytes(data, self.chunk_size)
         self._write_blob(m.sha256, data)
         self.index.record_blob(m.sha256, m.size, m.sha1, None, role="manifest")

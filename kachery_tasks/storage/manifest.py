@@ -34,8 +34,8 @@ class Manifest:
     chunks: tuple[Chunk, ...]
 
     @classmethod
-    def from_digest(cls, digest: Digest, chunk_size: int) -> Manifest:
-        return cls(digest.sha256, digest.size, chunk_size, tuple(digest.chunks))
+    def from_digest(cls, digest: Digest) -> Manifest:
+        return cls(digest.sha256, digest.size, digest.chunk_size, tuple(digest.chunks))
 
     def to_json(self) -> bytes:
         """The canonical bytes that are stored (and hashed) as the manifest blob."""

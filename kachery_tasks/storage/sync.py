@@ -17,7 +17,6 @@ unverified is ever served.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -154,13 +153,13 @@ def download(
         return store.load_file(f"sha256://{sha256}")
     label = parsed.label
     if bucket.exists(blob_key(sha256)):
-        data = bucket.get(blob_key(sha256))
-        if hashlib.sha256(data).hexdigest() != sha256:
+        try:
+            store.store_bytes(bucket.get(blob_key(sha256)), label=label, expect_sha256=sha256)
+        except CorruptContentError:
             raise CorruptContentError(
                 f"object {blob_key(sha256)} in {bucket.url} does not hash to its name; "
                 "it was corrupted in the bucket; nothing was stored"
-            )
-        store.store_bytes(data, label=label)
+            ) from None
         return store.load_file(f"sha256://{sha256}")
     try:
         manifest = Manifest.from_json(bucket.get(manifest_key(sha256)))

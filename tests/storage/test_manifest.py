@@ -13,13 +13,13 @@ from kachery_tasks.storage.manifest import Manifest
 def test_manifest_round_trips(data, chunk_size):
     assume(len(data) > chunk_size)
     d = digest_bytes(data, chunk_size)
-    m = Manifest.from_digest(d, chunk_size)
+    m = Manifest.from_digest(d)
     assert Manifest.from_json(m.to_json()) == m
 
 
 def _doc(**change):
     d = digest_bytes(b"x" * 2500, 1000)
-    doc = json.loads(Manifest.from_digest(d, 1000).to_json())
+    doc = json.loads(Manifest.from_digest(d).to_json())
     doc.update(change)
     return json.dumps(doc).encode()
 
