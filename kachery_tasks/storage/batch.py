@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,7 +98,7 @@ class BlobBatch:
             if digest is not None:
                 self._digests[sha256] = digest
         if os.path.exists(self.store.blob_path(sha256)):
-            self.store.index.touch(sha256, time.time())  # used now: last in line for gc
+            self.store.touch(sha256)  # used now: last in line for gc
             return sha256
         tmp = temp_path(self.store.incoming)
         try:

@@ -49,6 +49,19 @@ _COLUMNS = (
 )
 
 
+# A blob now in the store: a new row, or what an existing row learns (never a
+# label or alias dropped; data stays data even when stored again as a manifest).
+_RECORD_BLOB = """
+    INSERT INTO blobs (sha256, size, sha1, label, role, in_store, manifest, stored, accessed)
+    VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)
+    ON CONFLICT(sha256) DO UPDATE SET
+      in_store = 1, accessed = excluded.accessed,
+      sha1 = COALESCE(blobs.sha1, excluded.sha1),
+      label = COALESCE(blobs.label, excluded.label),
+      manifest = COALESCE(excluded.manifest, blobs.manifest),
+      role = CASE WHEN blobs.role = 'data' THEN 'data' ELSE excluded.role END"""
+
+
 @dataclass(frozen=True)
 class Row:
     """One index row (see the module docstring for the meaning of each field)."""
@@ -111,33 +124,15 @@ class Index:
         """Record that the blob is now in the store (after it was renamed into place)."""
         now = time.time()
         with self._lock:
-            self._conn.execute(
-                """INSERT INTO blobs (sha256, size, sha1, label, role, in_store, manifest,
-                                      stored, accessed)
-                   VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)
-                   ON CONFLICT(sha256) DO UPDATE SET
-                     in_store = 1, accessed = excluded.accessed,
-                     sha1 = COALESCE(blobs.sha1, excluded.sha1),
-                     label = COALESCE(blobs.label, excluded.label),
-                     manifest = COALESCE(excluded.manifest, blobs.manifest),
-                     role = CASE WHEN blobs.role = 'data' THEN 'data' ELSE excluded.role END""",
-                (sha256, size, sha1, label, role, manifest, now, now),
-            )
+            self._conn.execute(_RECORD_BLOB, (sha256, size, sha1, label, role, manifest, now, now))
 
     def record_blobs(self, blobs: list[tuple[str, int, str | None, str | None]]) -> None:
         """Record many (sha256, size, sha1, manifest) data blobs now in the store, at once."""
         now = time.time()
         with self._lock, transaction(self._conn) as c:
             c.executemany(
-                """INSERT INTO blobs (sha256, size, sha1, label, role, in_store, manifest,
-                                      stored, accessed)
-                   VALUES (?, ?, ?, NULL, 'data', 1, ?, ?, ?)
-                   ON CONFLICT(sha256) DO UPDATE SET
-                     in_store = 1, accessed = excluded.accessed,
-                     sha1 = COALESCE(blobs.sha1, excluded.sha1),
-                     manifest = COALESCE(excluded.manifest, blobs.manifest),
-                     role = 'data'""",
-                [(sha256, size, sha1, manifest, now, now)
+                _RECORD_BLOB,
+                [(sha256, size, sha1, None, "data", manifest, now, now)
                  for sha256, size, sha1, manifest in blobs],
             )
 

@@ -301,6 +301,13 @@ class LocalStore:
         self._touched[digest.sha256] = time.time()
         return format_uri(digest.sha256, label=label, size=digest.size)
 
+    def touch(self, sha256: str) -> None:
+        """Mark content as used now (last in line for gc); written at most once a minute."""
+        now = time.time()
+        if now - self._touched.get(sha256, 0.0) > TOUCH_INTERVAL:
+            self._touched[sha256] = now
+            self.index.touch(sha256, now)
+
     # --------------------------------------------------------------- reading
     def load_file(self, uri: str, verify: bool = False) -> str:
         """Return the local path of the content ``uri`` names; never a copy, never None.
@@ -311,10 +318,7 @@ class LocalStore:
         sha256 = self.resolve(uri)
         path = self.blob_path(sha256)
         if os.path.exists(path):
-            now = time.time()
-            if now - self._touched.get(sha256, 0.0) > TOUCH_INTERVAL:
-                self._touched[sha256] = now
-                self.index.touch(sha256, now)
+            self.touch(sha256)
             if verify:
                 self._verify_blob(sha256)
             return path

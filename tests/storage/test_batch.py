@@ -128,6 +128,7 @@ def test_known_content_is_touched_and_a_blob_evicted_meanwhile_is_not_recorded()
     store.index.touch(_sha(b"old and unused"), 0.0)  # least recently used
     newer = store.store_bytes(b"newer")
     store.index.touch(_sha(b"newer"), 1.0)
+    store._touched.clear()  # as in a later process: neither was used by this one
     batch = BlobBatch(store)
     batch.add(b"old and unused")  # found in the store: now the most recently used
     store.gc(max_size=len(b"old and unused"))  # room for one: the other goes
