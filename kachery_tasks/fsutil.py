@@ -156,6 +156,20 @@ def os_error(e: OSError, what: str) -> StorageError:
     return StorageError(f"{what}: {e.strerror or e}")
 
 
+def fsync_path(path: Path | str) -> None:
+    """Flush the file at ``path`` (written earlier, through another descriptor) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def can_start_writeback() -> bool:
+    """Whether :func:`start_writeback` does anything here (Linux)."""
+    return _sync_file_range() is not None
+
+
 def start_writeback(fd: int, offset: int = 0, size: int = 0) -> None:
     """Have the kernel start writing a file's dirty pages to disk now (a hint, Linux only).
 

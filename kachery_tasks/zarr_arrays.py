@@ -179,7 +179,7 @@ def zarr_info(uri: str) -> ZarrInfo | None:
     if keys is None:
         return None
     store = get_store()
-    here = [h for h in set(keys.values()) if store.has(f"sha256://{h}")]
+    here = _sizes_here(store, keys.values())
     meta: dict[str, Any] = {}
     if keys.get("zarr.json") in here:
         with open(store.blob_path(keys["zarr.json"]), "rb") as f:
@@ -198,7 +198,7 @@ def zarr_info(uri: str) -> ZarrInfo | None:
         chunks=tuple(chunks) if isinstance(chunks, list) else None,
         blobs=len(set(keys.values())),
         blobs_here=len(here),
-        bytes_here=sum(os.path.getsize(store.blob_path(h)) for h in here),
+        bytes_here=sum(here.values()),
     )
 
 
@@ -207,6 +207,16 @@ def missing_blobs(uri: str) -> list[str]:
     from .storage.local import get_store
     from .storage.zarr_index import read_index
 
-    keys = read_index(uri)
-    store = get_store()
-    return sorted(h for h in set(keys.values()) if not store.has(f"sha256://{h}"))
+    keys = set(read_index(uri).values())
+    return sorted(keys - set(_sizes_here(get_store(), keys)))
+
+
+def _sizes_here(store: Any, hashes: Any) -> dict[str, int]:
+    """Size of each blob of ``hashes`` in the store (one stat each; no use is recorded)."""
+    sizes = {}
+    for h in set(hashes):
+        try:
+            sizes[h] = os.stat(store.blob_path(h)).st_size
+        except FileNotFoundError:
+            pass
+    return sizes

@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import StorageError
-from ..fsutil import fsync_dir, os_error, start_writeback, temp_path, write_temp
+from ..fsutil import (
+    can_start_writeback,
+    fsync_dir,
+    fsync_path,
+    os_error,
+    start_writeback,
+    temp_path,
+    write_temp,
+)
 from .hashing import Digest, digest_bytes
 
 if TYPE_CHECKING:
@@ -110,9 +118,10 @@ class BlobBatch:
             raise os_error(e, "cannot write to the store") from e
         with self._lock:
             self._temp[sha256] = tmp
-            if self._writeback is None:
-                self._writeback = ThreadPoolExecutor(1, thread_name_prefix="kachery-writeback")
-            self._writeback.submit(_start_writeback, tmp)
+            if can_start_writeback():
+                if self._writeback is None:
+                    self._writeback = ThreadPoolExecutor(1, thread_name_prefix="kachery-writeback")
+                self._writeback.submit(_start_writeback, tmp)
         return sha256
 
     def _settle(self) -> None:
@@ -143,7 +152,7 @@ class BlobBatch:
             )
         try:
             with ThreadPoolExecutor(_FLUSHERS, thread_name_prefix="kachery-flush") as pool:
-                list(pool.map(_fsync_path, temp.values()))
+                list(pool.map(fsync_path, temp.values()))
                 parents = {self.store.publish(tmp, h, sync_dir=False) for h, tmp in temp.items()}
                 list(pool.map(fsync_dir, parents))
         except OSError as e:
@@ -165,14 +174,6 @@ class BlobBatch:
             self._temp, self._sizes, self._digests = {}, {}, {}
         for tmp in temp.values():
             tmp.unlink(missing_ok=True)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _start_writeback(path: Path) -> None:
