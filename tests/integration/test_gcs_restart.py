@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from kachery_tasks.config import init_node_dir
 from kachery_tasks.errors import TransferError
 from kachery_tasks.storage.buckets import gcs
 from kachery_tasks.storage.buckets.gcs import GCSBucket
-from kachery_tasks.storage.local import get_store
 from kachery_tasks.storage.sync import download, upload
 from tests.gcs_emulator import Emulator
+from tests.storage.nodes import _node
 
 
 def test_emulator_stopped_mid_download_then_restarted(tmp_path, monkeypatch):
@@ -23,12 +22,7 @@ def test_emulator_stopped_mid_download_then_restarted(tmp_path, monkeypatch):
         monkeypatch.setattr(gcs, "RETRIES", 2)
         monkeypatch.setattr(gcs, "BACKOFF", 0.05)
         emu.create_bucket("restart")
-        stores = []
-        for name in ("a", "b"):
-            (tmp_path / name).mkdir()
-            (tmp_path / name / "config.toml").write_text('[store]\nchunk_size = "1MiB"\n')
-            stores.append(get_store(init_node_dir(tmp_path / name)))
-        a, b = stores
+        a, b = _node(tmp_path, "a", "1MiB"), _node(tmp_path, "b", "1MiB")
         data = os.urandom(40 * 2**20)
         uri = a.store_bytes(data)
         upload(a, GCSBucket("gs://restart/k"), uri)
@@ -45,23 +39,16 @@ def test_emulator_stopped_mid_download_then_restarted(tmp_path, monkeypatch):
             return out
 
         bucket.get_into = counting_get_into  # what downloads read chunks with
-        failure = []
-
-        def run():
-            try:
-                download(b, bucket, uri, threads=2)
-            except TransferError as e:
-                failure.append(e)
-
-        t = threading.Thread(target=run)
-        t.start()
+        pool = ThreadPoolExecutor(1)
+        running = pool.submit(download, b, bucket, uri, threads=2)
         deadline = time.monotonic() + 60
         while len(fetched) < 8:
             assert time.monotonic() < deadline, "the download fetched no chunks"
             time.sleep(0.005)
         emu.stop()
-        t.join(60)
-        assert failure and "attempts" in str(failure[0])
+        failure = running.exception(timeout=60)
+        pool.shutdown()
+        assert isinstance(failure, TransferError) and "attempts" in str(failure)
         assert not b.has(uri)
         before = len(fetched)
         assert before < 40

@@ -34,9 +34,11 @@ def test_digest_bytes_matches_hashlib(data, chunk_size, threaded):
 
 @pytest.mark.parametrize("kernel_copy", [True, False])
 def test_copy_and_digest_on_two_threads(tmp_path, monkeypatch, kernel_copy):
-    # Small thresholds force the mapped, two-thread path across many chunk boundaries.
+    # Small thresholds force the mapped, two-thread path across many chunk boundaries,
+    # and many copy steps (pipelined with the kernel copy; sequential without it).
     monkeypatch.setattr(hashing, "_SMALL", 10)
     monkeypatch.setattr(hashing, "_COPY_STEP", 1000)
+    monkeypatch.setattr(hashing, "_PIPE_STEP", 1000)
     if not kernel_copy:
         def unsupported(*args):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
