@@ -6,7 +6,6 @@ import argparse
 import json
 import time
 
-from ..config import node_dir
 from ..errors import InvalidValueError, TaskNotCachedError
 from . import command
 
@@ -56,10 +55,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _records():
-    from ..runtime.records import Records
+    from ..runtime import cache
 
-    node = node_dir()
-    return Records(node.ensure("tasks") / "records.db", node.shared)
+    return cache.current().records
 
 
 def _resolve_function(records, name: str) -> str:
@@ -162,9 +160,9 @@ def _show(args: argparse.Namespace) -> int:
     if served is not None:
         what = served.result_uri or f"outcome {served.status}"
         print(f"result:    {what}" + (f" ({served.codec})" if served.codec else ""))
-        from ..keys import node_keypair
+        from ..runtime import cache
 
-        here = served.node == node_keypair(node_dir()).public_hex
+        here = served.node == cache.current().node_id
         print(f"signer:    node {served.node}" + (" (this node)" if here else
                                                    " (a collaborator; signed record)"))
     else:
@@ -208,9 +206,8 @@ def _forget(args: argparse.Namespace) -> int:
     tid = _resolve_id(records, args.task_id)
     dropped = records.forget(tid)
     if dropped:
-        # Tell processes that memoised this result to drop it (see runtime/cache.py).
-        path = node_dir().sub("tasks", "invalidations")
-        with open(path, "ab") as f:
-            f.write(b".")
+        from ..runtime import cache
+
+        cache.current().invalidate(tid)  # processes that memoised it drop it
     print(f"forgot {tid}" if dropped else f"{tid} had no served result")
     return 0

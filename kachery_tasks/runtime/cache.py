@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from ..config import ENV_DIR, NodeDir, node_dir
 from ..errors import ContentNotFoundError, LinkedFileError
+from ..fsutil import os_error, share_file
 from . import results
 from .records import Records, ResultRow
 
@@ -54,9 +56,12 @@ class NodeCache:
         except ValueError:
             self.memo_limit = 256 * 2**20
         self.inval_path = str(tasks_dir / "invalidations")
-        fd = os.open(self.inval_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-        os.close(fd)
-        self.inval_seen = os.stat(self.inval_path).st_size
+        try:
+            os.close(os.open(self.inval_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666))
+            share_file(Path(self.inval_path), node.shared)  # every member appends to it
+            self.inval_seen = os.stat(self.inval_path).st_size
+        except OSError as e:
+            raise os_error(e, f"cannot use {self.inval_path}") from e
         self._lock = threading.Lock()
         self._node_id: str | None = None
         try:

@@ -340,8 +340,9 @@ class Task:
         """Stop serving this call's recorded outcome; True if there was one."""
         tid = self.task_id(*args, **kwargs)
         c = cache_mod.current()
-        c.invalidate(tid)
-        return c.records.forget(tid)
+        dropped = c.records.forget(tid)
+        c.invalidate(tid)  # after the row is gone: no process can memoise it again
+        return dropped
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         """Run on the current executor (see :func:`kachery_tasks.runtime.executors.dask`).

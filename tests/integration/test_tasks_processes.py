@@ -97,3 +97,39 @@ def test_a_waiting_process_takes_over_when_the_holder_is_killed(tmp_path, monkey
     runs = cache.current().records.runs(task_id=tid)
     assert [r.status for r in runs] == ["success", "abandoned"]
     assert runs[0].pid == waiter.pid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_group_shared_task_records_work_for_another_member():
+    """The second member of a lab's shared node directory can record and forget results."""
+    import shutil
+    import tempfile
+
+    from kachery_tasks.config import init_node_dir
+    from kachery_tasks.runtime.cache import NodeCache
+
+    tmp = Path(tempfile.mkdtemp(prefix="kachery-shared-tasks-"))  # reachable by other users
+    os.chmod(tmp, 0o755)
+    shared = tmp / "lab"
+    init_node_dir(shared, shared=True)
+    os.chown(shared, 0, 65534)  # group "nogroup": both root and nobody write through it
+    old = os.umask(0o022)
+    try:
+        NodeCache(init_node_dir(shared)).invalidate("sha256:" + "0" * 64)  # the first member
+    finally:
+        os.umask(old)
+    script = f"""
+import os
+from pathlib import Path
+from kachery_tasks.config import NodeDir
+from kachery_tasks.runtime.cache import NodeCache
+os.setgroups([]); os.setgid(65534); os.setuid(65534); os.umask(0o022)
+c = NodeCache(NodeDir(Path({str(shared)!r})))
+c.invalidate("sha256:" + "1" * 64)
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == "ok"
+    shutil.rmtree(tmp, ignore_errors=True)
