@@ -53,10 +53,10 @@ def test_call_edges_are_recorded():
     children = _records().children(parent)
     assert sorted(children) == sorted(task_defs.add.task_id(v, 1) for v in (1, 2, 3))
     assert _records().parents(task_defs.add.task_id(2, 1)) == [parent]
-    # a child that was a cache hit is an edge too
-    task_defs.add.forget(1, 1)
-    task_defs.total.recompute([1, 2, 3])
-    assert len(_records().children(parent)) == 3
+    # a child that was a cache hit is an edge too: a new parent over known children
+    assert task_defs.total([3, 2, 1]) == 9  # add(v, 1) all served from the cache
+    other = task_defs.total.task_id([3, 2, 1])
+    assert sorted(_records().children(other)) == sorted(children)
 
 
 def test_failures_are_recorded_never_served_and_retried(tmp_path):

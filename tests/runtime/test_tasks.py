@@ -234,7 +234,14 @@ def test_results_read_only_even_on_miss():
 
 
 def test_same_process_different_threads_share_node_state():
-    # the state is per node and process: a fork would reopen it
-    c = cache.current()
-    assert c.pid == os.getpid()
-    assert cache.current() is c
+    # the state is per node and process: threads share it (a fork would reopen it)
+    import threading
+
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(cache.current())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 4 and all(c is cache.current() for c in seen)
+    assert cache.current().pid == os.getpid()
