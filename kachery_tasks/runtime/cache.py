@@ -164,15 +164,6 @@ class NodeCache:
             data = _read(path)  # read once: decoded now, and kept for later hits
         return self.put(row.task_id, codec.memo(codec.decode_bytes(data), data))
 
-    def result_bytes(self, task_id: str) -> bytes | None:
-        """The encoded result served for ``task_id`` (inline or from its blob), or None."""
-        row = self.records.result(task_id)
-        if row is None or row.result_uri is None:
-            return None
-        if row.data is not None:
-            return row.data
-        return self.store.load_bytes(row.result_uri)
-
     def materialize(self, task_id: str) -> str | None:
         """Make sure the result of ``task_id`` is a blob in the content store; its URI.
 

@@ -26,7 +26,6 @@ array or a numpy scalar is first encoded, zarr only when a zarr array is.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import struct
 import threading
@@ -394,6 +393,3 @@ def unsupported(name: str, value: Any, e: _Refused, where: str = "") -> Unsuppor
     return UnsupportedArgumentError(msg)
 
 
-def digest(encoded: bytes) -> str:
-    """Hex SHA-256 of an encoding (used for per-argument hashes in records)."""
-    return hashlib.sha256(encoded).hexdigest()

@@ -464,11 +464,9 @@ def dask(
     own_client = client is None
     node = cache_mod.current().node.path
     try:
-        if client is not None:
-            pass
-        elif address is not None:
+        if client is None and address is not None:
             client = distributed.Client(address, timeout=timeout)
-        else:
+        elif client is None:  # no cluster given: start one here
             cluster = distributed.LocalCluster(
                 n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
                 dashboard_address=None, env={ENV_DIR: str(node)}, **cluster_kwargs,

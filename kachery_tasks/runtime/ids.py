@@ -79,13 +79,6 @@ def compute_task_id(
     ).hexdigest()
 
 
-def preimage(
-    kind: str, function: str, version: str | None, code_hash: str | None, arguments: dict
-) -> bytes:
-    """The exact bytes that are hashed into the task id (for documentation and debugging)."""
-    return header(kind, function, version, code_hash) + encode(dict(arguments))
-
-
 # ---------------------------------------------------------------- code hash
 _state = threading.local()
 

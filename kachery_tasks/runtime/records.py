@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import sqlite3
 import threading
@@ -294,8 +295,8 @@ class Records:
                 "?,NULL,'running',NULL)",
                 (start.task_id, start.kind, start.function, start.version, start.code_hash,
                  json.dumps(start.components), json.dumps(start.args), json.dumps(start.inputs),
-                 start.reason, start.node, leases.HOST, _pid(), lease.holder if lease else None,
-                 now),
+                 start.reason, start.node, leases.HOST, os.getpid(),
+                 lease.holder if lease else None, now),
             )
             run_id = cur.lastrowid
         if lease is not None:
@@ -441,10 +442,6 @@ class Records:
             self.conn.close()
 
 
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 # --------------------------------------------------------------------- why

@@ -105,12 +105,6 @@ def _stack() -> list[_Frame]:
     return s
 
 
-def current_task_id() -> str | None:
-    """The id of the task running in this thread, or None outside tasks."""
-    s = getattr(_local, "stack", None)
-    return s[-1].task_id if s else None
-
-
 # -------------------------------------------------------------- the task
 class Task:
     """A function made into a task. Call it like the function; see the module docstring."""
