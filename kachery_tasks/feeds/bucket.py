@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..storage.buckets.base import Bucket
-from .feed import list_feeds, load_feed
+from .feed import known_feed, list_feeds
 from .store import get_feed_store
 from .transfer import import_lines
 from .uris import parse_feed_uri
@@ -40,6 +40,11 @@ class FeedSyncReport:
     segments: int = 0
     messages: int = 0
     feeds: set[str] = field(default_factory=set)
+
+    def add(self, other: FeedSyncReport) -> None:
+        self.segments += other.segments
+        self.messages += other.messages
+        self.feeds |= other.feeds
 
 
 def _segments(bucket: Bucket, feed_id: str) -> dict[str, list[tuple[int, int, str]]]:
@@ -59,8 +64,8 @@ def _segments(bucket: Bucket, feed_id: str) -> dict[str, list[tuple[int, int, st
 
 def push_feed(bucket: Bucket, uri: str) -> FeedSyncReport:
     """Write what the bucket lacks of every subfeed of a feed, as one segment each."""
-    feed = load_feed(uri)
     feed_id = parse_feed_uri(uri).feed_id
+    feed = known_feed(feed_id)  # this node's copy: nothing to pull before pushing
     report = FeedSyncReport()
     remote = _segments(bucket, feed_id)
     for name, count in feed.subfeeds().items():
@@ -68,8 +73,6 @@ def push_feed(bucket: Bucket, uri: str) -> FeedSyncReport:
         if count <= have:
             continue
         lines = list(feed.subfeed(name).export_lines(start=have))
-        if not lines:
-            continue
         key = f"feeds/{feed_id}/{name}/{have:012d}-{have + len(lines) - 1:012d}.jsonl"
         if bucket.put(key, b"".join(line + b"\n" for line in lines)):
             report.segments += 1
@@ -108,13 +111,7 @@ def sync_feeds(bucket: Bucket) -> tuple[FeedSyncReport, FeedSyncReport]:
     """Push every feed this node holds, then pull every feed the bucket holds."""
     pushed, pulled = FeedSyncReport(), FeedSyncReport()
     for info in list_feeds():
-        r = push_feed(bucket, info.uri)
-        pushed.segments += r.segments
-        pushed.messages += r.messages
-        pushed.feeds |= r.feeds
+        pushed.add(push_feed(bucket, info.uri))
     for feed_id in bucket_feed_ids(bucket):
-        r = pull_feed(bucket, feed_id)
-        pulled.segments += r.segments
-        pulled.messages += r.messages
-        pulled.feeds |= r.feeds
+        pulled.add(pull_feed(bucket, feed_id))
     return pushed, pulled

@@ -574,20 +574,26 @@ def load_feed(uri: str) -> Feed:
             "load_subfeed for the subfeed"
         )
     _pull_from_bucket(parsed.feed_id)
-    return _known_feed(parsed.feed_id)
+    return known_feed(parsed.feed_id)
 
 
 def load_subfeed(uri: str) -> Subfeed:
     """The subfeed ``feed://<id>/<name>`` (``feed://<id>`` means its "main" subfeed)."""
     parsed = parse_feed_uri(uri)
     _pull_from_bucket(parsed.feed_id)
-    return _known_feed(parsed.feed_id).subfeed(parsed.subfeed or DEFAULT_SUBFEED)
+    return known_feed(parsed.feed_id).subfeed(parsed.subfeed or DEFAULT_SUBFEED)
 
 
 def _pull_from_bucket(feed_id: str) -> None:
-    """With a shared bucket configured, fetch (and verify) what it has that we lack."""
+    """With a shared bucket configured, fetch (and verify) what it has that we lack.
+
+    Not for a feed this node owns: only the key holder appends, so the
+    bucket has nothing of it that is not here.
+    """
     from ..storage.buckets import default_bucket
 
+    if get_feed_store().key_path(feed_id).exists():
+        return
     bucket = default_bucket()
     if bucket is not None:
         from .bucket import pull_feed
@@ -595,7 +601,8 @@ def _pull_from_bucket(feed_id: str) -> None:
         pull_feed(bucket, feed_id)
 
 
-def _known_feed(feed_id: str) -> Feed:
+def known_feed(feed_id: str) -> Feed:
+    """This node's copy of a feed, as it is (the bucket is not consulted)."""
     store = get_feed_store()
     row = store.get_feed(feed_id)
     if row is None:

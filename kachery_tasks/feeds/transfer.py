@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from ..errors import FeedVerificationError, InvalidValueError
 from ..fsutil import os_error, temp_path
-from .feed import load_feed, load_subfeed
+from .feed import known_feed
 from .messages import Message, SignedMessage, message_from_mapping, verification_error
 from .store import ExtendResult, get_feed_store
 from .uris import parse_feed_uri
@@ -183,9 +183,9 @@ def export_lines(uri: str) -> Iterator[bytes]:
     local copy raises FeedVerificationError instead of being exported.
     """
     parsed = parse_feed_uri(uri)
+    feed = known_feed(parsed.feed_id)  # this node's copy, as it is
     if parsed.subfeed is not None:
-        return load_subfeed(uri).export_lines()
-    feed = load_feed(uri)
+        return feed.subfeed(parsed.subfeed).export_lines()
 
     def gen() -> Iterator[bytes]:
         for name in feed.subfeeds():

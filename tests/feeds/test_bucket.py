@@ -107,3 +107,26 @@ def test_sync_command(tmp_path, two_nodes, run_cli):
     assert b"pushed 1 messages of 1 feeds" in r.stdout
     r = run_cli("sync", "--bucket", url, env={"KACHERY_TASKS_DIR": str(tmp_path / "b")})
     assert r.returncode == 0 and b"pulled 1 messages of 1 feeds" in r.stdout
+
+
+def test_the_bucket_is_consulted_only_for_feeds_of_other_nodes(tmp_path, two_nodes, monkeypatch):
+    """Only the key holder appends, so its own feed is never pulled; exporting and
+    pushing work on this node's copy as it is."""
+    from kachery_tasks.feeds import bucket as bucket_mod
+
+    url = f"file://{tmp_path}/bucket"
+    monkeypatch.setenv("KACHERY_TASKS_BUCKET", url)
+    pulls: list[str] = []
+    real_pull = bucket_mod.pull_feed
+    monkeypatch.setattr(bucket_mod, "pull_feed", lambda b, f: pulls.append(f) or real_pull(b, f))
+    two_nodes("a")
+    feed = feeds.create_feed("mine")
+    feed.subfeed("s").append_many([1, 2, 3])
+    feeds.load_feed(feed.uri)
+    feeds.load_subfeed(feed.uri + "/s")
+    feed.export(tmp_path / "mine.jsonl")
+    push_feed(open_bucket(url), feed.uri)
+    assert pulls == []
+    two_nodes("b")
+    assert [m.body for m in feeds.load_subfeed(feed.uri + "/s").read()] == [1, 2, 3]
+    assert pulls == [feed.id]  # another node's feed: fetched from the bucket
