@@ -53,30 +53,27 @@ def _raw_signer() -> Any:
     PyNaCl's ``crypto_sign`` allocates two buffers, copies the whole signed
     message out and checks its arguments in Python: 2.4 us of a 17 us
     signature here, on the sequential path of every feed append. This calls
-    the same libsodium function through PyNaCl's compiled module with one
-    reused buffer per thread. None when that module is not there (then
-    PyNaCl's public binding is used).
+    the same libsodium function through PyNaCl's compiled module (which
+    ``nacl.bindings`` itself is built on) with one reused buffer per thread.
+    Only called once :func:`_sodium` has found PyNaCl.
     """
     global _RAW_SIGNER
     if _RAW_SIGNER is None:
-        try:
-            from nacl._sodium import ffi, lib
+        from nacl._sodium import ffi, lib
 
-            local = threading.local()
+        local = threading.local()
 
-            def sign(message: bytes, sk: bytes) -> bytes:
-                need = len(message) + 64
-                buf = getattr(local, "buf", None)
-                if buf is None or len(buf) < need:
-                    buf = local.buf = ffi.new("unsigned char[]", max(need, 4096))
-                if lib.crypto_sign(buf, ffi.NULL, message, len(message), sk) != 0:
-                    raise ValueError("libsodium could not sign")
-                return ffi.buffer(buf, 64)[:]
+        def sign(message: bytes, sk: bytes) -> bytes:
+            need = len(message) + 64
+            buf = getattr(local, "buf", None)
+            if buf is None or len(buf) < need:
+                buf = local.buf = ffi.new("unsigned char[]", max(need, 4096))
+            if lib.crypto_sign(buf, ffi.NULL, message, len(message), sk) != 0:
+                raise ValueError("libsodium could not sign")
+            return ffi.buffer(buf, 64)[:]
 
-            _RAW_SIGNER = sign
-        except ImportError:
-            _RAW_SIGNER = False
-    return _RAW_SIGNER or None
+        _RAW_SIGNER = sign
+    return _RAW_SIGNER
 
 
 _RAW_SIGNER: Any = None
@@ -120,10 +117,7 @@ class KeyPair:
         if sodium is not None and self._private_bytes is not None:
             if self._sodium_sk is None:
                 self._sodium_sk = sodium.crypto_sign_seed_keypair(self._private_bytes)[1]
-            raw = _raw_signer()
-            if raw is not None:
-                return raw(message, self._sodium_sk).hex()
-            return sodium.crypto_sign(message, self._sodium_sk)[:64].hex()
+            return _raw_signer()(message, self._sodium_sk).hex()
         if self._signer is None:
             if self._private_bytes is None:
                 raise FeedPermissionError(

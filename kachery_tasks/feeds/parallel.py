@@ -31,7 +31,7 @@ from typing import IO
 
 from ..errors import InvalidValueError
 from . import verify_worker
-from .verify_worker import RESULT, encode_request
+from .verify_worker import RESULT, encode_request, first_bad
 
 # Fewer messages than this are checked in the reading process: starting the
 # workers would cost more than it saves.
@@ -47,6 +47,10 @@ _broken = False
 
 def worker_count() -> int:
     """How many worker processes check signatures (0: none, check in this process)."""
+    from ..keys import _sodium
+
+    if _sodium() is None:
+        return 0  # the workers check with libsodium; without it, checks stay here
     raw = os.environ.get(ENV)
     if raw is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
@@ -62,17 +66,6 @@ def worker_count() -> int:
             f"the reading process), not {raw!r}"
         ) from None
     return n
-
-
-def check_signatures(feed: str, pairs: list[tuple[bytes, str]]) -> int:
-    """The index of the first pair whose signature does not match, or -1."""
-    from .messages import verifier_for
-
-    verifier = verifier_for(feed)
-    for i, (unsigned, signature) in enumerate(pairs):
-        if not verifier.verify(unsigned, signature):
-            return i
-    return -1
 
 
 class _Worker:
@@ -168,7 +161,7 @@ class Batch:
                 i = worker.receive()
             except (OSError, ValueError):  # the worker died: check its share here instead
                 _give_up()
-                i = check_signatures(self.feed, _pairs(self.items[offset : offset + length]))
+                i = first_bad(self.feed, _pairs(self.items[offset : offset + length]))
             except BaseException:  # interrupted mid-answer: the pipes are out of step
                 _give_up()
                 raise
@@ -217,7 +210,7 @@ class Pool:
 
 def _checked_here(feed: str, items: list[Item]) -> Batch:
     batch = Batch(feed, items, [])
-    i = check_signatures(feed, _pairs(items))
+    i = first_bad(feed, _pairs(items))
     batch._done, batch._first = True, (items[i][0] if i >= 0 else None)
     return batch
 

@@ -86,7 +86,8 @@ def test_a_missing_message_is_reported_after_the_ones_before_it(sub):
     assert got == list(range(23)) and error.seq == 23 and "missing" in str(error)
 
 
-def test_a_dead_worker_is_replaced_by_checking_here(sub):
+def test_a_dead_worker_is_replaced_by_checking_here(sub, monkeypatch):
+    monkeypatch.setattr(parallel, "_broken", False)  # restored after: later tests get workers
     list(sub.read(0, 20, verify="full"))  # start the workers
     for w in parallel._workers:
         w.proc.kill()
@@ -94,7 +95,7 @@ def test_a_dead_worker_is_replaced_by_checking_here(sub):
     _forge(77)
     got, error = _read_until_error(sub)
     assert got == list(range(77)) and error.seq == 77
-    parallel._broken = False  # let later tests start workers again
+    assert parallel._broken  # the reader checked from then on
 
 
 def test_an_abandoned_read_leaves_the_workers_usable(sub):
@@ -125,8 +126,15 @@ def test_worker_count_setting(monkeypatch):
     with pytest.raises(InvalidValueError, match=parallel.ENV):
         parallel.worker_count()
     monkeypatch.delenv(parallel.ENV)
-    assert parallel.worker_count() == (0 if len(os.sched_getaffinity(0)) < 2 else
-                                       min(len(os.sched_getaffinity(0)), 4))
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0})
+    assert parallel.worker_count() == 0  # one core: checks stay in the reader
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert parallel.worker_count() == 4  # at most four workers
+    from kachery_tasks import keys
+
+    monkeypatch.setattr(keys, "_SODIUM", False)  # no libsodium: no workers, whatever asked
+    monkeypatch.setenv(parallel.ENV, "3")
+    assert parallel.worker_count() == 0
 
 
 def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path):
