@@ -13,12 +13,21 @@ from typing import Any
 
 from .errors import InvalidValueError
 
+# Built once: json.dumps with keyword arguments builds a new encoder per call,
+# a measurable cost where every feed append encodes a body.
+_ENCODE = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 
-def canonical_json(value: Any) -> bytes:
-    """Encode ``value`` as canonical JSON bytes; raise InvalidValueError if it is not JSON."""
+
+def canonical_json(value: Any, what: str = "value") -> bytes:
+    """Encode ``value`` as canonical JSON bytes; raise InvalidValueError if it is not JSON.
+
+    ``what`` names the value in the error ("message body", say).
+    """
     try:
-        return json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
-    except (TypeError, ValueError) as e:  # UnicodeEncodeError (lone surrogates) included
-        raise InvalidValueError(f"value is not JSON-serialisable: {e}") from e
+        return _ENCODE(value).encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate in a string
+        raise InvalidValueError(f"{what} is not valid Unicode text: {e}") from e
+    except (TypeError, ValueError, RecursionError) as e:
+        raise InvalidValueError(f"{what} is not JSON-serialisable: {e}") from e

@@ -125,11 +125,6 @@ def verification_error(
     return err
 
 
-# The encoder of kachery_tasks.canonical.canonical_json, built once (json.dumps with
-# keyword arguments builds a new encoder per call, a measurable cost per append).
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
 
 
 _DECODE = json.JSONDecoder().decode
@@ -206,12 +201,7 @@ def _refuse_non_str_keys(body: Any) -> None:
 
 
 def _encode(body: Any) -> bytes:
-    try:
-        data = _CANONICAL(body).encode("utf-8")
-    except UnicodeEncodeError as e:  # a lone surrogate in a string
-        raise InvalidValueError(f"message body is not valid Unicode text: {e}") from e
-    except (TypeError, ValueError, RecursionError) as e:
-        raise InvalidValueError(f"message body is not JSON-serialisable: {e}") from e
+    data = canonical_json(body, "message body")
     if len(data) > MAX_BODY_BYTES:
         raise InvalidValueError(
             f"message body is {len(data)} bytes of JSON, over the limit of {MAX_BODY_BYTES} "
