@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import NodeDir, node_dir
-from ..db import connect
+from ..db import connect, transaction
 from ..errors import FeedVerificationError
 from ..fsutil import ensure_dir
-from .messages import SignedMessage, verification_error
+from .messages import MAX_SEQ, SignedMessage, verification_error
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feeds (
@@ -64,9 +64,11 @@ CREATE TABLE IF NOT EXISTS messages (
 Row = tuple[int, str, bytes]
 """A stored message: (seq, hash hex, signed bytes)."""
 
-MAX_SEQ_EXCLUSIVE = 2**63 - 1
 
 BuildFn = Callable[[int, "str | None"], Sequence[SignedMessage]]
+
+
+_INSERT_MESSAGE = "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)"
 
 
 @dataclass(frozen=True)
@@ -198,22 +200,19 @@ class FeedStore:
         given are the true head of the subfeed; nothing is written if it raises.
         """
         with self.lock:
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                sid = self._create_sub(feed, name)
-                head = self._heads.pop(sid, None)
-                msgs = build(*(head or self._head(sid)))
-                try:
-                    self._insert(sid, msgs)
-                except sqlite3.IntegrityError:
-                    if head is None:
-                        raise
-                    msgs = build(*self._head(sid))  # another process appended meanwhile
-                    self._insert(sid, msgs)
-                conn.execute("COMMIT")
+                with transaction(self.conn):
+                    sid = self._create_sub(feed, name)
+                    head = self._heads.pop(sid, None)
+                    msgs = build(*(head or self._head(sid)))
+                    try:
+                        self._insert(sid, msgs)
+                    except sqlite3.IntegrityError:
+                        if head is None:
+                            raise
+                        msgs = build(*self._head(sid))  # another process appended meanwhile
+                        self._insert(sid, msgs)
             except BaseException:
-                conn.execute("ROLLBACK")
                 self._forget_uncommitted(feed, name)
                 raise
             if msgs:
@@ -221,17 +220,11 @@ class FeedStore:
         return msgs
 
     def _insert(self, sid: int, msgs: Sequence[SignedMessage]) -> None:
-        if len(msgs) == 1:
-            m = msgs[0]
-            self.conn.execute(
-                "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)",
-                (sid, m.seq, m.hash, m.data),
-            )
+        rows = [(sid, m.seq, m.hash, m.data) for m in msgs]
+        if len(rows) == 1:
+            self.conn.execute(_INSERT_MESSAGE, rows[0])
         else:
-            self.conn.executemany(
-                "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)",
-                [(sid, m.seq, m.hash, m.data) for m in msgs],
-            )
+            self.conn.executemany(_INSERT_MESSAGE, rows)
 
     def _forget_uncommitted(self, feed: str, name: str) -> None:
         # A subfeed id created in a rolled-back transaction does not exist.
@@ -253,67 +246,58 @@ class FeedStore:
         created: list[tuple[str, str]] = []
         with self.lock:
             self._heads.clear()  # imported messages move heads
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                for m in msgs:
-                    key = (m.feed, m.subfeed)
-                    head = heads.get(key)
-                    if head is None:
-                        conn.execute(
-                            "INSERT OR IGNORE INTO feeds (feed, label, created) VALUES (?, ?, ?)",
-                            (m.feed, None, int(time.time() * 1000)),
-                        )
-                        if self.sub_id(*key) is None:
-                            created.append(key)
-                        sid = self._create_sub(*key)
-                        head = (sid, *self._head(sid))
-                    sid, count, head_hash = head
-                    if m.seq < count:
-                        r = conn.execute(
-                            "SELECT hash FROM messages WHERE sub = ? AND seq = ?", (sid, m.seq)
-                        ).fetchone()
-                        if r is not None and r[0] == m.hash:
-                            result.present += 1
-                            heads[key] = head
-                            continue
-                        error = verification_error(
-                            m.feed,
-                            m.subfeed,
-                            m.seq,
-                            "differs from the message with that seq already stored here "
-                            "(a forged or forked message)",
-                            "nothing from this message on was imported",
-                        )
-                        break
-                    if m.seq > count:
-                        error = verification_error(
-                            m.feed,
-                            m.subfeed,
-                            m.seq,
-                            f"messages {count}..{m.seq - 1} are missing before it",
-                            "nothing from this message on was imported; import the whole feed",
-                        )
-                        break
-                    if m.prev != head_hash:
-                        error = verification_error(
-                            m.feed,
-                            m.subfeed,
-                            m.seq,
-                            "'prev' is not the hash of the stored message before it "
-                            "(a forged or forked message)",
-                            "nothing from this message on was imported",
-                        )
-                        break
-                    conn.execute(
-                        "INSERT INTO messages (sub, seq, hash, data) VALUES (?, ?, ?, ?)",
-                        (sid, m.seq, m.hash, m.data),
-                    )
-                    heads[key] = (sid, count + 1, m.hash)
-                    result.added += 1
-                conn.execute("COMMIT")
+                with transaction(self.conn) as conn:
+                    for m in msgs:
+                        key = (m.feed, m.subfeed)
+                        head = heads.get(key)
+                        if head is None:
+                            self.add_feed(m.feed)
+                            if self.sub_id(*key) is None:
+                                created.append(key)
+                            sid = self._create_sub(*key)
+                            head = (sid, *self._head(sid))
+                        sid, count, head_hash = head
+                        if m.seq < count:
+                            r = conn.execute(
+                                "SELECT hash FROM messages WHERE sub = ? AND seq = ?", (sid, m.seq)
+                            ).fetchone()
+                            if r is not None and r[0] == m.hash:
+                                result.present += 1
+                                heads[key] = head
+                                continue
+                            error = verification_error(
+                                m.feed,
+                                m.subfeed,
+                                m.seq,
+                                "differs from the message with that seq already stored here "
+                                "(a forged or forked message)",
+                                "nothing from this message on was imported",
+                            )
+                            break
+                        if m.seq > count:
+                            error = verification_error(
+                                m.feed,
+                                m.subfeed,
+                                m.seq,
+                                f"messages {count}..{m.seq - 1} are missing before it",
+                                "nothing from this message on was imported; import the whole feed",
+                            )
+                            break
+                        if m.prev != head_hash:
+                            error = verification_error(
+                                m.feed,
+                                m.subfeed,
+                                m.seq,
+                                "'prev' is not the hash of the stored message before it "
+                                "(a forged or forked message)",
+                                "nothing from this message on was imported",
+                            )
+                            break
+                        self._insert(sid, [m])
+                        heads[key] = (sid, count + 1, m.hash)
+                        result.added += 1
             except BaseException:
-                conn.execute("ROLLBACK")
                 for key in created:
                     self._sub_ids.pop(key, None)
                 raise
@@ -331,7 +315,7 @@ class FeedStore:
         sid = self.sub_id(feed, name)
         if sid is None:
             return []
-        hi = MAX_SEQ_EXCLUSIVE if end is None else end
+        hi = MAX_SEQ if end is None else end
         out: list[Row] = []
         total = 0
         with self.lock:
