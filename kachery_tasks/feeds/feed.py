@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -125,9 +125,9 @@ class Feed:
         """Name -> number of messages, for every subfeed that has messages."""
         return dict(self._store.subfeeds(self.id))
 
-    def info(self) -> FeedInfo:
-        """A summary: URI, label, writability and subfeed sizes."""
-        row = self._store.get_feed(self.id)
+    def info(self, row: FeedRow | None = None) -> FeedInfo:
+        """A summary: URI, label, writability and subfeed sizes (``row``: if already read)."""
+        row = row or self._store.get_feed(self.id)
         return FeedInfo(
             uri=self.uri,
             feed_id=self.id,
@@ -381,20 +381,12 @@ class Subfeed:
         returns at most ``max_messages`` messages, or ``[]`` when ``timeout``
         seconds pass first (``None``: wait for ever).
         """
-        start = self.count() if start is None else start
-        _check_watch(start, timeout, max_messages, poll_interval)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            n = self.count()
-            if n > start:
-                return list(self.read(start, min(n, start + max_messages)))
-            if deadline is None:
-                time.sleep(poll_interval)
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            time.sleep(min(poll_interval, remaining))
+        waits = self._waits(start, timeout, max_messages, poll_interval)
+        try:
+            while True:
+                time.sleep(next(waits))
+        except StopIteration as done:
+            return done.value
 
     async def awatch(
         self,
@@ -406,6 +398,17 @@ class Subfeed:
         """The ``async`` form of :meth:`watch`: waits without blocking the event loop."""
         import asyncio  # here, not at import time: it costs ~20 ms
 
+        waits = self._waits(start, timeout, max_messages, poll_interval)
+        try:
+            while True:
+                await asyncio.sleep(next(waits))
+        except StopIteration as done:
+            return done.value
+
+    def _waits(
+        self, start: int | None, timeout: float | None, max_messages: int, poll_interval: float
+    ) -> Generator[float, None, list[Message]]:
+        """The waiting of watch/awatch: yields how long to sleep, returns the messages."""
         start = self.count() if start is None else start
         _check_watch(start, timeout, max_messages, poll_interval)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -414,12 +417,12 @@ class Subfeed:
             if n > start:
                 return list(self.read(start, min(n, start + max_messages)))
             if deadline is None:
-                await asyncio.sleep(poll_interval)
+                yield poll_interval
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            await asyncio.sleep(min(poll_interval, remaining))
+            yield min(poll_interval, remaining)
 
     def follow(
         self, start: int = 0, poll_interval: float = WATCH_POLL_INTERVAL
@@ -622,7 +625,8 @@ def list_feeds() -> list[FeedInfo]:
         key_files = list(store.keys_dir.glob("*.key"))
     except OSError:  # a key directory this user may not list
         key_files = []
+    known = {r.feed for r in store.feeds()}
     for path in key_files:
-        if is_feed_id(path.stem) and store.get_feed(path.stem) is None:
+        if is_feed_id(path.stem) and path.stem not in known:
             store.add_feed(path.stem)  # its key was saved but a crash lost the row
-    return [_feed_from_row(store, r.feed, r).info() for r in store.feeds()]
+    return [_feed_from_row(store, r.feed, r).info(r) for r in store.feeds()]
