@@ -1,8 +1,8 @@
 """Feed speed against its targets and against the physical limits of this machine.
 
-Prints, each beside the raw Ed25519 rate of the `cryptography` package (the
-limit no feed can beat, since every message is signed once and verified on
-import):
+Prints, each beside the raw Ed25519 rate of libsodium, the backend used (the
+limit no single-threaded feed operation can beat, since every message is
+signed once and verified on import), and of the `cryptography` package:
 
 * appends, one at a time and through ``append_many`` (targets 20,000/s and 50,000/s);
 * reads with verification: every signature (``verify="full"``: signatures

@@ -1,6 +1,6 @@
 """Moving feeds between nodes: export to and import from JSON lines.
 
-**Format** (the one bucket sync and peers use too): UTF-8 text, one message
+**Format** (the one bucket sync uses too): UTF-8 text, one message
 per line, each line the message's signed bytes exactly as hashed (canonical
 JSON, see ``docs/feeds.md``), ending in ``\\n``. An export holds the subfeeds
 of one feed one after another, in name order, each from seq 0 in seq order.
@@ -53,7 +53,7 @@ class ImportReport:
 
 
 def import_messages(messages: Iterable[Mapping[str, Any] | Message]) -> ImportReport:
-    """Verify and store messages received from elsewhere (a file, a bucket, a peer).
+    """Verify and store messages received from elsewhere (a file or a bucket).
 
     See the module docstring for what is checked. On the first bad message,
     the messages before it are committed and FeedVerificationError is raised
