@@ -148,18 +148,25 @@ def test_rows_pages_by_count_and_bytes(store):
     assert store.hash_at(key.public_hex, "s", 10) is None
 
 
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "SELECT max(seq) FROM messages WHERE sub = 1",
-        "SELECT seq, hash FROM messages WHERE sub = 1 ORDER BY seq DESC LIMIT 1",
-        "SELECT seq, hash, data FROM messages WHERE sub = 1 AND seq >= 5 ORDER BY seq LIMIT 100",
-        "SELECT hash FROM messages WHERE sub = 1 AND seq = 5",
-    ],
-)
-def test_hot_queries_use_the_primary_key_index(store, sql):
-    plan = " ".join(str(r[-1]) for r in store.conn.execute("EXPLAIN QUERY PLAN " + sql))
-    assert "PRIMARY KEY" in plan and "SCAN" not in plan, plan
+def test_hot_queries_use_the_primary_key_index(store):
+    """The store's own statements (captured as it runs them), not copies of them."""
+    key = KeyPair.generate()
+    store.append(key.public_hex, "s", lambda seq, prev: _chain(key, 20, start=seq, prev=prev))
+    seen: list[str] = []
+    store.conn.set_trace_callback(seen.append)
+    try:
+        store.count(key.public_hex, "s")
+        store.rows(key.public_hex, "s", 5, None, 100, 1 << 20)
+        store.hash_at(key.public_hex, "s", 5)
+        store._heads.clear()  # as in another process: the head is read
+        store.append(key.public_hex, "s", lambda seq, prev: _chain(key, 1, start=seq, prev=prev))
+    finally:
+        store.conn.set_trace_callback(None)
+    queries = [q for q in seen if q.lstrip().upper().startswith("SELECT") and "messages" in q]
+    assert len(queries) >= 4, seen
+    for sql in queries:
+        plan = " ".join(str(r[-1]) for r in store.conn.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "PRIMARY KEY" in plan and "SCAN" not in plan, (sql, plan)
 
 
 def test_key_file_readable_by_others_is_refused():
