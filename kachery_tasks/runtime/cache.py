@@ -90,16 +90,23 @@ class NodeCache:
     def get(self, task_id: str) -> Any:
         """The memoised value of ``task_id``, or :data:`MISS`."""
         e = self.memo.get(task_id)
-        if e is None:
+        if e is None or not self._fresh():
             return MISS
+        return e[1] if e[0] is None else e[0](e[1])
+
+    def has(self, task_id: str) -> bool:
+        """Whether ``task_id`` is memoised (without building its value)."""
+        return task_id in self.memo and self._fresh()
+
+    def _fresh(self) -> bool:
+        """False (and the memo cleared) once another process invalidated something."""
         try:
             fresh = os.stat(self.inval_path).st_size == self.inval_seen
         except OSError:
             fresh = False
         if not fresh:
             self.clear()
-            return MISS
-        return e[1] if e[0] is None else e[0](e[1])
+        return fresh
 
     def put(self, task_id: str, entry: results.MemoEntry) -> Any:
         """Remember ``entry`` for ``task_id`` and return the value it serves."""

@@ -41,7 +41,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import contextvars
-import hashlib
 import os
 import secrets
 import socket
@@ -146,14 +145,9 @@ class LocalExecutor(Executor):
     """Runs each submission immediately, in the calling thread."""
 
     def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
-        tid = task.task_id(*args, **kwargs)
+        tid, parts, marks = task._id(args, kwargs)  # encoded once, hit or miss
         try:
-            if mode == "force":
-                value = task.recompute(*args, **kwargs)
-            elif mode == "again":
-                value = task.run_again(*args, **kwargs)
-            else:
-                value = task(*args, **kwargs)
+            value = task._run(mode, tid, parts, marks, args, kwargs)
         except Exception as e:
             return TaskFuture(task, tid, error=e, executor=self)
         return TaskFuture(task, tid, value=value, executor=self)
@@ -209,9 +203,8 @@ class DaskExecutor(Executor):
         c = cache_mod.current()
         prepared = []
         for args, kwargs in calls:
-            parts, marks, a, k = task._encode(args, kwargs)
-            tid = "sha256:" + hashlib.sha256(b"".join(parts)).hexdigest()
-            prepared.append((tid, parts, marks, a, k))
+            tid, parts, marks = task._id(args, kwargs)
+            prepared.append((tid, parts, marks, args, kwargs))
         out: list[TaskFuture | None] = [None] * len(prepared)
         if mode == "call" and task.kind != "query":
             self._serve_cached(c, task, prepared, out)
@@ -373,7 +366,7 @@ def _run_on_worker(task: Task, node_path: str | None, start: Any, args: tuple, k
             if v is not cache_mod.MISS:
                 return v
         if type(start) is tuple:
-            parts, marks, args, kwargs = task._encode(args, kwargs)
+            parts, marks = task._encode(args, kwargs)
             start = task._prepare(tid, parts, marks, args, kwargs, start[1], c.node_id)
         return task.run_started(c, start, args, kwargs, mode)
     finally:

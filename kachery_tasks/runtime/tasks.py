@@ -184,8 +184,13 @@ class Task:
         self._header = ids.header(self.kind, self.name, self.version, code)
         return self._header
 
-    def _encode(self, args: tuple, kwargs: dict) -> tuple[list[bytes], list[int], tuple, dict]:
-        """Encode a call: (pieces of the id preimage, where each argument starts, args, kwargs)."""
+    def _id(self, args: tuple, kwargs: dict) -> tuple[str, list[bytes], list[int]]:
+        """A call's task id, with the pieces of its preimage and where each argument starts."""
+        parts, marks = self._encode(args, kwargs)
+        return "sha256:" + _sha256(b"".join(parts)).hexdigest(), parts, marks
+
+    def _encode(self, args: tuple, kwargs: dict) -> tuple[list[bytes], list[int]]:
+        """Encode a call: (pieces of the id preimage, where each argument starts)."""
         hdr = self._header or self._init_header()
         n = len(args)
         if not kwargs and self._fast and self._nrequired <= n <= self._npos:
@@ -205,7 +210,7 @@ class Task:
                     enc(v, parts)
             except _Refused as e:
                 raise encoders.unsupported(self._names[i], full[i], e, f" of {self.name}") from None
-            return parts, marks, args, kwargs
+            return parts, marks
         return self._encode_bound(hdr, args, kwargs)
 
     def _encode_bound(self, hdr: bytes, args: tuple, kwargs: dict):
@@ -221,12 +226,11 @@ class Task:
             parts.append(ids.name_key(name))
             marks.append(len(parts))
             encoders.encode_argument(name, v, parts, f" of {self.name}")
-        return parts, marks, args, kwargs
+        return parts, marks
 
     def task_id(self, *args: Any, **kwargs: Any) -> str:
         """The id of this call, ``'sha256:<hex>'``, computed without running anything."""
-        parts = self._encode(args, kwargs)[0]
-        return "sha256:" + _sha256(b"".join(parts)).hexdigest()
+        return self._id(args, kwargs)[0]
 
     def _components(self, parts: list[bytes], marks: list[int]) -> dict[str, str]:
         """Per-argument hashes (hex SHA-256 of each argument's encoding), for ``why``."""
@@ -266,44 +270,53 @@ class Task:
 
     # ------------------------------------------------------------ calling
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        parts, marks, args, kwargs = self._encode(args, kwargs)
-        tid = "sha256:" + _sha256(b"".join(parts)).hexdigest()
-        stack = getattr(_local, "stack", None)
-        if stack:
-            stack[-1].children.append(tid)
+        tid, parts, marks = self._id(args, kwargs)
+        return self._run("call", tid, parts, marks, args, kwargs)
+
+    def _run(
+        self, mode: str, tid: str, parts: list[bytes], marks: list[int], args: tuple,
+        kwargs: dict,
+    ) -> Any:
+        """Run a call whose id is known: ``call`` (serve what is recorded), ``force``
+        (pure: compute again) or ``again`` (action: run again)."""
+        c = cache_mod.current()
+        if mode == "call":
+            stack = getattr(_local, "stack", None)
+            if stack:
+                stack[-1].children.append(tid)
         if self.kind == "pure":
-            c = cache_mod.current()
-            value = c.get(tid)
-            if value is not _MISS:
-                return value
-            return self._pure(c, tid, parts, marks, args, kwargs, force=False)
+            if mode == "call":
+                value = c.get(tid)
+                if value is not _MISS:
+                    return value
+            else:
+                c.invalidate(tid)
+            return self._pure(c, tid, parts, marks, args, kwargs, force=mode != "call")
         if self.kind == "query":
-            q = self._query(cache_mod.current(), tid, parts, marks, args, kwargs)
-            if q.stale:
+            q = self._query(c, tid, parts, marks, args, kwargs)
+            if q.stale and mode == "call":
                 warnings.warn(
                     StaleResultWarning(
                         f"{self.name} could not run ({q.error}); returning its result cached at "
                         f"{_fmt_time(q.computed)}, which may be out of date"
                     ),
-                    stacklevel=2,
+                    stacklevel=3,  # the caller of __call__
                 )
             return q.value
-        return self._action(cache_mod.current(), tid, parts, marks, args, kwargs, again=False)
+        return self._action(c, tid, parts, marks, args, kwargs, again=mode != "call")
 
     def fetch(self, *args: Any, **kwargs: Any) -> QueryResult:
         """Run a query and say whether the value is fresh or a stale fallback."""
         if self.kind != "query":
             raise TaskError(f"fetch is for queries; {self.name} is a {self.kind} task")
-        parts, marks, args, kwargs = self._encode(args, kwargs)
-        tid = "sha256:" + _sha256(b"".join(parts)).hexdigest()
+        tid, parts, marks = self._id(args, kwargs)
         return self._query(cache_mod.current(), tid, parts, marks, args, kwargs)
 
     def is_cached(self, *args: Any, **kwargs: Any) -> bool:
         """True when this call has a recorded outcome that would be served (no computation)."""
-        parts, _, _, _ = self._encode(args, kwargs)
-        tid = "sha256:" + _sha256(b"".join(parts)).hexdigest()
+        tid = self._id(args, kwargs)[0]
         c = cache_mod.current()
-        if tid in c.memo and c.get(tid) is not _MISS:
+        if c.has(tid):
             return True
         row = c.records.result(tid)
         if row is None:
@@ -312,23 +325,13 @@ class Task:
 
     def recompute(self, *args: Any, **kwargs: Any) -> Any:
         """Compute again even if cached; the new result replaces the old one."""
-        if self.kind == "action":
-            return self.run_again(*args, **kwargs)
-        parts, marks, args, kwargs = self._encode(args, kwargs)
-        tid = "sha256:" + _sha256(b"".join(parts)).hexdigest()
-        c = cache_mod.current()
-        if self.kind == "query":
-            return self._query(c, tid, parts, marks, args, kwargs).value
-        c.invalidate(tid)
-        return self._pure(c, tid, parts, marks, args, kwargs, force=True)
+        tid, parts, marks = self._id(args, kwargs)
+        return self._run("force", tid, parts, marks, args, kwargs)
 
     def run_again(self, *args: Any, **kwargs: Any) -> Any:
         """Run even though an outcome is recorded (actions); for pure tasks, ``recompute``."""
-        if self.kind != "action":
-            return self.recompute(*args, **kwargs)
-        parts, marks, args, kwargs = self._encode(args, kwargs)
-        tid = "sha256:" + _sha256(b"".join(parts)).hexdigest()
-        return self._action(cache_mod.current(), tid, parts, marks, args, kwargs, again=True)
+        tid, parts, marks = self._id(args, kwargs)
+        return self._run("again", tid, parts, marks, args, kwargs)
 
     def forget(self, *args: Any, **kwargs: Any) -> bool:
         """Stop serving this call's recorded outcome; True if there was one."""

@@ -98,6 +98,19 @@ class TestLocalExecutor(ExecutorContract):
     def executor(self):
         return LocalExecutor()
 
+    def test_a_submission_encodes_its_arguments_once(self, executor, monkeypatch):
+        encodings = []
+        real = type(task_defs.add)._encode
+
+        def counting(task, args, kwargs):
+            encodings.append(args)
+            return real(task, args, kwargs)
+
+        monkeypatch.setattr(task_defs.add, "_encode", counting.__get__(task_defs.add))
+        assert executor.submit(task_defs.add, (80, 1), {}).result() == 81  # a miss
+        assert executor.submit(task_defs.add, (80, 1), {}).result() == 81  # a hit
+        assert len(encodings) == 2
+
 
 @pytest.fixture(scope="module")
 def dask_client():

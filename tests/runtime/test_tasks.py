@@ -136,8 +136,9 @@ def test_query_reruns_and_falls_back_to_a_stale_result(tmp_path):
     assert task_defs.lookup(str(source)) == {"value": "v2"}
     assert calls["lookup"] - before == 2
     source.unlink()  # the service is gone
-    with pytest.warns(kachery.StaleResultWarning, match="FileNotFoundError"):
+    with pytest.warns(kachery.StaleResultWarning, match="FileNotFoundError") as caught:
         assert task_defs.lookup(str(source)) == {"value": "v2"}
+    assert caught[0].filename == __file__  # pointed at the caller's line
     q = task_defs.lookup.fetch(str(source))
     assert q.stale and q.value == {"value": "v2"} and "FileNotFoundError" in q.error
     source.write_text("v3")
