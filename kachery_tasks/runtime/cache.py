@@ -163,7 +163,7 @@ class NodeCache:
         if data is None:
             try:
                 path = self.store.load_file(row.result_uri)
-                if not codec.inline or codec.name == "npy":
+                if codec.reads_path or not codec.inline:
                     # a zarr result's chunks may be gone while its index is here
                     return self.put(row.task_id, codec.memo(codec.decode(path), None))
             except (ContentNotFoundError, LinkedFileError):

@@ -52,6 +52,7 @@ class ResultCodec:
     name: str = ""
     extension: str = ""
     inline: bool = False  # may small results be kept in the records database?
+    reads_path: bool = False  # decode a stored blob from its path (e.g. memory-mapped)
 
     def accepts(self, value: Any) -> bool:
         raise NotImplementedError
@@ -121,6 +122,7 @@ def _plain(v: Any, depth: int) -> bool:
 
 class NpyCodec(ResultCodec):
     name, extension, inline = "npy", "npy", True
+    reads_path = True  # large arrays are memory-mapped, not read
 
     def accepts(self, value: Any) -> bool:
         if "numpy" not in type(value).__module__ and not hasattr(value, "__array_interface__"):
@@ -162,8 +164,8 @@ class NpyCodec(ResultCodec):
     def memo(self, value: Any, data: bytes | memoryview | None) -> MemoEntry:
         import numpy as np
 
-        if type(value) is not np.ndarray:
-            value = np.asarray(value)
+        # a read-only view: the task's own array (on a first call) is left as it was
+        value = np.asarray(value).view()
         value.flags.writeable = False
         return (None, value, value.nbytes)
 

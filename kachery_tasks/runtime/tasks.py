@@ -446,7 +446,7 @@ class Task:
             raise
         c.records.finish(run_id, start, held, "success", frame.children, uri, codec.name,
                          data=inline)
-        return c.put(tid, codec.memo(value if codec.name != "npy" else _readonly(value), data))
+        return c.put(tid, codec.memo(value, data))
 
     def _begin(self, c: cache_mod.NodeCache, start: RunStart, ttl: float | None,
                check_cached: bool) -> Any:
@@ -586,13 +586,6 @@ def _fmt_time(t: float | None) -> str:
     if t is None:
         return "an unknown time"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _readonly(value: Any) -> Any:
-    """A read-only view of an array result (the function's own array stays as it was)."""
-    view = value.view()
-    view.flags.writeable = False
-    return view
 
 
 def _resolve_futures(args: tuple) -> tuple:
