@@ -245,3 +245,17 @@ def test_same_process_different_threads_share_node_state():
         t.join()
     assert len(seen) == 4 and all(c is cache.current() for c in seen)
     assert cache.current().pid == os.getpid()
+
+
+def test_the_tasks_own_array_is_left_writable():
+    kept = []
+
+    @kachery.pure(name="tests.keeps_its_array")
+    def make(n):
+        a = np.arange(float(n))
+        kept.append(a)
+        return a
+
+    out = make(5)
+    assert not out.flags.writeable  # what the caller gets is read-only
+    assert kept[0].flags.writeable  # the function's own array is not changed
