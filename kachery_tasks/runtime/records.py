@@ -34,7 +34,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +94,6 @@ _BUSY_SECONDS = 60.0
 _RESULT_COLS = (
     "task_id, run_id, kind, function, status, result_uri, codec, node, finished, error, data"
 )
-_RUN_COLS = (
-    "run_id, task_id, kind, function, version, code_hash, components, args, inputs, reason, "
-    "result_uri, codec, node, host, pid, lease, started, finished, status, error"
-)
 
 
 @dataclass(frozen=True)
@@ -118,10 +114,9 @@ class ResultRow:
 
 
 @dataclass(frozen=True)
-class Run:
-    """One execution attempt (see the module docstring)."""
+class RunStart:
+    """What is known about a call when it starts running."""
 
-    run_id: int
     task_id: str
     kind: str
     function: str
@@ -131,9 +126,16 @@ class Run:
     args: dict
     inputs: list
     reason: str
+    node: str
+
+
+@dataclass(frozen=True)
+class Run(RunStart):
+    """One execution attempt (see the module docstring): its start, then how it went."""
+
+    run_id: int
     result_uri: str | None
     codec: str | None
-    node: str
     host: str
     pid: int
     lease: str | None
@@ -144,10 +146,10 @@ class Run:
 
     @classmethod
     def from_row(cls, r: Sequence) -> Run:
-        r = list(r)
-        for i in (6, 7, 8):
-            r[i] = json.loads(r[i])
-        return cls(*r)
+        values = dict(zip(_RUN_FIELDS, r, strict=True))
+        for name in _JSON_FIELDS:
+            values[name] = json.loads(values[name])
+        return cls(**values)
 
     @property
     def duration(self) -> float | None:
@@ -162,20 +164,10 @@ class Run:
         return self.status
 
 
-@dataclass(frozen=True)
-class RunStart:
-    """What is known about a call when it starts running."""
-
-    task_id: str
-    kind: str
-    function: str
-    version: str | None
-    code_hash: str | None
-    components: dict
-    args: dict
-    inputs: list
-    reason: str
-    node: str
+_START_FIELDS = tuple(f.name for f in fields(RunStart))
+_RUN_FIELDS = tuple(f.name for f in fields(Run))
+_RUN_COLS = ", ".join(_RUN_FIELDS)
+_JSON_FIELDS = ("components", "args", "inputs")
 
 
 class Records:
@@ -290,13 +282,14 @@ class Records:
                         (now, f"the process holding the lease (pid {previous.pid} on "
                               f"{previous.host}) died or stopped heartbeating", previous.holder),
                     )
+            values = [
+                json.dumps(getattr(start, f)) if f in _JSON_FIELDS else getattr(start, f)
+                for f in _START_FIELDS
+            ]
             cur = self.conn.execute(
-                f"INSERT INTO runs ({_RUN_COLS}) VALUES (NULL,?,?,?,?,?,?,?,?,?,NULL,NULL,?,?,?,?,"
-                "?,NULL,'running',NULL)",
-                (start.task_id, start.kind, start.function, start.version, start.code_hash,
-                 json.dumps(start.components), json.dumps(start.args), json.dumps(start.inputs),
-                 start.reason, start.node, leases.HOST, os.getpid(),
-                 lease.holder if lease else None, now),
+                f"INSERT INTO runs ({', '.join(_START_FIELDS)}, host, pid, lease, started, status)"
+                f" VALUES ({', '.join('?' * len(_START_FIELDS))}, ?, ?, ?, ?, 'running')",
+                (*values, leases.HOST, os.getpid(), lease.holder if lease else None, now),
             )
             run_id = cur.lastrowid
         if lease is not None:
