@@ -232,36 +232,36 @@ class Task:
         """The id of this call, ``'sha256:<hex>'``, computed without running anything."""
         return self._id(args, kwargs)[0]
 
-    def _components(self, parts: list[bytes], marks: list[int]) -> dict[str, str]:
-        """Per-argument hashes (hex SHA-256 of each argument's encoding), for ``why``."""
-        out = {}
-        names = []
-        for m in marks:
-            key = parts[m - 1]
-            names.append(encoders_decode_name(key))
-        for j, m in enumerate(marks):
-            end = marks[j + 1] - 1 if j + 1 < len(marks) else len(parts)
-            out[names[j]] = _sha256(b"".join(parts[m:end])).hexdigest()
-        return out
+    def _components(
+        self, parts: list[bytes], marks: list[int], names: list[str]
+    ) -> dict[str, str]:
+        """Per-argument hashes (hex SHA-256 of each argument's encoding), for ``why``.
+
+        ``names`` are the parameters in encoding order (sorted by their encoding).
+        """
+        ends = [m - 1 for m in marks[1:]] + [len(parts)]
+        return {
+            name: _sha256(b"".join(parts[m:end])).hexdigest()
+            for name, m, end in zip(names, marks, ends, strict=True)
+        }
 
     def _prepare(
         self, tid: str, parts: list[bytes], marks: list[int], args: tuple, kwargs: dict,
         reason: str, node: str,
     ) -> RunStart:
-        """What the records need about a call that is about to run."""
-        try:
-            bound = self._sig.bind(*args, **kwargs)
-            bound.apply_defaults()
-            arguments = dict(bound.arguments)
-        except TypeError:  # pragma: no cover - _encode already bound them
-            arguments = {}
+        """What the records need about a call that is about to run (its id is encoded)."""
+        bound = self._sig.bind(*args, **kwargs)  # cannot fail: the call was encoded
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
         return RunStart(
             task_id=tid,
             kind=self.kind,
             function=self.name,
             version=self.version,
             code_hash=self.code_hash,
-            components={"args": self._components(parts, marks)},
+            components={"args": self._components(
+                parts, marks, sorted(arguments, key=ids.name_key)
+            )},
             args={k: summarize(v) for k, v in arguments.items()},
             inputs=_inputs(arguments.values()),
             reason=reason,
@@ -570,11 +570,6 @@ def _stable_name(func: types.FunctionType) -> str:
             f"@kachery.pure(name='myproject.{func.__qualname__}')"
         )
     return f"{func.__module__}.{func.__qualname__}"
-
-
-def encoders_decode_name(key: bytes) -> str:
-    """The parameter name from its encoding (``s`` + length + utf-8)."""
-    return key[9:].decode("utf-8", "surrogatepass")
 
 
 def _describe(e: BaseException) -> str:
