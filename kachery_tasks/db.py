@@ -9,14 +9,19 @@ half of one).
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import StorageError, StoragePermissionError
 from .fsutil import ensure_dir, share_file
 
-_BUSY_TIMEOUT_MS = 60_000
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 60_000
 
 
 def connect(path: Path, schema: str, shared: bool = False) -> sqlite3.Connection:
@@ -29,9 +34,9 @@ def connect(path: Path, schema: str, shared: bool = False) -> sqlite3.Connection
     ensure_dir(path.parent, shared)
     try:
         conn = sqlite3.connect(
-            path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
-        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         _set_up(conn, schema)
     except sqlite3.OperationalError as e:
         if "readonly" in str(e) or "unable to open" in str(e):
@@ -60,19 +65,27 @@ def _set_up(conn: sqlite3.Connection, schema: str) -> None:
     fail with "database is locked" at once, without the busy handler being
     consulted; that case is retried with backoff up to the busy timeout.
     """
-    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
-    delay = 0.001
+    def set_up() -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(schema)
+
+    retry_while_locked(set_up, first_delay=0.001, max_delay=0.1)
+
+
+def retry_while_locked(fn: Callable[[], T], first_delay: float, max_delay: float) -> T:
+    """``fn()``, retried with jittered, doubling sleeps while SQLite says the database
+    is locked or busy, up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = first_delay
     while True:
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(schema)
-            return
+            return fn()
         except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
+            if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
                 raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, max_delay)
 
 
 class transaction:

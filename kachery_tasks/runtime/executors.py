@@ -48,11 +48,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..config import ENV_DIR
-from ..errors import ExecutorError, TaskError
+from ..errors import ExecutorError
 from . import cache as cache_mod
 from . import encoders
 from .records import ResultRow
-from .tasks import ActionOutcome, Task, _fmt_time
+from .tasks import ActionOutcome, Task
 
 _NOTHING = object()
 
@@ -336,10 +336,7 @@ def _action_future(task: Task, row: ResultRow) -> TaskFuture:
         return TaskFuture(task, row.task_id,
                           value=ActionOutcome(row.task_id, task.name, True, False, None,
                                               row.finished))
-    return TaskFuture(task, row.task_id, error=TaskError(
-        f"action {task.name} ({row.task_id}) failed at {_fmt_time(row.finished)}: {row.error}. "
-        "Actions run at most once per id; use run_again or kachery.again to retry"
-    ))
+    return TaskFuture(task, row.task_id, error=task.action_failed(row))
 
 
 # -------------------------------------------------------- on the worker

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -38,7 +37,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..db import connect
+from ..db import BUSY_TIMEOUT_MS, connect, retry_while_locked
 from . import leases
 
 SCHEMA = (
@@ -90,7 +89,6 @@ CREATE INDEX IF NOT EXISTS edges_child ON edges(child);
     + leases.SCHEMA
 )
 
-_BUSY_SECONDS = 60.0
 _RESULT_COLS = (
     "task_id, run_id, kind, function, status, result_uri, codec, node, finished, error, data"
 )
@@ -191,20 +189,11 @@ class Records:
             conn = self.conn
             conn.execute("PRAGMA busy_timeout=0")
             try:
-                delay, deadline = 50e-6, time.monotonic() + _BUSY_SECONDS
-                while True:
-                    try:
-                        conn.execute("BEGIN IMMEDIATE")
-                        break
-                    except sqlite3.OperationalError as e:
-                        if "locked" not in str(e) and "busy" not in str(e):
-                            raise
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(delay * (0.5 + random.random()))
-                        delay = min(delay * 2, 2e-3)
+                retry_while_locked(
+                    lambda: conn.execute("BEGIN IMMEDIATE"), first_delay=50e-6, max_delay=2e-3
+                )
             finally:
-                conn.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             try:
                 yield conn
             except BaseException:

@@ -508,12 +508,16 @@ class Task:
             return out
         row: ResultRow = out
         if row.status != "success":
-            raise TaskError(
-                f"action {self.name} ({row.task_id}) failed at {_fmt_time(row.finished)}: "
-                f"{row.error}. Actions run at most once per id; to try again call "
-                f"{self.func.__name__}.run_again(...) or kachery.again({self.func.__name__}, ...)"
-            )
+            raise self.action_failed(row)
         return ActionOutcome(row.task_id, self.name, True, False, None, row.finished)
+
+    def action_failed(self, row: ResultRow) -> TaskError:
+        """The error for an action whose recorded outcome is a failure."""
+        return TaskError(
+            f"action {self.name} ({row.task_id}) failed at {_fmt_time(row.finished)}: "
+            f"{row.error}. Actions run at most once per id; to try again call "
+            f"{self.func.__name__}.run_again(...) or kachery.again({self.func.__name__}, ...)"
+        )
 
     # -------------------------------------------------------- pickling
     def __reduce__(self):
