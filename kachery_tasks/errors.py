@@ -111,7 +111,22 @@ class FeedPermissionError(FeedError):
 
 
 class FeedVerificationError(FeedError):
-    """A feed message failed verification (signature, sequence or hash chain)."""
+    """A feed message failed verification (signature, sequence or hash chain).
+
+    ``feed``, ``subfeed`` and ``seq`` name the message (None when unknown);
+    an import that stopped at it sets ``report`` to what it imported before.
+    """
+
+    def __init__(
+        self, message: str, *, feed: str | None = None, subfeed: str | None = None,
+        seq: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.feed = feed
+        self.subfeed = subfeed
+        self.seq = seq
+        self.report: object = None  # an ImportReport, set by imports
+        self.partial: object = None  # what a store batch wrote before the failure
 
 
 class TaskError(KacheryError):

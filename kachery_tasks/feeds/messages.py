@@ -118,11 +118,10 @@ def verification_error(
         where += f"/{subfeed}"
     if seq is not None:
         where += f" seq {seq}"
-    err = FeedVerificationError(f"{where}: {reason}" + (f"; {advice}" if advice else ""))
-    err.feed = feed  # type: ignore[attr-defined]
-    err.subfeed = subfeed  # type: ignore[attr-defined]
-    err.seq = seq  # type: ignore[attr-defined]
-    return err
+    return FeedVerificationError(
+        f"{where}: {reason}" + (f"; {advice}" if advice else ""),
+        feed=feed, subfeed=subfeed, seq=seq,
+    )
 
 
 

@@ -302,7 +302,7 @@ class FeedStore:
                     self._sub_ids.pop(key, None)
                 raise
         if error is not None:
-            error.partial = result  # type: ignore[attr-defined]
+            error.partial = result
             raise error
         return result
 

@@ -75,7 +75,7 @@ def import_messages(messages: Iterable[Mapping[str, Any] | Message]) -> ImportRe
         try:
             result = store.extend(batch)
         except FeedVerificationError as e:
-            count(batch, e.partial)  # type: ignore[attr-defined]
+            count(batch, e.partial)  # type: ignore[arg-type]
             raise
         count(batch, result)
 
@@ -114,20 +114,18 @@ def import_messages(messages: Iterable[Mapping[str, Any] | Message]) -> ImportRe
             pending_bytes += len(m.data)
             if len(pending) >= BATCH_MESSAGES or pending_bytes >= BATCH_BYTES:
                 flush()
-    except BaseException as e:
-        try:
-            flush()  # keep the good messages before the failure
-        except FeedVerificationError as earlier:
-            earlier.report = report  # type: ignore[attr-defined]
-            raise earlier from None
-        if isinstance(e, FeedVerificationError):
-            e.report = report  # type: ignore[attr-defined]
-        raise
-    try:
         flush()
-    except FeedVerificationError as e:
-        e.report = report  # type: ignore[attr-defined]
-        raise
+    except BaseException as e:
+        failure = e
+        try:
+            flush()  # keep the good messages before the failure (a no-op if none wait)
+        except FeedVerificationError as earlier:  # the store found an earlier bad one
+            failure = earlier
+        if isinstance(failure, FeedVerificationError):
+            failure.report = report
+        if failure is e:
+            raise
+        raise failure from None
     return report
 
 
