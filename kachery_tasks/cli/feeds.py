@@ -189,8 +189,12 @@ def _read(args: argparse.Namespace) -> int:
             out.write(_line(m, args.raw) + "\n")
             out.flush()
         return 0  # pragma: no cover - follow only ends by interruption
+    if args.raw:  # the stored signed bytes, as they are
+        for data in sub.export_lines(args.start, args.end):
+            out.write(data.decode() + "\n")
+        return 0
     for m in sub.read(args.start, args.end):
-        out.write(_line(m, args.raw) + "\n")
+        out.write(_line(m, False) + "\n")
     return 0
 
 

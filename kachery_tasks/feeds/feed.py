@@ -455,10 +455,10 @@ class Subfeed:
         label = f"feed-{self.feed.id[:12]}-{self.name}.jsonl"
         return get_store(self.feed._store.node).store_bytes(data, label=label)
 
-    def export_lines(self, start: int = 0) -> Iterator[bytes]:
-        """The signed bytes of each message from ``start`` on (checked as by ``read``)."""
-        _check_range(start, None)
-        return (data for _, data in self._verified_rows(start, None, "chain"))
+    def export_lines(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The signed bytes of each message ``start`` <= seq < ``end`` (checked as by ``read``)."""
+        _check_range(start, end)
+        return (data for _, data in self._verified_rows(start, end, "chain"))
 
     def verify(self, every_signature: bool = True) -> int:
         """Re-check every message from seq 0 (signatures included); return how many.
