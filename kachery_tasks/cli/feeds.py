@@ -232,21 +232,7 @@ def _import(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     feeds = list_feeds()
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "uri": f.uri,
-                        "label": f.label,
-                        "writable": f.writable,
-                        "created": f.created,
-                        "subfeeds": f.subfeeds,
-                    }
-                    for f in feeds
-                ],
-                indent=2,
-            )
-        )
+        print(json.dumps([f.to_dict() for f in feeds], indent=2))
         return 0
     for f in feeds:
         mode = "writable " if f.writable else "read-only"
@@ -257,18 +243,7 @@ def _ls(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     info = load_feed(args.uri).info()
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "uri": info.uri,
-                    "label": info.label,
-                    "writable": info.writable,
-                    "created": info.created,
-                    "subfeeds": info.subfeeds,
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(info.to_dict(), indent=2))
         return 0
     print(f"uri:       {info.uri}")
     print(f"label:     {info.label or '-'}")

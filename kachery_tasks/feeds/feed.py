@@ -73,6 +73,11 @@ class FeedInfo:
         """Total number of messages over all subfeeds."""
         return sum(self.subfeeds.values())
 
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready data (what ``feed ls/info --json`` print)."""
+        return {"uri": self.uri, "label": self.label, "writable": self.writable,
+                "created": self.created, "subfeeds": self.subfeeds}
+
 
 class Feed:
     """A feed: an Ed25519 public key and its named subfeeds.
