@@ -224,8 +224,8 @@ def unsigned_bytes(
 ) -> bytes:
     """Canonical JSON of the six signed fields, built without re-encoding the body.
 
-    Equal to ``canonical_json({...})`` of the same fields (the tests check it);
-    valid only for a lowercase-hex ``feed``/``prev`` and a valid subfeed name,
+    Equal to ``canonical_json({...})`` of the same fields (the tests use it as
+    the oracle for sign_message's byte building); valid only for a lowercase-hex ``feed``/``prev`` and a valid subfeed name,
     which need no escaping.
     """
     head, tail = _parts(feed, subfeed, seq, prev, time_ms, body_json)

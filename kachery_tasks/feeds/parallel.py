@@ -172,7 +172,7 @@ class Batch:
 
 
 class Pool:
-    """The workers, held by one read at a time (``with Pool.acquire(n) as pool``)."""
+    """The workers, held by one read at a time: ``Pool.acquire(n)``, then ``release()``."""
 
     def __init__(self, workers: list[_Worker]) -> None:
         self.workers = workers

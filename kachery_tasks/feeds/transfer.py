@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import FeedVerificationError, InvalidValueError
-from ..fsutil import os_error, temp_path
+from ..fsutil import fsync_dir, os_error, temp_path
 from .feed import known_feed
 from .messages import Message, SignedMessage, message_from_mapping, verification_error
 from .store import ExtendResult, get_feed_store
@@ -208,6 +208,7 @@ def export_feed(uri: str, out: str | os.PathLike[str] | IO[bytes]) -> int:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            fsync_dir(path.absolute().parent)  # the new name survives a crash too
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise os_error(e, f"cannot write {path}") from e
