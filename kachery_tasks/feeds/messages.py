@@ -225,8 +225,9 @@ def unsigned_bytes(
     """Canonical JSON of the six signed fields, built without re-encoding the body.
 
     Equal to ``canonical_json({...})`` of the same fields (the tests use it as
-    the oracle for sign_message's byte building); valid only for a lowercase-hex ``feed``/``prev`` and a valid subfeed name,
-    which need no escaping.
+    the oracle for sign_message's byte building); valid only for a
+    lowercase-hex ``feed``/``prev`` and a valid subfeed name, which need no
+    escaping.
     """
     head, tail = _parts(feed, subfeed, seq, prev, time_ms, body_json)
     return head + tail
