@@ -161,7 +161,11 @@ def init_node_dir(path: Path | None = None, shared: bool = False) -> NodeDir:
     member of its group can use it.
     """
     path = (path or default_path()).absolute()
-    if path.exists() and not path.is_dir():
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as e:  # a name too long, a loop of symlinks, ...
+        raise ConfigError(f"cannot use {path} as a node directory: {e.strerror}") from e
+    if is_file:
         raise ConfigError(f"{path} exists and is not a directory; set {ENV_DIR} elsewhere")
     ensure_dir(path, shared=shared or is_group_shared(path.parent))
     if shared:

@@ -118,3 +118,8 @@ def test_any_config_text_is_a_config_or_a_config_error(text):
         assert 0 <= config.progress_threshold <= MAX_SIZE
         assert 1 <= config.transfer_threads <= 256
         assert config.bucket_url is None or isinstance(config.bucket_url, str)
+
+
+def test_node_dir_whose_name_is_too_long(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot use .* as a node directory: File name too long"):
+        init_node_dir(tmp_path / ("n" * 300))

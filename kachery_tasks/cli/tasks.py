@@ -8,6 +8,7 @@ import time
 
 from ..errors import InvalidValueError, TaskNotCachedError
 from . import command
+from .args import whole_number
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -23,7 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Status is success, error, running or abandoned (its process died mid-run).",
     )
     q.add_argument("--function", help="only this function (module.qualname, or its last part)")
-    q.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    q.add_argument(
+        "--limit", type=whole_number(1), default=50, help="at most this many rows (default 50)"
+    )
     q.add_argument("--json", action="store_true", help="print JSON instead of text")
     q.set_defaults(func=_ls)
 

@@ -36,7 +36,7 @@ class Mutables:
     def set(self, key: str, value: Any) -> None:
         """Set ``key`` to the JSON value ``value``."""
         _check_key(key)
-        text = canonical_json(value).decode()
+        text = canonical_json(value, "a mutable's value").decode()
         with self._lock:
             self._conn.execute(
                 "INSERT INTO mutables (key, value, updated) VALUES (?, ?, ?) "
@@ -59,6 +59,7 @@ class Mutables:
 
     def list(self, prefix: str = "") -> dict[str, Any]:
         """All mutables whose key starts with ``prefix``, in key order."""
+        _check_text(prefix, "a mutable key prefix")
         with self._lock:
             rows = self._conn.execute(
                 "SELECT key, value FROM mutables WHERE substr(key, 1, ?) = ? ORDER BY key",
@@ -70,6 +71,17 @@ class Mutables:
 def _check_key(key: object) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidValueError(f"a mutable key must be a non-empty string, not {key!r}")
+    _check_text(key, "a mutable key")
+
+
+def _check_text(text: str, what: str) -> None:
+    """Refuse a lone surrogate (what Python makes of bytes that are not UTF-8 in argv)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidValueError(
+            f"{what} must be valid Unicode text, not {text!r} (were its bytes not UTF-8?)"
+        ) from None
 
 
 _instances: dict[Path, Mutables] = {}
