@@ -85,6 +85,26 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
+def is_text(s: str) -> bool:
+    """Whether ``s`` is valid Unicode, so it can be encoded, stored in SQLite and printed.
+
+    Python turns bytes that are not UTF-8 (in argv, in file names) into lone
+    surrogates; a string holding one is not text.
+    """
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(s: str, what: str) -> str:
+    """Return ``s``, or raise InvalidValueError naming ``what`` if it is not valid Unicode."""
+    if not is_text(s):
+        raise InvalidValueError(f"{what} must be valid Unicode text, not {s!r}")
+    return s
+
+
 def _too_deep(what: str) -> InvalidValueError:
     return InvalidValueError(
         f"{what} nests arrays or objects more than {MAX_DEPTH} levels deep; flatten it"

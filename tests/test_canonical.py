@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kachery_tasks.canonical import MAX_DEPTH, canonical_json, parse_json
+from kachery_tasks.canonical import MAX_DEPTH, canonical_json, check_text, is_text, parse_json
 from kachery_tasks.errors import InvalidValueError
 
 JSON = st.recursive(
@@ -98,3 +98,10 @@ def test_parse_json_is_a_json_value_or_a_clear_error(text):
 @given(JSON)
 def test_parse_json_reads_canonical_json_back(value):
     assert parse_json(canonical_json(value)) == value
+
+
+def test_text_is_what_encodes_as_utf8():
+    assert is_text("café ✓") and check_text("café", "a name") == "café"
+    assert not is_text("caf\udce9")
+    with pytest.raises(InvalidValueError, match=r"^a name must be valid Unicode text"):
+        check_text("caf\udce9", "a name")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from ..canonical import is_text
 from ..errors import KacheryError
 from ..sizes import parse_size
 
@@ -27,12 +28,8 @@ def text(value: str) -> str:
     or printed. File names are the exception: they are declared with
     :func:`file_path`.
     """
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError(
-            f"must be UTF-8 text; {value!r} holds bytes that are not"
-        ) from None
+    if not is_text(value):
+        raise argparse.ArgumentTypeError(f"must be UTF-8 text; {value!r} holds bytes that are not")
     return value
 
 

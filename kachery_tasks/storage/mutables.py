@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..canonical import canonical_json
+from ..canonical import canonical_json, check_text
 from ..config import NodeDir, node_dir
 from ..db import connect
 from ..errors import InvalidValueError
@@ -59,7 +59,7 @@ class Mutables:
 
     def list(self, prefix: str = "") -> dict[str, Any]:
         """All mutables whose key starts with ``prefix``, in key order."""
-        _check_text(prefix, "a mutable key prefix")
+        check_text(prefix, "a mutable key prefix")
         with self._lock:
             rows = self._conn.execute(
                 "SELECT key, value FROM mutables WHERE substr(key, 1, ?) = ? ORDER BY key",
@@ -71,17 +71,7 @@ class Mutables:
 def _check_key(key: object) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidValueError(f"a mutable key must be a non-empty string, not {key!r}")
-    _check_text(key, "a mutable key")
-
-
-def _check_text(text: str, what: str) -> None:
-    """Refuse a lone surrogate (what Python makes of bytes that are not UTF-8 in argv)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidValueError(
-            f"{what} must be valid Unicode text, not {text!r} (were its bytes not UTF-8?)"
-        ) from None
+    check_text(key, "a mutable key")
 
 
 _instances: dict[Path, Mutables] = {}

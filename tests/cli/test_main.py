@@ -207,3 +207,13 @@ def test_error_quoting_a_line_break_stays_one_line(workdir):
     assert r.status == 1 and r.stderr == "error: no such file: two\\nlines\n"
     r = run_main("store", os.fsdecode(b"\x1cnot\xffhere"))
     assert r.status == 1 and r.stderr == "error: no such file: \\x1cnot\\udcffhere\n"
+
+
+def test_file_names_that_are_not_utf8(workdir):
+    name = os.fsdecode(b"caf\xe9.dat")
+    r = run_main("store", name)
+    assert r.status == 0 and r.stdout.startswith(b"sha256://") and b"caf%EF%BF%BD.dat" in r.stdout
+    r = run_main("link", name)
+    assert r.status == 1 and "name is not UTF-8" in r.stderr
+    r = run_main("node", "init", "--dir", os.fsdecode(b"d\xe9"))
+    assert r.status == 0 and str(workdir).encode() + b"/d\xe9\n" in r.stdout  # its own bytes
