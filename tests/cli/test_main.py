@@ -217,3 +217,28 @@ def test_file_names_that_are_not_utf8(workdir):
     assert r.status == 1 and "name is not UTF-8" in r.stderr
     r = run_main("node", "init", "--dir", os.fsdecode(b"d\xe9"))
     assert r.status == 0 and str(workdir).encode() + b"/d\xe9\n" in r.stdout  # its own bytes
+
+
+def _examples() -> list[str]:
+    """Every example command line shown by --help, top-level and per command."""
+    texts = [p.epilog or "" for _, p in _all_parsers(build_parser())]
+    return [line.strip() for text in texts for line in text.splitlines()
+            if "kachery-tasks " in line and not line.strip().startswith("Run ")]
+
+
+def _all_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _all_parsers(sub, (*path, name))
+
+
+@pytest.mark.parametrize("example", _examples())
+def test_every_example_in_the_help_parses(example):
+    import shlex
+
+    words = shlex.split(example.split(" > ")[0])
+    words = words[words.index("kachery-tasks") + 1:]  # after VAR=value settings
+    args = build_parser().parse_args(words)
+    assert getattr(args, "func", None) is not None, example
