@@ -9,6 +9,7 @@ from ..sizes import format_size
 from ..storage.buckets import ENV_BUCKET, Bucket, default_bucket, open_bucket
 from ..storage.local import get_store
 from ..storage.sync import download, download_members, upload
+from ..uris import parse_uri
 from . import command
 
 _BUCKET_HELP = f"bucket URL (default: ${ENV_BUCKET}, else [bucket] url in config.toml)"
@@ -64,7 +65,10 @@ def bucket_from(args: argparse.Namespace) -> Bucket:
 
 
 def _upload(args: argparse.Namespace) -> int:
-    bucket, store = bucket_from(args), get_store()
+    store = get_store()
+    for uri in args.uri:  # all well-formed and here before anything is uploaded
+        store.load_file(uri)
+    bucket = bucket_from(args)
     for uri in args.uri:
         r = upload(store, bucket, uri, progress=args.progress)
         state = "already in the bucket" if not r.objects_written else (
@@ -75,6 +79,8 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
+    for uri in args.uri:  # all well-formed before anything is downloaded
+        parse_uri(uri)
     bucket, store = bucket_from(args), get_store()
     for uri in args.uri:
         print(download(store, bucket, uri, progress=args.progress))
