@@ -3,7 +3,7 @@
 Object keys are sorted, there is no insignificant whitespace, text is UTF-8
 (not ``\\u`` escaped), and NaN or infinite floats are refused because JSON has
 no spelling for them. Every format that is hashed or signed (manifests, feed
-messages, result records, channel documents) is encoded this way.
+messages, published result records, zarr indexes) is encoded this way.
 
 Values may nest at most :data:`MAX_DEPTH` arrays and objects deep, when
 encoded and when parsed with :func:`parse_json`. The limit is fixed (not

@@ -337,7 +337,8 @@ class LocalStore:
             return row.link_path
         raise ContentNotFoundError(
             f"{uri} is not in this node's store ({self.root}); store it with "
-            "'kachery-tasks store FILE', or fetch it from a channel or bucket"
+            "'kachery-tasks store FILE', or fetch it from a bucket with "
+            "'kachery-tasks download URI'"
         )
 
     def has(self, uri: str) -> bool:
