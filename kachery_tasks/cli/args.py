@@ -20,6 +20,19 @@ MAX_INT = 2**63 - 1
 """The largest count, offset or seq accepted: what SQLite stores in an integer."""
 
 
+def json_flag(p: argparse.ArgumentParser, help: str = "print JSON instead of text") -> None:
+    """Add ``--json`` (a machine-readable output) to a command."""
+    p.add_argument("--json", action="store_true", help=help)
+
+
+def progress_flag(p: argparse.ArgumentParser) -> None:
+    """Add ``--progress/--no-progress`` (default: a bar on a terminal, for large work)."""
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show a progress bar (default: on a terminal, for large files)",
+    )
+
+
 def text(value: str) -> str:
     """The default argparse type: text that is valid Unicode.
 

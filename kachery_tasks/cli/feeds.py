@@ -22,7 +22,7 @@ from ..feeds import (
     parse_feed_uri,
 )
 from . import command
-from .args import file_path, whole_number
+from .args import file_path, json_flag, whole_number
 
 URI_HELP = "feed://<feed id>/<subfeed>; without /<subfeed>, the subfeed 'main'"
 
@@ -125,7 +125,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_import)
 
     q = command(sub, "ls", "List the feeds this node knows.", "kachery-tasks feed ls --json")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    json_flag(q)
     q.set_defaults(func=_ls)
 
     q = command(
@@ -135,7 +135,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "kachery-tasks feed info feed://<id>",
     )
     q.add_argument("uri", help="feed://<feed id>")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    json_flag(q)
     q.set_defaults(func=_info)
 
     q = command(

@@ -15,7 +15,7 @@ from ..sizes import format_size
 from ..storage.local import check_range, get_store
 from ..zarr_arrays import zarr_info
 from . import command
-from .args import file_path, size, whole_number
+from .args import file_path, json_flag, progress_flag, size, whole_number
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -25,9 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "The file is hashed while it is copied (one read). Large files also get a\n"
         "chunk manifest so they can travel between nodes in verified pieces.",
     )
-    p.add_argument("path", type=file_path, help="the file to store")
-    p.add_argument("--label", help="a name kept as a hint in the URI (default: the file name)")
-    _progress_flag(p)
+    _source_file(p, "the file to store")
     p.set_defaults(func=_store)
 
     p = command(
@@ -36,9 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "The file's size, modification time and inode are recorded. If the original\n"
         "changes or disappears, loading its URI fails instead of serving wrong bytes.",
     )
-    p.add_argument("path", type=file_path, help="the file to register")
-    p.add_argument("--label", help="a name kept as a hint in the URI (default: the file name)")
-    _progress_flag(p)
+    _source_file(p, "the file to register")
     p.set_defaults(func=_link)
 
     p = command(
@@ -72,7 +68,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "kachery-tasks info 'sha256://<hex>'",
     )
     p.add_argument("uri")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    json_flag(p)
     p.set_defaults(func=_info)
 
     p = command(
@@ -106,7 +102,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Also adopts blobs left without an index entry by a crash and checks linked\n"
         "originals. Exits with status 1 if anything was corrupt.",
     )
-    _progress_flag(p)
+    progress_flag(p)
     p.set_defaults(func=_verify)
 
     p = command(
@@ -117,7 +113,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "and skipped.",
     )
     p.add_argument("dir", type=file_path)
-    _progress_flag(p)
+    progress_flag(p)
     p.set_defaults(func=_import_kachery)
 
     p = command(
@@ -136,7 +132,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_mutable_set)
     q = command(sub, "get", "Print a mutable's value.", "kachery-tasks mutable get alias/latest")
     q.add_argument("key")
-    q.add_argument("--json", action="store_true", help="print strings as JSON too")
+    json_flag(q, "print strings as JSON too")
     q.set_defaults(func=_mutable_get)
     q = command(sub, "delete", "Remove a mutable.", "kachery-tasks mutable delete alias/latest")
     q.add_argument("key")
@@ -146,11 +142,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_mutable_ls)
 
 
-def _progress_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
-        help="show a progress bar (default: on a terminal, for large files)",
-    )
+def _source_file(p: argparse.ArgumentParser, help: str) -> None:
+    """The arguments of store and link: the file, its label, progress."""
+    p.add_argument("path", type=file_path, help=help)
+    p.add_argument("--label", help="a name kept as a hint in the URI (default: the file name)")
+    progress_flag(p)
 
 
 def _store(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from ..keys import node_keypair
 from ..sizes import format_size
 from ..storage.local import get_store
 from . import command
-from .args import file_path
+from .args import file_path, json_flag
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_init)
     q = command(sub, "info", "Show where the node lives and what it holds.",
                 "kachery-tasks node info --json")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    json_flag(q)
     q.set_defaults(func=_info)
 
 

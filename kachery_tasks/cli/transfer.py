@@ -11,6 +11,7 @@ from ..storage.local import get_store
 from ..storage.sync import download, download_members, upload
 from ..uris import parse_uri
 from . import command
+from .args import progress_flag
 
 _BUCKET_HELP = f"bucket URL (default: ${ENV_BUCKET}, else [bucket] url in config.toml)"
 
@@ -22,9 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Content above the chunk size travels as chunks plus a manifest. Writes are\n"
         "create-only and whatever the bucket already has is skipped.",
     )
-    p.add_argument("uri", nargs="+")
-    p.add_argument("--bucket", help=_BUCKET_HELP)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    _uris_and_bucket(p)
     p.set_defaults(func=_upload)
 
     p = command(
@@ -35,9 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "zarr array fetches every blob of the array (load_zarr alone fetches\n"
         "chunks as they are read).",
     )
-    p.add_argument("uri", nargs="+")
-    p.add_argument("--bucket", help=_BUCKET_HELP)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    _uris_and_bucket(p)
     p.set_defaults(func=_download)
 
 
@@ -51,6 +48,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--bucket", help=_BUCKET_HELP)
     p.set_defaults(func=_sync)
+
+
+def _uris_and_bucket(p: argparse.ArgumentParser) -> None:
+    p.add_argument("uri", nargs="+")
+    p.add_argument("--bucket", help=_BUCKET_HELP)
+    progress_flag(p)
 
 
 def bucket_from(args: argparse.Namespace) -> Bucket:
