@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal, localcontext
 
 from .errors import InvalidValueError
 
@@ -54,8 +55,6 @@ def parse_size(text: str | int) -> int:
         raise InvalidValueError(
             f"not a size: {_show(text)} (write e.g. 4096, 20MiB, 50GiB or 1.5GB)"
         )
-    from decimal import Decimal, localcontext  # here: keeps `import kachery_tasks` light
-
     number = Decimal(m.group(1))  # exact, whatever its length (float() would overflow)
     if number.adjusted() > 30:  # far above MAX_SIZE in any unit; skip the arithmetic
         return _bounded(MAX_SIZE + 1, text)
