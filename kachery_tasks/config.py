@@ -55,25 +55,27 @@ class Config:
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config.toml") -> Config:
-        """Parse and validate a config document."""
+        """Parse and validate a config document.
+
+        Each known section must be a table and each known setting of the right
+        type and range; anything wrong is a ConfigError naming the file and the
+        setting. Unknown sections and settings are left alone.
+        """
         try:
             raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
+        except ValueError as e:  # TOMLDecodeError, or an integer of over 4300 digits
             raise ConfigError(f"{source} is not valid TOML: {e}") from e
-        store = raw.get("store", {})
-        ui = raw.get("ui", {})
-        bucket = raw.get("bucket", {})
+        store, ui, bucket = (_section(raw, name, source) for name in ("store", "ui", "bucket"))
         threads = bucket.get("transfer_threads", cls.transfer_threads)
         if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 256:
             raise ConfigError(f"{source}: bucket.transfer_threads must be a whole number 1..256")
         url = bucket.get("url")
         if url is not None and not isinstance(url, str):
             raise ConfigError(f"{source}: bucket.url must be a string like gs://lab/kachery")
-        try:
-            chunk_size = parse_size(store.get("chunk_size", cls.chunk_size))
-            threshold = parse_size(ui.get("progress_threshold", cls.progress_threshold))
-        except KacheryError as e:
-            raise ConfigError(f"{source}: {e}") from e
+        chunk_size = _size(store, "chunk_size", cls.chunk_size, f"{source}: store.chunk_size")
+        threshold = _size(
+            ui, "progress_threshold", cls.progress_threshold, f"{source}: ui.progress_threshold"
+        )
         if chunk_size < 1024:
             raise ConfigError(f"{source}: store.chunk_size must be at least 1 KiB")
         return cls(
@@ -83,6 +85,24 @@ class Config:
             transfer_threads=threads,
             raw=raw,
         )
+
+
+def _section(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    """The table ``[name]`` of a parsed config (empty when absent)."""
+    section = raw.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(
+            f"{source}: {name} must be a table (a [{name}] section), not {type(section).__name__}"
+        )
+    return section
+
+
+def _size(section: dict[str, Any], key: str, default: int, where: str) -> int:
+    """The size setting ``key`` of ``section``, validated by parse_size."""
+    try:
+        return parse_size(section.get(key, default))
+    except KacheryError as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 class NodeDir:
@@ -96,11 +116,18 @@ class NodeDir:
 
     def _load_config(self) -> Config:
         try:
-            text = self.config_path.read_text()
+            data = self.config_path.read_bytes()
         except FileNotFoundError:
             return Config()
         except OSError as e:
             raise ConfigError(f"cannot read {self.config_path}: {e.strerror}") from e
+        try:
+            text = data.decode("utf-8")  # TOML is UTF-8, whatever the locale
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"{self.config_path} is not UTF-8 text (byte {e.start}); "
+                "save it as UTF-8 or delete it to get the default"
+            ) from e
         return Config.from_toml(text, str(self.config_path))
 
     def sub(self, *parts: str) -> Path:
@@ -134,7 +161,11 @@ def init_node_dir(path: Path | None = None, shared: bool = False) -> NodeDir:
     member of its group can use it.
     """
     path = (path or default_path()).absolute()
-    if path.exists() and not path.is_dir():
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as e:  # a name too long, a loop of symlinks, ...
+        raise ConfigError(f"cannot use {path} as a node directory: {e.strerror}") from e
+    if is_file:
         raise ConfigError(f"{path} exists and is not a directory; set {ENV_DIR} elsewhere")
     ensure_dir(path, shared=shared or is_group_shared(path.parent))
     if shared:

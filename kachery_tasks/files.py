@@ -79,9 +79,13 @@ def _local_path(uri: str, verify: bool = False) -> str:
 
 
 def _copy_out(path: str, dest: Path) -> str:
-    if dest.is_dir():
+    try:
+        is_dir, parent_exists = dest.is_dir(), dest.parent.exists()
+    except OSError as e:  # a name too long, a loop of symlinks, ...
+        raise InvalidValueError(f"cannot write {dest}: {e.strerror}") from e
+    if is_dir:
         raise InvalidValueError(f"--dest {dest} is a directory; give a file name")
-    if not dest.parent.exists():
+    if not parent_exists:
         raise InvalidValueError(f"cannot write {dest}: directory {dest.parent} does not exist")
     tmp = temp_path(dest.parent)
     try:

@@ -3,19 +3,25 @@
 Each command group lives in its own module and exposes ``register(commands)``,
 which adds its subcommands to the top-level parser; a command's function
 takes the parsed arguments and returns an exit code. Errors a user can cause
-(every :class:`~kachery_tasks.errors.KacheryError`) print one line and exit
-with status 1; ``--debug`` shows the traceback instead.
+(every :class:`~kachery_tasks.errors.KacheryError`, and a command line that
+does not parse) print one line to standard error and exit with status 1;
+``--debug`` shows the traceback instead. Unlike argparse's default (status 2
+and the usage text), a usage error is one line like every other error,
+pointing to ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
-from ..errors import KacheryError
+from ..errors import InvalidValueError, KacheryError
+from .args import text
 
 # Command modules, in the order their commands appear in --help.
 _MODULES = ("files", "transfer", "feeds", "node", "tasks")
@@ -32,7 +38,7 @@ examples:
   kachery-tasks store raw.dat --label raw.dat
   kachery-tasks load 'sha256://<hex>' --dest copy.dat
   kachery-tasks info 'sha256://<hex>'
-  kachery-tasks demo
+  kachery-tasks feed create curation
 
 Run 'kachery-tasks COMMAND --help' for the options and an example of each command.
 """
@@ -40,6 +46,28 @@ Run 'kachery-tasks COMMAND --help' for the options and an example of each comman
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-written line breaks of descriptions and examples."""
+
+
+class UsageError(InvalidValueError):
+    """The command line does not parse: unknown command, missing or malformed argument."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one-line KacheryErrors (exit status 1).
+
+    An argument that takes a value and declares no ``type`` gets
+    :func:`~kachery_tasks.cli.args.text` (valid Unicode); file names declare
+    ``type=file_path``.
+    """
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        if "type" not in kwargs and kwargs.get("action", "store") in ("store", "append"):
+            kwargs["type"] = text
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())  # one line, whatever argparse wrote
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
 def command(
@@ -57,7 +85,7 @@ def command(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kachery-tasks", description=DESCRIPTION, epilog=EPILOG, formatter_class=Formatter
     )
     parser.add_argument(
@@ -80,19 +108,26 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``kachery-tasks`` console script."""
+    """Entry point of the ``kachery-tasks`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    debug = args.debug or os.environ.get("KACHERY_TASKS_DEBUG") == "1"
+    debug = os.environ.get("KACHERY_TASKS_DEBUG") == "1"
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # File names given as bytes that are not UTF-8 print back as those bytes.
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help and --version print, then exit
+            return e.code if isinstance(e.code, int) else 0
+        debug = debug or args.debug
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 1
         return int(args.func(args) or 0)
     except KacheryError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        _print_error(f"error: {e}")
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -105,12 +140,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        print(
+        _print_error(
             f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback, "
-            "and please report it)",
-            file=sys.stderr,
+            "and please report it)"
         )
         return 1
+
+
+def _print_error(line: str) -> None:
+    """Print an error as one line, even if it quotes text with line breaks (a file name).
+
+    Characters that are not printable (line breaks, other control characters,
+    the lone surrogates of bytes that are not UTF-8) are shown escaped.
+    """
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line)
+    print(shown, file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

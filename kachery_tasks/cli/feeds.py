@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from ..canonical import check_depth, parse_json
 from ..errors import InvalidValueError
 from ..feeds import (
     DEFAULT_SUBFEED,
@@ -21,6 +22,7 @@ from ..feeds import (
     parse_feed_uri,
 )
 from . import command
+from .args import file_path, json_flag, whole_number
 
 URI_HELP = "feed://<feed id>/<subfeed>; without /<subfeed>, the subfeed 'main'"
 
@@ -56,7 +58,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "per line; they are appended together, all or none.",
     )
     q.add_argument("uri", help=URI_HELP)
-    q.add_argument("body", help="the message body as JSON (or, with --lines, a file or '-')")
+    q.add_argument(  # JSON text, or a file name: any bytes
+        "body", type=file_path, help="the message body as JSON (or, with --lines, a file or '-')"
+    )
     q.add_argument("--lines", action="store_true", help="append one message per JSON line")
     q.set_defaults(func=_append)
 
@@ -69,8 +73,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "instead (the export format). --follow keeps waiting for new messages.",
     )
     q.add_argument("uri", help=URI_HELP)
-    q.add_argument("--start", type=int, default=0, help="first seq to print (default 0)")
-    q.add_argument("--end", type=int, default=None, help="stop before this seq")
+    q.add_argument(
+        "--start", type=whole_number(0), default=0, help="first seq to print (default 0)"
+    )
+    q.add_argument("--end", type=whole_number(0), default=None, help="stop before this seq")
     q.add_argument("--follow", "-f", action="store_true", help="wait for and print new messages")
     q.add_argument("--raw", action="store_true", help="print the signed messages")
     q.set_defaults(func=_read)
@@ -101,7 +107,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "'feed import' on any node verifies and loads it.",
     )
     q.add_argument("uri", help="feed://<feed id>, or a subfeed URI")
-    q.add_argument("--output", "-o", help="write to this file instead of standard output")
+    q.add_argument(
+        "--output", "-o", type=file_path, help="write to this file instead of standard output"
+    )
     q.set_defaults(func=_export)
 
     q = command(
@@ -113,11 +121,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "messages already here are skipped, so importing twice changes nothing.\n"
         "A feed whose key this node lacks becomes readable, not writable.",
     )
-    q.add_argument("path", help="the JSON-lines file, or '-' for standard input")
+    q.add_argument("path", type=file_path, help="the JSON-lines file, or '-' for standard input")
     q.set_defaults(func=_import)
 
     q = command(sub, "ls", "List the feeds this node knows.", "kachery-tasks feed ls --json")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    json_flag(q)
     q.set_defaults(func=_ls)
 
     q = command(
@@ -127,7 +135,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "kachery-tasks feed info feed://<id>",
     )
     q.add_argument("uri", help="feed://<feed id>")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    json_flag(q)
     q.set_defaults(func=_info)
 
     q = command(
@@ -148,12 +156,11 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _parse_json(text: str, what: str) -> object:
+    check_depth(text, what)
     try:
-        return json.loads(text)
-    except ValueError as e:
-        raise InvalidValueError(
-            f"{what} is not JSON: {e} (quote it for the shell, e.g. '{{\"unit\": 3}}')"
-        ) from e
+        return parse_json(text, what)
+    except InvalidValueError as e:
+        raise InvalidValueError(f"{e} (quote it for the shell, e.g. '{{\"unit\": 3}}')") from e
 
 
 def _append(args: argparse.Namespace) -> int:
@@ -161,16 +168,34 @@ def _append(args: argparse.Namespace) -> int:
     if not args.lines:
         print(sub.append(_parse_json(args.body, "the message body")).seq)
         return 0
-    try:
-        f = sys.stdin if args.body == "-" else open(args.body)  # noqa: SIM115
-    except OSError as e:
-        raise InvalidValueError(f"cannot read {args.body}: {e.strerror}") from e
-    with f:
-        bodies = [_parse_json(line, f"line {n}") for n, line in enumerate(f, 1) if line.strip()]
+    bodies = [_parse_json(line, f"line {n}") for n, line in _lines(args.body) if line.strip()]
     msgs = sub.append_many(bodies)
     if msgs:
         print(f"appended seq {msgs[0].seq}..{msgs[-1].seq}")
     return 0
+
+
+def _lines(path: str) -> list[tuple[int, str]]:
+    """The numbered lines of a UTF-8 file ('-': standard input); InvalidValueError otherwise."""
+    name = "standard input" if path == "-" else path
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise InvalidValueError(f"cannot read {name}: {e.strerror}") from e
+    lines = []
+    for n, line in enumerate(data.splitlines(), 1):
+        try:
+            lines.append((n, line.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            raise InvalidValueError(
+                f"line {n} of {name} is not UTF-8 text (byte {e.start} of the line); "
+                "JSON lines must be UTF-8"
+            ) from e
+    return lines
 
 
 def _line(m: Message, raw: bool) -> str:

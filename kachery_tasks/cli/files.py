@@ -9,10 +9,13 @@ import sys
 import time
 
 from .. import files
-from ..sizes import format_size, parse_size
+from ..canonical import check_depth, parse_json
+from ..errors import InvalidValueError
+from ..sizes import format_size
 from ..storage.local import check_range, get_store
 from ..zarr_arrays import zarr_info
 from . import command
+from .args import file_path, json_flag, progress_flag, size, whole_number
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -22,9 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "The file is hashed while it is copied (one read). Large files also get a\n"
         "chunk manifest so they can travel between nodes in verified pieces.",
     )
-    p.add_argument("path", help="the file to store")
-    p.add_argument("--label", help="a name kept as a hint in the URI (default: the file name)")
-    _progress_flag(p)
+    _source_file(p, "the file to store")
     p.set_defaults(func=_store)
 
     p = command(
@@ -33,9 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "The file's size, modification time and inode are recorded. If the original\n"
         "changes or disappears, loading its URI fails instead of serving wrong bytes.",
     )
-    p.add_argument("path", help="the file to register")
-    p.add_argument("--label", help="a name kept as a hint in the URI (default: the file name)")
-    _progress_flag(p)
+    _source_file(p, "the file to register")
     p.set_defaults(func=_link)
 
     p = command(
@@ -45,7 +44,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "was stored or imported here.",
     )
     p.add_argument("uri")
-    p.add_argument("--dest", help="copy the content to this file instead of printing its path")
+    p.add_argument(
+        "--dest", type=file_path, help="copy the content to this file instead of printing its path"
+    )
     p.add_argument("--verify", action="store_true", help="re-hash the content before using it")
     p.set_defaults(func=_load)
 
@@ -54,8 +55,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "kachery-tasks cat 'sha256://<hex>' --start 100 --end 200",
     )
     p.add_argument("uri")
-    p.add_argument("--start", type=int, default=0, help="first byte (default 0)")
-    p.add_argument("--end", type=int, default=None, help="end byte, exclusive (default: the end)")
+    p.add_argument("--start", type=whole_number(0), default=0, help="first byte (default 0)")
+    p.add_argument(
+        "--end", type=whole_number(0), default=None, help="end byte, exclusive (default: the end)"
+    )
     p.set_defaults(func=_cat)
 
     p = command(
@@ -65,7 +68,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "kachery-tasks info 'sha256://<hex>'",
     )
     p.add_argument("uri")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    json_flag(p)
     p.set_defaults(func=_info)
 
     p = command(
@@ -90,7 +93,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Pinned content is never evicted. Linked originals are never deleted.\n"
         "Also removes temporary files left behind by interrupted writes.",
     )
-    p.add_argument("--max-size", required=True, help="size limit, e.g. 500MB, 50GiB")
+    p.add_argument("--max-size", type=size, required=True, help="size limit, e.g. 500MB, 50GiB")
     p.set_defaults(func=_gc)
 
     p = command(
@@ -99,7 +102,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Also adopts blobs left without an index entry by a crash and checks linked\n"
         "originals. Exits with status 1 if anything was corrupt.",
     )
-    _progress_flag(p)
+    progress_flag(p)
     p.set_defaults(func=_verify)
 
     p = command(
@@ -109,8 +112,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "sha1:// URI then resolves here. Files that fail verification are reported\n"
         "and skipped.",
     )
-    p.add_argument("dir")
-    _progress_flag(p)
+    p.add_argument("dir", type=file_path)
+    progress_flag(p)
     p.set_defaults(func=_import_kachery)
 
     p = command(
@@ -120,14 +123,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="mutable_command", metavar="ACTION", required=True)
     q = command(sub, "set", "Set a mutable.", "kachery-tasks mutable set alias/latest 'sha256://...'",
                 "VALUE is parsed as JSON when it is valid JSON (so 3 is a number and\n"
-                "'{\"a\": 1}' an object); anything else is stored as a string.")
+                "'{\"a\": 1}' an object); anything else is stored as a string, including\n"
+                "NaN, Infinity and numbers too large for a float, which JSON cannot hold.\n"
+                "JSON may nest at most 100 arrays and objects deep.")
     q.add_argument("key")
     q.add_argument("value")
     q.add_argument("--string", action="store_true", help="store VALUE as a string, never JSON")
     q.set_defaults(func=_mutable_set)
     q = command(sub, "get", "Print a mutable's value.", "kachery-tasks mutable get alias/latest")
     q.add_argument("key")
-    q.add_argument("--json", action="store_true", help="print strings as JSON too")
+    json_flag(q, "print strings as JSON too")
     q.set_defaults(func=_mutable_get)
     q = command(sub, "delete", "Remove a mutable.", "kachery-tasks mutable delete alias/latest")
     q.add_argument("key")
@@ -137,11 +142,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_mutable_ls)
 
 
-def _progress_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
-        help="show a progress bar (default: on a terminal, for large files)",
-    )
+def _source_file(p: argparse.ArgumentParser, help: str) -> None:
+    """The arguments of store and link: the file, its label, progress."""
+    p.add_argument("path", type=file_path, help=help)
+    p.add_argument("--label", help="a name kept as a hint in the URI (default: the file name)")
+    progress_flag(p)
 
 
 def _store(args: argparse.Namespace) -> int:
@@ -221,13 +226,17 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _pin(args: argparse.Namespace) -> int:
     store = get_store()
-    for uri in args.uri:
+    # Every URI is checked before any is changed, so a bad one leaves all as they were.
+    uris = [f"sha256://{store.resolve(uri)}" for uri in args.uri]
+    for uri in uris:
+        store.load_file(uri)  # ContentNotFoundError when it is not here
+    for uri in uris:
         store.pin(uri, args.pinned)
     return 0
 
 
 def _gc(args: argparse.Namespace) -> int:
-    report = get_store().gc(parse_size(args.max_size))
+    report = get_store().gc(args.max_size)
     print(
         f"evicted {report.evicted} blobs ({format_size(report.freed)}); "
         f"store now holds {format_size(report.remaining)} "
@@ -267,8 +276,12 @@ def _mutable_set(args: argparse.Namespace) -> int:
     value: object = args.value
     if not args.string:
         try:
-            value = json.loads(args.value)
-        except ValueError:
+            check_depth(args.value, "VALUE")  # too deep to parse: an error, not a string
+        except InvalidValueError as e:
+            raise InvalidValueError(f"{e}, or pass --string to store it as text") from e
+        try:
+            value = parse_json(args.value, "VALUE")
+        except InvalidValueError:  # not JSON, or not a value JSON can hold: a string
             value = args.value
     files.set_mutable(args.key, value)
     return 0

@@ -11,6 +11,7 @@ from ..keys import node_keypair
 from ..sizes import format_size
 from ..storage.local import get_store
 from . import command
+from .args import file_path, json_flag
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -25,12 +26,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--shared makes it setgid and group-writable, so every member of its group\n"
         "can store and load content there (whatever their umask).",
     )
-    q.add_argument("--dir", help="where to create the node directory")
+    q.add_argument("--dir", type=file_path, help="where to create the node directory")
     q.add_argument("--shared", action="store_true", help="share the directory with its group")
     q.set_defaults(func=_init)
     q = command(sub, "info", "Show where the node lives and what it holds.",
                 "kachery-tasks node info --json")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    json_flag(q)
     q.set_defaults(func=_info)
 
 

@@ -8,6 +8,7 @@ import time
 
 from ..errors import InvalidValueError, TaskNotCachedError
 from . import command
+from .args import json_flag, whole_number
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -23,8 +24,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Status is success, error, running or abandoned (its process died mid-run).",
     )
     q.add_argument("--function", help="only this function (module.qualname, or its last part)")
-    q.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.add_argument(
+        "--limit", type=whole_number(1), default=50, help="at most this many rows (default 50)"
+    )
+    json_flag(q)
     q.set_defaults(func=_ls)
 
     q = command(
@@ -33,7 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "ID may be a unique prefix of the task id, with or without 'sha256:'.",
     )
     q.add_argument("task_id", metavar="ID")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    json_flag(q)
     q.set_defaults(func=_show)
 
     q = command(
@@ -43,7 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "version, code hash and each argument.",
     )
     q.add_argument("function", metavar="FUNC", help="module.qualname, or its last part")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    json_flag(q)
     q.set_defaults(func=_why)
 
     q = command(

@@ -9,7 +9,9 @@ from ..sizes import format_size
 from ..storage.buckets import ENV_BUCKET, Bucket, default_bucket, open_bucket
 from ..storage.local import get_store
 from ..storage.sync import download, download_members, upload
+from ..uris import parse_uri
 from . import command
+from .args import progress_flag
 
 _BUCKET_HELP = f"bucket URL (default: ${ENV_BUCKET}, else [bucket] url in config.toml)"
 
@@ -21,9 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Content above the chunk size travels as chunks plus a manifest. Writes are\n"
         "create-only and whatever the bucket already has is skipped.",
     )
-    p.add_argument("uri", nargs="+")
-    p.add_argument("--bucket", help=_BUCKET_HELP)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    _uris_and_bucket(p)
     p.set_defaults(func=_upload)
 
     p = command(
@@ -34,9 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "zarr array fetches every blob of the array (load_zarr alone fetches\n"
         "chunks as they are read).",
     )
-    p.add_argument("uri", nargs="+")
-    p.add_argument("--bucket", help=_BUCKET_HELP)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    _uris_and_bucket(p)
     p.set_defaults(func=_download)
 
 
@@ -52,6 +50,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_sync)
 
 
+def _uris_and_bucket(p: argparse.ArgumentParser) -> None:
+    p.add_argument("uri", nargs="+")
+    p.add_argument("--bucket", help=_BUCKET_HELP)
+    progress_flag(p)
+
+
 def bucket_from(args: argparse.Namespace) -> Bucket:
     """The bucket named on the command line, else the configured one."""
     bucket = open_bucket(args.bucket) if args.bucket else default_bucket()
@@ -64,7 +68,10 @@ def bucket_from(args: argparse.Namespace) -> Bucket:
 
 
 def _upload(args: argparse.Namespace) -> int:
-    bucket, store = bucket_from(args), get_store()
+    store = get_store()
+    for uri in args.uri:  # all well-formed and here before anything is uploaded
+        store.load_file(uri)
+    bucket = bucket_from(args)
     for uri in args.uri:
         r = upload(store, bucket, uri, progress=args.progress)
         state = "already in the bucket" if not r.objects_written else (
@@ -75,6 +82,8 @@ def _upload(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
+    for uri in args.uri:  # all well-formed before anything is downloaded
+        parse_uri(uri)
     bucket, store = bucket_from(args), get_store()
     for uri in args.uri:
         print(download(store, bucket, uri, progress=args.progress))

@@ -233,7 +233,7 @@ class Records:
         self, task_id: str, kind: str, function: str, result_uri: str, codec: str, node: str,
         finished: float | None = None,
     ) -> None:
-        """Record a result computed elsewhere (e.g. fetched from a channel) as served."""
+        """Record a result computed elsewhere (fetched from a bucket) as served."""
         with self._write():
             self.conn.execute(
                 f"INSERT OR REPLACE INTO results ({_RESULT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",

@@ -1,4 +1,4 @@
-"""Where content lives in a bucket (see DESIGN.md, bucket layout)::
+"""Where content lives in a bucket (see docs/buckets.md, Layout)::
 
     blobs/sha256/<hex>              content no larger than the chunk size
     chunks/sha256/<chunk hex>       one chunk of larger content

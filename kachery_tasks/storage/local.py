@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..canonical import check_text, is_text
 from ..config import NodeDir, node_dir
 from ..errors import (
     ContentNotFoundError,
@@ -139,8 +140,8 @@ class LocalStore:
         (CorruptContentError otherwise, and nothing is stored).
         """
         path = Path(path)
+        label = _label(path, label)
         src, st = _open_source(path)
-        label = label if label is not None else path.name
         try:
             with progress_bar(
                 st.st_size, f"store {label}", self.node.config.progress_threshold, progress
@@ -159,6 +160,7 @@ class LocalStore:
         With ``expect_sha256`` they are stored only if that is their hash
         (CorruptContentError otherwise): received bytes are hashed once.
         """
+        label = _label(None, label)
         digest = digest_bytes(data, self.chunk_size)
         if expect_sha256 is not None and digest.sha256 != expect_sha256:
             raise CorruptContentError(
@@ -177,8 +179,13 @@ class LocalStore:
         bytes that may no longer match the id.
         """
         path = Path(path).absolute()
+        label = _label(path, label)
+        if not is_text(str(path)):
+            raise SourceFileError(
+                f"cannot link {path}: its name is not UTF-8, which the index cannot record; "
+                "rename it, or store a copy with 'kachery-tasks store'"
+            )
         src, st = _open_source(path)
-        label = label if label is not None else path.name
         try:
             with progress_bar(
                 st.st_size, f"hash {label}", self.node.config.progress_threshold, progress
@@ -330,7 +337,8 @@ class LocalStore:
             return row.link_path
         raise ContentNotFoundError(
             f"{uri} is not in this node's store ({self.root}); store it with "
-            "'kachery-tasks store FILE', or fetch it from a channel or bucket"
+            "'kachery-tasks store FILE', or fetch it from a bucket with "
+            "'kachery-tasks download URI'"
         )
 
     def has(self, uri: str) -> bool:
@@ -553,6 +561,13 @@ def _writer_alive(temp_name: str) -> bool:
     """Whether the process named in a temporary file's name still runs here."""
     pid = temp_name[len(TMP_PREFIX) :].split("-", 1)[0]
     return pid.isdigit() and int(pid) > 0 and pid_alive(int(pid))
+
+
+def _label(path: Path | None, label: str | None) -> str | None:
+    """The label to record: ``label``, else the file's name (its stray bytes replaced)."""
+    if label is None:
+        return None if path is None else os.fsencode(path.name).decode("utf-8", "replace")
+    return check_text(label, "a label")
 
 
 def check_range(start: int, end: int | None, size: int) -> tuple[int, int]:

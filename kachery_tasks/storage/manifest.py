@@ -9,7 +9,8 @@ by the file's id::
      "chunks": [{"offset": 0, "size": <bytes>, "sha256": "<chunk sha256>"}, ...]}
 
 Chunks are contiguous, start at offset 0, all but the last have exactly
-``chunk_size`` bytes, and together cover the file. See ``docs/manifests.md``.
+``chunk_size`` bytes, and together cover the file. See ``docs/storage.md``
+(Manifests).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..canonical import canonical_json
+from ..canonical import canonical_json, check_text
 from ..config import NodeDir, node_dir
 from ..db import connect
 from ..errors import InvalidValueError
@@ -36,7 +36,7 @@ class Mutables:
     def set(self, key: str, value: Any) -> None:
         """Set ``key`` to the JSON value ``value``."""
         _check_key(key)
-        text = canonical_json(value).decode()
+        text = canonical_json(value, "a mutable's value").decode()
         with self._lock:
             self._conn.execute(
                 "INSERT INTO mutables (key, value, updated) VALUES (?, ?, ?) "
@@ -59,6 +59,7 @@ class Mutables:
 
     def list(self, prefix: str = "") -> dict[str, Any]:
         """All mutables whose key starts with ``prefix``, in key order."""
+        check_text(prefix, "a mutable key prefix")
         with self._lock:
             rows = self._conn.execute(
                 "SELECT key, value FROM mutables WHERE substr(key, 1, ?) = ? ORDER BY key",
@@ -70,6 +71,7 @@ class Mutables:
 def _check_key(key: object) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidValueError(f"a mutable key must be a non-empty string, not {key!r}")
+    check_text(key, "a mutable key")
 
 
 _instances: dict[Path, Mutables] = {}

@@ -145,3 +145,33 @@ def test_read_follow_prints_new_messages(run_cli, feed_uri):
         watchdog.cancel()
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_append_lines_that_are_not_utf8_appends_nothing(tmp_path):
+    import kachery_tasks as kachery
+    from tests.cli.inprocess import run_main
+
+    feed = kachery.create_feed("f")
+    path = tmp_path / "bodies.jsonl"
+    path.write_bytes(b'{"unit": 1}\n{"label": "caf\xe9"}\n')
+    r = run_main("feed", "append", feed.uri, "--lines", str(path))
+    assert r.status == 1
+    assert r.stderr == f"error: line 2 of {path} is not UTF-8 text (byte 14 of the line); " \
+                       "JSON lines must be UTF-8\n"
+    r = run_main("feed", "append", feed.uri, "--lines", "-", stdin=b"1\n\xff\n")
+    assert r.status == 1 and "line 2 of standard input is not UTF-8" in r.stderr
+    assert feed.subfeed("main").count() == 0
+
+
+@pytest.mark.parametrize("body", ["[" * 100_000, "[" * 101 + "]" * 101, "NaN", "[1e400]"])
+def test_append_refuses_bodies_json_cannot_hold(body, tmp_path):
+    import kachery_tasks as kachery
+    from tests.cli.inprocess import run_main
+
+    feed = kachery.create_feed("f")
+    r = run_main("feed", "append", feed.uri, body)
+    assert r.status == 1 and r.stderr.startswith("error: the message body ")
+    (tmp_path / "lines").write_text(f"1\n{body}\n")
+    r = run_main("feed", "append", feed.uri, "--lines", str(tmp_path / "lines"))
+    assert r.status == 1 and r.stderr.startswith("error: line 2 ")
+    assert feed.subfeed("main").count() == 0

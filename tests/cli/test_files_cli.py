@@ -61,7 +61,7 @@ def test_gc_pin_ls(run_cli, tmp_path):
         (("store", "/nonexistent/file"), b"no such file"),
         (("store", "/"), b"is a directory"),
         (("gc", "--max-size", "lots"), b"not a size"),
-        (("cat", "sha256://" + "0" * 64, "--start", "-4"), b"not in this node's store"),
+        (("cat", "sha256://" + "0" * 64, "--start", "-4"), b"--start: must be a whole number"),
     ],
 )
 def test_errors_are_one_line_without_traceback(run_cli, args, message):
@@ -138,3 +138,49 @@ def test_info_describes_a_zarr_array(run_cli, tmp_path):
     other = _ok(run_cli("store", str(plain))).strip()
     assert not [row for row in _ok(run_cli("info", other)).splitlines()
                 if row.startswith(("zarr:", "blobs:"))]
+
+
+@pytest.mark.parametrize(
+    "text,stored",
+    [("NaN", "NaN"), ("Infinity", "Infinity"), ("[1, NaN]", "[1, NaN]"), ("1e400", "1e400"),
+     ("3", 3), ("1.5", 1.5), ('"x"', "x"), ('{"a": [1]}', {"a": [1]}), ("text", "text")],
+)
+def test_mutable_set_stores_what_json_cannot_hold_as_a_string(text, stored):
+    from kachery_tasks import get_mutable
+    from tests.cli.inprocess import run_main
+
+    r = run_main("mutable", "set", "k", "--", text)  # "--": argparse takes -x for an option
+    assert r.status == 0, r.stderr
+    assert get_mutable("k") == stored and type(get_mutable("k")) is type(stored)
+
+
+def test_mutable_set_too_deep_is_refused_unless_as_a_string():
+    from kachery_tasks import get_mutable
+    from tests.cli.inprocess import run_main
+
+    deep = "[" * 101 + "]" * 101
+    r = run_main("mutable", "set", "k", deep)
+    assert r.status == 1 and "more than 100 levels deep" in r.stderr and "--string" in r.stderr
+    assert get_mutable("k") is None
+    assert run_main("mutable", "set", "k", "[" * 100 + "]" * 100).status == 0
+    assert run_main("mutable", "set", "k", deep, "--string").status == 0
+    assert get_mutable("k") == deep
+
+
+@pytest.mark.parametrize("unpin", [False, True])
+def test_pin_checks_every_uri_before_changing_any(tmp_path, unpin):
+    from kachery_tasks import store_file
+    from kachery_tasks.storage.local import get_store
+    from tests.cli.inprocess import run_main
+
+    (tmp_path / "a").write_bytes(b"a" * 100)
+    a = store_file(tmp_path / "a")
+    if unpin:
+        get_store().pin(a)
+    action = "unpin" if unpin else "pin"
+    for bad in ("bad", "sha256://" + "0" * 64):
+        r = run_main(action, a, bad)
+        assert r.status == 1 and r.stderr.startswith("error: ")
+        assert get_store().info(a).pinned is unpin  # unchanged
+    assert run_main(action, a).status == 0
+    assert get_store().info(a).pinned is not unpin

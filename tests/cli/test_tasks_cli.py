@@ -85,3 +85,24 @@ def test_empty_node_and_help(run_cli):
     for sub in ("ls", "show", "why", "forget"):
         r = run_cli("tasks", sub, "--help")
         assert r.returncode == 0 and "example:" in r.stdout.decode()
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "1e26", "many", str(2**63), "9" * 5000])
+def test_ls_limit_must_be_a_positive_whole_number(limit):
+    from tests.cli.inprocess import run_main
+
+    r = run_main("tasks", "ls", "--limit", limit)
+    assert r.status == 1
+    assert r.stderr.startswith("error: kachery-tasks tasks ls: argument --limit: must be a whole "
+                               "number from 1 to 9223372036854775807")
+    assert r.stderr.count("\n") == 1
+
+
+def test_ls_limit_up_to_the_largest(history):
+    from tests.cli.inprocess import run_main
+
+    every = json.loads(run_main("tasks", "ls", "--json").stdout)
+    r = run_main("tasks", "ls", "--limit", str(2**63 - 1), "--json")
+    assert r.status == 0 and json.loads(r.stdout) == every and len(every) > 1
+    r = run_main("tasks", "ls", "--limit", "1", "--json")
+    assert r.status == 0 and len(json.loads(r.stdout)) == 1

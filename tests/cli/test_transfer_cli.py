@@ -21,3 +21,24 @@ def test_upload_and_download_of_an_array_move_every_blob(run_cli, tmp_path, monk
     assert "blobs/s" in down.stderr.decode()
     info = run_cli("info", uri, env=other)
     assert "10 named, 10 here" in info.stdout.decode()
+
+
+def test_upload_and_download_check_every_uri_before_moving_any(tmp_path, monkeypatch):
+    from kachery_tasks import store_bytes
+    from kachery_tasks.storage.local import get_store
+    from tests.cli.inprocess import run_main
+
+    a = store_bytes(b"a" * 100)
+    bucket = tmp_path / "bucket"
+    for bad in ("bad", "sha256://" + "0" * 64):
+        r = run_main("upload", a, bad, "--bucket", f"file://{bucket}")
+        assert r.status == 1 and r.stderr.startswith("error: ")
+        assert not any(p.is_file() for p in bucket.rglob("*"))  # nothing was uploaded
+    assert run_main("upload", a, "--bucket", f"file://{bucket}").status == 0
+
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "other"))
+    r = run_main("download", a, "bad", "--bucket", f"file://{bucket}")
+    assert r.status == 1 and "bad" in r.stderr
+    assert not get_store().has(a)
+    assert run_main("download", a, "--bucket", f"file://{bucket}").status == 0
+    assert get_store().has(a)

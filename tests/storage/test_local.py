@@ -199,3 +199,17 @@ def test_gc_takes_a_manifest_with_its_file_and_cleans_stale_temp(store, tmp_path
 def test_pin_of_absent_content_raises(store):
     with pytest.raises(ContentNotFoundError):
         store.pin("sha256://" + "1" * 64)
+
+
+def test_file_names_and_labels_that_are_not_utf8(store, tmp_path):
+    path = tmp_path / os.fsdecode(b"caf\xe9.dat")
+    path.write_bytes(b"x" * 10)
+    uri = store.store_file(path)
+    assert parse_uri(uri).label == "caf\ufffd.dat"
+    assert store.info(uri).label == "caf\ufffd.dat"
+    with pytest.raises(SourceFileError, match="name is not UTF-8"):
+        store.link_file(path)
+    for call in (lambda: store.store_file(path, label="\udce9"),
+                 lambda: store.store_bytes(b"y", label="a\udce9")):
+        with pytest.raises(InvalidValueError, match="a label must be valid Unicode text"):
+            call()

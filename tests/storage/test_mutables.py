@@ -26,6 +26,22 @@ def test_bad_keys_and_values(key, value):
         get_mutables().set(key, value)
 
 
+def test_keys_must_be_unicode_text_and_values_not_too_deep():
+    m = get_mutables()
+    for call in (lambda: m.set("\udcff", 1), lambda: m.get("a\udc80"),
+                 lambda: m.delete("\ud800"), lambda: m.list("\udcff")):
+        with pytest.raises(InvalidValueError, match="valid Unicode text"):
+            call()
+    deep: list = []  # nests 1
+    for _ in range(100):
+        deep = [deep]  # nests 101 at the end
+    with pytest.raises(InvalidValueError, match="more than 100 levels deep"):
+        m.set("k", deep)
+    assert m.get("k") is None
+    m.set("k", deep[0])
+    assert m.get("k") == deep[0]
+
+
 def _writer(path, start):
     from pathlib import Path
 
