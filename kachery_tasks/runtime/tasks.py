@@ -48,7 +48,7 @@ from ..errors import (
 from ..storage.buckets import default_bucket
 from ..uris import format_uri
 from . import cache as cache_mod
-from . import encoders, ids, leases, results
+from . import codehash, encoders, ids, leases, results
 from .encoders import _DISPATCH, _Refused, _resolve
 from .records import ResultRow, RunStart
 
@@ -59,6 +59,10 @@ _sha256 = hashlib.sha256
 
 class StaleResultWarning(UserWarning):
     """A query could not run, and its last cached result was returned instead."""
+
+
+class TaskIdWarning(UserWarning):
+    """A task changed, while it ran, a value its own task id depends on."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class Task:
     """A function made into a task. Call it like the function; see the module docstring."""
 
     _kachery_task_kind: str
+    _kachery_task = True  # how code hashes recognise a task among the values code reads
 
     def __init__(
         self, func: Callable[..., Any], kind: str, version: str | None = None,
@@ -148,6 +153,8 @@ class Task:
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
         self._code_hash: str | None = None
+        self._watch: codehash.Watch | None = None
+        self._warned = False
         self._header: bytes | None = None
         self._init_signature()
 
@@ -173,15 +180,20 @@ class Task:
         self._argc = ids.args_prefix(len(params))
 
     @property
-    def code_hash(self) -> str:
-        """Hash of the function's code and of the @pure tasks it calls (see :mod:`.ids`)."""
-        if self._code_hash is None:
-            self._code_hash = ids.code_hash(self.func)
-        return self._code_hash
+    def code_hash(self) -> str | None:
+        """Hash of what the function computes (see :mod:`.codehash`); None with a version."""
+        return self._code_identity()[0]
+
+    def _code_identity(self) -> tuple[str | None, codehash.Watch | None]:
+        """The code hash and its watch, computed again when what it read has changed."""
+        if self.version is not None:
+            return None, None  # the version rules: the code is not looked at
+        if self._code_hash is None or (self._watch is not None and self._watch.changed()):
+            self._code_hash, self._watch = codehash.code_identity(self.func, self.name)
+        return self._code_hash, self._watch
 
     def _init_header(self) -> bytes:
-        code = None if self.version is not None else self.code_hash
-        self._header = ids.header(self.kind, self.name, self.version, code)
+        self._header = ids.header(self.kind, self.name, self.version, self._code_identity()[0])
         return self._header
 
     def _id(self, args: tuple, kwargs: dict) -> tuple[str, list[bytes], list[int]]:
@@ -191,7 +203,9 @@ class Task:
 
     def _encode(self, args: tuple, kwargs: dict) -> tuple[list[bytes], list[int]]:
         """Encode a call: (pieces of the id preimage, where each argument starts)."""
-        hdr = self._header or self._init_header()
+        hdr = self._header
+        if hdr is None or (self._watch is not None and self._watch.changed()):
+            hdr = self._init_header()  # first call, or a global/closure value changed
         n = len(args)
         if not kwargs and self._fast and self._nrequired <= n <= self._npos:
             full = args if n == self._npos else args + self._defaults[n - self._nrequired :]
@@ -428,6 +442,8 @@ class Task:
                              serve=self.kind == "action")
             raise
         stack.pop()
+        if not self._warned and self._watch is not None and self._watch.changed():
+            self._warn_id_changed()
         if self.kind == "action":
             c.records.finish(run_id, start, held, "success", frame.children)
             return ActionOutcome(tid, self.name, True, True, None, time.time())
@@ -479,6 +495,18 @@ class Task:
                 held = c.records.lease(tid)
                 if held is None or held.is_stale():
                     break
+
+    def _warn_id_changed(self) -> None:
+        what = self._watch.first_change() if self._watch is not None else None
+        self._warned = True
+        warnings.warn(
+            TaskIdWarning(
+                f"{self.name} changed {what or 'a value it reads'} while it ran; that value is "
+                "part of its task id, so later calls get new ids and compute again. If it does "
+                "not change results (a counter, a cache), mark it with kachery.untracked(...)"
+            ),
+            stacklevel=2,
+        )
 
     # ------------------------------------------------------------- query
     def _query(self, c, tid, parts, marks, args, kwargs) -> QueryResult:
@@ -556,7 +584,7 @@ def _import_task(module: str, qualname: str) -> Task:
 def _rebuild_task(func, kind, version, name, code_hash) -> Task:
     """A task sent by value (e.g. defined in ``__main__``), keeping the sender's code hash."""
     t = Task(func, kind, version=version, name=name)
-    t._code_hash = code_hash
+    t._code_hash = code_hash  # kept as sent (the watch stays empty): ids agree with the sender
     return t
 
 

@@ -253,11 +253,13 @@ def test_code_hash_includes_called_pure_tasks():
 
 
 def test_called_tasks_found_through_modules_and_comprehensions():
-    assert task_defs.add in ids.called_tasks(task_defs.total.func)
-    mod = types.ModuleType("helpers")
-    mod.scale = task_defs.scale
-    f = _function("def f(x):\n    return helpers.scale(x)\n", extra={"helpers": mod})
-    assert ids.called_tasks(f) == [task_defs.scale]
+    src = "def f(xs):\n    return sum(helpers.scale(x) for x in xs)\n"
+    hashes = set()
+    for version in ("1", "2"):
+        mod = types.ModuleType("helpers")
+        mod.scale = kachery.pure(name="helpers.scale", version=version)(lambda x: x)
+        hashes.add(ids.code_hash(_function(src, extra={"helpers": mod})))
+    assert len(hashes) == 2
 
 
 def test_explicit_version_replaces_the_code_hash():
