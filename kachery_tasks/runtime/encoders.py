@@ -434,6 +434,48 @@ def encode_argument(name: str, value: Any, out: Out, where: str = "") -> None:
         _encode_into(value, out)
     except _Refused as e:
         raise unsupported(name, value, e, where) from None
+    except RecursionError:
+        raise too_deep(name, value, where) from None
+
+
+def too_deep(name: str, value: Any, where: str = "") -> UnsupportedArgumentError:
+    """The error for an argument that contains itself or is nested past the recursion limit.
+
+    Encoding recurses through containers; rather than tracking every container
+    on the hot path, the encoder lets Python's recursion limit stop it and
+    this looks for a cycle afterwards to say which it was.
+    """
+    if _contains_itself(value):
+        why = ("contains itself (a container that holds itself, directly or through others), "
+               "so it has no finite encoding; pass a value without cycles")
+    else:
+        why = (f"is nested more deeply than Python's recursion limit "
+               f"({sys.getrecursionlimit()}) allows to encode; pass a flatter value")
+    return UnsupportedArgumentError(
+        f"argument {name!r}{where} of type {type(value).__qualname__} {why}"
+    )
+
+
+def _contains_itself(value: Any) -> bool:
+    """True when a list, tuple, dict or set holds itself (an iterative search: no recursion)."""
+    on_path: set[int] = set()
+    done: set[int] = set()  # explored without a cycle (shared parts are searched once)
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        v, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(v))
+            done.add(id(v))
+            continue
+        if not isinstance(v, list | tuple | dict | set | frozenset) or id(v) in done:
+            continue
+        if id(v) in on_path:
+            return True
+        on_path.add(id(v))
+        stack.append((v, True))
+        items = list(v.keys()) + list(v.values()) if isinstance(v, dict) else list(v)
+        stack.extend((x, False) for x in items)
+    return False
 
 
 def unsupported(name: str, value: Any, e: _Refused, where: str = "") -> UnsupportedArgumentError:

@@ -224,6 +224,8 @@ class Task:
                     enc(v, parts)
             except _Refused as e:
                 raise encoders.unsupported(self._names[i], full[i], e, f" of {self.name}") from None
+            except RecursionError:
+                raise encoders.too_deep(self._names[i], full[i], f" of {self.name}") from None
             return parts, marks
         return self._encode_bound(hdr, args, kwargs)
 
@@ -660,7 +662,12 @@ def summarize(v: Any, limit: int = 80) -> str:
         return f"result of {v.task_id}"
     if t is str and v.startswith("sha256://") and len(v) < 300:
         return repr(v)  # a content URI: kept whole, it names an input
-    text = repr(v)
+    try:
+        text = repr(v)
+    except Exception:  # repr refuses ints of over 4300 digits, also inside containers
+        if t is int:
+            return f"int of {v.bit_length()} bits"
+        return f"{t.__name__} that cannot be shown"  # a summary must never fail
     if len(text) > limit:
         if isinstance(v, list | tuple | dict | set | frozenset):
             return f"{t.__name__} of {len(v)} items"

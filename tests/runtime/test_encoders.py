@@ -205,6 +205,42 @@ def test_unsupported_types_name_argument_type_and_remedy():
         add.task_id(1 + 2j)
 
 
+def _self_referencing_list():
+    v: list = [1]
+    v.append(v)
+    return v
+
+
+def _self_referencing_dict():
+    v: dict = {"a": 1}
+    v["b"] = [v]
+    return v
+
+
+def _nested_too_deep():
+    v: list = []
+    for _ in range(sys.getrecursionlimit() * 2):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("make, why", [
+    (_self_referencing_list, "contains itself"),
+    (_self_referencing_dict, "contains itself"),
+    (_nested_too_deep, "nested more deeply than Python's recursion limit"),
+])
+def test_arguments_that_break_the_encoder_are_one_line_errors(make, why):
+    value = make()
+    calls = [lambda: add.task_id(value), lambda: add.task_id(a=value, b=1),
+             lambda: task_defs.with_kwonly.task_id(1, z=value), lambda: add(value)]
+    for call in calls:
+        with pytest.raises(UnsupportedArgumentError, match=why) as info:
+            call()
+        msg = str(info.value)
+        assert "\n" not in msg and "argument '" in msg and "task_defs." in msg
+    assert not add.is_cached(1)  # nothing was recorded on the way
+
+
 class Interval:
     def __init__(self, start, stop):
         self.start, self.stop = start, stop
