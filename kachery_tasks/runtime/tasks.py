@@ -16,9 +16,9 @@
   :class:`ActionOutcome`, never the function's own return value. An action
   whose process was killed mid-run recorded no outcome and runs again.
 
-A task's name is ``module.qualname``; functions without a stable one
-(defined in ``__main__``, lambdas) need ``name=``. Generator functions and
-coroutines cannot be tasks. Results are read-only (see :mod:`.results`).
+A task's name is ``module.qualname`` (``__main__.qualname`` in a script or
+a notebook); lambdas need ``name=``. Generator functions and coroutines
+cannot be tasks. Results are read-only (see :mod:`.results`).
 Inside a task, calls to other tasks are recorded as call edges
 (parent -> child) and, for pure tasks, cached too.
 """
@@ -591,19 +591,21 @@ def _rebuild_task(func, kind, version, name, code_hash) -> Task:
 
 
 def _stable_name(func: types.FunctionType) -> str:
+    """``module.qualname``; ``__main__.qualname`` for a script or a notebook.
+
+    A script run as ``python script.py`` and a notebook both define their
+    functions in ``__main__`` (``__mp_main__`` in multiprocessing's children):
+    the code hash tells their functions apart, so the qualified name suffices.
+    """
     if func.__name__ == "<lambda>":
         raise TaskDefinitionError(
             "a lambda has no stable name to identify its task; use a def, or give one: "
             "kachery.pure(name='mymodule.myfunction')(lambda ...)"
         )
-    if func.__module__ in ("__main__", None) or func.__module__.startswith("__"):
-        raise TaskDefinitionError(
-            f"{func.__qualname__} is defined in {func.__module__}, whose name changes with how "
-            "the program is started, so its task id would not be stable. Move it to an "
-            "importable module, or give it a name: "
-            f"@kachery.pure(name='myproject.{func.__qualname__}')"
-        )
-    return f"{func.__module__}.{func.__qualname__}"
+    module = func.__module__
+    if module in (None, "__mp_main__"):
+        module = "__main__"
+    return f"{module}.{func.__qualname__}"
 
 
 def _describe(e: BaseException) -> str:
@@ -788,8 +790,8 @@ def pure(func=None, *, version=None, name=None):
     """Make a deterministic function a cached task: ``@pure`` or ``@pure(version="2")``.
 
     ``version`` replaces the code hash in the task id (bump it when the
-    meaning changes); ``name`` replaces ``module.qualname`` (needed in
-    ``__main__`` and for lambdas).
+    meaning changes); ``name`` replaces ``module.qualname`` (needed for
+    lambdas).
     """
     return _decorate(func, "pure", version, name)
 

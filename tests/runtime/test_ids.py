@@ -282,12 +282,12 @@ def test_lambda_needs_a_name():
     assert kachery.pure(name="m.double")(lambda x: 2 * x).name == "m.double"
 
 
-def test_main_module_needs_a_name():
+def test_main_module_tasks_are_named_after_main():
     f = _function("def f(x):\n    return x\n")
-    f.__module__ = "__main__"
-    with pytest.raises(TaskDefinitionError, match="__main__"):
-        kachery.pure(f)
-    assert kachery.pure(name="proj.f")(f).task_id(1).startswith("sha256:")
+    for module in ("__main__", "__mp_main__"):  # multiprocessing's children use __mp_main__
+        f.__module__ = module
+        assert kachery.pure(f).name == "__main__.f"
+    assert kachery.pure(name="proj.f")(f).name == "proj.f"
 
 
 def test_generators_and_coroutines_cannot_be_tasks():
