@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import task_defs
 
+from kachery_tasks.canonical import canonical_json
+from kachery_tasks.keys import KeyPair
 from kachery_tasks.runtime import cache as cache_mod
 from kachery_tasks.runtime.remote import result_key
 from kachery_tasks.storage.buckets import open_bucket
@@ -57,6 +59,27 @@ def test_a_forged_record_is_ignored(shared):
     before = task_defs.calls["add"]
     assert task_defs.add(5, 6) == 11
     assert task_defs.calls["add"] == before + 1  # computed here instead
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_record_signed_by_another_key_than_its_node_is_ignored(shared):
+    use, bucket = shared
+    use("a")
+    task_defs.add(7, 8)
+    tid = task_defs.add.task_id(7, 8)
+    key = result_key(tid)
+    doc = json.loads(bucket.get(key))
+    intruder = KeyPair.generate()  # a valid signature, but not by the node the record names
+    doc["signer"] = intruder.public_hex
+    doc["signature"] = intruder.sign(canonical_json(doc["record"]))
+    assert KeyPair(doc["signer"]).verify(canonical_json(doc["record"]), doc["signature"])
+    bucket.delete(key)
+    bucket.put(key, json.dumps(doc).encode())
+    use("b")
+    before = task_defs.calls["add"]
+    assert task_defs.add(7, 8) == 15
+    assert task_defs.calls["add"] == before + 1  # computed here instead
+    assert cache_mod.current().records.result(tid).node == cache_mod.current().node_id
 
 
 @pytest.mark.parametrize("shared", ["file"], indirect=True)
