@@ -45,7 +45,6 @@ from ..errors import (
     TaskDefinitionError,
     TaskError,
 )
-from ..storage.buckets import default_bucket
 from ..uris import format_uri
 from . import cache as cache_mod
 from . import codehash, encoders, ids, leases, results
@@ -386,7 +385,7 @@ class Task:
         from . import remote
         from .executors import nested_runner
 
-        bucket = default_bucket()
+        bucket = remote.current_bucket()
         if bucket is not None and not force and remote.fetch(c, tid, bucket):
             value = c.load(c.records.result(tid))  # computed by a collaborator
             if value is not _MISS:

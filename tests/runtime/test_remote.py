@@ -10,19 +10,6 @@ from kachery_tasks.canonical import canonical_json
 from kachery_tasks.keys import KeyPair
 from kachery_tasks.runtime import cache as cache_mod
 from kachery_tasks.runtime.remote import result_key
-from kachery_tasks.storage.buckets import open_bucket
-
-
-@pytest.fixture
-def shared(tmp_path, monkeypatch, request):
-    url = (f"file://{tmp_path}/bucket" if request.param == "file"
-           else request.getfixturevalue("gcs_bucket_url"))
-    monkeypatch.setenv("KACHERY_TASKS_BUCKET", url)
-
-    def use(name):
-        monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / name))
-
-    return use, open_bucket(url)
 
 
 @pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
