@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import enum
 import math
 import re
 import struct
 import subprocess
 import sys
 import types
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from hypothesis import strategies as st
 
 import kachery_tasks.runtime as kachery
 from kachery_tasks.errors import TaskDefinitionError
-from kachery_tasks.runtime import ids
+from kachery_tasks.runtime import encoders, ids
 from kachery_tasks.runtime.encoders import encode
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "task-ids.md"
@@ -37,18 +40,88 @@ def _vectors() -> list[tuple[str, str, str]]:
     return out
 
 
-def test_doc_has_vectors_for_every_tag():
-    vectors = _vectors()
-    assert len(vectors) >= 30
-    tags = {bytes.fromhex(expected)[:1] for kind, _, expected in vectors if kind == "encode"}
-    assert tags >= {b"N", b"T", b"F", b"i", b"f", b"s", b"b", b"l", b"t", b"d", b"e", b"u",
-                    b"a", b"n"}
+# What the vector expressions may use, as the doc says above its vectors.
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Span(typing.NamedTuple):
+    start: int
+    stop: int
+
+
+class Interval:
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
+
+for _cls in (Point, Color, Span, Interval):
+    _cls.__module__ = "examples"
+kachery.register_encoder(Interval, lambda iv: (iv.start, iv.stop), name="examples.Interval")
+
+
+def _vector_namespace(tmp_path: Path) -> dict:
+    def file_with(content: bytes) -> kachery.File:
+        path = tmp_path / "file.bin"
+        path.write_bytes(content)
+        return kachery.File(path)
+
+    def future(task_id: str) -> kachery.TaskFuture:
+        return kachery.TaskFuture(task_defs.add, task_id, value=None)
+
+    def stored_zarr(array, chunks):
+        import kachery_tasks as kt
+
+        return kt.load_zarr(kt.store_zarr(array, chunks=chunks))
+
+    return {"np": np, "float": float, "frozenset": frozenset, "bytearray": bytearray,
+            "memoryview": memoryview, "set": set, "Point": Point, "Color": Color, "Span": Span,
+            "Interval": Interval, "file_with": file_with, "future": future,
+            "stored_zarr": stored_zarr}
+
+
+def _vector_values(tmp_path: Path) -> list[tuple[str, object, str]]:
+    ns = _vector_namespace(tmp_path)
+    return [(expr, eval(expr, ns), expected) for kind, expr, expected in _vectors()
+            if kind == "encode"]
+
+
+def test_doc_has_a_vector_for_every_encoder(tmp_path):
+    """Every encoder function the dispatch can reach is exercised by some vector."""
+    encoders._register_numpy()
+    encoders._register_zarr()
+    reachable = set(encoders._DISPATCH.values()) | {encoders._enc_dataclass}
+    reachable = {e for e in reachable if not e.__name__.startswith("_refuse")}
+    used = set()
+    for _expr, value, _expected in _vector_values(tmp_path):
+        enc = encoders._DISPATCH.get(type(value)) or encoders._resolve(value)
+        used.add(enc)
+    assert {e.__name__ for e in reachable - used} == set()
+    assert len(_vectors()) >= 50
+
+
+def test_doc_table_lists_exactly_the_tags_of_the_vectors(tmp_path):
+    text = DOC.read_text()
+    table = text.split("## The encoding `enc`", 1)[1].split("\n\n## ", 1)[0]
+    documented = set()
+    for line in table.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) >= 2:
+            documented.update(re.findall(r"(?:^|/ )`(.)`", cells[1]))
+    emitted = {expected[:2] for _expr, _value, expected in _vector_values(tmp_path)}
+    assert {bytes.fromhex(t).decode() for t in emitted} == documented
 
 
 @pytest.mark.parametrize("kind,expr,expected", _vectors())
-def test_doc_vectors(kind, expr, expected):
+def test_doc_vectors(kind, expr, expected, tmp_path):
     if kind == "encode":
-        value = eval(expr, {"np": np, "float": float, "frozenset": frozenset})
+        value = eval(expr, _vector_namespace(tmp_path))
         assert encode(value).hex() == expected
     else:
         kwargs = eval(f"dict({expr})", {})
