@@ -64,7 +64,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import repeat
-from operator import is_
+from operator import is_, itemgetter
 from pathlib import PurePath
 from typing import Any, NoReturn
 
@@ -280,9 +280,10 @@ def _loads_const(code: types.CodeType, index: int) -> bool:
 class Watch:
     """What a kept code hash read that may change while the process runs.
 
-    ``spaces`` are (namespace, names, objects): each name must still be bound
-    to the same object (or still be absent); ``checks`` are (function,
-    label): each must still return True.
+    ``spaces`` are (namespace, getter, objects, absent names, names): the names
+    the getter reads must still be bound to the same objects and the absent names
+    must still be absent; ``checks`` are (function, label): each must still
+    return True. Checked on every call, so the common path is all in C.
     """
 
     __slots__ = ("checks", "spaces")
@@ -293,25 +294,40 @@ class Watch:
 
     def changed(self) -> bool:
         """True when something the hash read is no longer what it was (cheap: every call)."""
-        for ns, names, objs in self.spaces:
-            if len(names) == 1:
-                if ns.get(names[0], _ABSENT) is not objs[0]:
+        for ns, get, objs, absent, _names in self.spaces:
+            try:
+                if get is not None and not all(map(is_, get(ns), objs)):
                     return True
-            elif not all(map(is_, map(ns.get, names, repeat(_ABSENT)), objs)):
+            except KeyError:  # a name was deleted
                 return True
+            if absent and not ns.keys().isdisjoint(absent):
+                return True  # a name was defined (e.g. shadowing a builtin)
         checks = self.checks
         return bool(checks) and not all(check() for check, _label in checks)
 
     def first_change(self) -> str | None:
         """A description of the first thing that changed, or None."""
-        for ns, names, objs in self.spaces:
+        for ns, _get, objs, absent, names in self.spaces:
             for name, obj in zip(names, objs):
                 if ns.get(name, _ABSENT) is not obj:
+                    return f"{_space_label(ns)} {name!r}"
+            for name in sorted(absent):
+                if name in ns:
                     return f"{_space_label(ns)} {name!r}"
         for check, label in self.checks:
             if not check():
                 return label
         return None
+
+
+def _space(ns: Any, bound: dict[str, Any]) -> tuple:
+    names = [n for n, v in bound.items() if v is not _ABSENT]
+    absent = frozenset(n for n, v in bound.items() if v is _ABSENT)
+    if not names:
+        return (ns, None, (), absent, ())
+    if len(names) == 1:
+        names.append(names[0])  # itemgetter of one name returns the value, not a tuple
+    return (ns, itemgetter(*names), tuple(bound[n] for n in names), absent, tuple(names))
 
 
 def _space_label(ns: Any) -> str:
@@ -333,7 +349,7 @@ class _WatchBuilder:
         self.checks.append((fn, label))
 
     def build(self) -> Watch | None:
-        spaces = [(ns, tuple(b), tuple(b.values())) for ns, b in self.spaces.values() if b]
+        spaces = [_space(ns, b) for ns, b in self.spaces.values() if b]
         checks = list(self.checks)
         for w in self.merged:
             spaces.extend(w.spaces)
@@ -396,6 +412,22 @@ def _immutable(v: Any) -> bool:
     except RecursionError:
         return False
     return False
+
+
+def _same_items(v: Any) -> Callable[[], bool] | None:
+    """For a list, dict or set of immutable items: a check that it still holds the very
+    same objects (cheaper than encoding it again, and as exact); else None."""
+    t = type(v)
+    if t is dict:
+        keys, vals = tuple(v), tuple(v.values())
+        if all(map(_immutable, keys)) and all(map(_immutable, vals)):
+            return lambda: (len(v) == len(keys) and all(map(is_, v, keys))
+                            and all(map(is_, v.values(), vals)))
+    elif t is list or t is set:
+        items = tuple(v)
+        if all(map(_immutable, items)):
+            return lambda: len(v) == len(items) and all(map(is_, v, items))
+    return None
 
 
 def _stateless(v: Any) -> bool:
@@ -622,7 +654,8 @@ class _Hasher:
             self.refuse(v, " that contains itself or is nested too deeply")
         if enc is not None:
             if not _immutable(v):
-                self.watch.check(lambda v=v, enc=enc: _encodes_to(v, enc), self._label())
+                check = _same_items(v) or (lambda v=v, enc=enc: _encodes_to(v, enc))
+                self.watch.check(check, self._label())
                 self.keep.append(v)
             out = b"V" + hashlib.sha256(enc).digest()
             if not _is_library_class(t):  # the user's dataclass, NamedTuple, registered type

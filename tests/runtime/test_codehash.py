@@ -136,6 +136,26 @@ def test_mutable_globals_are_checked_by_content():
     assert mod.f(1) == 6 + 5 + 12.0
 
 
+def test_an_equal_value_of_another_type_changes_the_id():
+    mod = _module("""
+        import kachery_tasks as kachery
+        K = 1
+        TABLE = {"k": 1}
+
+        @kachery.pure
+        def f(x):
+            return x / K + TABLE["k"]
+    """)
+    seen = {mod.f.task_id(2)}
+    mod.K = 1.0  # equal to 1, but another value for the id (and for repr, //, ...)
+    seen.add(mod.f.task_id(2))
+    mod.TABLE["k"] = True
+    seen.add(mod.f.task_id(2))
+    del mod.K
+    seen.add(mod.f.task_id(2))
+    assert len(seen) == 4
+
+
 def test_a_global_defined_after_the_first_call_changes_the_id():
     mod = _module("""
         import kachery_tasks as kachery
