@@ -303,7 +303,12 @@ class Watch:
             if absent and not ns.keys().isdisjoint(absent):
                 return True  # a name was defined (e.g. shadowing a builtin)
         checks = self.checks
-        return bool(checks) and not all(check() for check, _label in checks)
+        if not checks:
+            return False
+        try:
+            return not all(check() for check, _label in checks)
+        except Exception:  # e.g. another thread resized a dict while it was compared
+            return True
 
     def first_change(self) -> str | None:
         """A description of the first thing that changed, or None."""
@@ -315,7 +320,10 @@ class Watch:
                 if name in ns:
                     return f"{_space_label(ns)} {name!r}"
         for check, label in self.checks:
-            if not check():
+            try:
+                if not check():
+                    return label
+            except Exception:
                 return label
         return None
 
