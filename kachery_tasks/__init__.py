@@ -75,6 +75,7 @@ from .runtime import (
     StaleResultWarning,
     Task,
     TaskFuture,
+    TaskIdWarning,
     action,
     again,
     allow_pickles_from,
@@ -86,6 +87,7 @@ from .runtime import (
     query,
     register_codec,
     register_encoder,
+    untracked,
     use_executor,
 )
 from .storage.local import FileInfo
@@ -128,6 +130,7 @@ __all__ = [
     "TaskDefinitionError",
     "TaskError",
     "TaskFuture",
+    "TaskIdWarning",
     "TaskNotCachedError",
     "UnsupportedArgumentError",
     "UntrustedPickleError",
@@ -173,5 +176,6 @@ __all__ = [
     "store_pickle",
     "store_text",
     "store_zarr",
+    "untracked",
     "use_executor",
 ]

@@ -1,7 +1,8 @@
 """The tasks runtime: ``@pure``, ``@query`` and ``@action`` with deterministic ids.
 
-Modules, one job each: :mod:`.ids` (task ids and code hashes),
-:mod:`.encoders` (argument encodings), :mod:`.results` (result codecs),
+Modules, one job each: :mod:`.ids` (task ids), :mod:`.codehash` (what a
+function computes, including what it reads), :mod:`.encoders` (argument
+encodings), :mod:`.results` (result codecs),
 :mod:`.records` (records and provenance), :mod:`.leases` (one computation
 per id at a time), :mod:`.cache` (the per-node cache of a process),
 :mod:`.tasks` (decorators and the Task object) and :mod:`.executors`
@@ -9,6 +10,7 @@ per id at a time), :mod:`.cache` (the per-node cache of a process),
 Dask; they load when first needed.
 """
 
+from .codehash import untracked
 from .encoders import register_encoder
 from .executors import (
     DaskExecutor,
@@ -28,6 +30,7 @@ from .tasks import (
     QueryResult,
     StaleResultWarning,
     Task,
+    TaskIdWarning,
     action,
     again,
     pure,
@@ -45,6 +48,7 @@ __all__ = [
     "StaleResultWarning",
     "Task",
     "TaskFuture",
+    "TaskIdWarning",
     "action",
     "again",
     "allow_pickles_from",
@@ -56,5 +60,6 @@ __all__ = [
     "query",
     "register_codec",
     "register_encoder",
+    "untracked",
     "use_executor",
 ]

@@ -12,6 +12,7 @@ variable-length payload is preceded by its length (8 bytes, big-endian)::
     list  l n items      tuple  t n items        dict d n (key value)* sorted by key bytes
     set   e n items sorted by their bytes        sha256:// URI  u <64 hex>
     numpy array  a dtype ndim dims order xxh3-128   numpy scalar  n dtype len raw
+    (arrays and scalars without padding bytes: see _meaningful_bytes)
     dataclass c name n (field value)*            kachery.File  p <64 hex sha256>
     task future  r <64 hex task id>              registered type  x name encoded-surrogate
     zarr array stored in the content store  z <64 hex of its index> path
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import PurePath
@@ -138,6 +140,10 @@ def _enc_ndarray(v: Any, out: Out) -> None:
     else:
         order, buf = b"C", np.ascontiguousarray(v)
     flat = buf.reshape(-1).view(np.uint8) if buf.size else b""
+    ranges = _meaningful_bytes(v.dtype)
+    if ranges is not None and buf.size:  # padding: hash only the bytes that hold values
+        rows = flat.reshape(buf.size, v.dtype.itemsize)
+        flat = np.concatenate([rows[:, a:b] for a, b in ranges], axis=1).reshape(-1)
     digest = xxhash.xxh3_128_digest(flat)
     dims = b"".join(_U64(d) for d in v.shape)
     out.append(b"a")
@@ -149,6 +155,60 @@ def _dtype_name(dtype: Any) -> str:
     return dtype.str if dtype.fields is None else str(dtype.descr)
 
 
+_ranges_memo: dict[Any, list[tuple[int, int]] | None] = {}
+
+
+def _meaningful_bytes(dtype: Any) -> list[tuple[int, int]] | None:
+    """The byte ranges of an item that hold its value, or None when every byte does.
+
+    Padding between the fields of an aligned structured dtype, and the 6 (or
+    2) bytes after the 80-bit x87 value of a ``longdouble``, are never written
+    on purpose: they hold whatever was in memory, which differs between
+    processes. Encodings leave them out.
+    """
+    got = _ranges_memo.get(dtype, False)
+    if got is not False:
+        return got
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(_byte_ranges(dtype, 0)):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    result = None if merged == [(0, dtype.itemsize)] else merged
+    with _lock:
+        _ranges_memo[dtype] = result
+    return result
+
+
+def _byte_ranges(dtype: Any, base: int) -> list[tuple[int, int]]:
+    if dtype.fields is not None:
+        out: list[tuple[int, int]] = []
+        for name in dtype.names:
+            field_dtype, offset = dtype.fields[name][:2]
+            out.extend(_byte_ranges(field_dtype, base + offset))
+        return out
+    if dtype.subdtype is not None:
+        sub, shape = dtype.subdtype
+        inner = _byte_ranges(sub, 0)
+        count = 1
+        for d in shape:
+            count *= d
+        if inner == [(0, sub.itemsize)]:
+            return [(base, base + count * sub.itemsize)]
+        return [(base + i * sub.itemsize + a, base + i * sub.itemsize + b)
+                for i in range(count) for a, b in inner]
+    if dtype.kind in "fc" and dtype.itemsize in (12, 16, 24, 32):
+        import numpy as np
+
+        if np.finfo(dtype).nmant == 63:  # x87 extended precision: 10 bytes of value
+            size = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
+            big = dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
+            starts = range(base, base + dtype.itemsize, size)
+            return [(s + size - 10, s + size) if big else (s, s + 10) for s in starts]
+    return [(base, base + dtype.itemsize)]
+
+
 def _enc_npscalar(v: Any, out: Out) -> None:
     import numpy as np
 
@@ -158,6 +218,9 @@ def _enc_npscalar(v: Any, out: Out) -> None:
     if dtype.kind in "fc" and np.isnan(v):
         v = np.array(np.nan, dtype=dtype)[()]
     raw = v.tobytes()
+    ranges = _meaningful_bytes(dtype)
+    if ranges is not None:
+        raw = b"".join(raw[a:b] for a, b in ranges)
     out.append(b"n")
     _enc_str(_dtype_name(dtype), out)
     out.append(_U64(len(raw)) + raw)
@@ -371,6 +434,48 @@ def encode_argument(name: str, value: Any, out: Out, where: str = "") -> None:
         _encode_into(value, out)
     except _Refused as e:
         raise unsupported(name, value, e, where) from None
+    except RecursionError:
+        raise too_deep(name, value, where) from None
+
+
+def too_deep(name: str, value: Any, where: str = "") -> UnsupportedArgumentError:
+    """The error for an argument that contains itself or is nested past the recursion limit.
+
+    Encoding recurses through containers; rather than tracking every container
+    on the hot path, the encoder lets Python's recursion limit stop it and
+    this looks for a cycle afterwards to say which it was.
+    """
+    if _contains_itself(value):
+        why = ("contains itself (a container that holds itself, directly or through others), "
+               "so it has no finite encoding; pass a value without cycles")
+    else:
+        why = (f"is nested more deeply than Python's recursion limit "
+               f"({sys.getrecursionlimit()}) allows to encode; pass a flatter value")
+    return UnsupportedArgumentError(
+        f"argument {name!r}{where} of type {type(value).__qualname__} {why}"
+    )
+
+
+def _contains_itself(value: Any) -> bool:
+    """True when a list, tuple, dict or set holds itself (an iterative search: no recursion)."""
+    on_path: set[int] = set()
+    done: set[int] = set()  # explored without a cycle (shared parts are searched once)
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        v, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(v))
+            done.add(id(v))
+            continue
+        if not isinstance(v, list | tuple | dict | set | frozenset) or id(v) in done:
+            continue
+        if id(v) in on_path:
+            return True
+        on_path.add(id(v))
+        stack.append((v, True))
+        items = list(v.keys()) + list(v.values()) if isinstance(v, dict) else list(v)
+        stack.extend((x, False) for x in items)
+    return False
 
 
 def unsupported(name: str, value: Any, e: _Refused, where: str = "") -> UnsupportedArgumentError:

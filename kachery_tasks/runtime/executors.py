@@ -50,7 +50,7 @@ from typing import Any
 from ..config import ENV_DIR
 from ..errors import ExecutorError
 from . import cache as cache_mod
-from . import encoders
+from . import encoders, remote
 from .records import ResultRow
 from .tasks import ActionOutcome, Task
 
@@ -206,12 +206,17 @@ class DaskExecutor(Executor):
             tid, parts, marks = task._id(args, kwargs)
             prepared.append((tid, parts, marks, args, kwargs))
         out: list[TaskFuture | None] = [None] * len(prepared)
+        bucket = remote.current_bucket() if task.kind == "pure" else None
         if mode == "call" and task.kind != "query":
             self._serve_cached(c, task, prepared, out)
+            missing = [prepared[i][0] for i, f in enumerate(out) if f is None]
+            if bucket is not None and missing and remote.fetch_many(c, missing, bucket):
+                self._serve_cached(c, task, prepared, out)  # what collaborators computed
         todo = [i for i, f in enumerate(out) if f is None]
         if not todo:
             return out  # type: ignore[return-value]
         node_path = str(c.node.path) if self.share_node_dir else None
+        bucket_url = bucket.url if bucket is not None else None
         reason = {"call": "miss", "force": "forced", "again": "again"}[mode]
         if task.kind == "query":
             reason = "query"
@@ -239,8 +244,8 @@ class DaskExecutor(Executor):
         n = len(keys)
         try:
             dfuts = self.client.map(
-                _run_on_worker, [task] * n, [node_path] * n, starts, dargs, dkwargs, [mode] * n,
-                key=keys, pure=False,
+                _run_on_worker, [task] * n, [node_path] * n, [bucket_url] * n, starts, dargs,
+                dkwargs, [mode] * n, key=keys, pure=False,
             )
         except Exception as e:
             raise self._executor_error(e) from e
@@ -340,21 +345,23 @@ def _action_future(task: Task, row: ResultRow) -> TaskFuture:
 
 
 # -------------------------------------------------------- on the worker
-_worker_node: contextvars.ContextVar[tuple[str | None] | None] = contextvars.ContextVar(
-    "kachery_worker_node", default=None
+_worker_node: contextvars.ContextVar[tuple[str | None, str | None] | None] = (
+    contextvars.ContextVar("kachery_worker_node", default=None)
 )
 
 
-def _run_on_worker(task: Task, node_path: str | None, start: Any, args: tuple, kwargs: dict,
-                   mode: str) -> Any:
+def _run_on_worker(task: Task, node_path: str | None, bucket_url: str | None, start: Any,
+                   args: tuple, kwargs: dict, mode: str) -> Any:
     """What a Dask worker runs for one call: the same protocol as in-process.
 
     ``start`` is the RunStart prepared by the client, or ``(task_id, reason)``
     when the arguments hold no futures and the worker can describe the call.
+    A pure result computed here is published to the client's bucket
+    (``bucket_url``), signed by this worker's node, as a direct call would.
     """
     if node_path is not None and os.environ.get(ENV_DIR) != node_path:
         os.environ[ENV_DIR] = node_path
-    token = _worker_node.set((node_path,))
+    token = _worker_node.set((node_path, bucket_url))
     try:
         c = cache_mod.current()
         tid = start[0] if type(start) is tuple else start.task_id
@@ -365,7 +372,12 @@ def _run_on_worker(task: Task, node_path: str | None, start: Any, args: tuple, k
         if type(start) is tuple:
             parts, marks = task._encode(args, kwargs)
             start = task._prepare(tid, parts, marks, args, kwargs, start[1], c.node_id)
-        return task.run_started(c, start, args, kwargs, mode)
+        with remote.use_bucket(bucket_url):
+            value = task.run_started(c, start, args, kwargs, mode)
+            bucket = remote.current_bucket() if task.kind == "pure" else None
+            if bucket is not None:
+                remote.publish(c, tid, bucket)
+        return value
     finally:
         _worker_node.reset(token)
 
@@ -387,15 +399,15 @@ def nested_runner() -> Any:
     ctx = _worker_node.get()
     if ctx is None:
         return None
-    node_path = ctx[0]
+    node_path, bucket_url = ctx
 
     def run(task: Task, start: Any, args: tuple, kwargs: dict, mode: str) -> Any:
         from distributed import worker_client
 
         key = dask_key(task, start.task_id, mode)
         with worker_client() as client:
-            fut = client.submit(_run_on_worker, task, node_path, start, args, kwargs, mode,
-                                key=key, pure=False)
+            fut = client.submit(_run_on_worker, task, node_path, bucket_url, start, args,
+                                kwargs, mode, key=key, pure=False)
             return _readonly_array(fut.result())
 
     return run

@@ -15,18 +15,30 @@ computing: it checks the signature, that the signer is the node the record
 names, and downloads the result (verified against its id). The result is then
 recorded locally as computed by that node, so ``tasks show`` names it and a
 pickle from it still needs the user's permission to load.
+
+Calls submitted to Dask share the same way: the client looks up a batch of
+misses with :func:`fetch_many` (parallel requests, one per id: the cost
+follows the batch, not the number of results the bucket holds, which a
+listing of ``results/`` would read) before submitting, and each worker
+publishes what it computed to the client's bucket (:func:`use_bucket`
+sets it for the call), signed by the worker's node: the node that
+computed the result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from ..canonical import canonical_json
 from ..errors import ContentNotFoundError, KacheryError
 from ..keys import KeyPair, node_keypair
-from ..storage.buckets import Bucket, default_bucket
+from ..storage.buckets import Bucket, default_bucket, open_bucket
 from ..storage.sync import download, upload
 
 if TYPE_CHECKING:
@@ -35,8 +47,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+_call_bucket: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kachery_call_bucket", default=None
+)
+
+
 def result_key(task_id: str) -> str:
     return f"results/{task_id.split(':', 1)[-1]}.json"
+
+
+def current_bucket() -> Bucket | None:
+    """The bucket pure results are shared through here: the caller's on a Dask worker
+    (see :func:`use_bucket`), else this node's configured one (None without one)."""
+    url = _call_bucket.get()
+    return open_bucket(url) if url is not None else default_bucket()
+
+
+@contextlib.contextmanager
+def use_bucket(url: str | None) -> Iterator[None]:
+    """Share pure results through the bucket at ``url`` inside the block (None: no change)."""
+    if url is None:
+        yield
+        return
+    token = _call_bucket.set(url)
+    try:
+        yield
+    finally:
+        _call_bucket.reset(token)
 
 
 def publish(c: NodeCache, task_id: str, bucket: Bucket | None = None) -> bool:
@@ -99,6 +136,20 @@ def fetch(c: NodeCache, task_id: str, bucket: Bucket | None = None) -> bool:
         record["node"], record.get("finished"),
     )
     return True
+
+
+def fetch_many(c: NodeCache, task_ids: Iterable[str], bucket: Bucket,
+               threads: int | None = None) -> set[str]:
+    """Import the published results of ``task_ids`` (in parallel); the ids found."""
+    ids = list(dict.fromkeys(task_ids))
+    if not ids:
+        return set()
+    threads = min(len(ids), threads or c.node.config.transfer_threads)
+    if threads == 1:
+        return {tid for tid in ids if fetch(c, tid, bucket)}
+    with ThreadPoolExecutor(threads, thread_name_prefix="kachery-results") as pool:
+        found = pool.map(lambda tid: fetch(c, tid, bucket), ids)
+        return {tid for tid, ok in zip(ids, found) if ok}
 
 
 def publish_all(c: NodeCache, bucket: Bucket) -> int:

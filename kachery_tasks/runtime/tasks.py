@@ -16,9 +16,9 @@
   :class:`ActionOutcome`, never the function's own return value. An action
   whose process was killed mid-run recorded no outcome and runs again.
 
-A task's name is ``module.qualname``; functions without a stable one
-(defined in ``__main__``, lambdas) need ``name=``. Generator functions and
-coroutines cannot be tasks. Results are read-only (see :mod:`.results`).
+A task's name is ``module.qualname`` (``__main__.qualname`` in a script or
+a notebook); lambdas need ``name=``. Generator functions and coroutines
+cannot be tasks. Results are read-only (see :mod:`.results`).
 Inside a task, calls to other tasks are recorded as call edges
 (parent -> child) and, for pure tasks, cached too.
 """
@@ -45,10 +45,9 @@ from ..errors import (
     TaskDefinitionError,
     TaskError,
 )
-from ..storage.buckets import default_bucket
 from ..uris import format_uri
 from . import cache as cache_mod
-from . import encoders, ids, leases, results
+from . import codehash, encoders, ids, leases, results
 from .encoders import _DISPATCH, _Refused, _resolve
 from .records import ResultRow, RunStart
 
@@ -59,6 +58,10 @@ _sha256 = hashlib.sha256
 
 class StaleResultWarning(UserWarning):
     """A query could not run, and its last cached result was returned instead."""
+
+
+class TaskIdWarning(UserWarning):
+    """A task changed, while it ran, a value its own task id depends on."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Task:
     """A function made into a task. Call it like the function; see the module docstring."""
 
     _kachery_task_kind: str
+    _kachery_task = True  # how code hashes recognise a task among the values code reads
 
     def __init__(
         self, func: Callable[..., Any], kind: str, version: str | None = None,
@@ -148,6 +152,8 @@ class Task:
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
         self._code_hash: str | None = None
+        self._watch: codehash.Watch | None = None
+        self._warned = False
         self._header: bytes | None = None
         self._init_signature()
 
@@ -173,15 +179,20 @@ class Task:
         self._argc = ids.args_prefix(len(params))
 
     @property
-    def code_hash(self) -> str:
-        """Hash of the function's code and of the @pure tasks it calls (see :mod:`.ids`)."""
-        if self._code_hash is None:
-            self._code_hash = ids.code_hash(self.func)
-        return self._code_hash
+    def code_hash(self) -> str | None:
+        """Hash of what the function computes (see :mod:`.codehash`); None with a version."""
+        return self._code_identity()[0]
+
+    def _code_identity(self) -> tuple[str | None, codehash.Watch | None]:
+        """The code hash and its watch, computed again when what it read has changed."""
+        if self.version is not None:
+            return None, None  # the version rules: the code is not looked at
+        if self._code_hash is None or (self._watch is not None and self._watch.changed()):
+            self._code_hash, self._watch = codehash.code_identity(self.func, self.name)
+        return self._code_hash, self._watch
 
     def _init_header(self) -> bytes:
-        code = None if self.version is not None else self.code_hash
-        self._header = ids.header(self.kind, self.name, self.version, code)
+        self._header = ids.header(self.kind, self.name, self.version, self._code_identity()[0])
         return self._header
 
     def _id(self, args: tuple, kwargs: dict) -> tuple[str, list[bytes], list[int]]:
@@ -191,7 +202,9 @@ class Task:
 
     def _encode(self, args: tuple, kwargs: dict) -> tuple[list[bytes], list[int]]:
         """Encode a call: (pieces of the id preimage, where each argument starts)."""
-        hdr = self._header or self._init_header()
+        hdr = self._header
+        if hdr is None or (self._watch is not None and self._watch.changed()):
+            hdr = self._init_header()  # first call, or a global/closure value changed
         n = len(args)
         if not kwargs and self._fast and self._nrequired <= n <= self._npos:
             full = args if n == self._npos else args + self._defaults[n - self._nrequired :]
@@ -210,6 +223,8 @@ class Task:
                     enc(v, parts)
             except _Refused as e:
                 raise encoders.unsupported(self._names[i], full[i], e, f" of {self.name}") from None
+            except RecursionError:
+                raise encoders.too_deep(self._names[i], full[i], f" of {self.name}") from None
             return parts, marks
         return self._encode_bound(hdr, args, kwargs)
 
@@ -370,7 +385,7 @@ class Task:
         from . import remote
         from .executors import nested_runner
 
-        bucket = default_bucket()
+        bucket = remote.current_bucket()
         if bucket is not None and not force and remote.fetch(c, tid, bucket):
             value = c.load(c.records.result(tid))  # computed by a collaborator
             if value is not _MISS:
@@ -428,6 +443,8 @@ class Task:
                              serve=self.kind == "action")
             raise
         stack.pop()
+        if not self._warned and self._watch is not None and self._watch.changed():
+            self._warn_id_changed()
         if self.kind == "action":
             c.records.finish(run_id, start, held, "success", frame.children)
             return ActionOutcome(tid, self.name, True, True, None, time.time())
@@ -479,6 +496,18 @@ class Task:
                 held = c.records.lease(tid)
                 if held is None or held.is_stale():
                     break
+
+    def _warn_id_changed(self) -> None:
+        what = self._watch.first_change() if self._watch is not None else None
+        self._warned = True
+        warnings.warn(
+            TaskIdWarning(
+                f"{self.name} changed {what or 'a value it reads'} while it ran; that value is "
+                "part of its task id, so later calls get new ids and compute again. If it does "
+                "not change results (a counter, a cache), mark it with kachery.untracked(...)"
+            ),
+            stacklevel=2,
+        )
 
     # ------------------------------------------------------------- query
     def _query(self, c, tid, parts, marks, args, kwargs) -> QueryResult:
@@ -556,24 +585,26 @@ def _import_task(module: str, qualname: str) -> Task:
 def _rebuild_task(func, kind, version, name, code_hash) -> Task:
     """A task sent by value (e.g. defined in ``__main__``), keeping the sender's code hash."""
     t = Task(func, kind, version=version, name=name)
-    t._code_hash = code_hash
+    t._code_hash = code_hash  # kept as sent (the watch stays empty): ids agree with the sender
     return t
 
 
 def _stable_name(func: types.FunctionType) -> str:
+    """``module.qualname``; ``__main__.qualname`` for a script or a notebook.
+
+    A script run as ``python script.py`` and a notebook both define their
+    functions in ``__main__`` (``__mp_main__`` in multiprocessing's children):
+    the code hash tells their functions apart, so the qualified name suffices.
+    """
     if func.__name__ == "<lambda>":
         raise TaskDefinitionError(
             "a lambda has no stable name to identify its task; use a def, or give one: "
             "kachery.pure(name='mymodule.myfunction')(lambda ...)"
         )
-    if func.__module__ in ("__main__", None) or func.__module__.startswith("__"):
-        raise TaskDefinitionError(
-            f"{func.__qualname__} is defined in {func.__module__}, whose name changes with how "
-            "the program is started, so its task id would not be stable. Move it to an "
-            "importable module, or give it a name: "
-            f"@kachery.pure(name='myproject.{func.__qualname__}')"
-        )
-    return f"{func.__module__}.{func.__qualname__}"
+    module = func.__module__
+    if module in (None, "__mp_main__"):
+        module = "__main__"
+    return f"{module}.{func.__qualname__}"
 
 
 def _describe(e: BaseException) -> str:
@@ -632,7 +663,12 @@ def summarize(v: Any, limit: int = 80) -> str:
         return f"result of {v.task_id}"
     if t is str and v.startswith("sha256://") and len(v) < 300:
         return repr(v)  # a content URI: kept whole, it names an input
-    text = repr(v)
+    try:
+        text = repr(v)
+    except Exception:  # repr refuses ints of over 4300 digits, also inside containers
+        if t is int:
+            return f"int of {v.bit_length()} bits"
+        return f"{t.__name__} that cannot be shown"  # a summary must never fail
     if len(text) > limit:
         if isinstance(v, list | tuple | dict | set | frozenset):
             return f"{t.__name__} of {len(v)} items"
@@ -753,8 +789,8 @@ def pure(func=None, *, version=None, name=None):
     """Make a deterministic function a cached task: ``@pure`` or ``@pure(version="2")``.
 
     ``version`` replaces the code hash in the task id (bump it when the
-    meaning changes); ``name`` replaces ``module.qualname`` (needed in
-    ``__main__`` and for lambdas).
+    meaning changes); ``name`` replaces ``module.qualname`` (needed for
+    lambdas).
     """
     return _decorate(func, "pure", version, name)
 

@@ -17,9 +17,21 @@ RUNTIME_TESTS = Path(__file__).resolve().parents[1] / "runtime"
 pytestmark = pytest.mark.timeout(120)
 
 
-def _spawn(call: str) -> subprocess.Popen:
+# Run in a waiter: the first time the task runtime sleeps -- which it does only while
+# another process holds the lease of the call -- it creates the file WAITING_MARKER.
+SIGNAL_WAITING = """
+import time, types
+import kachery_tasks.runtime.tasks as tasks_mod
+def _sleep(seconds, _real=time.sleep):
+    open(WAITING_MARKER, "a").close()
+    _real(seconds)
+tasks_mod.time = types.SimpleNamespace(**{**vars(time), "sleep": _sleep})
+"""
+
+
+def _spawn(call: str, prelude: str = "") -> subprocess.Popen:
     code = (
-        f"import sys; sys.path.insert(0, {str(RUNTIME_TESTS)!r}); import task_defs; "
+        f"{prelude}\nimport sys; sys.path.insert(0, {str(RUNTIME_TESTS)!r}); import task_defs; "
         f"print(task_defs.{call}, flush=True)"
     )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
@@ -85,8 +97,14 @@ def test_a_waiting_process_takes_over_when_the_holder_is_killed(tmp_path, monkey
     tid = td.block_unless.task_id(marker, 4)
     holder = _spawn(f"block_unless({marker!r}, 4)")
     _wait_for_running(tid)
-    waiter = _spawn(f"block_unless({marker!r}, 4)")
-    time.sleep(1.0)  # the waiter is now polling the lease
+    waiting = tmp_path / "waiting"
+    waiter = _spawn(f"block_unless({marker!r}, 4)",
+                    SIGNAL_WAITING.replace("WAITING_MARKER", repr(str(waiting))))
+    deadline = time.time() + 60
+    while not waiting.exists():  # until the waiter has found the lease held and polls it
+        assert waiter.poll() is None, waiter.communicate()
+        assert time.time() < deadline, "the waiter never waited for the lease"
+        time.sleep(0.02)
     assert waiter.poll() is None
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(timeout=10)

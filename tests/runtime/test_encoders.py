@@ -74,6 +74,56 @@ def test_structured_dtype():
     assert encode(x) != encode(y)
 
 
+# Values with padding bytes, whose padding is set to random bytes (what np.empty or an x87
+# register spill may leave behind) after the values are written.
+PADDED = """
+import os, sys
+import numpy as np
+from kachery_tasks.runtime.encoders import encode
+
+def noise(n):
+    return np.frombuffer(os.urandom(n), np.uint8)
+
+dt = np.dtype([("a", "u1"), ("b", "<f8"), ("c", [("x", "u1"), ("y", "<i4")])], align=True)
+a = np.zeros(3, dtype=dt)
+a["a"], a["b"], a["c"]["x"], a["c"]["y"] = [1, 2, 3], [0.5, 1.5, 2.5], 7, [-1, 0, 1]
+rows = a.view(np.uint8).reshape(3, dt.itemsize)
+for offset, size in ((1, 7), (17, 3)):  # between a and b; between c.x and c.y
+    rows[:, offset:offset + size] = noise(3 * size).reshape(3, size)
+ld = np.array([1, 2], dtype=np.longdouble) / 3
+cld = (np.array([1, 2], dtype=np.clongdouble) + 1j) / 3
+for arr in (ld, cld):
+    item = arr.view(np.uint8).reshape(2, arr.dtype.itemsize)
+    for start in range(0, arr.dtype.itemsize, np.dtype(np.longdouble).itemsize):
+        item[:, start + 10:start + np.dtype(np.longdouble).itemsize] = 0 if sys.argv[1] == "0" \
+            else noise(2 * (np.dtype(np.longdouble).itemsize - 10)).reshape(2, -1)
+print(" ".join(encode(v).hex() for v in (a, a[1], ld, ld[0], cld, cld[1])))
+"""
+
+
+def test_padding_bytes_are_not_part_of_the_encoding(tmp_path):
+    script = tmp_path / "padded.py"
+    script.write_text(PADDED)
+    runs = [subprocess.run([sys.executable, str(script), zeroed], capture_output=True,
+                           text=True, check=True).stdout for zeroed in ("1", "1", "0")]
+    assert runs[0] == runs[1] == runs[2]  # random padding twice, zeroed padding once
+
+
+def test_padding_is_left_out_but_values_count():
+    dt = np.dtype([("a", "u1"), ("b", "<f8")], align=True)
+    x = np.zeros(2, dtype=dt)
+    y = x.copy()
+    y.view(np.uint8).reshape(2, 16)[:, 1:8] = 0xAB
+    assert x.tobytes() != y.tobytes() and encode(x) == encode(y)
+    y["a"][0] = 1
+    assert encode(x) != encode(y)
+    assert encode(np.longdouble(1.5)) != encode(np.longdouble(2.5))
+    unpadded = np.zeros(2, dtype=[("a", "u1"), ("b", "<f8")])  # packed: nothing left out
+    assert encode(unpadded) != encode(x)  # the dtypes differ
+    assert encode(np.asfortranarray(np.zeros((2, 3), dtype=dt))) == encode(
+        np.asfortranarray(np.zeros((2, 3), dtype=dt)))
+
+
 @dataclasses.dataclass
 class Probe:
     name: str
@@ -153,6 +203,42 @@ def test_unsupported_types_name_argument_type_and_remedy():
         add.task_id(len)
     with pytest.raises(UnsupportedArgumentError):
         add.task_id(1 + 2j)
+
+
+def _self_referencing_list():
+    v: list = [1]
+    v.append(v)
+    return v
+
+
+def _self_referencing_dict():
+    v: dict = {"a": 1}
+    v["b"] = [v]
+    return v
+
+
+def _nested_too_deep():
+    v: list = []
+    for _ in range(sys.getrecursionlimit() * 2):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("make, why", [
+    (_self_referencing_list, "contains itself"),
+    (_self_referencing_dict, "contains itself"),
+    (_nested_too_deep, "nested more deeply than Python's recursion limit"),
+])
+def test_arguments_that_break_the_encoder_are_one_line_errors(make, why):
+    value = make()
+    calls = [lambda: add.task_id(value), lambda: add.task_id(a=value, b=1),
+             lambda: task_defs.with_kwonly.task_id(1, z=value), lambda: add(value)]
+    for call in calls:
+        with pytest.raises(UnsupportedArgumentError, match=why) as info:
+            call()
+        msg = str(info.value)
+        assert "\n" not in msg and "argument '" in msg and "task_defs." in msg
+    assert not add.is_cached(1)  # nothing was recorded on the way
 
 
 class Interval:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import kachery_tasks.runtime as kachery
 from kachery_tasks.errors import ExecutorError
 from kachery_tasks.runtime import cache
 from kachery_tasks.runtime.executors import DaskExecutor, LocalExecutor, dask_key
+from kachery_tasks.runtime.remote import result_key
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -198,6 +202,78 @@ class TestDaskExecutor(ExecutorContract):
             address="tcp://127.0.0.1:9", timeout=2
         ):
             pass
+
+
+def _set_worker_env(client, name: str, value: str | None) -> None:
+    def setenv(name=name, value=value):  # in the workers' own os.environ
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+    client.run(setenv)
+
+
+@pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
+def test_results_computed_on_workers_are_shared_through_the_bucket(dask_client, shared):
+    use, bucket = shared
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")  # set by the gs bucket fixture
+    _set_worker_env(dask_client, "STORAGE_EMULATOR_HOST", emulator)
+    try:
+        executor = DaskExecutor(dask_client)
+        xs = list(range(300, 306))
+        tids = [task_defs.add.task_id(x, 7) for x in xs]
+        use("a")
+        futs = executor.map(task_defs.add, xs, (7,), {})
+        assert all(f._dask is not None for f in futs)  # computed on the workers
+        assert kachery.gather(futs) == [x + 7 for x in xs]
+        node_a = cache.current().node_id
+        docs = [json.loads(bucket.get(result_key(t))) for t in tids]
+        assert {d["signer"] for d in docs} == {node_a}  # published by the node that computed
+        use("b")
+        futs = executor.map(task_defs.add, xs, (7,), {})
+        assert all(f._dask is None for f in futs)  # found in the bucket: nothing submitted
+        assert [f.result() for f in futs] == [x + 7 for x in xs]
+        records = cache.current().records
+        assert records.runs(function="task_defs.add") == []  # nothing computed on node b
+        assert {records.result(t).node for t in tids} == {node_a}
+        assert executor.submit(task_defs.add, (xs[0], 7), {})._dask is None
+    finally:
+        _set_worker_env(dask_client, "STORAGE_EMULATOR_HOST", None)
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_bucket_lookups_of_a_map_are_one_parallel_request_per_id(
+    dask_client, shared, monkeypatch
+):
+    use, bucket = shared
+    real_get = bucket.get
+    lookups: list[str] = []
+    lock = threading.Lock()
+    together = [threading.Barrier(4, timeout=60)]  # 4 lookups must be in flight at once
+
+    def get(key, *args, **kwargs):
+        if key.startswith("results/"):
+            with lock:
+                lookups.append(key)
+                wait = len(lookups) % 16 in (1, 2, 3, 4)  # the first 4 of each map of 16
+            if wait:
+                together[0].wait()  # a sequential lookup would break the barrier
+        return real_get(key, *args, **kwargs)
+
+    monkeypatch.setattr(bucket, "get", get)
+    executor = DaskExecutor(dask_client)
+    xs = list(range(400, 416))
+    keys = sorted(result_key(task_defs.add.task_id(x, 9)) for x in xs)
+    use("a")
+    assert executor.gather(executor.map(task_defs.add, xs, (9,), {})) == [x + 9 for x in xs]
+    assert sorted(lookups) == keys  # 16 misses: one request each, before submitting
+    lookups.clear()
+    together[0] = threading.Barrier(4, timeout=60)
+    use("b")
+    futs = executor.map(task_defs.add, xs, (9,), {})
+    assert all(f._dask is None for f in futs)
+    assert sorted(lookups) == keys  # 16 hits: one request each (then the result's blob)
 
 
 def test_dask_context_starts_and_stops_a_local_cluster():

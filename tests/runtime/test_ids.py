@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import enum
 import math
 import re
 import struct
 import subprocess
 import sys
 import types
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from hypothesis import strategies as st
 
 import kachery_tasks.runtime as kachery
 from kachery_tasks.errors import TaskDefinitionError
-from kachery_tasks.runtime import ids
+from kachery_tasks.runtime import encoders, ids
 from kachery_tasks.runtime.encoders import encode
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "task-ids.md"
@@ -37,18 +40,88 @@ def _vectors() -> list[tuple[str, str, str]]:
     return out
 
 
-def test_doc_has_vectors_for_every_tag():
-    vectors = _vectors()
-    assert len(vectors) >= 30
-    tags = {bytes.fromhex(expected)[:1] for kind, _, expected in vectors if kind == "encode"}
-    assert tags >= {b"N", b"T", b"F", b"i", b"f", b"s", b"b", b"l", b"t", b"d", b"e", b"u",
-                    b"a", b"n"}
+# What the vector expressions may use, as the doc says above its vectors.
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Span(typing.NamedTuple):
+    start: int
+    stop: int
+
+
+class Interval:
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
+
+for _cls in (Point, Color, Span, Interval):
+    _cls.__module__ = "examples"
+kachery.register_encoder(Interval, lambda iv: (iv.start, iv.stop), name="examples.Interval")
+
+
+def _vector_namespace(tmp_path: Path) -> dict:
+    def file_with(content: bytes) -> kachery.File:
+        path = tmp_path / "file.bin"
+        path.write_bytes(content)
+        return kachery.File(path)
+
+    def future(task_id: str) -> kachery.TaskFuture:
+        return kachery.TaskFuture(task_defs.add, task_id, value=None)
+
+    def stored_zarr(array, chunks):
+        import kachery_tasks as kt
+
+        return kt.load_zarr(kt.store_zarr(array, chunks=chunks))
+
+    return {"np": np, "float": float, "frozenset": frozenset, "bytearray": bytearray,
+            "memoryview": memoryview, "set": set, "Point": Point, "Color": Color, "Span": Span,
+            "Interval": Interval, "file_with": file_with, "future": future,
+            "stored_zarr": stored_zarr}
+
+
+def _vector_values(tmp_path: Path) -> list[tuple[str, object, str]]:
+    ns = _vector_namespace(tmp_path)
+    return [(expr, eval(expr, ns), expected) for kind, expr, expected in _vectors()
+            if kind == "encode"]
+
+
+def test_doc_has_a_vector_for_every_encoder(tmp_path):
+    """Every encoder function the dispatch can reach is exercised by some vector."""
+    encoders._register_numpy()
+    encoders._register_zarr()
+    reachable = set(encoders._DISPATCH.values()) | {encoders._enc_dataclass}
+    reachable = {e for e in reachable if not e.__name__.startswith("_refuse")}
+    used = set()
+    for _expr, value, _expected in _vector_values(tmp_path):
+        enc = encoders._DISPATCH.get(type(value)) or encoders._resolve(value)
+        used.add(enc)
+    assert {e.__name__ for e in reachable - used} == set()
+    assert len(_vectors()) >= 50
+
+
+def test_doc_table_lists_exactly_the_tags_of_the_vectors(tmp_path):
+    text = DOC.read_text()
+    table = text.split("## The encoding `enc`", 1)[1].split("\n\n## ", 1)[0]
+    documented = set()
+    for line in table.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) >= 2:
+            documented.update(re.findall(r"(?:^|/ )`(.)`", cells[1]))
+    emitted = {expected[:2] for _expr, _value, expected in _vector_values(tmp_path)}
+    assert {bytes.fromhex(t).decode() for t in emitted} == documented
 
 
 @pytest.mark.parametrize("kind,expr,expected", _vectors())
-def test_doc_vectors(kind, expr, expected):
+def test_doc_vectors(kind, expr, expected, tmp_path):
     if kind == "encode":
-        value = eval(expr, {"np": np, "float": float, "frozenset": frozenset})
+        value = eval(expr, _vector_namespace(tmp_path))
         assert encode(value).hex() == expected
     else:
         kwargs = eval(f"dict({expr})", {})
@@ -253,11 +326,13 @@ def test_code_hash_includes_called_pure_tasks():
 
 
 def test_called_tasks_found_through_modules_and_comprehensions():
-    assert task_defs.add in ids.called_tasks(task_defs.total.func)
-    mod = types.ModuleType("helpers")
-    mod.scale = task_defs.scale
-    f = _function("def f(x):\n    return helpers.scale(x)\n", extra={"helpers": mod})
-    assert ids.called_tasks(f) == [task_defs.scale]
+    src = "def f(xs):\n    return sum(helpers.scale(x) for x in xs)\n"
+    hashes = set()
+    for version in ("1", "2"):
+        mod = types.ModuleType("helpers")
+        mod.scale = kachery.pure(name="helpers.scale", version=version)(lambda x: x)
+        hashes.add(ids.code_hash(_function(src, extra={"helpers": mod})))
+    assert len(hashes) == 2
 
 
 def test_explicit_version_replaces_the_code_hash():
@@ -280,12 +355,12 @@ def test_lambda_needs_a_name():
     assert kachery.pure(name="m.double")(lambda x: 2 * x).name == "m.double"
 
 
-def test_main_module_needs_a_name():
+def test_main_module_tasks_are_named_after_main():
     f = _function("def f(x):\n    return x\n")
-    f.__module__ = "__main__"
-    with pytest.raises(TaskDefinitionError, match="__main__"):
-        kachery.pure(f)
-    assert kachery.pure(name="proj.f")(f).task_id(1).startswith("sha256:")
+    for module in ("__main__", "__mp_main__"):  # multiprocessing's children use __mp_main__
+        f.__module__ = module
+        assert kachery.pure(f).name == "__main__.f"
+    assert kachery.pure(name="proj.f")(f).name == "proj.f"
 
 
 def test_generators_and_coroutines_cannot_be_tasks():

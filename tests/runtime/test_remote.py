@@ -6,21 +6,10 @@ import numpy as np
 import pytest
 import task_defs
 
+from kachery_tasks.canonical import canonical_json
+from kachery_tasks.keys import KeyPair
 from kachery_tasks.runtime import cache as cache_mod
 from kachery_tasks.runtime.remote import result_key
-from kachery_tasks.storage.buckets import open_bucket
-
-
-@pytest.fixture
-def shared(tmp_path, monkeypatch, request):
-    url = (f"file://{tmp_path}/bucket" if request.param == "file"
-           else request.getfixturevalue("gcs_bucket_url"))
-    monkeypatch.setenv("KACHERY_TASKS_BUCKET", url)
-
-    def use(name):
-        monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / name))
-
-    return use, open_bucket(url)
 
 
 @pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
@@ -42,21 +31,42 @@ def test_a_collaborators_result_is_loaded_not_recomputed(shared):
     assert row.node == node_a != cache_mod.current().node_id
 
 
-@pytest.mark.parametrize("shared", ["file"], indirect=True)
-def test_a_forged_record_is_ignored(shared):
+def _served_after_tampering(shared, a: int, b: int, tamper) -> bool:
+    """Node a computes add(a, b) and publishes it, ``tamper(doc)`` edits the published
+    document, node b calls add(a, b): True when b was served it (not computed it)."""
     use, bucket = shared
     use("a")
-    task_defs.add(5, 6)
-    tid = task_defs.add.task_id(5, 6)
-    key = result_key(tid)
+    task_defs.add(a, b)
+    key = result_key(task_defs.add.task_id(a, b))
     doc = json.loads(bucket.get(key))
-    doc["record"]["finished"] += 1  # tampered after signing: only the signature can tell
+    tamper(doc)
     bucket.delete(key)
     bucket.put(key, json.dumps(doc).encode())
     use("b")
     before = task_defs.calls["add"]
-    assert task_defs.add(5, 6) == 11
-    assert task_defs.calls["add"] == before + 1  # computed here instead
+    assert task_defs.add(a, b) == a + b
+    return task_defs.calls["add"] == before
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_forged_record_is_ignored(shared):
+    def tamper(doc):
+        doc["record"]["finished"] += 1  # tampered after signing: only the signature can tell
+
+    assert not _served_after_tampering(shared, 5, 6, tamper)  # computed here instead
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_record_signed_by_another_key_than_its_node_is_ignored(shared):
+    def tamper(doc):
+        intruder = KeyPair.generate()  # a valid signature, but not by the node the record names
+        doc["signer"] = intruder.public_hex
+        doc["signature"] = intruder.sign(canonical_json(doc["record"]))
+        assert KeyPair(doc["signer"]).verify(canonical_json(doc["record"]), doc["signature"])
+
+    assert not _served_after_tampering(shared, 7, 8, tamper)  # computed here instead
+    tid = task_defs.add.task_id(7, 8)
+    assert cache_mod.current().records.result(tid).node == cache_mod.current().node_id
 
 
 @pytest.mark.parametrize("shared", ["file"], indirect=True)

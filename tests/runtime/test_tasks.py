@@ -247,8 +247,16 @@ def test_same_process_different_threads_share_node_state():
     assert cache.current().pid == os.getpid()
 
 
+def test_a_huge_int_argument_is_recorded_with_a_summary():
+    big = 10**5000  # repr refuses ints of more than 4300 digits
+    assert task_defs.pair(big, [big]) == (big, [big])
+    assert task_defs.pair(big, [big]) == (big, [big])
+    [run] = cache.current().records.runs(task_id=task_defs.pair.task_id(big, [big]))
+    assert run.args == {"a": "int of 16610 bits", "b": "list that cannot be shown"}
+
+
 def test_the_tasks_own_array_is_left_writable():
-    kept = []
+    kept = kachery.untracked([])  # the test's window into the task, not an input
 
     @kachery.pure(name="tests.keeps_its_array")
     def make(n):
