@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 """
 
+DAMAGED_ADVICE = (
+    "move it aside with its -wal and -shm files (the private keys in feeds/keys/ are not in "
+    "it) and import the feeds again from exports, snapshots or the bucket"
+)
+
 Row = tuple[int, str, bytes]
 """A stored message: (seq, hash hex, signed bytes)."""
 
@@ -104,7 +109,7 @@ class FeedStore:
             except OSError:
                 pass  # created by another user a moment ago
         self.path = self.root / "feeds.db"
-        self.conn = connect(self.path, SCHEMA, node.shared)
+        self.conn = connect(self.path, SCHEMA, node.shared, DAMAGED_ADVICE)
         self.lock = threading.RLock()
         self.pid = os.getpid()
         self._sub_ids: dict[tuple[str, str], int] = {}

@@ -38,6 +38,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ..errors import KacheryError
 from ..processes import HOST, MY_START, pid_alive
 
 SCHEMA = """
@@ -181,5 +182,5 @@ class Heartbeat:
                         self.conn.execute(
                             "UPDATE leases SET expires=? WHERE holder=?", (now + ttl, token)
                         )
-            except sqlite3.Error:
-                continue  # a busy or closed database: try again next beat
+            except (sqlite3.Error, KacheryError):
+                continue  # a busy, full or closed database: try again next beat

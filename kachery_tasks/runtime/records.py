@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..db import BUSY_TIMEOUT_MS, connect, retry_while_locked
+from ..db import BUSY_TIMEOUT_MS, connect, retry_while_locked, rollback
 from . import leases
 
 SCHEMA = (
@@ -87,6 +87,11 @@ CREATE TABLE IF NOT EXISTS edges (
 CREATE INDEX IF NOT EXISTS edges_child ON edges(child);
 """
     + leases.SCHEMA
+)
+
+DAMAGED_ADVICE = (
+    "move it aside with its -wal and -shm files: an empty one is created on the next call, "
+    "and tasks are computed again (stored results are kept); or restore it from a backup"
 )
 
 _RESULT_COLS = (
@@ -173,7 +178,7 @@ class Records:
 
     def __init__(self, path: Path, shared: bool = False) -> None:
         self.path = path
-        self.conn = connect(path, SCHEMA, shared)
+        self.conn = connect(path, SCHEMA, shared, DAMAGED_ADVICE)
         self.lock = threading.RLock()
         self.heartbeat = leases.Heartbeat(self.conn, self.lock)
 
@@ -197,7 +202,7 @@ class Records:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                rollback(conn)
                 raise
             conn.execute("COMMIT")
 

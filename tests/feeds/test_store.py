@@ -179,3 +179,43 @@ def test_key_file_readable_by_others_is_refused():
     with pytest.raises(FeedPermissionError, match=f"chmod 600 {path}"):
         load_feed(feed.uri).append(1)
     assert load_feed(feed.uri).count() == 0
+
+
+# ------------------------------------------------------- damaged and full disks
+def test_append_on_a_full_disk_is_storage_full_and_changes_nothing(small_fs, monkeypatch):
+    from kachery_tasks.errors import StorageFullError
+
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(small_fs("1M") / "node"))
+    feed = create_feed()
+    feed.append_many([{"i": i} for i in range(3)])
+    before = [m.to_bytes() for m in feed.read()]
+    big = {"blob": "x" * 60_000}
+    with pytest.raises(StorageFullError) as e:
+        for _ in range(100):  # 6 MB into a 1 MiB file system
+            feed.append(big)
+    assert "\n" not in str(e.value) and "feeds.db" in str(e.value)
+    n = feed.count()
+    assert [m.to_bytes() for m in feed.read(0, 3)] == before
+    assert feed.verify() == {"main": n}  # every message there is whole and signed
+    with pytest.raises(StorageFullError):
+        feed.append_many([big] * 30)  # all or nothing
+    assert feed.count() == n
+    assert feed.verify() == {"main": n}
+
+
+def test_a_damaged_feed_database_is_a_one_line_error_saying_what_to_do(store):
+    from kachery_tasks.config import node_dir
+    from kachery_tasks.errors import StorageError
+    from kachery_tasks.feeds.store import FeedStore
+
+    feed = create_feed()
+    feed.append_many([{"text": "y" * 300, "i": i} for i in range(200)])
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = store.path.stat().st_size
+    with open(store.path, "r+b") as f:  # every page but the schema's
+        f.seek(4096)
+        f.write(b"\xa5" * (size - 4096))
+    with pytest.raises(StorageError) as e:
+        FeedStore(node_dir()).rows(feed.id, "main", 0, None, 1000, 1 << 30)
+    assert f"database {store.path} is damaged" in str(e.value)
+    assert "import the feeds again" in str(e.value) and "\n" not in str(e.value)
