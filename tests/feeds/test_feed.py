@@ -349,3 +349,45 @@ def test_snapshot_is_an_importable_immutable_copy(sub, monkeypatch, tmp_path):
     report = kf.import_feed(path)
     assert report.added == 4
     assert [m.body for m in kf.load_subfeed(sub.uri).read()] == [{"i": i} for i in range(4)]
+
+
+# ----------------------------------------------------------------- nesting
+def _nested(depth: int):
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_append_refuses_a_body_nested_past_the_limit_and_writes_nothing(sub):
+    from kachery_tasks.feeds.messages import MAX_BODY_DEPTH
+
+    sub.append({"ok": _nested(MAX_BODY_DEPTH - 1)})  # 100 levels with the object
+    for depth in (MAX_BODY_DEPTH + 1, 990):
+        with pytest.raises(InvalidValueError, match=f"more than {MAX_BODY_DEPTH} levels"):
+            sub.append(_nested(depth))
+        with pytest.raises(InvalidValueError, match=f"more than {MAX_BODY_DEPTH} levels"):
+            sub.append_many(["fine", _nested(depth)])
+    assert sub.count() == 1
+    assert [m.body for m in sub.read()] == [{"ok": _nested(MAX_BODY_DEPTH - 1)}]
+    assert sub.feed.verify() == {"unit-labels": 1}
+
+
+def test_a_stored_message_too_deep_to_decode_is_a_verification_error(sub, tmp_path):
+    """A message stored before the limit existed makes reads fail with a clear error
+    naming it (not a RecursionError), and what precedes it stays readable."""
+    from kachery_tasks.feeds.messages import sign_message
+
+    sub.append_many(["a", "b"])
+    key, store = sub.feed.key(), get_feed_store()
+    deep = b"[" * 50_000 + b"1" + b"]" * 50_000
+    store.append(sub.feed.id, sub.name,
+                 lambda seq, prev: [sign_message(key, sub.name, seq, prev, 1000, deep)])
+    for mode in ("chain", "full", "none"):
+        with pytest.raises(FeedVerificationError, match="seq 2: stored body is nested too deeply"):
+            list(sub.read(verify=mode))
+    with pytest.raises(FeedVerificationError, match="seq 2"):
+        sub.feed.verify()
+    with pytest.raises(FeedVerificationError, match="seq 2"):
+        sub.feed.export(tmp_path / "out.jsonl")
+    assert [m.body for m in sub.read(0, 2)] == ["a", "b"]
