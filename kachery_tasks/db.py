@@ -128,16 +128,29 @@ class Connection(sqlite3.Connection):
         return database_error(e, self.db_path, self.damaged_advice)
 
     def cursor(self, factory: Any = _Cursor) -> Any:  # type: ignore[override]
-        return super().cursor(factory)
+        return _new_cursor(self, factory)
 
+    # The statements of the hot paths, calling the C methods directly (a
+    # translated error costs nothing until there is one).
     def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:  # type: ignore[override]
-        return self.cursor().execute(sql, parameters)
+        try:
+            return _execute(_new_cursor(self, _Cursor), sql, parameters)
+        except sqlite3.Error as e:
+            raise self.translate(e) from e
 
     def executemany(self, sql: str, parameters: Any, /) -> _Cursor:  # type: ignore[override]
-        return self.cursor().executemany(sql, parameters)
+        try:
+            return _executemany(_new_cursor(self, _Cursor), sql, parameters)
+        except sqlite3.Error as e:
+            raise self.translate(e) from e
 
     def executescript(self, sql_script: str, /) -> _Cursor:  # type: ignore[override]
         return self.cursor().executescript(sql_script)
+
+
+_new_cursor = sqlite3.Connection.cursor
+_execute = sqlite3.Cursor.execute
+_executemany = sqlite3.Cursor.executemany
 
 
 def connect(
