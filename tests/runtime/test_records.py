@@ -153,3 +153,22 @@ def test_a_damaged_records_database_is_a_one_line_error_saying_what_to_do(run_cl
     assert r.returncode == 1
     assert r.stderr.decode().startswith(f"error: database {records.path} is damaged")
     assert r.stderr.decode().count("\n") == 1
+
+
+def test_discarding_a_damaged_result_drops_only_the_row_as_it_was_read():
+    task_defs.pair("discard", 1)
+    tid = task_defs.pair.task_id("discard", 1)
+    records = _records()
+    stale = records.result(tid)
+    task_defs.pair.recompute("discard", 1)
+    assert records.discard_damaged(stale, "bad bytes") is False  # replaced meanwhile: kept
+    assert records.result(tid) is not None
+    fresh = records.result(tid)
+    assert records.discard_damaged(fresh, "bad bytes") is True
+    assert records.result(tid) is None
+    cache.current().clear()  # as in the process that found the damage: nothing memoised
+    task_defs.pair("discard", 1)  # the next run records why it ran
+    assert records.runs(task_id=tid)[0].reason == "damaged: bad bytes"
+    task_defs.pair.forget("discard", 1)
+    task_defs.pair("discard", 1)  # and only that one
+    assert records.runs(task_id=tid)[0].reason == "miss"
