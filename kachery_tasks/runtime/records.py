@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..db import BUSY_TIMEOUT_MS, connect, retry_while_locked, rollback
+from ..errors import KacheryError
 from . import leases
 
 SCHEMA = (
@@ -366,9 +367,22 @@ class Records:
                     )
                 if lease is not None:
                     leases.release(self.conn, lease)
+        except BaseException:
+            if lease is not None:  # waiters on this host wait while we live: let go
+                self._release_quietly(lease)
+            raise
         finally:
             if lease is not None:
                 self.heartbeat.remove(lease)
+
+    def _release_quietly(self, lease: leases.Lease) -> None:
+        """Drop our lease after recording the outcome failed (best effort: the
+        database may be unwritable, e.g. on a full disk)."""
+        try:
+            with self._write():
+                leases.release(self.conn, lease)
+        except (sqlite3.Error, KacheryError):
+            pass
 
     def lease(self, task_id: str) -> leases.Lease | None:
         """The lease row of ``task_id`` (possibly stale), or None."""

@@ -99,6 +99,77 @@ def test_a_waiting_process_takes_over_when_the_holder_is_killed(tmp_path, monkey
     assert runs[0].pid == waiter.pid
 
 
+def _spawn_action(target: str, gate: str, ttl: str) -> subprocess.Popen:
+    """A process that calls the action gated_append and prints whether it ran it."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(RUNTIME_TESTS)!r}); import task_defs; "
+        f"out = task_defs.gated_append({target!r}, {gate!r}); print(out.ran, out.ok, flush=True)"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "KACHERY_TASKS_LEASE_TTL": ttl})
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_an_action_whose_holder_is_stopped_past_its_lease_does_not_run_twice(tmp_path):
+    """SIGSTOP (like a long C call holding the GIL) stops the heartbeat: the lease
+    expires, yet its holder is alive on this host, so a second caller waits for the
+    outcome instead of running the action again."""
+    td = _task_defs()
+    target, gate = tmp_path / "log", tmp_path / "gate"
+    tid = td.gated_append.task_id(str(target), str(gate))
+    holder = _spawn_action(str(target), str(gate), ttl="0.3")
+    try:
+        _wait_for_running(tid)
+        os.kill(holder.pid, signal.SIGSTOP)
+        time.sleep(1.0)  # more than three TTLs: the lease has expired
+        lease = cache.current().records.lease(tid)
+        assert lease.pid == holder.pid and lease.expires < time.time()
+        waiter = _spawn_action(str(target), str(gate), ttl="0.3")
+        time.sleep(2.0)  # the waiter polls the expired lease many times meanwhile
+        assert waiter.poll() is None  # still waiting ...
+        assert _lines(target) == ["start", str(holder.pid)]  # ... and it did not run
+        gate.touch()
+        os.kill(holder.pid, signal.SIGCONT)
+        h_out, h_err = holder.communicate(timeout=60)
+        w_out, w_err = waiter.communicate(timeout=60)
+    finally:
+        for p in (holder,):
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                p.kill()
+    assert holder.returncode == 0 and waiter.returncode == 0, (h_err, w_err)
+    assert h_out.split() == ["True", "True"]  # the holder ran it
+    assert w_out.split() == ["False", "True"]  # the waiter got the recorded outcome
+    assert _lines(target) == ["start", str(holder.pid), "done", str(holder.pid)]
+    assert [r.status for r in cache.current().records.runs(task_id=tid)] == ["success"]
+
+
+def test_an_action_whose_holder_is_killed_is_taken_over_by_the_waiter(tmp_path):
+    """SIGKILL ends the holder (here left a zombie, not reaped): the waiter runs it."""
+    td = _task_defs()
+    target, gate = tmp_path / "log", tmp_path / "gate"
+    tid = td.gated_append.task_id(str(target), str(gate))
+    holder = _spawn_action(str(target), str(gate), ttl="3600")
+    _wait_for_running(tid)
+    waiter = _spawn_action(str(target), str(gate), ttl="3600")
+    time.sleep(1.0)
+    assert waiter.poll() is None
+    os.kill(holder.pid, signal.SIGKILL)
+    gate.touch()  # for the waiter, once it runs the action
+    w_out, w_err = waiter.communicate(timeout=60)
+    holder.wait(timeout=10)
+    assert waiter.returncode == 0, w_err
+    assert w_out.split() == ["True", "True"]  # it ran the action itself
+    runs = cache.current().records.runs(task_id=tid)
+    assert [r.status for r in runs] == ["success", "abandoned"]
+    assert runs[0].pid == waiter.pid and runs[1].pid == holder.pid
+    assert _lines(target)[-2:] == ["done", str(waiter.pid)]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_group_shared_task_records_work_for_another_member():
     """The second member of a lab's shared node directory can record and forget results."""
