@@ -66,6 +66,7 @@ class NodeCache:
             raise os_error(e, f"cannot use {self.inval_path}") from e
         self._lock = threading.Lock()
         self._node_id: str | None = None
+        self._members: set[str] = set()
         try:
             self.inline_max = int(os.environ.get(ENV_INLINE, INLINE_MAX))
         except ValueError:
@@ -87,6 +88,24 @@ class NodeCache:
                 if self._node_id is None:
                     self._node_id = node_keypair(self.node).public_hex
         return self._node_id
+
+    def is_own(self, producer: str) -> bool:
+        """Whether results signed by ``producer`` were computed on this node directory:
+        by this user or, on a group-shared node, by another member.
+
+        Members of a shared node can already change each other's stored results
+        (the directory is group-writable), so their pickles are loaded like
+        one's own; other nodes need :func:`~.results.allow_pickles_from`.
+        """
+        if producer == self.node_id:
+            return True
+        if not self.node.shared:
+            return False
+        if producer not in self._members:
+            from ..keys import member_ids
+
+            self._members = member_ids(self.node)  # a member who joined since
+        return producer in self._members
 
     # --------------------------------------------------------------- memo
     def get(self, task_id: str) -> Any:
@@ -165,7 +184,7 @@ class NodeCache:
         run that computes it again records why (reason ``damaged: ...``).
         Raises UntrustedPickleError for a pickle from a node not allowed.
         """
-        if row.node != self.node_id:
+        if not self.is_own(row.node):
             results.check_trust(row.codec or "", row.node, self.node_id, row.task_id)
         codec = results.codec_named(row.codec or "")
         data = row.data
