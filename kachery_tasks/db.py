@@ -72,50 +72,30 @@ def database_error(e: sqlite3.Error, path: Path | str, advice: str = DAMAGED_ADV
     return e
 
 
+def _translating(name: str) -> Any:
+    """Cursor method ``name`` (the C one) raising :func:`database_error`s."""
+    base = getattr(sqlite3.Cursor, name)
+
+    def method(self: sqlite3.Cursor, *args: Any) -> Any:
+        try:
+            return base(self, *args)
+        except sqlite3.Error as e:
+            raise self.connection.translate(e) from e
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
 class _Cursor(sqlite3.Cursor):
     """A cursor whose statements and fetches raise :func:`database_error`s."""
 
-    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
-        try:
-            return super().execute(sql, parameters)
-        except sqlite3.Error as e:
-            raise self.connection.translate(e) from e
-
-    def executemany(self, sql: str, seq_of_parameters: Any, /) -> _Cursor:
-        try:
-            return super().executemany(sql, seq_of_parameters)
-        except sqlite3.Error as e:
-            raise self.connection.translate(e) from e
-
-    def executescript(self, sql_script: str, /) -> _Cursor:
-        try:
-            return super().executescript(sql_script)
-        except sqlite3.Error as e:
-            raise self.connection.translate(e) from e
-
-    def fetchone(self) -> Any:
-        try:
-            return super().fetchone()
-        except sqlite3.Error as e:
-            raise self.connection.translate(e) from e
-
-    def fetchmany(self, size: int | None = None) -> list[Any]:
-        try:
-            return super().fetchmany(self.arraysize if size is None else size)
-        except sqlite3.Error as e:
-            raise self.connection.translate(e) from e
-
-    def fetchall(self) -> list[Any]:
-        try:
-            return super().fetchall()
-        except sqlite3.Error as e:
-            raise self.connection.translate(e) from e
-
-    def __next__(self) -> Any:
-        try:
-            return super().__next__()
-        except sqlite3.Error as e:
-            raise self.connection.translate(e) from e
+    execute = _translating("execute")
+    executemany = _translating("executemany")
+    executescript = _translating("executescript")
+    fetchone = _translating("fetchone")
+    fetchmany = _translating("fetchmany")
+    fetchall = _translating("fetchall")
+    __next__ = _translating("__next__")
 
 
 class Connection(sqlite3.Connection):
