@@ -206,7 +206,7 @@ class FeedStore:
         The new messages' signatures vouch for the head they link to, so the
         head must be sound: a head this store signed or checked itself is
         written over only while it is still stored byte for byte as it was
-        (one conditional INSERT); any other head is checked in full first
+        (one indexed read); any other head is checked in full first
         (:meth:`_checked_head`, one signature verification), and a damaged or
         forged one is refused with FeedVerificationError naming its seq.
         """
@@ -216,10 +216,10 @@ class FeedStore:
                     sid = self._create_sub(feed, name)
                     trusted = self._trusted.get(sid)
                     msgs = None
-                    if trusted is not None:
+                    if trusted is not None and self._unchanged(sid, trusted):
                         msgs = build(trusted[0] + 1, trusted[1])
-                        if not self._insert_after(sid, trusted, msgs):
-                            msgs = None  # another writer appended, or the head was altered
+                        if not self._insert_next(sid, msgs):
+                            msgs = None  # another writer appended after it
                     if msgs is None:
                         msgs = build(*self._checked_head(feed, name, sid))
                         self._insert(sid, msgs)
@@ -230,26 +230,24 @@ class FeedStore:
                 self._trusted[sid] = (msgs[-1].seq, msgs[-1].hash, msgs[-1].data)
         return msgs
 
-    def _insert_after(
-        self, sid: int, head: tuple[int, str, bytes], msgs: Sequence[SignedMessage]
-    ) -> bool:
-        """Insert ``msgs`` if the subfeed's last message is still exactly ``head``."""
-        if not msgs:
-            return True
-        m = msgs[0]
-        try:
-            cur = self.conn.execute(
-                "INSERT INTO messages (sub, seq, hash, data) SELECT ?, ?, ?, ? WHERE EXISTS "
-                "(SELECT 1 FROM messages WHERE sub = ? AND seq = ? AND hash = ? "
-                "AND CAST(data AS BLOB) = ?)",
-                (sid, m.seq, m.hash, m.data, sid, *head),
-            )
-        except sqlite3.IntegrityError:  # that seq is taken: another writer appended
-            return False
-        if cur.rowcount != 1:
-            return False
-        if len(msgs) > 1:
-            self._insert(sid, msgs[1:])
+    def _unchanged(self, sid: int, head: tuple[int, str, bytes]) -> bool:
+        """Whether message ``head[0]`` of the subfeed is still stored exactly as ``head``."""
+        r = self.conn.execute(
+            "SELECT hash, CAST(data AS BLOB) FROM messages WHERE sub = ? AND seq = ?",
+            (sid, head[0]),
+        ).fetchone()
+        return r is not None and r[0] == head[1] and r[1] == head[2]
+
+    def _insert_next(self, sid: int, msgs: Sequence[SignedMessage]) -> bool:
+        """Insert ``msgs``; False (nothing written) when their first seq is already taken."""
+        if msgs:
+            m = msgs[0]
+            try:
+                self.conn.execute(_INSERT_MESSAGE, (sid, m.seq, m.hash, m.data))
+            except sqlite3.IntegrityError:  # another writer appended since
+                return False
+            if len(msgs) > 1:
+                self._insert(sid, msgs[1:])
         return True
 
     def _checked_head(self, feed: str, name: str, sid: int) -> tuple[int, str | None]:
