@@ -183,9 +183,10 @@ def _as_member(shared: Path, uid: int, code: str) -> str:
     shared node; its stdout. Everything is imported first: after the switch to
     another user the interpreter's own files may be unreadable."""
     switch = "os.setgroups([]); os.setgid(65534); os.setuid(65534); " if uid else ""
+    warm = "task_defs.pair.task_id(0, 0); "  # what computing a task id imports lazily
     script = (
         f"import os, sys; sys.path.insert(0, {str(RUNTIME_TESTS)!r}); import task_defs; "
-        f"{_PREIMPORT}; {switch}os.umask(0o022)\n{code}"
+        f"{_PREIMPORT}; {warm}{switch}os.umask(0o022)\n{code}"
     )
     env = {**os.environ, "KACHERY_TASKS_DIR": str(shared),
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
