@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, FeedPermissionError, InvalidValueError
-from .fsutil import ensure_dir, write_atomic
+from .fsutil import ensure_dir, os_error, write_atomic
 
 if TYPE_CHECKING:
     from .config import NodeDir
@@ -182,11 +182,86 @@ class KeyPair:
 
 
 def node_keypair(node: NodeDir) -> KeyPair:
-    """This node's identity key, created on first use in ``<node>/identity/node.key``."""
-    path = node.sub("identity", "node.key")
+    """The key that signs this node's records, created on first use.
+
+    On a node used by one person it is ``<node>/identity/node.key``. On a
+    group-shared node (see :mod:`kachery_tasks.fsutil`) every member signs
+    with a key of their own, ``identity/users/<uid>.key`` (mode 0600, owned by
+    the member), so records name the member who computed them and no private
+    key is readable by the group; the member who created ``node.key`` before
+    keeps it. Each member's public key is published as
+    ``identity/users/<uid>.pub`` (see :func:`member_ids`).
+    """
+    path = signing_key_path(node)
     if not path.exists():
+        if node.shared:
+            _shared_identity_dir(node)
         create_key_file(path)
-    return KeyPair.load(path)
+    kp = KeyPair.load(path)
+    if node.shared:
+        _publish_member_id(node, kp)
+    return kp
+
+
+def signing_key_path(node: NodeDir) -> Path:
+    """Where this user's signing key for ``node`` is (see :func:`node_keypair`)."""
+    legacy = node.sub("identity", "node.key")
+    if not node.shared:
+        return legacy
+    try:
+        if os.stat(legacy).st_uid == os.getuid():
+            return legacy
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise os_error(e, f"cannot use {legacy}") from e
+    return node.sub("identity", "users", f"{os.getuid()}.key")
+
+
+def member_ids(node: NodeDir) -> set[str]:
+    """Public keys (hex) of the members of a shared node who have signed with it."""
+    try:
+        paths = list(node.sub("identity", "users").glob("*.pub"))
+    except OSError:
+        return set()
+    found = set()
+    for p in paths:
+        try:
+            text = p.read_text().strip().lower()
+        except OSError:
+            continue
+        if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+            found.add(text)
+    return found
+
+
+def _shared_identity_dir(node: NodeDir) -> None:
+    """``identity/users/``, group-writable so every member can add their key.
+
+    ``identity/`` made by an older version (or another umask) may not be
+    group-writable; its owner fixes it here, others get a StoragePermissionError
+    naming it.
+    """
+    identity = node.sub("identity")
+    for d in (identity, identity / "users"):
+        ensure_dir(d, shared=True)
+        try:
+            st = os.stat(d)
+            if st.st_uid == os.getuid() and st.st_mode & 0o2070 != 0o2070:
+                os.chmod(d, 0o2775)
+        except OSError as e:
+            raise os_error(e, f"cannot share {d} with the group") from e
+
+
+def _publish_member_id(node: NodeDir, kp: KeyPair) -> None:
+    path = node.sub("identity", "users", f"{os.getuid()}.pub")
+    try:
+        if path.read_text().strip() == kp.public_hex:
+            return
+    except OSError:
+        pass
+    _shared_identity_dir(node)
+    write_atomic(path, kp.public_hex.encode() + b"\n", mode=0o644, shared=True)
 
 
 def create_key_file(path: Path) -> KeyPair:

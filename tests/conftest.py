@@ -49,6 +49,30 @@ def gcs_emulator(tmp_path_factory):
     emu.stop()
 
 
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A factory of small real file systems, for full-disk tests: ``small_fs("1M")``
+    mounts a tmpfs of that size on a fresh directory and returns it (unmounted after
+    the test). Needs root (skipped otherwise)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    mounts: list[Path] = []
+
+    def mount(size: str = "1M") -> Path:
+        where = tmp_path / f"small-fs-{len(mounts)}"
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                       check=True, capture_output=True)
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
 _bucket_counter = iter(range(10**6))
 
 

@@ -1,6 +1,10 @@
 import multiprocessing as mp
+import sqlite3
 
-from kachery_tasks.db import connect
+import pytest
+
+from kachery_tasks.db import connect, transaction
+from kachery_tasks.errors import StorageError, StorageFullError
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT);"
 
@@ -26,3 +30,64 @@ def test_many_processes_creating_one_database_at_once(tmp_path):
     conn = connect(path, SCHEMA)
     assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 6
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# ------------------------------------------------------------ damaged / full
+def _filled(path, rows=400):
+    conn = connect(path, SCHEMA)
+    with transaction(conn):
+        conn.executemany(
+            "INSERT INTO t (k, v) VALUES (?, ?)", [(i, "v" * 300) for i in range(rows)]
+        )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def test_a_corrupted_page_is_a_one_line_storage_error_naming_the_database(tmp_path):
+    path = tmp_path / "some.db"
+    _filled(path)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # garble a page in the middle of the table
+        f.seek(4096 * (size // 4096 // 2))
+        f.write(b"\xa5" * 4096)
+    conn = connect(path, SCHEMA, damaged_advice="restore it from the lab backup")
+    with pytest.raises(StorageError) as e:
+        conn.execute("SELECT k, v FROM t ORDER BY k").fetchall()
+    assert not isinstance(e.value, sqlite3.Error)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and "damaged" in msg
+    assert msg.endswith("restore it from the lab backup")
+
+
+def test_a_file_that_is_not_a_database_is_refused_at_open(tmp_path):
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not SQLite" * 500)
+    with pytest.raises(StorageError, match=f"database {path} is damaged.*move it aside"):
+        connect(path, SCHEMA)
+
+
+def test_busy_and_constraint_errors_stay_sqlite_errors(tmp_path):
+    conn = connect(tmp_path / "a.db", SCHEMA)
+    conn.execute("INSERT INTO t (k, v) VALUES (1, 'x')")
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO t (k, v) VALUES (1, 'y')")
+    other = connect(tmp_path / "a.db", SCHEMA)
+    other.execute("PRAGMA busy_timeout=0")
+    with transaction(conn), pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("BEGIN IMMEDIATE")
+
+
+def test_a_full_disk_is_storage_full_and_leaves_the_database_as_it_was(small_fs):
+    path = small_fs("1M") / "full.db"
+    conn = connect(path, SCHEMA)
+    conn.execute("INSERT INTO t (k, v) VALUES (0, 'kept')")
+    with pytest.raises(StorageFullError) as e, transaction(conn):
+        for i in range(1, 10_000):
+            conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (i, "x" * 1000))
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert not conn.in_transaction
+    assert conn.execute("SELECT k, v FROM t").fetchall() == [(0, "kept")]
+    conn.close()
+    again = connect(path, SCHEMA)  # and from a fresh connection
+    assert again.execute("SELECT k, v FROM t").fetchall() == [(0, "kept")]
+    again.execute("INSERT INTO t (k, v) VALUES (1, 'small')")  # room for small writes again

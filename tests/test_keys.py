@@ -93,3 +93,20 @@ def test_the_direct_libsodium_signer_matches_pynacl_from_several_threads():
         t.join()
     assert results == [expected * 20] * 4
     assert [kp.sign(m) for m in messages] == [e.hex() for e in expected]
+
+
+def test_a_shared_node_gives_each_member_a_key_of_their_own(tmp_path):
+    from kachery_tasks.config import init_node_dir
+    from kachery_tasks.keys import member_ids, signing_key_path
+
+    private = init_node_dir(tmp_path / "mine")
+    assert signing_key_path(private) == private.path / "identity" / "node.key"
+    shared = init_node_dir(tmp_path / "lab", shared=True)
+    mine = shared.path / "identity" / "users" / f"{os.getuid()}.key"
+    assert signing_key_path(shared) == mine
+    kp = node_keypair(shared)
+    assert oct(os.stat(mine).st_mode & 0o777) == "0o600"
+    assert os.stat(mine.parent).st_mode & 0o2070 == 0o2070  # others may add theirs
+    (mine.parent / "999.pub").write_text("not a key\n")
+    (mine.parent / "998.pub").write_text("AB" * 32 + "\n")
+    assert member_ids(shared) == {kp.public_hex, "ab" * 32}

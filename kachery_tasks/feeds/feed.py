@@ -34,6 +34,7 @@ from ..keys import KeyPair
 from . import parallel
 from .messages import (
     MAX_SEQ,
+    TOO_DEEP_TO_DECODE,
     ChainReader,
     Message,
     decode_json,
@@ -483,9 +484,10 @@ def _decode(feed: str, name: str, row: Row) -> Message:
     try:
         return stored_message(decode_json(data), hash_hex)
     except (ValueError, KeyError, TypeError):
-        raise ChainReader(feed, name, seq, None, False).error(
-            seq, "stored bytes are not a feed message"
-        ) from None
+        reason = "stored bytes are not a feed message"
+    except RecursionError:
+        reason = TOO_DEEP_TO_DECODE
+    raise ChainReader(feed, name, seq, None, False).error(seq, reason)
 
 
 def _passed(

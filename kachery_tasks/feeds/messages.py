@@ -40,6 +40,13 @@ from .uris import format_feed_uri, is_feed_id, is_subfeed_name
 MAX_BODY_BYTES = 1 << 20
 """Largest body, in bytes of its canonical JSON encoding (1 MiB)."""
 
+MAX_BODY_DEPTH = 100
+"""Deepest nesting of arrays and objects in a body (``[[1]]`` is 2 levels).
+
+Decoding JSON recurses once per level, so a body nested close to Python's
+recursion limit can be appended or imported yet not read back; bodies deeper
+than this are refused at append and at import instead."""
+
 MAX_TIME_MS = 2**53 - 1
 MAX_SEQ = 2**63 - 1
 FIELDS = frozenset(("body", "feed", "prev", "seq", "signature", "subfeed", "time"))
@@ -127,6 +134,10 @@ def verification_error(
 
 
 _DECODE = json.JSONDecoder().decode
+TOO_DEEP_TO_DECODE = (
+    f"stored body is nested too deeply to decode (over {MAX_BODY_DEPTH} levels, stored "
+    "before that limit was enforced)"
+)
 
 
 def decode_json(data: bytes) -> Any:
@@ -200,13 +211,43 @@ def _refuse_non_str_keys(body: Any) -> None:
 
 
 def _encode(body: Any) -> bytes:
-    data = canonical_json(body, "message body")
+    try:
+        data = canonical_json(body, "message body")
+    except InvalidValueError:
+        if _too_deep(body):  # the encoder ran out of stack: say why
+            raise _too_deep_error() from None
+        raise
     if len(data) > MAX_BODY_BYTES:
         raise InvalidValueError(
             f"message body is {len(data)} bytes of JSON, over the limit of {MAX_BODY_BYTES} "
             "(1 MiB); store large data with kachery.store_json/store_file and append its URI"
         )
+    # Each level opens with a bracket, so a body with few brackets is shallow
+    # enough: only bodies with many are walked.
+    if data.count(b"[") + data.count(b"{") > MAX_BODY_DEPTH and _too_deep(body):
+        raise _too_deep_error()
     return data
+
+
+def _too_deep_error() -> InvalidValueError:
+    return InvalidValueError(
+        f"message body nests arrays and objects more than {MAX_BODY_DEPTH} levels deep, "
+        "which readers could not decode; flatten it, or store it with kachery.store_json "
+        "and append its URI"
+    )
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests containers more than MAX_BODY_DEPTH levels deep."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if not isinstance(v, (dict, list, tuple)):
+            continue
+        if depth > MAX_BODY_DEPTH:
+            return True
+        stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
 
 
 def _parts(
@@ -398,6 +439,8 @@ class ChainReader:
             m = stored_message(d, hash_hex)
         except (ValueError, KeyError, TypeError):
             raise self.error(seq, "stored bytes are not a feed message") from None
+        except RecursionError:
+            raise self.error(seq, TOO_DEEP_TO_DECODE) from None
         if fields != (self.feed, self.subfeed, seq, self.prev):
             raise self.error(
                 seq,

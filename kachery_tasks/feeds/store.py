@@ -38,7 +38,7 @@ from ..config import NodeDir, node_dir
 from ..db import connect, transaction
 from ..errors import FeedVerificationError
 from ..fsutil import ensure_dir
-from .messages import MAX_SEQ, SignedMessage, verification_error
+from .messages import MAX_SEQ, ChainReader, SignedMessage, verification_error
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feeds (
@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (sub, seq)
 ) WITHOUT ROWID;
 """
+
+DAMAGED_ADVICE = (
+    "move it aside with its -wal and -shm files (the private keys in feeds/keys/ are not in "
+    "it) and import the feeds again from exports, snapshots or the bucket"
+)
 
 Row = tuple[int, str, bytes]
 """A stored message: (seq, hash hex, signed bytes)."""
@@ -104,14 +109,13 @@ class FeedStore:
             except OSError:
                 pass  # created by another user a moment ago
         self.path = self.root / "feeds.db"
-        self.conn = connect(self.path, SCHEMA, node.shared)
+        self.conn = connect(self.path, SCHEMA, node.shared, DAMAGED_ADVICE)
         self.lock = threading.RLock()
         self.pid = os.getpid()
         self._sub_ids: dict[tuple[str, str], int] = {}
-        # (next seq, last hash) of subfeeds this store appended to: skips reading the
-        # head in the next append; a stale one (another process appended since)
-        # fails on the primary key and the head is read then.
-        self._heads: dict[int, tuple[int, str | None]] = {}
+        # (seq, hash, signed bytes) of the head of each subfeed as this store last
+        # signed or verified it: see append.
+        self._trusted: dict[int, tuple[int, str, bytes]] = {}
 
     # ---------------------------------------------------------------- feeds
     def add_feed(self, feed: str, label: str | None = None) -> None:
@@ -198,26 +202,88 @@ class FeedStore:
 
         ``build`` runs while the write lock is held, so the seq and prev it is
         given are the true head of the subfeed; nothing is written if it raises.
+
+        The new messages' signatures vouch for the head they link to, so the
+        head must be sound: a head this store signed or checked itself is
+        written over only while it is still stored byte for byte as it was
+        (one indexed read); any other head is checked in full first
+        (:meth:`_checked_head`, one signature verification), and a damaged or
+        forged one is refused with FeedVerificationError naming its seq.
         """
         with self.lock:
             try:
                 with transaction(self.conn):
                     sid = self._create_sub(feed, name)
-                    head = self._heads.pop(sid, None)
-                    msgs = build(*(head or self._head(sid)))
-                    try:
-                        self._insert(sid, msgs)
-                    except sqlite3.IntegrityError:
-                        if head is None:
-                            raise
-                        msgs = build(*self._head(sid))  # another process appended meanwhile
+                    trusted = self._trusted.get(sid)
+                    msgs = None
+                    if trusted is not None and self._unchanged(sid, trusted):
+                        msgs = build(trusted[0] + 1, trusted[1])
+                        if not self._insert_next(sid, msgs):
+                            msgs = None  # another writer appended after it
+                    if msgs is None:
+                        msgs = build(*self._checked_head(feed, name, sid))
                         self._insert(sid, msgs)
             except BaseException:
                 self._forget_uncommitted(feed, name)
                 raise
             if msgs:
-                self._heads[sid] = (msgs[-1].seq + 1, msgs[-1].hash)
+                self._trusted[sid] = (msgs[-1].seq, msgs[-1].hash, msgs[-1].data)
         return msgs
+
+    def _unchanged(self, sid: int, head: tuple[int, str, bytes]) -> bool:
+        """Whether message ``head[0]`` of the subfeed is still stored exactly as ``head``."""
+        r = self.conn.execute(
+            "SELECT hash, CAST(data AS BLOB) FROM messages WHERE sub = ? AND seq = ?",
+            (sid, head[0]),
+        ).fetchone()
+        return r is not None and r[0] == head[1] and r[1] == head[2]
+
+    def _insert_next(self, sid: int, msgs: Sequence[SignedMessage]) -> bool:
+        """Insert ``msgs``; False (nothing written) when their first seq is already taken."""
+        if msgs:
+            m = msgs[0]
+            try:
+                self.conn.execute(_INSERT_MESSAGE, (sid, m.seq, m.hash, m.data))
+            except sqlite3.IntegrityError:  # another writer appended since
+                return False
+            if len(msgs) > 1:
+                self._insert(sid, msgs[1:])
+        return True
+
+    def _checked_head(self, feed: str, name: str, sid: int) -> tuple[int, str | None]:
+        """(next seq, hash of the last message) of a subfeed whose last message is sound.
+
+        The last message must hash to its stored hash, decode to its place in
+        the chain (feed, subfeed, seq, and ``prev`` equal to the stored hash of
+        the message before it) and carry a valid signature; FeedVerificationError
+        names the seq of the message that is not.
+        """
+        r = self.conn.execute(
+            "SELECT seq, hash, CAST(data AS BLOB) FROM messages WHERE sub = ? "
+            "ORDER BY seq DESC LIMIT 1",
+            (sid,),
+        ).fetchone()
+        if r is None:
+            return 0, None
+        seq, hash_hex, data = r
+        prev = None
+        if seq > 0:
+            p = self.conn.execute(
+                "SELECT hash FROM messages WHERE sub = ? AND seq = ?", (sid, seq - 1)
+            ).fetchone()
+            prev = p[0] if p else None
+        reader = ChainReader(feed, name, seq, prev, every_signature=True)
+        try:
+            if seq > 0 and prev is None:
+                raise reader.error(seq - 1, "message is missing")
+            reader.check(seq, hash_hex, data)
+        except FeedVerificationError as e:
+            raise FeedVerificationError(
+                f"cannot append on top of a damaged subfeed, nothing was appended: {e}",
+                feed=feed, subfeed=name, seq=e.seq,
+            ) from None
+        self._trusted[sid] = (seq, hash_hex, data)
+        return seq + 1, hash_hex
 
     def _insert(self, sid: int, msgs: Sequence[SignedMessage]) -> None:
         rows = [(sid, m.seq, m.hash, m.data) for m in msgs]
@@ -245,7 +311,6 @@ class FeedStore:
         heads: dict[tuple[str, str], tuple[int, int, str | None]] = {}
         created: list[tuple[str, str]] = []
         with self.lock:
-            self._heads.clear()  # imported messages move heads
             try:
                 with transaction(self.conn) as conn:
                     for m in msgs:
@@ -324,11 +389,15 @@ class FeedStore:
                 "WHERE sub = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?",
                 (sid, start, hi, limit),
             )
-            for row in cur:
-                out.append(row)
-                total += len(row[2])
-                if total > max_bytes:
+            while len(out) < limit and total <= max_bytes:
+                batch = cur.fetchmany(64)  # fewer calls than iterating row by row
+                if not batch:
                     break
+                for row in batch:
+                    out.append(row)
+                    total += len(row[2])
+                    if total > max_bytes:
+                        break
             cur.close()
         return out
 

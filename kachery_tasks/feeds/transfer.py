@@ -29,7 +29,13 @@ from typing import IO, Any
 from ..errors import FeedVerificationError, InvalidValueError
 from ..fsutil import fsync_dir, os_error, temp_path
 from .feed import known_feed
-from .messages import Message, SignedMessage, message_from_mapping, verification_error
+from .messages import (
+    MAX_BODY_DEPTH,
+    Message,
+    SignedMessage,
+    message_from_mapping,
+    verification_error,
+)
 from .store import ExtendResult, get_feed_store
 from .uris import parse_feed_uri
 
@@ -146,6 +152,15 @@ def parse_lines(lines: Iterable[bytes | str]) -> Iterator[dict[str, Any]]:
                 None,
                 None,
                 f"line {n} is not JSON ({e})",
+                "nothing from this line on was imported",
+            ) from None
+        except RecursionError:
+            raise verification_error(
+                None,
+                None,
+                None,
+                f"line {n} nests arrays and objects too deeply to decode (a message body "
+                f"may have at most {MAX_BODY_DEPTH} levels)",
                 "nothing from this line on was imported",
             ) from None
         if not isinstance(obj, dict):

@@ -23,14 +23,16 @@ values; oldest entries go first) and keyed by node directory, so switching
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from ..config import ENV_DIR, NodeDir, node_dir
-from ..errors import ContentNotFoundError, LinkedFileError
+from ..errors import ContentNotFoundError, CorruptContentError, KacheryError, LinkedFileError
 from ..fsutil import os_error, share_file
+from ..uris import parse_uri
 from . import results
 from .records import Records, ResultRow
 
@@ -64,6 +66,7 @@ class NodeCache:
             raise os_error(e, f"cannot use {self.inval_path}") from e
         self._lock = threading.Lock()
         self._node_id: str | None = None
+        self._members: set[str] = set()
         try:
             self.inline_max = int(os.environ.get(ENV_INLINE, INLINE_MAX))
         except ValueError:
@@ -85,6 +88,24 @@ class NodeCache:
                 if self._node_id is None:
                     self._node_id = node_keypair(self.node).public_hex
         return self._node_id
+
+    def is_own(self, producer: str) -> bool:
+        """Whether results signed by ``producer`` were computed on this node directory:
+        by this user or, on a group-shared node, by another member.
+
+        Members of a shared node can already change each other's stored results
+        (the directory is group-writable), so their pickles are loaded like
+        one's own; other nodes need :func:`~.results.allow_pickles_from`.
+        """
+        if producer == self.node_id:
+            return True
+        if not self.node.shared:
+            return False
+        if producer not in self._members:
+            from ..keys import member_ids
+
+            self._members = member_ids(self.node)  # a member who joined since
+        return producer in self._members
 
     # --------------------------------------------------------------- memo
     def get(self, task_id: str) -> Any:
@@ -152,24 +173,54 @@ class NodeCache:
 
     # ------------------------------------------------------------- loading
     def load(self, row: ResultRow) -> Any:
-        """The value of a recorded result (memoised), or :data:`MISS` when its blob is gone.
+        """The value of a recorded result (memoised), or :data:`MISS` when it cannot be served.
 
+        It cannot when its blob is gone, or when it is damaged: bytes read into
+        memory (inline results, and blobs that are not memory-mapped or
+        zarr) are hashed and must match the result's ``sha256://`` id (about
+        0.6 ms per MB, once per process: later hits come from the memo), and
+        the value must decode. A damaged result is dropped from the cache
+        (its blob too, if the blob no longer matches its id) and noted, so the
+        run that computes it again records why (reason ``damaged: ...``).
         Raises UntrustedPickleError for a pickle from a node not allowed.
         """
-        if row.node != self.node_id:
+        if not self.is_own(row.node):
             results.check_trust(row.codec or "", row.node, self.node_id, row.task_id)
         codec = results.codec_named(row.codec or "")
         data = row.data
-        if data is None:
-            try:
-                path = self.store.load_file(row.result_uri)
-                if codec.reads_path or not codec.inline:
-                    # a zarr result's chunks may be gone while its index is here
-                    return self.put(row.task_id, codec.memo(codec.decode(path), None))
-            except (ContentNotFoundError, LinkedFileError):
-                return MISS
-            data = _read(path)  # read once: decoded now, and kept for later hits
-        return self.put(row.task_id, codec.memo(codec.decode_bytes(data), data))
+        try:
+            if data is None:
+                try:
+                    path = self.store.load_file(row.result_uri)
+                    if codec.decodes_from_path(os.path.getsize(path)):
+                        # a zarr result's chunks may be gone while its index is here
+                        return self.put(row.task_id, codec.memo(codec.decode(path), None))
+                    data = _read(path)  # read once: decoded now, and kept for later hits
+                except (ContentNotFoundError, LinkedFileError):
+                    return MISS
+            where = "kept in the records database" if row.data is not None else "blob"
+            if hashlib.sha256(data).hexdigest() != parse_uri(row.result_uri).hex:
+                raise _Damaged(f"the stored result ({where}) no longer matches its hash")
+            value = codec.decode_bytes(data)
+        except _Damaged as e:
+            return self._discard(row, str(e))
+        except KacheryError:
+            raise
+        except OSError as e:
+            raise os_error(e, f"cannot read the result of {row.task_id}") from e
+        except Exception as e:  # the codec could not decode it
+            return self._discard(row, f"the stored result could not be decoded ({_brief(e)})")
+        return self.put(row.task_id, codec.memo(value, data))
+
+    def _discard(self, row: ResultRow, why: str) -> Any:
+        """Stop serving a damaged result (see :meth:`load`); :data:`MISS`."""
+        if row.data is None:
+            try:  # re-hash the blob and remove it if it no longer matches its id
+                self.store.load_file(row.result_uri, verify=True)
+            except (CorruptContentError, ContentNotFoundError, LinkedFileError):
+                pass
+        self.records.discard_damaged(row, f"{why}: {row.result_uri}")
+        return MISS
 
     def materialize(self, task_id: str) -> str | None:
         """Make sure the result of ``task_id`` is a blob in the content store; its URI.
@@ -191,6 +242,15 @@ class NodeCache:
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+class _Damaged(Exception):
+    """A stored result that is not what was stored (internal to :meth:`NodeCache.load`)."""
+
+
+def _brief(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 _caches: dict[str | None, NodeCache] = {}

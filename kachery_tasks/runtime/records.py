@@ -15,6 +15,9 @@ Tables:
   ``sha256://`` of exactly those bytes, and ``NodeCache.materialize`` writes
   them to the content store when they must travel.
 * ``edges``: call edges, parent task id -> child task id.
+* ``damaged``: task ids whose served result was found damaged and dropped
+  (see ``NodeCache.load``), until the run that computes them again records
+  it as its reason (``damaged: <what was wrong>``).
 * ``leases``: see :mod:`.leases`.
 
 Invariants: a ``results`` row is written only after its result blob is in
@@ -37,7 +40,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..db import BUSY_TIMEOUT_MS, connect, retry_while_locked
+from ..db import BUSY_TIMEOUT_MS, connect, retry_while_locked, rollback
+from ..errors import KacheryError
 from . import leases
 
 SCHEMA = (
@@ -85,8 +89,18 @@ CREATE TABLE IF NOT EXISTS edges (
     PRIMARY KEY (parent, child)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS edges_child ON edges(child);
+CREATE TABLE IF NOT EXISTS damaged (
+    task_id TEXT PRIMARY KEY,
+    detail  TEXT NOT NULL,
+    found   REAL NOT NULL
+) WITHOUT ROWID;
 """
     + leases.SCHEMA
+)
+
+DAMAGED_ADVICE = (
+    "move it aside with its -wal and -shm files: an empty one is created on the next call, "
+    "and tasks are computed again (stored results are kept); or restore it from a backup"
 )
 
 _RESULT_COLS = (
@@ -173,7 +187,7 @@ class Records:
 
     def __init__(self, path: Path, shared: bool = False) -> None:
         self.path = path
-        self.conn = connect(path, SCHEMA, shared)
+        self.conn = connect(path, SCHEMA, shared, DAMAGED_ADVICE)
         self.lock = threading.RLock()
         self.heartbeat = leases.Heartbeat(self.conn, self.lock)
 
@@ -197,7 +211,7 @@ class Records:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                rollback(conn)
                 raise
             conn.execute("COMMIT")
 
@@ -228,6 +242,26 @@ class Records:
         """Stop serving the outcome of ``task_id`` (its runs stay as history)."""
         with self._write():
             return self.conn.execute("DELETE FROM results WHERE task_id=?", (task_id,)).rowcount > 0
+
+    def discard_damaged(self, row: ResultRow, detail: str) -> bool:
+        """Stop serving ``row`` because its result is damaged, and note why.
+
+        Only the row as it was read is dropped (another process may have
+        replaced it meanwhile); the note becomes the reason of the next run of
+        the task id. True if the row was dropped here.
+        """
+        with self._write():
+            dropped = self.conn.execute(
+                "DELETE FROM results WHERE task_id=? AND run_id IS ? AND result_uri IS ? "
+                "AND finished=?",
+                (row.task_id, row.run_id, row.result_uri, row.finished),
+            ).rowcount > 0
+            if dropped:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO damaged (task_id, detail, found) VALUES (?,?,?)",
+                    (row.task_id, detail, time.time()),
+                )
+        return dropped
 
     def import_result(
         self, task_id: str, kind: str, function: str, result_uri: str, codec: str, node: str,
@@ -275,6 +309,13 @@ class Records:
                 json.dumps(getattr(start, f)) if f in _JSON_FIELDS else getattr(start, f)
                 for f in _START_FIELDS
             ]
+            if start.reason == "miss":  # a miss because the served result was damaged?
+                note = self.conn.execute(
+                    "SELECT detail FROM damaged WHERE task_id=?", (start.task_id,)
+                ).fetchone()
+                if note is not None:
+                    self.conn.execute("DELETE FROM damaged WHERE task_id=?", (start.task_id,))
+                    values[_START_FIELDS.index("reason")] = f"damaged: {note[0]}"
             cur = self.conn.execute(
                 f"INSERT INTO runs ({', '.join(_START_FIELDS)}, host, pid, lease, started, status)"
                 f" VALUES ({', '.join('?' * len(_START_FIELDS))}, ?, ?, ?, ?, 'running')",
@@ -326,9 +367,22 @@ class Records:
                     )
                 if lease is not None:
                     leases.release(self.conn, lease)
+        except BaseException:
+            if lease is not None:  # waiters on this host wait while we live: let go
+                self._release_quietly(lease)
+            raise
         finally:
             if lease is not None:
                 self.heartbeat.remove(lease)
+
+    def _release_quietly(self, lease: leases.Lease) -> None:
+        """Drop our lease after recording the outcome failed (best effort: the
+        database may be unwritable, e.g. on a full disk)."""
+        try:
+            with self._write():
+                leases.release(self.conn, lease)
+        except (sqlite3.Error, KacheryError):
+            pass
 
     def lease(self, task_id: str) -> leases.Lease | None:
         """The lease row of ``task_id`` (possibly stale), or None."""
@@ -462,6 +516,11 @@ def why(records: Records, function: str) -> Why:
         return Why(function, last, None, [f"a {what} was requested explicitly"])
     if last.reason == "query":
         return Why(function, last, None, ["queries run on every call; the cache is a fallback"])
+    if last.reason.startswith("damaged: "):
+        return Why(function, last, None, [
+            f"the cached result was damaged, so it was computed again "
+            f"({last.reason.removeprefix('damaged: ')})"
+        ])
     same = [r for r in runs[1:] if r.task_id == last.task_id]
     if same:
         prev = same[0]

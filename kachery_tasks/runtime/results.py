@@ -67,6 +67,13 @@ class ResultCodec:
         """Decode from bytes in memory (needed only by codecs with ``inline = True``)."""
         raise NotImplementedError
 
+    def decodes_from_path(self, size: int) -> bool:
+        """Whether a stored blob of ``size`` bytes is decoded from its path (e.g.
+        memory-mapped) instead of being read into memory whole. Blobs read whole
+        are checked against their hash when first loaded in a process; these
+        are not (see :meth:`~kachery_tasks.runtime.cache.NodeCache.load`)."""
+        return self.reads_path or not self.inline
+
     def memo(self, value: Any, data: bytes | memoryview | None) -> MemoEntry:
         """What to keep for later hits; default: decode from the stored bytes each time."""
         if data is None:
@@ -144,6 +151,9 @@ class NpyCodec(ResultCodec):
         np.save(buf, value, allow_pickle=False)
         return buf.getbuffer()
 
+    def decodes_from_path(self, size: int) -> bool:
+        return size >= MMAP_THRESHOLD
+
     def decode(self, path: str) -> Any:
         import numpy as np
 
@@ -153,11 +163,27 @@ class NpyCodec(ResultCodec):
         return arr
 
     def decode_bytes(self, data: bytes) -> Any:
+        """The array, as a read-only view of ``data`` (no copy) for the usual headers."""
         import io
 
         import numpy as np
+        from numpy.lib import format as npy
 
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
+        f = io.BytesIO(data)
+        version = npy.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        else:
+            read_header = npy.read_array_header_1_0 if version == (1, 0) else \
+                npy.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if dtype.hasobject:
+                raise ValueError("an npy result holding Python objects")
+            count = 1
+            for n in shape:
+                count *= n
+            arr = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell())
+            arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
         arr.flags.writeable = False
         return arr
 

@@ -349,3 +349,103 @@ def test_snapshot_is_an_importable_immutable_copy(sub, monkeypatch, tmp_path):
     report = kf.import_feed(path)
     assert report.added == 4
     assert [m.body for m in kf.load_subfeed(sub.uri).read()] == [{"i": i} for i in range(4)]
+
+
+# ----------------------------------------------------------------- nesting
+def _nested(depth: int):
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_append_refuses_a_body_nested_past_the_limit_and_writes_nothing(sub):
+    from kachery_tasks.feeds.messages import MAX_BODY_DEPTH
+
+    sub.append({"ok": _nested(MAX_BODY_DEPTH - 1)})  # 100 levels with the object
+    for depth in (MAX_BODY_DEPTH + 1, 990):
+        with pytest.raises(InvalidValueError, match=f"more than {MAX_BODY_DEPTH} levels"):
+            sub.append(_nested(depth))
+        with pytest.raises(InvalidValueError, match=f"more than {MAX_BODY_DEPTH} levels"):
+            sub.append_many(["fine", _nested(depth)])
+    assert sub.count() == 1
+    assert [m.body for m in sub.read()] == [{"ok": _nested(MAX_BODY_DEPTH - 1)}]
+    assert sub.feed.verify() == {"unit-labels": 1}
+
+
+def test_a_stored_message_too_deep_to_decode_is_a_verification_error(sub, tmp_path):
+    """A message stored before the limit existed makes reads fail with a clear error
+    naming it (not a RecursionError), and what precedes it stays readable."""
+    from kachery_tasks.feeds.messages import sign_message
+
+    sub.append_many(["a", "b"])
+    key, store = sub.feed.key(), get_feed_store()
+    deep = b"[" * 50_000 + b"1" + b"]" * 50_000
+    store.append(sub.feed.id, sub.name,
+                 lambda seq, prev: [sign_message(key, sub.name, seq, prev, 1000, deep)])
+    for mode in ("chain", "full", "none"):
+        with pytest.raises(FeedVerificationError, match="seq 2: stored body is nested too deeply"):
+            list(sub.read(verify=mode))
+    with pytest.raises(FeedVerificationError, match="seq 2"):
+        sub.feed.verify()
+    with pytest.raises(FeedVerificationError, match="seq 2"):
+        sub.feed.export(tmp_path / "out.jsonl")
+    assert [m.body for m in sub.read(0, 2)] == ["a", "b"]
+
+
+# ------------------------------------------------- appending on a damaged head
+def _edit_head(seq: int, fix_hash: bool) -> None:
+    _corrupt(f"UPDATE messages SET data = replace(data, '\"i\":{seq}', '\"i\":99') WHERE seq = ?",
+             seq)
+    if fix_hash:
+        _fix_hash(seq)
+
+
+def _fresh_store_feed(sub):
+    """The same subfeed through a new FeedStore, as another process would see it."""
+    from kachery_tasks.config import node_dir
+    from kachery_tasks.feeds.store import FeedStore
+
+    return kf.Feed(sub.feed.id, FeedStore(node_dir())).subfeed(sub.name)
+
+
+@pytest.mark.parametrize("fix_hash", [True, False])
+@pytest.mark.parametrize("other_process", [False, True])
+def test_append_refuses_to_sign_on_top_of_an_edited_head(sub, fix_hash, other_process):
+    sub.append_many([{"i": i} for i in range(3)])
+    _edit_head(2, fix_hash)
+    target = _fresh_store_feed(sub) if other_process else sub
+    for append in (lambda: target.append({"i": 3}), lambda: target.append_many([{"i": 3}])):
+        with pytest.raises(FeedVerificationError, match="seq 2") as e:
+            append()
+        assert (e.value.feed, e.value.subfeed, e.value.seq) == (sub.feed.id, sub.name, 2)
+        assert str(e.value).startswith("cannot append on top of a damaged subfeed")
+        assert "\n" not in str(e.value)
+    assert sub.count() == 3
+    assert get_feed_store().hash_at(sub.feed.id, sub.name, 3) is None
+
+
+def test_append_refuses_a_head_that_does_not_link_to_its_predecessor(sub):
+    """A head signed by the key but pointing at another predecessor (a fork) is refused."""
+    from kachery_tasks.feeds.messages import encode_body, sign_message
+
+    sub.append_many([{"i": i} for i in range(3)])
+    forged = sign_message(sub.feed.key(), sub.name, 2, "0" * 64, 1000, encode_body({"i": 7}))
+    _corrupt("UPDATE messages SET data = ?, hash = ? WHERE seq = 2", forged.data, forged.hash)
+    with pytest.raises(FeedVerificationError, match=r"seq 2.*does not link"):
+        _fresh_store_feed(sub).append({"i": 3})
+    with pytest.raises(FeedVerificationError, match=r"seq 2.*does not link"):
+        sub.append({"i": 3})
+    _corrupt("DELETE FROM messages WHERE seq = 1")
+    with pytest.raises(FeedVerificationError, match=r"seq 1.*missing"):
+        _fresh_store_feed(sub).append({"i": 3})
+    assert sub.count() == 3
+
+
+def test_append_goes_on_over_a_sound_head_written_by_another_process(sub):
+    sub.append_many([{"i": i} for i in range(2)])
+    other = _fresh_store_feed(sub)
+    other.append({"i": 2})
+    m = sub.append({"i": 3})
+    assert m.seq == 3 and m.prev == other.feed._store.hash_at(sub.feed.id, sub.name, 2)
+    assert sub.verify() == 4

@@ -16,6 +16,7 @@ from kachery_tasks.canonical import canonical_json
 from kachery_tasks.errors import FeedVerificationError, InvalidValueError
 from kachery_tasks.feeds.messages import (
     MAX_BODY_BYTES,
+    MAX_BODY_DEPTH,
     ChainReader,
     Message,
     encode_and_decode_body,
@@ -376,3 +377,57 @@ def test_encode_and_decode_agrees_with_encode_body(body):
 def test_non_string_keys_are_refused_on_the_append_path(body):
     with pytest.raises(InvalidValueError, match="not a string"):
         encode_and_decode_body(body)
+
+
+# ----------------------------------------------------------------- nesting
+def _nested(depth: int, leaf=1, kinds: str = "l"):
+    """A value ``depth`` containers deep, alternating list/dict as ``kinds`` says."""
+    value = leaf
+    for i in range(depth):
+        value = [value] if kinds[i % len(kinds)] == "l" else {"k": value}
+    return value
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    depth=st.integers(0, MAX_BODY_DEPTH + 40),
+    kinds=st.sampled_from(["l", "d", "ld", "dl"]),
+    siblings=st.lists(json_scalars, max_size=3),
+)
+def test_bodies_nested_up_to_the_limit_are_accepted_and_deeper_refused(depth, kinds, siblings):
+    body = [*siblings, _nested(depth, kinds=kinds)] if siblings else _nested(depth, kinds=kinds)
+    levels = depth + (1 if siblings else 0)
+    if levels <= MAX_BODY_DEPTH:
+        data, decoded = encode_and_decode_body(body)
+        assert json.loads(data) == decoded
+        encode_body(body)
+    else:
+        for encode in (encode_and_decode_body, encode_body):
+            with pytest.raises(InvalidValueError, match=f"more than {MAX_BODY_DEPTH} levels"):
+                encode(body)
+
+
+def test_many_shallow_brackets_are_not_too_deep():
+    body = {"rows": [[i, {"a": [i]}] for i in range(2000)], "text": "[[[[{{{{" * 100}
+    encode_and_decode_body(body)  # 6000+ brackets, 4 levels
+
+
+def _deep_json(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth  # built without recursion
+
+
+@pytest.mark.parametrize("depth", [MAX_BODY_DEPTH + 1, 990, 5000])
+def test_an_imported_message_nested_too_deeply_is_refused(depth):
+    m = sign_message(KEY, "main", 0, None, 1000, _deep_json(depth))  # an older or hostile writer
+    obj = {k: v for k, v in json.loads(m.data.replace(_deep_json(depth), b"0")).items()}
+    obj["body"] = _nested(depth)
+    with pytest.raises(FeedVerificationError, match=r"seq 0: .*more than 100 levels") as e:
+        message_from_mapping(obj)
+    assert "\n" not in str(e.value) and e.value.seq == 0
+
+
+def test_reading_a_stored_message_too_deep_to_decode_names_it():
+    m = sign_message(KEY, "main", 0, None, 1000, _deep_json(100_000))
+    reader = ChainReader(KEY.public_hex, "main", 0, None, every_signature=True)
+    with pytest.raises(FeedVerificationError, match="seq 0: stored body is nested too deeply"):
+        reader.check(0, m.hash, m.data)

@@ -50,7 +50,7 @@ def test_append_gives_build_the_true_head(store):
 
 def test_append_after_another_writer_gets_the_true_head(store, node_path):
     """A store remembers the head it wrote; when another writer (another process)
-    appended since, the append is built again on the true head."""
+    appended since, the append is built again on the true head (checked first)."""
     from kachery_tasks.config import NodeDir
     from kachery_tasks.feeds.store import FeedStore
 
@@ -158,14 +158,16 @@ def test_hot_queries_use_the_primary_key_index(store):
         store.count(key.public_hex, "s")
         store.rows(key.public_hex, "s", 5, None, 100, 1 << 20)
         store.hash_at(key.public_hex, "s", 5)
-        store._heads.clear()  # as in another process: the head is read
+        store._trusted.clear()  # as in another process: the head is read and checked
+        store.append(key.public_hex, "s", lambda seq, prev: _chain(key, 1, start=seq, prev=prev))
         store.append(key.public_hex, "s", lambda seq, prev: _chain(key, 1, start=seq, prev=prev))
     finally:
         store.conn.set_trace_callback(None)
-    queries = [q for q in seen if q.lstrip().upper().startswith("SELECT") and "messages" in q]
-    assert len(queries) >= 4, seen
+    queries = [q for q in seen if "SELECT" in q.upper() and "messages" in q]
+    assert len(queries) >= 6, seen
     for sql in queries:
         plan = " ".join(str(r[-1]) for r in store.conn.execute("EXPLAIN QUERY PLAN " + sql))
+        plan = plan.replace("SCAN CONSTANT ROW", "")  # INSERT ... SELECT of one row
         assert "PRIMARY KEY" in plan and "SCAN" not in plan, (sql, plan)
 
 
@@ -179,3 +181,43 @@ def test_key_file_readable_by_others_is_refused():
     with pytest.raises(FeedPermissionError, match=f"chmod 600 {path}"):
         load_feed(feed.uri).append(1)
     assert load_feed(feed.uri).count() == 0
+
+
+# ------------------------------------------------------- damaged and full disks
+def test_append_on_a_full_disk_is_storage_full_and_changes_nothing(small_fs, monkeypatch):
+    from kachery_tasks.errors import StorageFullError
+
+    monkeypatch.setenv("KACHERY_TASKS_DIR", str(small_fs("1M") / "node"))
+    feed = create_feed()
+    feed.append_many([{"i": i} for i in range(3)])
+    before = [m.to_bytes() for m in feed.read()]
+    big = {"blob": "x" * 60_000}
+    with pytest.raises(StorageFullError) as e:
+        for _ in range(100):  # 6 MB into a 1 MiB file system
+            feed.append(big)
+    assert "\n" not in str(e.value) and "feeds.db" in str(e.value)
+    n = feed.count()
+    assert [m.to_bytes() for m in feed.read(0, 3)] == before
+    assert feed.verify() == {"main": n}  # every message there is whole and signed
+    with pytest.raises(StorageFullError):
+        feed.append_many([big] * 30)  # all or nothing
+    assert feed.count() == n
+    assert feed.verify() == {"main": n}
+
+
+def test_a_damaged_feed_database_is_a_one_line_error_saying_what_to_do(store):
+    from kachery_tasks.config import node_dir
+    from kachery_tasks.errors import StorageError
+    from kachery_tasks.feeds.store import FeedStore
+
+    feed = create_feed()
+    feed.append_many([{"text": "y" * 300, "i": i} for i in range(200)])
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = store.path.stat().st_size
+    with open(store.path, "r+b") as f:  # every page but the schema's
+        f.seek(4096)
+        f.write(b"\xa5" * (size - 4096))
+    with pytest.raises(StorageError) as e:
+        FeedStore(node_dir()).rows(feed.id, "main", 0, None, 1000, 1 << 30)
+    assert f"database {store.path} is damaged" in str(e.value)
+    assert "import the feeds again" in str(e.value) and "\n" not in str(e.value)

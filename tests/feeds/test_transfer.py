@@ -281,3 +281,23 @@ def test_any_stream_is_accepted_exactly_up_to_its_first_bad_message(order):
         assert e.seq == order[good]
     assert raised == (good < len(order))
     assert get_feed_store().count(KEY.public_hex, name) == good
+
+
+# ----------------------------------------------------------------- nesting
+@pytest.mark.parametrize("depth", [101, 990, 200_000])
+def test_import_refuses_a_message_nested_too_deeply_and_keeps_what_came_before(
+    feed, other_node, depth
+):
+    key = feed.key()
+    good = [m.to_bytes() for m in feed.subfeed("notes").read()]
+    deep = b"[" * depth + b"1" + b"]" * depth
+    last = next(feed.subfeed("notes").read(1, 2))
+    bad = sign_message(key, "notes", 2, last.hash, 1000, deep)
+    other_node()
+    with pytest.raises(FeedVerificationError, match=r"too deep|more than 100 levels") as e:
+        kf.import_lines([*good, bad.data])
+    assert "\n" not in str(e.value)
+    assert e.value.report.added == 2
+    sub = kf.load_feed(feed.uri).subfeed("notes")
+    assert [m.body for m in sub.read()] == ["a", "b"]  # the feed is still readable
+    assert kf.load_feed(feed.uri).verify() == {"notes": 2}

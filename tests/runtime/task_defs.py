@@ -123,3 +123,17 @@ def array_sum(x):
     """Reads a whole array (numpy or zarr)."""
     calls["array_sum"] += 1
     return float(x[:].sum())
+
+
+@kachery.action
+def gated_append(target: str, gate: str):
+    """Appends ``start <pid>`` to ``target``, waits (at most 60 s) for the file
+    ``gate`` to exist, then appends ``done <pid>``: one line pair per run."""
+    calls["gated_append"] += 1
+    with open(target, "a") as f:
+        f.write(f"start {os.getpid()}\n")
+    deadline = time.time() + 60
+    while not os.path.exists(gate) and time.time() < deadline:
+        time.sleep(0.02)
+    with open(target, "a") as f:
+        f.write(f"done {os.getpid()}\n")

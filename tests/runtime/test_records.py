@@ -126,3 +126,49 @@ def test_why_explains_forgotten_failed_and_forced():
     assert "forgotten" in why(_records(), "task_defs.add").reasons[0]
     task_defs.add.recompute(5)
     assert "recompute was requested" in why(_records(), "task_defs.add").reasons[0]
+
+
+def _garble_pages(path):
+    """Overwrite every page but the first (the schema) with junk: a damaged disk."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(4096)
+        f.write(b"\xa5" * (size - 4096))
+
+
+def test_a_damaged_records_database_is_a_one_line_error_saying_what_to_do(run_cli):
+    from kachery_tasks.errors import StorageError
+    from kachery_tasks.runtime.records import Records
+
+    for i in range(300):
+        task_defs.pair("x" * 200, i)
+    records = _records()
+    records.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _garble_pages(records.path)
+    with pytest.raises(StorageError) as e:
+        Records(records.path).runs()
+    assert f"database {records.path} is damaged" in str(e.value)
+    assert "computed again" in str(e.value) and "\n" not in str(e.value)
+    r = run_cli("tasks", "ls", "--limit", "1000")
+    assert r.returncode == 1
+    assert r.stderr.decode().startswith(f"error: database {records.path} is damaged")
+    assert r.stderr.decode().count("\n") == 1
+
+
+def test_discarding_a_damaged_result_drops_only_the_row_as_it_was_read():
+    task_defs.pair("discard", 1)
+    tid = task_defs.pair.task_id("discard", 1)
+    records = _records()
+    stale = records.result(tid)
+    task_defs.pair.recompute("discard", 1)
+    assert records.discard_damaged(stale, "bad bytes") is False  # replaced meanwhile: kept
+    assert records.result(tid) is not None
+    fresh = records.result(tid)
+    assert records.discard_damaged(fresh, "bad bytes") is True
+    assert records.result(tid) is None
+    cache.current().clear()  # as in the process that found the damage: nothing memoised
+    task_defs.pair("discard", 1)  # the next run records why it ran
+    assert records.runs(task_id=tid)[0].reason == "damaged: bad bytes"
+    task_defs.pair.forget("discard", 1)
+    task_defs.pair("discard", 1)  # and only that one
+    assert records.runs(task_id=tid)[0].reason == "miss"
