@@ -8,7 +8,7 @@ from ..errors import ConfigError
 from ..sizes import format_size
 from ..storage.buckets import ENV_BUCKET, Bucket, default_bucket, open_bucket
 from ..storage.local import get_store
-from ..storage.sync import download, download_members, upload
+from ..storage.sync import UploadReport, download, download_members, upload
 from . import command
 
 _BUCKET_HELP = f"bucket URL (default: ${ENV_BUCKET}, else [bucket] url in config.toml)"
@@ -19,10 +19,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         commands, "upload", "Put stored content into the shared bucket.",
         "KACHERY_TASKS_BUCKET=gs://lab-share/kachery kachery-tasks upload 'sha256://<hex>'",
         "Content above the chunk size travels as chunks plus a manifest. Writes are\n"
-        "create-only and whatever the bucket already has is skipped.",
+        "create-only and whatever the bucket already has is skipped. Every byte sent\n"
+        "is checked against its hash; damaged local content is removed, never sent.",
     )
     p.add_argument("uri", nargs="+")
     p.add_argument("--bucket", help=_BUCKET_HELP)
+    p.add_argument(
+        "--repair", action="store_true",
+        help="read back what the bucket has of the content and replace damaged or missing "
+        "objects with this node's verified bytes",
+    )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=_upload)
 
@@ -66,12 +72,20 @@ def bucket_from(args: argparse.Namespace) -> Bucket:
 def _upload(args: argparse.Namespace) -> int:
     bucket, store = bucket_from(args), get_store()
     for uri in args.uri:
-        r = upload(store, bucket, uri, progress=args.progress)
-        state = "already in the bucket" if not r.objects_written else (
-            f"uploaded {format_size(r.uploaded_bytes)} in {r.objects_written} objects"
-        )
-        print(f"{uri}: {state}")
+        r = upload(store, bucket, uri, progress=args.progress, repair=args.repair)
+        print(f"{uri}: {_describe(r, args.repair)}")
     return 0
+
+
+def _describe(r: UploadReport, repair: bool) -> str:
+    """One line saying what an upload did."""
+    if not r.objects_written and not r.objects_repaired:
+        return "already in the bucket" + (", every object checked" if repair else "")
+    sent = r.objects_written + r.objects_repaired
+    line = f"uploaded {format_size(r.uploaded_bytes)} in {sent} objects"
+    if r.objects_repaired:
+        line += f" ({r.objects_repaired} of them replaced damaged objects)"
+    return line
 
 
 def _download(args: argparse.Namespace) -> int:
