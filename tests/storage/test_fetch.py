@@ -27,32 +27,43 @@ def test_corrupt_chunk_is_named_and_nothing_is_stored(tmp_path, bucket_url):
     assert b.index.stored_bytes() == (0, 0)
 
 
-class FlakyBucket:
-    """Wraps a bucket; chunk reads fail after ``budget`` successes (a dropped network)."""
+class ChunkHookBucket:
+    """Wraps a bucket; ``on_chunk(key)`` runs before every chunk read (fail, wait, count)."""
 
-    def __init__(self, inner, budget):
-        self.inner, self.budget, self.gets = inner, budget, 0
-        self.url = inner.url
-        self.lock = threading.Lock()
+    def __init__(self, inner):
+        self.inner, self.url = inner, inner.url
 
-    def _spend(self, key):
-        if key.startswith("chunks/"):
-            with self.lock:
-                if self.budget <= 0:
-                    raise TransferError("network gone")
-                self.budget -= 1
-                self.gets += 1
+    def on_chunk(self, key):
+        pass
 
     def get(self, key, start=0, end=None):
-        self._spend(key)
+        if key.startswith("chunks/"):
+            self.on_chunk(key)
         return self.inner.get(key, start, end)
 
     def get_into(self, key, consume, start=0, end=None):
-        self._spend(key)
+        if key.startswith("chunks/"):
+            self.on_chunk(key)
         return self.inner.get_into(key, consume, start, end)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+
+class FlakyBucket(ChunkHookBucket):
+    """Chunk reads fail after ``budget`` successes (a dropped network)."""
+
+    def __init__(self, inner, budget):
+        super().__init__(inner)
+        self.budget, self.gets = budget, 0
+        self.lock = threading.Lock()
+
+    def on_chunk(self, key):
+        with self.lock:
+            if self.budget <= 0:
+                raise TransferError("network gone")
+            self.budget -= 1
+            self.gets += 1
 
 
 def test_interrupted_download_resumes(tmp_path, bucket_url):
@@ -112,21 +123,16 @@ def test_a_failure_releases_fetches_held_back_for_the_hashing(tmp_path, bucket_u
     assert not b.has(uri)
 
 
-class PausedBucket:
-    """Wraps a bucket; every chunk read waits until ``release`` is set."""
+class PausedBucket(ChunkHookBucket):
+    """Every chunk read waits until ``release`` is set."""
 
     def __init__(self, inner):
-        self.inner, self.url = inner, inner.url
+        super().__init__(inner)
         self.reading, self.release = threading.Event(), threading.Event()
 
-    def get_into(self, key, consume, start=0, end=None):
-        if key.startswith("chunks/"):
-            self.reading.set()
-            self.release.wait(30)
-        return self.inner.get_into(key, consume, start, end)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    def on_chunk(self, key):
+        self.reading.set()
+        self.release.wait(30)
 
 
 def test_two_downloads_of_one_file_on_one_node_both_succeed(tmp_path, bucket_url):
@@ -194,17 +200,13 @@ def test_the_whole_file_check_catches_what_a_chunk_check_let_through(
     assert os.listdir(b.incoming) == []
 
 
-class CountingBucket:
+class CountingBucket(ChunkHookBucket):
     def __init__(self, inner):
-        self.inner, self.url, self.chunks = inner, inner.url, []
+        super().__init__(inner)
+        self.chunks = []
 
-    def get_into(self, key, consume, start=0, end=None):
-        if key.startswith("chunks/"):
-            self.chunks.append(key.rsplit("/", 1)[1])
-        return self.inner.get_into(key, consume, start, end)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    def on_chunk(self, key):
+        self.chunks.append(key.rsplit("/", 1)[1])
 
 
 def test_a_resumed_download_verifies_the_chunks_it_had_again(tmp_path, bucket_url):
