@@ -93,41 +93,6 @@ class Config:
         )
 
 
-@dataclass(frozen=True)
-class TransferLimits:
-    """How long a bucket transfer may take before it is given up (``[bucket]`` settings).
-
-    A server that stops answering costs at most ``request_timeout`` per
-    attempt, and one object's transfer, retries included, at most
-    :meth:`deadline_for` its size.
-    """
-
-    request_timeout: float = 30.0  # seconds without an answer or a byte
-    deadline: float = 120.0  # seconds for any one object, retries included...
-    min_rate: int = 100_000  # ...plus a second per this many bytes of it
-
-    def deadline_for(self, size: int) -> float:
-        """Seconds an object of ``size`` bytes may take, retries included."""
-        return self.deadline + size / self.min_rate
-
-    @classmethod
-    def from_section(cls, bucket: dict[str, Any], source: str) -> TransferLimits:
-        """The limits set in a config's ``[bucket]`` table (defaults for what is not set)."""
-        seconds = {}
-        for key in ("request_timeout", "deadline"):
-            value = bucket.get(key, getattr(cls, key))
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigError(f"{source}: bucket.{key} must be a number of seconds above 0")
-            seconds[key] = float(value)
-        try:
-            rate = parse_size(bucket.get("min_rate", cls.min_rate))
-        except KacheryError as e:
-            raise ConfigError(f"{source}: bucket.min_rate: {e}") from e
-        if rate < 1:
-            raise ConfigError(f"{source}: bucket.min_rate must be at least 1 byte (per second)")
-        return cls(seconds["request_timeout"], seconds["deadline"], rate)
-
-
 class NodeDir:
     """One node's directory: paths of its parts and its configuration."""
 
@@ -198,3 +163,38 @@ def node_dir(path: Path | None = None) -> NodeDir:
     if node is not None and node.config_path.exists():
         return node
     return init_node_dir(path)
+
+
+@dataclass(frozen=True)
+class TransferLimits:
+    """How long a bucket transfer may take before it is given up (``[bucket]`` settings).
+
+    A server that stops answering costs at most ``request_timeout`` per
+    attempt, and one object's transfer, retries included, at most
+    :meth:`deadline_for` its size.
+    """
+
+    request_timeout: float = 30.0  # seconds without an answer or a byte
+    deadline: float = 120.0  # seconds for any one object, retries included...
+    min_rate: int = 100_000  # ...plus a second per this many bytes of it
+
+    def deadline_for(self, size: int) -> float:
+        """Seconds an object of ``size`` bytes may take, retries included."""
+        return self.deadline + size / self.min_rate
+
+    @classmethod
+    def from_section(cls, bucket: dict[str, Any], source: str) -> TransferLimits:
+        """The limits set in a config's ``[bucket]`` table (defaults for what is not set)."""
+        seconds = {}
+        for key in ("request_timeout", "deadline"):
+            value = bucket.get(key, getattr(cls, key))
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"{source}: bucket.{key} must be a number of seconds above 0")
+            seconds[key] = float(value)
+        try:
+            rate = parse_size(bucket.get("min_rate", cls.min_rate))
+        except KacheryError as e:
+            raise ConfigError(f"{source}: bucket.min_rate: {e}") from e
+        if rate < 1:
+            raise ConfigError(f"{source}: bucket.min_rate must be at least 1 byte (per second)")
+        return cls(seconds["request_timeout"], seconds["deadline"], rate)

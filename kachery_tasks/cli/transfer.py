@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from ..sizes import format_size
 from ..storage.buckets import ENV_BUCKET, Bucket, default_bucket, open_bucket
 from ..storage.local import get_store
-from ..storage.sync import UploadReport, download, download_members, upload
+from ..storage.sync import download, download_members, upload
 from . import command
 
 _BUCKET_HELP = f"bucket URL (default: ${ENV_BUCKET}, else [bucket] url in config.toml)"
@@ -24,13 +23,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("uri", nargs="+")
     p.add_argument("--bucket", help=_BUCKET_HELP)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=_upload)
     p.add_argument(
         "--repair", action="store_true",
         help="read back what the bucket has of the content and replace damaged or missing "
         "objects with this node's verified bytes",
     )
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    p.set_defaults(func=_upload)
 
     p = command(
         commands, "download", "Fetch content from the shared bucket into the store.",
@@ -73,19 +72,8 @@ def _upload(args: argparse.Namespace) -> int:
     bucket, store = bucket_from(args), get_store()
     for uri in args.uri:
         r = upload(store, bucket, uri, progress=args.progress, repair=args.repair)
-        print(f"{uri}: {_describe(r, args.repair)}")
+        print(f"{uri}: {r.summary(args.repair)}")
     return 0
-
-
-def _describe(r: UploadReport, repair: bool) -> str:
-    """One line saying what an upload did."""
-    if not r.objects_written and not r.objects_repaired:
-        return "already in the bucket" + (", every object checked" if repair else "")
-    sent = r.objects_written + r.objects_repaired
-    line = f"uploaded {format_size(r.uploaded_bytes)} in {sent} objects"
-    if r.objects_repaired:
-        line += f" ({r.objects_repaired} of them replaced damaged objects)"
-    return line
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -640,11 +640,6 @@ def _writer_alive(temp_name: str) -> bool:
     return pid.isdigit() and int(pid) > 0 and pid_alive(int(pid))
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What must stay the same for a linked original to still hold what was hashed."""
-    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
-
-
 def check_range(start: int, end: int | None, size: int) -> tuple[int, int]:
     """Validate a byte range of content of ``size`` bytes; the range clipped to the content."""
     if start < 0 or (end is not None and end < start):
@@ -697,6 +692,11 @@ def _check_regular(path: Path, st: os.stat_result) -> None:
     raise SourceFileError(
         f"{path} is {kind}; only regular files can be stored (copy its content to a file first)"
     )
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What must stay the same for a linked original to still hold what was hashed."""
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
 def _unlink_quietly(path: Path | str) -> None:

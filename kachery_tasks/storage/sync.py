@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from ..errors import ContentNotFoundError, CorruptContentError, StorageFullError
 from ..progress import progress_bar
+from ..sizes import format_size
 from ..uris import parse_uri
 from . import locks, partials
 from .buckets.base import Bucket
@@ -74,6 +75,16 @@ class UploadReport:
             self.objects_repaired += 1
         else:
             self.objects_written += 1
+
+    def summary(self, repair: bool = False) -> str:
+        """One line saying what the upload did (``repair``: it was an upload --repair)."""
+        if not self.objects_written and not self.objects_repaired:
+            return "already in the bucket" + (", every object checked" if repair else "")
+        sent = self.objects_written + self.objects_repaired
+        line = f"uploaded {format_size(self.uploaded_bytes)} in {sent} objects"
+        if self.objects_repaired:
+            line += f" ({self.objects_repaired} of them replaced damaged objects)"
+        return line
 
     def merge(self, other: UploadReport) -> None:
         self.uploaded_bytes += other.uploaded_bytes

@@ -7,22 +7,6 @@ import numpy as np
 from kachery_tasks.zarr_arrays import store_zarr
 
 
-def test_upload_and_download_of_an_array_move_every_blob(run_cli, tmp_path, monkeypatch):
-    uri = store_zarr(np.arange(30 * 30, dtype="i4").reshape(30, 30), chunks=(10, 10))
-    bucket = f"file://{tmp_path}/bucket"
-    up = run_cli("upload", uri, "--bucket", bucket)
-    assert up.returncode == 0, up.stderr.decode()
-    assert "in 11 objects" in up.stdout.decode()  # 9 chunks, zarr.json, the index
-
-    other = {"KACHERY_TASKS_DIR": str(tmp_path / "other"), "KACHERY_TASKS_PROGRESS": "1"}
-    down = run_cli("download", uri, "--bucket", bucket, env=other)
-    assert down.returncode == 0, down.stderr.decode()
-    assert "download 10 array blobs" in down.stderr.decode()  # the bar counts blobs
-    assert "blobs/s" in down.stderr.decode()
-    info = run_cli("info", uri, env=other)
-    assert "10 named, 10 here" in info.stdout.decode()
-
-
 def _one_line_error(code, err):
     assert code == 1, err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
@@ -159,3 +143,19 @@ def test_a_gs_server_that_never_answers_is_one_line(run_cli, node_path):
         server.close()
     err = _one_line_error(r.returncode, r.stderr.decode())
     assert "gs://lab-share/kachery" in err and "no answer within 0.3 s" in err
+
+
+def test_upload_and_download_of_an_array_move_every_blob(run_cli, tmp_path, monkeypatch):
+    uri = store_zarr(np.arange(30 * 30, dtype="i4").reshape(30, 30), chunks=(10, 10))
+    bucket = f"file://{tmp_path}/bucket"
+    up = run_cli("upload", uri, "--bucket", bucket)
+    assert up.returncode == 0, up.stderr.decode()
+    assert "in 11 objects" in up.stdout.decode()  # 9 chunks, zarr.json, the index
+
+    other = {"KACHERY_TASKS_DIR": str(tmp_path / "other"), "KACHERY_TASKS_PROGRESS": "1"}
+    down = run_cli("download", uri, "--bucket", bucket, env=other)
+    assert down.returncode == 0, down.stderr.decode()
+    assert "download 10 array blobs" in down.stderr.decode()  # the bar counts blobs
+    assert "blobs/s" in down.stderr.decode()
+    info = run_cli("info", uri, env=other)
+    assert "10 named, 10 here" in info.stdout.decode()

@@ -197,11 +197,6 @@ def test_gc_takes_a_manifest_with_its_file_and_cleans_stale_temp(store, tmp_path
     assert report.temp_removed == 1 and not stale.exists() and busy.exists()
 
 
-def test_pin_of_absent_content_raises(store):
-    with pytest.raises(ContentNotFoundError):
-        store.pin("sha256://" + "1" * 64)
-
-
 def _age(store):
     """As if everything in the store was last used long ago."""
     for row in list(store.index.rows()):
@@ -427,3 +422,8 @@ def test_an_index_from_before_link_ctimes_is_upgraded(store, tmp_path):
         assert again.index.get(sha256).link_ctime_ns == os.stat(original).st_ctime_ns
     finally:
         again.close()
+
+
+def test_pin_of_absent_content_raises(store):
+    with pytest.raises(ContentNotFoundError):
+        store.pin("sha256://" + "1" * 64)
