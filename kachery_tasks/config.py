@@ -40,6 +40,12 @@ progress_threshold = "100MB"
 # url = "gs://lab-share/kachery"  or  url = "file:///mnt/lab-share/kachery"
 # Chunks transferred at once.
 transfer_threads = 8
+# A request that gets no answer (or no byte) for this many seconds is retried.
+# request_timeout = 30
+# One object's transfer, retries included, is given up after this many seconds,
+# plus one second for every min_rate bytes of the object.
+# deadline = 120
+# min_rate = "100kB"
 """
 
 
@@ -52,6 +58,7 @@ class Config:
     bucket_url: str | None = None
     transfer_threads: int = 8
     raw: dict[str, Any] = field(default_factory=dict)
+    transfer_limits: TransferLimits = field(default_factory=lambda: TransferLimits())
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config.toml") -> Config:
@@ -84,6 +91,7 @@ class Config:
             bucket_url=url or None,
             transfer_threads=threads,
             raw=raw,
+            transfer_limits=TransferLimits.from_section(bucket, source),
         )
 
 
@@ -186,3 +194,38 @@ def node_dir(path: Path | None = None) -> NodeDir:
     if node is not None and node.config_path.exists():
         return node
     return init_node_dir(path)
+
+
+@dataclass(frozen=True)
+class TransferLimits:
+    """How long a bucket transfer may take before it is given up (``[bucket]`` settings).
+
+    A server that stops answering costs at most ``request_timeout`` per
+    attempt, and one object's transfer, retries included, at most
+    :meth:`deadline_for` its size.
+    """
+
+    request_timeout: float = 30.0  # seconds without an answer or a byte
+    deadline: float = 120.0  # seconds for any one object, retries included...
+    min_rate: int = 100_000  # ...plus a second per this many bytes of it
+
+    def deadline_for(self, size: int) -> float:
+        """Seconds an object of ``size`` bytes may take, retries included."""
+        return self.deadline + size / self.min_rate
+
+    @classmethod
+    def from_section(cls, bucket: dict[str, Any], source: str) -> TransferLimits:
+        """The limits set in a config's ``[bucket]`` table (defaults for what is not set)."""
+        seconds = {}
+        for key in ("request_timeout", "deadline"):
+            value = bucket.get(key, getattr(cls, key))
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"{source}: bucket.{key} must be a number of seconds above 0")
+            seconds[key] = float(value)
+        try:
+            rate = parse_size(bucket.get("min_rate", cls.min_rate))
+        except KacheryError as e:
+            raise ConfigError(f"{source}: bucket.min_rate: {e}") from e
+        if rate < 1:
+            raise ConfigError(f"{source}: bucket.min_rate must be at least 1 byte (per second)")
+        return cls(seconds["request_timeout"], seconds["deadline"], rate)

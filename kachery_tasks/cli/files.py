@@ -88,12 +88,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_pin, pinned=pinned)
 
     p = command(
-        commands, "gc", "Evict least recently used content until the store fits a size.",
+        commands, "gc",
+        "Remove leftovers of interrupted writes; with --max-size also evict least recently "
+        "used content until the store fits.",
         "kachery-tasks gc --max-size 50GiB",
-        "Pinned content is never evicted. Linked originals are never deleted.\n"
-        "Also removes temporary files left behind by interrupted writes.",
+        "Leftovers are temporary files of writers that have ended and partial downloads\n"
+        "abandoned for a day. Pinned content is never evicted, nor content used in the\n"
+        "last minute. Linked originals are never deleted.",
     )
-    p.add_argument("--max-size", type=size, required=True, help="size limit, e.g. 500MB, 50GiB")
+    p.add_argument("--max-size", type=size,
+                   help="size limit, e.g. 500MB, 50GiB (default: evict nothing)")
     p.set_defaults(func=_gc)
 
     p = command(
@@ -237,13 +241,21 @@ def _pin(args: argparse.Namespace) -> int:
 
 def _gc(args: argparse.Namespace) -> int:
     report = get_store().gc(args.max_size)
+    evicted = (
+        f"evicted {report.evicted} blobs ({format_size(report.freed)})"
+        if args.max_size is not None else "evicted nothing (no --max-size)"
+    )
     print(
-        f"evicted {report.evicted} blobs ({format_size(report.freed)}); "
-        f"store now holds {format_size(report.remaining)} "
+        f"{evicted}; store now holds {format_size(report.remaining)} "
         f"({format_size(report.pinned_bytes)} pinned)"
     )
+    if report.kept_recent:
+        print(f"kept {report.kept_recent} blobs used in the last minute")
     if report.temp_removed:
         print(f"removed {report.temp_removed} stale temporary files")
+    if report.partials_removed:
+        print(f"removed {report.partials_removed} abandoned partial downloads "
+              f"({format_size(report.partial_bytes)})")
     return 0
 
 

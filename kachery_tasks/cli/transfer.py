@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from ..sizes import format_size
 from ..storage.buckets import ENV_BUCKET, Bucket, default_bucket, open_bucket
 from ..storage.local import get_store
 from ..storage.sync import download, download_members, upload
@@ -21,10 +20,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         commands, "upload", "Put stored content into the shared bucket.",
         "KACHERY_TASKS_BUCKET=gs://lab-share/kachery kachery-tasks upload 'sha256://<hex>'",
         "Content above the chunk size travels as chunks plus a manifest. Writes are\n"
-        "create-only and whatever the bucket already has is skipped.",
+        "create-only and whatever the bucket already has is skipped. Every byte sent\n"
+        "is checked against its hash; damaged local content is removed, never sent.",
     )
     _uris_and_bucket(p)
     p.set_defaults(func=_upload)
+    p.add_argument(
+        "--repair", action="store_true",
+        help="read back what the bucket has of the content and replace damaged or missing "
+        "objects with this node's verified bytes",
+    )
 
     p = command(
         commands, "download", "Fetch content from the shared bucket into the store.",
@@ -73,11 +78,8 @@ def _upload(args: argparse.Namespace) -> int:
         store.load_file(uri)
     bucket = bucket_from(args)
     for uri in args.uri:
-        r = upload(store, bucket, uri, progress=args.progress)
-        state = "already in the bucket" if not r.objects_written else (
-            f"uploaded {format_size(r.uploaded_bytes)} in {r.objects_written} objects"
-        )
-        print(f"{uri}: {state}")
+        r = upload(store, bucket, uri, progress=args.progress, repair=args.repair)
+        print(f"{uri}: {r.summary(args.repair)}")
     return 0
 
 

@@ -5,7 +5,9 @@ verified against its SHA-256 on arrival and recorded in
 ``partial-<hex>.done``, so an interrupted download resumes where it stopped
 (recorded chunks are re-verified from disk before they count, so a crash
 that lost unflushed bytes costs a re-fetch, never a wrong byte). A corrupt
-chunk fails the download naming the chunk.
+chunk fails the download naming the chunk. The caller holds the partial's
+lock (see :mod:`.partials`). A full disk removes the partial file, so a
+failed download does not leave the disk full.
 
 The bytes are touched as little as possible: each 1 MiB piece of a chunk
 is received into a reused buffer (:meth:`Bucket.get_into`), hashed and
@@ -25,9 +27,10 @@ import threading
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from ..errors import CorruptContentError
+from ..errors import CorruptContentError, StorageFullError
 from ..fsutil import os_error, start_writeback, write_all
 from ..progress import progress_bar
+from . import partials
 from .buckets.base import Bucket
 from .hashing import Chunk, Digest
 from .layout import chunk_key
@@ -36,14 +39,10 @@ from .manifest import Manifest
 
 _HASH_PIECE = 2**20
 _AHEAD = 2  # chunks beyond the thread count a fetch may run ahead of the hashing
-
-
-def partial_path(store: LocalStore, sha256: str) -> Path:
-    return store.incoming / f"partial-{sha256}"
-
-
-def done_path(store: LocalStore, sha256: str) -> Path:
-    return store.incoming / f"partial-{sha256}.done"
+REPAIR_HINT = (
+    "A node that holds the good bytes can replace the damaged object: "
+    "kachery-tasks upload --repair sha256://{sha256}"
+)
 
 
 def fetch_chunks(
@@ -61,15 +60,30 @@ def fetch_chunks(
     that on a CPU-bound transfer the followers are not starved and left with
     a backlog at the end. Chunks that a previous attempt recorded are
     re-verified from disk before they count.
+
+    Raises StorageFullError (and removes the partial file) when the disk is
+    full, and the StorageError for any other failure of the local disk.
     """
+    try:
+        return _fetch_chunks(store, bucket, manifest, progress, threads)
+    except OSError as e:
+        error = os_error(e, f"cannot download sha256://{manifest.sha256} from {bucket.url}")
+        if isinstance(error, StorageFullError):
+            partials.discard(store.incoming, manifest.sha256)
+            error = StorageFullError(f"{error} (the partial download was removed)")
+        raise error from e
+
+
+def _fetch_chunks(
+    store: LocalStore, bucket: Bucket, manifest: Manifest, progress: bool | None,
+    threads: int | None,
+) -> Digest:
     sha256 = manifest.sha256
-    partial, record = partial_path(store, sha256), done_path(store, sha256)
+    partial = partials.partial_path(store.incoming, sha256)
+    record = partials.done_path(store.incoming, sha256)
     recorded = _read_done(record, manifest) if partial.exists() else set()
     threads = threads or store.node.config.transfer_threads
-    try:
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as e:
-        raise os_error(e, "cannot start the download") from e
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         os.ftruncate(fd, manifest.size)
         done = {i for i in recorded if _chunk_on_disk_ok(fd, manifest.chunks[i])}
@@ -105,8 +119,7 @@ def fetch_chunks(
                     pos += len(piece)
 
                 bucket.get_into(chunk_key(c.sha256), land)
-                if pos != end or h.hexdigest() != c.sha256:
-                    raise _corrupt_chunk(i, c, sha256, bucket)
+                check_chunk(i, c, pos - c.offset, h.hexdigest(), sha256, bucket)
                 if bar:
                     bar(c.size)
                 return i
@@ -218,11 +231,21 @@ class _Followers:
             self.stop()
 
 
+def check_chunk(
+    i: int, c: Chunk, received: int, digest: str, sha256: str, bucket: Bucket
+) -> None:
+    """Raise CorruptContentError unless chunk ``i`` arrived whole and with its hash."""
+    if received != c.size or digest != c.sha256:
+        raise _corrupt_chunk(i, c, sha256, bucket)
+
+
 def _corrupt_chunk(i: int, c: Chunk, sha256: str, bucket: Bucket) -> CorruptContentError:
     return CorruptContentError(
         f"chunk {i} (sha256 {c.sha256}, bytes {c.offset}..{c.offset + c.size}) "
-        f"of sha256://{sha256} is corrupt in bucket {bucket.url}; nothing was stored"
+        f"of sha256://{sha256} is corrupt in bucket {bucket.url}; nothing was stored. "
+        f"{REPAIR_HINT.format(sha256=sha256)}"
     )
+
 
 
 def _chunk_on_disk_ok(fd: int, chunk: Chunk) -> bool:

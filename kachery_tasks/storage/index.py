@@ -4,7 +4,7 @@ One SQLite table row per content id records its size, its SHA-1 alias (so
 ``sha1://`` URIs resolve), the label it was stored with, its manifest when it
 is large, whether it is pinned, when it was last used (for garbage
 collection) and, for files registered with ``link_file``, where the original
-lives and how it looked when it was linked.
+lives and how it looked when it was linked (size, mtime, ctime, inode).
 
 A row is written only after its blob is in place, and removed before its blob
 is deleted: a crash can leave a blob without a row (``verify`` adopts it), never
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..db import connect, transaction
+from ..db import connect, retry_while_locked, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS blobs (
     link_path     TEXT,
     link_size     INTEGER,
     link_mtime_ns INTEGER,
-    link_ino      INTEGER
+    link_ino      INTEGER,
+    link_ctime_ns INTEGER
 );
 CREATE INDEX IF NOT EXISTS blobs_sha1 ON blobs(sha1);
 CREATE INDEX IF NOT EXISTS blobs_accessed ON blobs(accessed);
@@ -45,8 +46,11 @@ CREATE INDEX IF NOT EXISTS blobs_accessed ON blobs(accessed);
 
 _COLUMNS = (
     "sha256, size, sha1, label, role, in_store, manifest, pinned, stored, accessed, "
-    "link_path, link_size, link_mtime_ns, link_ino"
+    "link_path, link_size, link_mtime_ns, link_ino, link_ctime_ns"
 )
+
+# Columns added after the first release: (name, type), added to older databases on open.
+_ADDED_COLUMNS = (("link_ctime_ns", "INTEGER"),)
 
 
 # A blob now in the store: a new row, or what an existing row learns (never a
@@ -80,6 +84,7 @@ class Row:
     link_size: int | None
     link_mtime_ns: int | None
     link_ino: int | None
+    link_ctime_ns: int | None  # None for links recorded before ctime was
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class Link:
     size: int
     mtime_ns: int
     ino: int
+    ctime_ns: int
 
 
 class Index:
@@ -99,6 +105,7 @@ class Index:
         self.path = path
         self._conn = connect(path, SCHEMA, shared)
         self._lock = threading.Lock()
+        _add_columns(self._conn)
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -145,17 +152,17 @@ class Index:
             self._conn.execute(
                 """INSERT INTO blobs (sha256, size, sha1, label, role, in_store, manifest,
                                       stored, accessed, link_path, link_size, link_mtime_ns,
-                                      link_ino)
-                   VALUES (?, ?, ?, ?, 'data', 0, ?, ?, ?, ?, ?, ?, ?)
+                                      link_ino, link_ctime_ns)
+                   VALUES (?, ?, ?, ?, 'data', 0, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(sha256) DO UPDATE SET
                      accessed = excluded.accessed, link_path = excluded.link_path,
                      link_size = excluded.link_size, link_mtime_ns = excluded.link_mtime_ns,
-                     link_ino = excluded.link_ino,
+                     link_ino = excluded.link_ino, link_ctime_ns = excluded.link_ctime_ns,
                      sha1 = COALESCE(blobs.sha1, excluded.sha1),
                      label = COALESCE(blobs.label, excluded.label),
                      manifest = COALESCE(excluded.manifest, blobs.manifest)""",
                 (sha256, size, sha1, label, manifest, now, now,
-                 link.path, link.size, link.mtime_ns, link.ino),
+                 link.path, link.size, link.mtime_ns, link.ino, link.ctime_ns),
             )
 
     def drop_link(self, sha256: str) -> None:
@@ -163,7 +170,7 @@ class Index:
         with self._lock, transaction(self._conn) as c:
             c.execute(
                 "UPDATE blobs SET link_path = NULL, link_size = NULL, link_mtime_ns = NULL, "
-                "link_ino = NULL WHERE sha256 = ?",
+                "link_ino = NULL, link_ctime_ns = NULL WHERE sha256 = ?",
                 (sha256,),
             )
             c.execute("DELETE FROM blobs WHERE sha256 = ? AND in_store = 0", (sha256,))
@@ -208,6 +215,22 @@ class Index:
 
 def _row(r: tuple | sqlite3.Row) -> Row:
     (sha256, size, sha1, label, role, in_store, manifest, pinned, stored, accessed,
-     link_path, link_size, link_mtime_ns, link_ino) = r
+     link_path, link_size, link_mtime_ns, link_ino, link_ctime_ns) = r
     return Row(sha256, size, sha1, label, role, bool(in_store), manifest, bool(pinned),
-               stored, accessed, link_path, link_size, link_mtime_ns, link_ino)
+               stored, accessed, link_path, link_size, link_mtime_ns, link_ino, link_ctime_ns)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Give an index written by an older version the columns added since."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(blobs)").fetchall()}
+    for name, kind in _ADDED_COLUMNS:
+        if name in have:
+            continue
+        try:
+            retry_while_locked(
+                lambda: conn.execute(f"ALTER TABLE blobs ADD COLUMN {name} {kind}"),  # noqa: B023
+                first_delay=0.001, max_delay=0.1,
+            )
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e):  # another process added it first
+                raise

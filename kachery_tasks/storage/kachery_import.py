@@ -52,14 +52,17 @@ def import_kachery_dir(
 ) -> ImportReport:
     """Verify and store every file of a kachery storage directory."""
     store = store or get_store()
-    paths = find_kachery_files(Path(root).expanduser())
     report = ImportReport()
-    total = sum(p.stat().st_size for p in paths)
+    sizes = {}
+    for path in find_kachery_files(Path(root).expanduser()):
+        try:
+            sizes[path] = path.stat().st_size
+        except OSError as e:
+            report.failed.append((str(path), str(_unreadable(path, e))))
     threshold = store.node.config.progress_threshold
-    with progress_bar(total, "import", threshold, progress) as bar:
-        for path in paths:
+    with progress_bar(sum(sizes.values()), "import", threshold, progress) as bar:
+        for path, size in sizes.items():
             sha1 = path.name
-            size = path.stat().st_size
             existing = store.index.by_sha1(sha1)
             if existing is not None and store.has(f"sha256://{existing.sha256}"):
                 report.already += 1
@@ -74,3 +77,13 @@ def import_kachery_dir(
             if bar:
                 bar(size)
     return report
+
+
+def _unreadable(path: Path, e: OSError) -> SourceFileError:
+    """The error for a file of the directory that cannot even be looked at."""
+    if path.is_symlink() and isinstance(e, FileNotFoundError):
+        return SourceFileError(
+            f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+            "restore the file it points to or remove the link"
+        )
+    return SourceFileError(f"cannot read {path}: {e.strerror}")

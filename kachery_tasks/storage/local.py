@@ -43,6 +43,7 @@ from ..fsutil import TMP_PREFIX, ensure_dir, fsync_dir, os_error, temp_path, wri
 from ..processes import pid_alive
 from ..progress import progress_bar
 from ..uris import format_uri, parse_uri
+from . import locks, partials
 from .hashing import Digest, ProgressFn, copy_and_digest, digest_bytes, digest_open_file, hash_file
 from .index import Index, Link, Row
 from .manifest import Manifest
@@ -50,6 +51,7 @@ from .zarr_index import read_index_file
 
 TOUCH_INTERVAL = 60.0
 STALE_TEMP_AGE = 3600.0
+GC_GRACE = 60.0  # content used this recently is never evicted (a store may be returning it)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class VerifyReport:
     adopted: int = 0
     dangling_rows: int = 0
     broken_links: list[str] = field(default_factory=list)
+    vanished: int = 0  # blobs removed (by gc) while verify was running
 
 
 @dataclass
@@ -89,6 +92,9 @@ class GcReport:
     remaining: int
     pinned_bytes: int
     temp_removed: int
+    kept_recent: int = 0  # blobs over the limit kept because they were just used
+    partials_removed: int = 0  # abandoned partial downloads removed
+    partial_bytes: int = 0  # the disk space they used
 
 
 class LocalStore:
@@ -99,6 +105,7 @@ class LocalStore:
         self.root = node.ensure("store")
         self.blobs = node.ensure("store", "sha256")
         self.incoming = node.ensure("store", "incoming")
+        self._gc_lock = self.root / "gc.lock"
         self._blob_root = str(self.blobs)
         self.index = Index(self.root / "index.db", node.shared)
         self._touched: dict[str, float] = {}
@@ -174,9 +181,11 @@ class LocalStore:
     ) -> str:
         """Register a file in place, without copying it, and return its URI.
 
-        The original's size, modification time and inode are recorded; if any of
-        them changes, loading the URI raises LinkedFileError instead of serving
-        bytes that may no longer match the id.
+        The original's size, modification and change times and inode are
+        recorded; if any of them changes, loading the URI raises LinkedFileError
+        instead of serving bytes that may no longer match the id. (The change
+        time is set by the kernel on every write and cannot be set back, so
+        content edited in place and given its old mtime again is still caught.)
         """
         path = Path(path).absolute()
         label = _label(path, label)
@@ -194,12 +203,12 @@ class LocalStore:
             after = os.fstat(src)
         finally:
             os.close(src)
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        if _identity(after) != _identity(st):
             raise SourceFileError(f"{path} changed while it was being linked; link it again")
         manifest = self.store_manifest(digest)
         self.index.record_link(
             digest.sha256, digest.size, digest.sha1, label, manifest,
-            Link(str(path), st.st_size, st.st_mtime_ns, st.st_ino),
+            Link(str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns),
         )
         return format_uri(digest.sha256, label=label, size=digest.size)
 
@@ -264,7 +273,7 @@ class LocalStore:
         return self._finish(digest, label)
 
     def _write_blob(self, sha256: str, data: bytes | bytearray | memoryview) -> None:
-        if os.path.exists(self.blob_path(sha256)):
+        if self._claim(sha256):
             return
         tmp = temp_path(self.incoming)
         try:
@@ -282,7 +291,7 @@ class LocalStore:
         """
         final = self.blob_path(sha256)
         parent = Path(final).parent
-        if os.path.exists(final):  # stored meanwhile: the same bytes, by its name
+        if self._claim(sha256):  # stored before: the same bytes, by its name
             _unlink_quietly(tmp)
             return parent
         os.chmod(tmp, 0o444)
@@ -291,6 +300,25 @@ class LocalStore:
         if sync_dir:
             fsync_dir(parent)
         return parent
+
+    def _claim(self, sha256: str) -> bool:
+        """True when the blob is in the store; it is then marked as used now.
+
+        For ``gc`` the check and the mark are one step (both under the gc
+        lock): either gc removed the blob first (False: the caller puts its
+        own copy in place) or gc finds it just used and keeps it for
+        :data:`GC_GRACE` seconds, long enough for the caller to return its URI.
+        """
+        path = self.blob_path(sha256)
+        if not os.path.exists(path):
+            return False  # nothing here for gc to take away
+        with locks.hold(self._gc_lock, shared=True):
+            if not os.path.exists(path):
+                return False
+            now = time.time()
+            self.index.touch(sha256, now)
+            self._touched[sha256] = now
+            return True
 
     def store_manifest(self, digest: Digest) -> str | None:
         """Store and index the manifest of a large blob's digest; its id (None if small)."""
@@ -404,32 +432,43 @@ class LocalStore:
                 f"the linked original of sha256://{row.sha256} is gone: {row.link_path}; "
                 "link or store the file again"
             ) from None
-        if (st.st_size, st.st_mtime_ns, st.st_ino) != (
-            row.link_size, row.link_mtime_ns, row.link_ino
-        ):
+        recorded = (row.link_size, row.link_mtime_ns, row.link_ino, row.link_ctime_ns)
+        if row.link_ctime_ns is None:  # linked by a version that did not record it
+            recorded = (*recorded[:3], st.st_ctime_ns)
+        if _identity(st) != recorded:
             raise LinkedFileError(
                 f"the linked original of sha256://{row.sha256} changed since it was linked: "
                 f"{row.link_path}; it is not served. Link or store the file again"
             )
 
     def _verify_blob(self, sha256: str) -> None:
-        path = self.blob_path(sha256)
-        actual = hash_file(path, self.chunk_size).sha256
+        actual = hash_file(self.blob_path(sha256), self.chunk_size).sha256
         if actual != sha256:
-            self._remove_blob(sha256)
-            raise CorruptContentError(
-                f"the stored bytes of sha256://{sha256} hash to {actual}: the blob was "
-                "corrupted on disk and has been removed; store or fetch it again"
-            )
+            raise self.discard_corrupt(sha256, self.blob_path(sha256), f"hash to {actual}")
 
     def _verify_link(self, row: Row) -> None:
         actual = hash_file(row.link_path, self.chunk_size).sha256
         if actual != row.sha256:
-            self.index.drop_link(row.sha256)
-            raise LinkedFileError(
-                f"the linked original {row.link_path} no longer has the content "
-                f"sha256://{row.sha256}; the link was removed"
+            raise self.discard_corrupt(row.sha256, row.link_path, f"hash to {actual}")
+
+    def discard_corrupt(self, sha256: str, path: str, finding: str) -> StorageError:
+        """Stop serving content whose bytes at ``path`` were found not to match its id.
+
+        ``path`` is what :meth:`load_file` returned (the blob, or a linked
+        original); ``finding`` says what was found ("hash to <hex>"). The
+        blob is removed, or the link forgotten; returns the error to raise.
+        """
+        if path == self.blob_path(sha256):
+            self._remove_blob(sha256)
+            return CorruptContentError(
+                f"the stored bytes of sha256://{sha256} {finding}: the blob was corrupted "
+                "on disk and has been removed; store or fetch it again"
             )
+        self.index.drop_link(sha256)
+        return LinkedFileError(
+            f"the linked original {path} no longer has the content sha256://{sha256} "
+            f"(its bytes {finding}); the link was removed"
+        )
 
     def _remove_blob(self, sha256: str) -> None:
         self.index.drop_blob(sha256)
@@ -444,21 +483,26 @@ class LocalStore:
         """
         report = VerifyReport()
         indexed = {r.sha256: r for r in self.index.rows()}
-        files = list(self._blob_files())
-        total = sum(os.path.getsize(p) for _, p in files)
-        with progress_bar(total, "verify", self.node.config.progress_threshold, progress) as bar:
-            for sha256, path in files:
-                digest = hash_file(path, self.chunk_size)
-                if bar:
-                    bar(digest.size)
-                report.checked += 1
+        files = {sha256: size for sha256, size in self._blob_sizes()}
+        with progress_bar(
+            sum(files.values()), "verify", self.node.config.progress_threshold, progress
+        ) as bar:
+            for sha256, size in files.items():
                 row = indexed.pop(sha256, None)
+                try:
+                    digest = hash_file(self.blob_path(sha256), self.chunk_size)
+                except FileNotFoundError:  # evicted by gc meanwhile: nothing left to check
+                    report.vanished += 1
+                    continue
+                finally:
+                    if bar:
+                        bar(size)
+                report.checked += 1
                 if digest.sha256 != sha256:
                     report.corrupt.append(sha256)
                     self._remove_blob(sha256)
                     continue
-                if row is None or not row.in_store:
-                    self.index.record_blob(sha256, digest.size, digest.sha1, None)
+                if (row is None or not row.in_store) and self._adopt(digest):
                     report.adopted += 1
         for row in indexed.values():
             if row.link_path:
@@ -469,16 +513,28 @@ class LocalStore:
                 except LinkedFileError:
                     report.broken_links.append(row.sha256)
                     self.index.drop_link(row.sha256)
-            elif row.in_store:
-                self.index.drop_blob(row.sha256)
+            elif row.in_store and not os.path.exists(self.blob_path(row.sha256)):
+                self.index.drop_blob(row.sha256)  # (unless stored again meanwhile)
                 report.dangling_rows += 1
         return report
 
-    def _blob_files(self) -> Iterator[tuple[str, str]]:
+    def _adopt(self, digest: Digest) -> bool:
+        """Index a blob found without a row, unless gc has just removed it (as gc sees it)."""
+        with locks.hold(self._gc_lock, shared=True):
+            if not os.path.exists(self.blob_path(digest.sha256)):
+                return False
+            self.index.record_blob(digest.sha256, digest.size, digest.sha1, None)
+            return True
+
+    def _blob_sizes(self) -> Iterator[tuple[str, int]]:
+        """(id, size) of every blob file, skipping any that vanish while they are listed."""
         for dirpath, _dirs, names in os.walk(self.blobs):
             for name in names:
                 if len(name) == 64 and not name.startswith(TMP_PREFIX):
-                    yield name, os.path.join(dirpath, name)
+                    try:
+                        yield name, os.path.getsize(os.path.join(dirpath, name))
+                    except FileNotFoundError:
+                        continue
 
     # ------------------------------------------------------------ lifecycle
     def pin(self, uri: str, pinned: bool = True) -> None:
@@ -491,37 +547,66 @@ class LocalStore:
             self.index.record_blob(sha256, d.size, d.sha1, None)
             self.index.set_pinned(sha256, pinned)
 
-    def gc(self, max_size: int) -> GcReport:
-        """Evict least recently used blobs until the store holds at most ``max_size`` bytes.
+    def gc(self, max_size: int | None = None, grace: float = GC_GRACE) -> GcReport:
+        """Clean up leftovers, then evict least recently used blobs down to ``max_size`` bytes.
 
-        Pinned content is never evicted (even if that leaves the store above the
-        limit), nor are the chunks of a pinned zarr array; a large file's
-        manifest goes with its file, and linked originals are not the store's
-        to delete and do not count.
+        Leftovers are temporary files of writers that are gone and partial
+        downloads abandoned for a day; with ``max_size=None`` that is all gc
+        does. Pinned content is never evicted (even if that leaves the store
+        above the limit), nor are the chunks of a pinned zarr array, nor
+        content used in the last ``grace`` seconds (a store of it may be
+        returning its URI right now); a large file's manifest goes with its
+        file, and linked originals are not the store's to delete and do not
+        count.
         """
         temp_removed = self._remove_stale_temp()
+        partials_removed, partial_bytes = partials.remove_abandoned(self.incoming)
         rows = list(self.index.rows(order="accessed"))
         in_store = [r for r in rows if r.in_store]
         total = sum(r.size for r in in_store)
         kept = self._kept_by_pins(r for r in in_store if r.pinned)
         pinned_bytes = sum(r.size for r in in_store if r.pinned or r.sha256 in kept)
         by_id = {r.sha256: r for r in rows}
-        evicted = freed = 0
+        cutoff = time.time() - grace
+        evicted = freed = kept_recent = 0
         for row in in_store:
-            if total <= max_size:
+            if max_size is None or total <= max_size:
                 break
             if row.pinned or row.role != "data" or row.sha256 in kept:
+                continue
+            if row.accessed > cutoff:
+                kept_recent += 1
                 continue
             victims = [row]
             m = by_id.get(row.manifest) if row.manifest else None
             if m is not None and m.in_store and not m.pinned:
                 victims.append(m)
-            for v in victims:
-                self._remove_blob(v.sha256)
+            for v in self._evict(victims, cutoff):
                 total -= v.size
                 freed += v.size
                 evicted += 1
-        return GcReport(evicted, freed, total, pinned_bytes, temp_removed)
+        return GcReport(
+            evicted, freed, total, pinned_bytes, temp_removed, kept_recent, partials_removed,
+            partial_bytes,
+        )
+
+    def _evict(self, victims: list[Row], cutoff: float) -> list[Row]:
+        """Remove the blobs of ``victims`` unless they were used after ``cutoff``; the removed.
+
+        Each is looked up again under the gc lock, which a store that finds
+        the blob present holds while it marks it used (see :meth:`_claim`).
+        """
+        removed = []
+        with locks.hold(self._gc_lock):
+            for v in victims:
+                now = self.index.get(v.sha256)
+                if now is None or not now.in_store or now.pinned or now.accessed > cutoff:
+                    if v is victims[0]:
+                        return []  # the file stays, and so does its manifest
+                    continue
+                self._remove_blob(v.sha256)
+                removed.append(v)
+        return removed
 
     def _kept_by_pins(self, pinned: Iterable[Row]) -> set[str]:
         """The blobs that pinned zarr indexes name (a pinned array keeps its chunks)."""
@@ -580,25 +665,53 @@ def check_range(start: int, end: int | None, size: int) -> tuple[int, int]:
 
 
 def _open_source(path: Path) -> tuple[int, os.stat_result]:
-    """Open a file to be stored, with a clear error for each way that can fail."""
+    """Open a file to be stored, with a clear error for each way that can fail.
+
+    Only regular files are opened: a named pipe would block the open (and the
+    read) until something writes to it, a device may never end. The path is
+    checked before the open, the open never blocks (O_NONBLOCK), and what was
+    opened is checked again (the path may have been replaced in between).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        _check_regular(path, os.stat(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise SourceFileError(f"no such file: {path}") from None
     except PermissionError:
         raise SourceFileError(
             f"cannot read {path}: permission denied; check its mode and owner"
         ) from None
-    except IsADirectoryError:
-        raise SourceFileError(f"{path} is a directory; store the files in it one by one") from None
     except OSError as e:
         raise SourceFileError(f"cannot open {path}: {e.strerror}") from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+    try:
+        _check_regular(path, st)
+    except SourceFileError:
         os.close(fd)
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise SourceFileError(f"{path} is {kind}; only regular files can be stored")
+        raise
+    os.set_blocking(fd, True)
     return fd, st
+
+
+def _check_regular(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISREG(st.st_mode):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise SourceFileError(f"{path} is a directory; store the files in it one by one")
+    kind = (
+        "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
+        else "a socket" if stat.S_ISSOCK(st.st_mode)
+        else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        else "not a regular file"
+    )
+    raise SourceFileError(
+        f"{path} is {kind}; only regular files can be stored (copy its content to a file first)"
+    )
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What must stay the same for a linked original to still hold what was hashed."""
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
 def _unlink_quietly(path: Path | str) -> None:

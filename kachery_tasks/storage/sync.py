@@ -7,25 +7,42 @@ uploaded chunk by chunk (in parallel, skipping chunks the bucket has), and
 its manifest is written *last*: a manifest in the bucket means every chunk it
 lists is there. Re-uploading what the bucket already has costs one existence
 check. A zarr array's index goes up with every blob it names, the index last.
+Every byte sent is hashed as it is read for sending and checked against the
+manifest's chunk hash (or the id, for a small blob): content damaged on this
+node's disk is removed from the store and never reaches the bucket.
+
+**Repair.** Objects are written once, so a damaged object would stay damaged.
+``upload(..., repair=True)`` reads back every object of the content the
+bucket has and replaces each damaged one with verified local bytes, writing
+over exactly the object it found damaged (its generation), so it never
+clobbers a concurrent repair; missing objects are written. A plain upload
+replaces a chunk whose size shows it is damaged (the existence check tells
+the size for free).
 
 **Download.** Small content is one object, checked against its id. Larger
 content is fetched chunk by chunk into a resumable partial file, each chunk
 verified on arrival (:mod:`.fetch`); the whole file is hashed as chunks land
 and checked against its id before it enters the store, so nothing
-unverified is ever served.
+unverified is ever served. One download per file and node runs at a time
+(the partial's lock, :mod:`.partials`): a second waits and then finds the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import ContentNotFoundError, CorruptContentError
+from ..errors import ContentNotFoundError, CorruptContentError, StorageFullError
 from ..progress import progress_bar
+from ..sizes import format_size
 from ..uris import parse_uri
+from . import locks, partials
 from .buckets.base import Bucket
-from .fetch import done_path, fetch_chunks, partial_path, run_all
+from .fetch import REPAIR_HINT, fetch_chunks, run_all
+from .hashing import Chunk, hash_file
 from .layout import blob_key, chunk_key, manifest_key
 from .local import LocalStore
 from .manifest import Manifest
@@ -37,15 +54,43 @@ __all__ = [
 ]
 
 _BLOBS_FOR_A_BAR = 100  # fetching fewer blobs than this shows no bar
+_WRITTEN, _REPAIRED, _SKIPPED = "written", "repaired", "skipped"
 
 
 @dataclass
 class UploadReport:
-    """What an upload did: bytes sent and objects skipped because the bucket had them."""
+    """What an upload did: bytes sent; objects written, repaired, or skipped (already there)."""
 
     uploaded_bytes: int = 0
     objects_written: int = 0
     objects_skipped: int = 0
+    objects_repaired: int = 0
+
+    def add(self, outcome: str, size: int) -> None:
+        if outcome == _SKIPPED:
+            self.objects_skipped += 1
+            return
+        self.uploaded_bytes += size
+        if outcome == _REPAIRED:
+            self.objects_repaired += 1
+        else:
+            self.objects_written += 1
+
+    def summary(self, repair: bool = False) -> str:
+        """One line saying what the upload did (``repair``: it was an upload --repair)."""
+        if not self.objects_written and not self.objects_repaired:
+            return "already in the bucket" + (", every object checked" if repair else "")
+        sent = self.objects_written + self.objects_repaired
+        line = f"uploaded {format_size(self.uploaded_bytes)} in {sent} objects"
+        if self.objects_repaired:
+            line += f" ({self.objects_repaired} of them replaced damaged objects)"
+        return line
+
+    def merge(self, other: UploadReport) -> None:
+        self.uploaded_bytes += other.uploaded_bytes
+        self.objects_written += other.objects_written
+        self.objects_skipped += other.objects_skipped
+        self.objects_repaired += other.objects_repaired
 
 
 def in_bucket(bucket: Bucket, sha256: str) -> bool:
@@ -55,57 +100,124 @@ def in_bucket(bucket: Bucket, sha256: str) -> bool:
 
 def upload(
     store: LocalStore, bucket: Bucket, uri: str, progress: bool | None = None,
-    threads: int | None = None,
+    threads: int | None = None, repair: bool = False,
 ) -> UploadReport:
     """Put the content ``uri`` names into ``bucket`` (create-only; skips what is there).
 
     A zarr array's index (see :mod:`.zarr_index`) goes up with every blob it
     names, the index last: a reader who finds the index finds its chunks.
+    What is sent is verified on the way; local bytes that do not match raise
+    CorruptContentError (LinkedFileError for a changed linked original)
+    after the store stopped serving them, and the content's manifest is not
+    written. With ``repair=True`` what the bucket has is read back and
+    damaged or missing objects are replaced (see the module docstring).
     """
     sha256 = store.resolve(uri)
     report = UploadReport()
-    if in_bucket(bucket, sha256):
+    if not repair and in_bucket(bucket, sha256):
         report.objects_skipped += 1
         return report
     path = store.load_file(f"sha256://{sha256}")
     threads = threads or store.node.config.transfer_threads
     keys = read_index_file(path, uri)  # a zarr array's index, however large: members first
     if keys is not None:
-        _upload_members(store, bucket, sorted(set(keys.values())), report, progress, threads)
+        members = sorted(set(keys.values()))
+        _upload_members(store, bucket, members, report, progress, threads, repair)
     manifest = store.manifest(f"sha256://{sha256}")
     if manifest is None:
-        with open(path, "rb") as f:
-            data = f.read()
-        _count(report, bucket.put(blob_key(sha256), data), len(data))
+        size = os.path.getsize(path)
+        read = lambda: _read_blob(store, sha256, path)  # noqa: E731
+        report.add(_send(bucket, blob_key(sha256), sha256, size, read, repair), size)
         return report
+    if (manifest.sha256, manifest.size) != (sha256, os.path.getsize(path)):
+        raise _bad_manifest(sha256, "it describes other content")
     fd = os.open(path, os.O_RDONLY)
     try:
         with progress_bar(
             manifest.size, f"upload {sha256[:12]}", store.node.config.progress_threshold, progress
         ) as bar, ThreadPoolExecutor(threads, thread_name_prefix="kachery-up") as pool:
 
-            def send(i: int) -> tuple[bool, int]:
+            def send(i: int) -> tuple[str, int]:
                 c = manifest.chunks[i]
-                key = chunk_key(c.sha256)
-                if bucket.exists(key):
-                    wrote = False
-                else:
-                    wrote = bucket.put(key, os.pread(fd, c.size, c.offset))
+                read = lambda: _read_chunk(store, sha256, path, fd, i, c)  # noqa: E731
+                outcome = _send(bucket, chunk_key(c.sha256), c.sha256, c.size, read, repair)
                 if bar:
                     bar(c.size)
-                return wrote, c.size
+                return outcome, c.size
 
-            for wrote, size in run_all(pool, send, range(len(manifest.chunks))):
-                _count(report, wrote, size)
+            for outcome, size in run_all(pool, send, range(len(manifest.chunks))):
+                report.add(outcome, size)
     finally:
         os.close(fd)
-    _count(report, bucket.put(manifest_key(sha256), manifest.to_json()), 0)
+    doc = manifest.to_json()
+    digest = hashlib.sha256(doc).hexdigest()
+    report.add(_send(bucket, manifest_key(sha256), digest, len(doc), lambda: doc, repair), 0)
     return report
+
+
+def _send(
+    bucket: Bucket, key: str, sha256: str, size: int, read: Callable[[], bytes], repair: bool
+) -> str:
+    """Make object ``key`` hold the ``size`` bytes of hash ``sha256`` that ``read()`` returns.
+
+    ``read`` (called only when bytes must be sent) returns verified bytes.
+    An object already there is kept unless its size is wrong or, with
+    ``repair``, its bytes are; then it is replaced, that generation only.
+    """
+    info = bucket.stat(key)
+    if info is None:
+        return _WRITTEN if bucket.put(key, read()) else _SKIPPED
+    if info.size == size and not repair:
+        return _SKIPPED
+    if info.size == size:
+        try:
+            if _object_sha256(bucket, key) == sha256:
+                return _SKIPPED
+        except ContentNotFoundError:  # removed meanwhile
+            return _WRITTEN if bucket.put(key, read()) else _SKIPPED
+    return _REPAIRED if bucket.replace(key, read(), info.generation) else _SKIPPED
+
+
+def _object_sha256(bucket: Bucket, key: str) -> str:
+    """The SHA-256 of what object ``key`` holds (read back, piece by piece)."""
+    h = hashlib.sha256()
+    bucket.get_into(key, h.update)
+    return h.hexdigest()
+
+
+def _read_blob(store: LocalStore, sha256: str, path: str) -> bytes:
+    """The whole of small content, checked against its id."""
+    with open(path, "rb") as f:
+        data = f.read()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise store.discard_corrupt(sha256, path, f"hash to {actual}; nothing was uploaded")
+    return data
+
+
+def _read_chunk(store: LocalStore, sha256: str, path: str, fd: int, i: int, c: Chunk) -> bytes:
+    """Chunk ``i`` of large content, checked against its hash in the manifest."""
+    data = os.pread(fd, c.size, c.offset)
+    if len(data) == c.size and hashlib.sha256(data).hexdigest() == c.sha256:
+        return data
+    # The bytes or the manifest are wrong: the whole file's hash tells which.
+    if hash_file(path, store.chunk_size).sha256 == sha256:
+        raise _bad_manifest(sha256, f"chunk {i} does not match the file")
+    raise store.discard_corrupt(
+        sha256, path, f"do not match chunk {i} of their manifest; its manifest was not uploaded"
+    )
+
+
+def _bad_manifest(sha256: str, why: str) -> CorruptContentError:
+    return CorruptContentError(
+        f"the stored manifest of sha256://{sha256} is damaged ({why}); nothing more was "
+        "uploaded. Run 'kachery-tasks verify' and upload again"
+    )
 
 
 def _upload_members(
     store: LocalStore, bucket: Bucket, members: list[str], report: UploadReport,
-    progress: bool | None, threads: int,
+    progress: bool | None, threads: int, repair: bool,
 ) -> None:
     """Upload the blobs a zarr index names, several at once, with one progress bar."""
     sizes = {h: os.path.getsize(store.load_file(f"sha256://{h}")) for h in members}
@@ -115,23 +227,13 @@ def _upload_members(
     ) as bar, ThreadPoolExecutor(threads, thread_name_prefix="kachery-up") as pool:
 
         def send(h: str) -> UploadReport:
-            r = upload(store, bucket, f"sha256://{h}", progress=False, threads=1)
+            r = upload(store, bucket, f"sha256://{h}", progress=False, threads=1, repair=repair)
             if bar:
                 bar(sizes[h])
             return r
 
         for r in run_all(pool, send, members):
-            report.uploaded_bytes += r.uploaded_bytes
-            report.objects_written += r.objects_written
-            report.objects_skipped += r.objects_skipped
-
-
-def _count(report: UploadReport, wrote: bool, size: int) -> None:
-    if wrote:
-        report.objects_written += 1
-        report.uploaded_bytes += size
-    else:
-        report.objects_skipped += 1
+            report.merge(r)
 
 
 def download(
@@ -140,8 +242,10 @@ def download(
 ) -> str:
     """Fetch the content ``uri`` names from ``bucket`` into the store; return its local path.
 
-    Raises ContentNotFoundError when the bucket does not have it and
-    CorruptContentError when what it has does not match.
+    Raises ContentNotFoundError when the bucket does not have it,
+    CorruptContentError when what it has does not match (naming the damaged
+    object) and StorageFullError when the disk fills up (nothing is left
+    behind then).
     """
     parsed = parse_uri(uri)
     if parsed.algorithm != "sha256":
@@ -158,23 +262,46 @@ def download(
         except CorruptContentError:
             raise CorruptContentError(
                 f"object {blob_key(sha256)} in {bucket.url} does not hash to its name; "
-                "it was corrupted in the bucket; nothing was stored"
+                f"it was corrupted in the bucket; nothing was stored. "
+                f"{REPAIR_HINT.format(sha256=sha256)}"
             ) from None
         return store.load_file(f"sha256://{sha256}")
     try:
         manifest = Manifest.from_json(bucket.get(manifest_key(sha256)))
+        if manifest.sha256 != sha256:
+            raise CorruptContentError("it describes other content")
     except ContentNotFoundError:
         raise ContentNotFoundError(
             f"{uri} is neither in this node's store nor in bucket {bucket.url}"
         ) from None
-    if manifest.sha256 != sha256:
+    except CorruptContentError as e:
         raise CorruptContentError(
-            f"the manifest of {sha256} in {bucket.url} describes other content"
-        )
-    digest = fetch_chunks(store, bucket, manifest, progress, threads)
-    store.admit(partial_path(store, sha256), sha256, label, digest)
-    done_path(store, sha256).unlink(missing_ok=True)
+            f"object {manifest_key(sha256)} in {bucket.url} is damaged ({e}); nothing was "
+            f"stored. {REPAIR_HINT.format(sha256=sha256)}"
+        ) from None
+    lock = partials.lock_path(store.incoming, sha256)
+    with locks.hold(lock):  # a second download of this file waits here, then finds it
+        try:
+            if not store.has(f"sha256://{sha256}"):
+                _fetch_and_admit(store, bucket, manifest, label, progress, threads)
+        finally:
+            locks.remove_held(lock)  # a partial left for a resume is judged by its lock
     return store.load_file(f"sha256://{sha256}")
+
+
+def _fetch_and_admit(
+    store: LocalStore, bucket: Bucket, manifest: Manifest, label: str | None,
+    progress: bool | None, threads: int | None,
+) -> None:
+    """Fetch large content into its partial file and move it into the store (lock held)."""
+    sha256 = manifest.sha256
+    digest = fetch_chunks(store, bucket, manifest, progress, threads)
+    try:
+        store.admit(partials.partial_path(store.incoming, sha256), sha256, label, digest)
+    except (StorageFullError, CorruptContentError):  # nothing worth resuming, or no room
+        partials.discard(store.incoming, sha256)
+        raise
+    partials.discard(store.incoming, sha256)
 
 
 def download_members(

@@ -48,9 +48,51 @@ def test_gc_pin_ls(run_cli, tmp_path):
         uris.append(_ok(run_cli("store", str(p))).strip())
     _ok(run_cli("pin", uris[0]))
     out = _ok(run_cli("gc", "--max-size", "0"))
+    assert "evicted 0 blobs" in out and "kept 2 blobs used in the last minute" in out
+    _age_the_store()
+    out = _ok(run_cli("gc", "--max-size", "0"))
     assert "evicted 2 blobs" in out
     listing = _ok(run_cli("ls"))
     assert uris[0].split("?")[0] in listing and uris[1].split("?")[0] not in listing
+
+
+def _age_the_store():
+    """As if the node's content was last used long ago."""
+    from kachery_tasks.storage.local import get_store
+
+    store = get_store()
+    for row in list(store.index.rows()):
+        store.index.touch(row.sha256, 1000.0)
+
+
+def test_gc_without_a_size_cleans_up_and_evicts_nothing(run_cli, tmp_path, node_path):
+    src = tmp_path / "f"
+    src.write_bytes(b"kept")
+    uri = _ok(run_cli("store", str(src))).strip()
+    _age_the_store()
+    partial = node_path / "store" / "incoming" / f"partial-{'e' * 64}"
+    partial.write_bytes(os.urandom(10_000))
+    os.utime(partial, (0, 0))
+    out = _ok(run_cli("gc"))
+    assert "evicted nothing" in out and "removed 1 abandoned partial downloads" in out
+    assert not partial.exists()
+    assert uri.split("?")[0] in _ok(run_cli("ls"))
+
+
+@pytest.mark.parametrize("command", ["store", "link"])
+def test_a_named_pipe_is_refused_in_one_line(command, tmp_path):
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    try:
+        r = subprocess.run([sys.executable, "-m", "kachery_tasks", command, str(fifo)],
+                           capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"'kachery-tasks {command}' blocked on a named pipe")
+    assert r.returncode == 1 and b"named pipe" in r.stderr
+    assert r.stderr.decode().count("\n") == 1 and b"Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize(

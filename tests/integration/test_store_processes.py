@@ -149,3 +149,46 @@ except StoragePermissionError as e:
     out = r.stdout.decode()
     assert out.startswith("permission:") and "chmod" in out and str(node.path) in out
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+DOWNLOAD_SCRIPT = """
+import sys
+from kachery_tasks.storage.buckets import open_bucket
+from kachery_tasks.storage.local import get_store
+from kachery_tasks.storage.sync import download
+store, bucket = get_store(), open_bucket(sys.argv[1])
+sys.stdin.readline()  # everyone starts at once
+print(download(store, bucket, sys.argv[2], progress=False, threads=2), flush=True)
+"""
+
+
+def test_processes_downloading_one_file_at_once_all_get_it(tmp_path):
+    from kachery_tasks.storage.buckets import open_bucket
+    from kachery_tasks.storage.sync import upload
+
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "config.toml").write_text('[store]\nchunk_size = "1MiB"\n')
+    data = os.urandom(48 * 2**20)
+    uri = get_store(init_node_dir(a)).store_bytes(data)
+    bucket_url = f"file://{tmp_path}/bucket"
+    upload(get_store(init_node_dir(a)), open_bucket(bucket_url), uri)
+    env = {**os.environ, "KACHERY_TASKS_DIR": str(tmp_path / "b")}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", DOWNLOAD_SCRIPT, bucket_url, uri], env=env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.stdin.write(b"go\n")
+    for p in procs:
+        p.stdin.flush()
+    paths = set()
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+        paths.add(out.decode().strip())
+    assert len(paths) == 1
+    with open(paths.pop(), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert list((tmp_path / "b" / "store" / "incoming").iterdir()) == []

@@ -135,7 +135,7 @@ def test_known_content_is_touched_and_a_blob_evicted_meanwhile_is_not_recorded()
     assert store.has(old) and not store.has(newer)
 
     batch.add(b"newer and pending")
-    store.gc(max_size=0)  # evicts the blob the batch counted on
+    store.gc(max_size=0, grace=0)  # a while later: evicts the blob the batch counted on
     assert not store.has(old)
     with pytest.raises(StorageError, match="removed from the store"):
         batch.commit()

@@ -37,3 +37,31 @@ def test_import_verifies_and_resolves_sha1_uris(tmp_path):
 def test_not_a_kachery_dir(tmp_path):
     with pytest.raises(SourceFileError, match="sha1/"):
         import_kachery_dir(tmp_path, progress=False)
+
+
+def test_dangling_links_and_pipes_in_the_tree_are_reported_and_skipped(tmp_path):
+    root = tmp_path / "kachery"
+    good = _put(root, b"a good file")
+    d = root / "sha1" / "22" / "22" / "22"
+    d.mkdir(parents=True)
+    (d / ("2" * 40)).symlink_to(tmp_path / "gone")
+    os.mkfifo(d / ("3" * 40))
+    report = import_kachery_dir(root, progress=False)
+    assert report.imported == 1 and get_store().has(f"sha1://{good}")
+    why = dict(report.failed)
+    dangling = why[str(d / ("2" * 40))]
+    assert "symbolic link" in dangling and "does not exist" in dangling
+    assert "named pipe" in why[str(d / ("3" * 40))]
+    assert all("\n" not in w for w in why.values())
+
+
+def test_the_command_reports_them_and_exits_1(tmp_path, run_cli):
+    root = tmp_path / "kachery"
+    _put(root, b"fine")
+    d = root / "sha1" / "44" / "44" / "44"
+    d.mkdir(parents=True)
+    (d / ("4" * 40)).symlink_to(tmp_path / "gone")
+    r = run_cli("import-kachery", str(root))
+    assert r.returncode == 1 and b"Traceback" not in r.stderr
+    assert b"imported 1 files" in r.stdout
+    assert r.stderr.decode().count("\n") == 1 and "symbolic link" in r.stderr.decode()

@@ -4,6 +4,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -191,9 +192,236 @@ def test_gc_takes_a_manifest_with_its_file_and_cleans_stale_temp(store, tmp_path
     busy.write_bytes(b"a chunk of an array not sealed yet")
     for p in (stale, busy):
         os.utime(p, (0, 0))
-    report = store.gc(max_size=0)
+    report = store.gc(max_size=0, grace=0)  # as if stored long ago
     assert not store.has(uri) and not store.has(manifest_uri)
     assert report.temp_removed == 1 and not stale.exists() and busy.exists()
+
+
+def _age(store):
+    """As if everything in the store was last used long ago."""
+    for row in list(store.index.rows()):
+        store.index.touch(row.sha256, 1000.0)
+    store._touched.clear()
+
+
+def test_gc_during_a_store_of_content_already_here_keeps_it(store, tmp_path, monkeypatch):
+    """The store finds the blob present; gc runs before the store returns its URI."""
+    src = _file(tmp_path, "f", os.urandom(10_000))
+    first = store.store_file(src)
+    _age(store)
+    real_record = store.index.record_blob
+    ran = []
+
+    def record_after_gc(*args, **kwargs):
+        if not ran:
+            ran.append(threading.Thread(target=store.gc, args=(0,)))
+            ran[0].start()
+            ran[0].join()
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(store.index, "record_blob", record_after_gc)
+    uri = store.store_file(src)
+    monkeypatch.undo()
+    assert ran and uri == first
+    with open(store.load_file(uri), "rb") as f:
+        assert f.read() == src.read_bytes()
+
+
+def test_a_store_that_finds_gc_removing_the_blob_waits_and_writes_it(store, tmp_path, monkeypatch):
+    """gc has decided to evict the blob and is removing it when a store finds it present."""
+    src = _file(tmp_path, "f", os.urandom(3000))
+    store.store_file(src)
+    _age(store)
+    removing, go = threading.Event(), threading.Event()
+    real_drop = store.index.drop_blob
+
+    def drop(sha256):  # gc, past its decision, about to delete the file
+        removing.set()
+        go.wait(30)
+        real_drop(sha256)
+
+    monkeypatch.setattr(store.index, "drop_blob", drop)
+    gc = threading.Thread(target=store.gc, args=(0,))
+    gc.start()
+    assert removing.wait(30)
+    result = {}
+    storer = threading.Thread(target=lambda: result.update(uri=store.store_file(src)))
+    storer.start()
+    storer.join(0.5)  # the window: a store that does not wait for gc returns here
+    go.set()
+    gc.join()
+    storer.join()
+    monkeypatch.undo()
+    with open(store.load_file(result["uri"]), "rb") as f:
+        assert f.read() == src.read_bytes()
+
+
+def test_verify_while_gc_evicts_does_not_crash(store, monkeypatch):
+    from kachery_tasks.storage import local
+
+    uris = [store.store_bytes(os.urandom(100 + i)) for i in range(5)]
+    _age(store)
+    real_hash = local.hash_file
+    ran = []
+
+    def hash_during_gc(path, *args, **kwargs):
+        if not ran:  # gc runs (on its own thread) just as verify starts hashing
+            ran.append(threading.Thread(target=store.gc, args=(0,)))
+            ran[0].start()
+            ran[0].join()
+        return real_hash(path, *args, **kwargs)
+
+    monkeypatch.setattr(local, "hash_file", hash_during_gc)
+    report = store.verify(progress=False)
+    assert report.vanished == 5 and report.checked == 0
+    assert report.corrupt == [] and report.dangling_rows == 0 and report.adopted == 0
+    assert not any(store.has(u) for u in uris) and list(store.index.rows()) == []
+
+
+def _hold_lock_in_another_process(path):
+    script = (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(path)!r}, os.O_RDONLY | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_gc_removes_abandoned_partial_downloads_and_keeps_live_ones(store):
+    two_days_ago = time.time() - 2 * 86400
+    abandoned, live, recent = ("a" * 64, "b" * 64, "c" * 64)
+    for h in (abandoned, live, recent):
+        (store.incoming / f"partial-{h}").write_bytes(os.urandom(50_000))
+        (store.incoming / f"partial-{h}.done").write_text("{}\n0\n")
+        if h != recent:
+            for suffix in ("", ".done"):
+                os.utime(store.incoming / f"partial-{h}{suffix}", (two_days_ago, two_days_ago))
+    writer = _hold_lock_in_another_process(store.incoming / f"partial-{live}.lock")
+    try:
+        report = store.gc(max_size=0)
+        assert report.partials_removed == 1 and report.partial_bytes >= 50_000
+        names = set(os.listdir(store.incoming))
+        assert not any(n.startswith(f"partial-{abandoned}") for n in names)
+        assert {f"partial-{live}", f"partial-{recent}", f"partial-{recent}.done"} <= names
+    finally:
+        writer.communicate("")  # its process ends: the lock goes with it
+    assert store.gc().partials_removed == 1  # now the live one is abandoned too
+    assert sorted(os.listdir(store.incoming)) == [f"partial-{recent}", f"partial-{recent}.done"]
+
+
+def test_gc_without_a_size_only_cleans_up(store, tmp_path):
+    uri = store.store_file(_file(tmp_path, "big", os.urandom(9000)))
+    _age(store)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = store.incoming / f".tmp-{dead}-abc"
+    stale.write_bytes(b"left by a crash")
+    partial = store.incoming / f"partial-{'d' * 64}"
+    partial.write_bytes(b"abandoned")
+    for p in (stale, partial):
+        os.utime(p, (0, 0))
+    report = store.gc()
+    assert report.evicted == 0 and store.has(uri)
+    assert report.temp_removed == 1 and report.partials_removed == 1
+    assert os.listdir(store.incoming) == []
+
+
+def test_gc_keeps_content_used_in_the_last_minute(store):
+    old = store.store_bytes(b"old")
+    _age(store)
+    new = store.store_bytes(b"new")
+    report = store.gc(max_size=0)
+    assert not store.has(old) and store.has(new) and report.kept_recent == 1
+
+
+def _in_thread(fn, *args):
+    """fn(*args) on a daemon thread; what it returned or raised, or 'hung'."""
+    out = []
+
+    def run():
+        try:
+            out.append(fn(*args))
+        except BaseException as e:
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    return out[0] if out else "hung"
+
+
+@pytest.mark.parametrize("what", ["store_file", "link_file"])
+def test_a_named_pipe_is_refused_without_blocking(store, tmp_path, what):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    outcome = _in_thread(getattr(store, what), fifo)
+    if outcome == "hung":
+        with open(fifo, "wb"):  # let the stuck open go (the test has failed already)
+            pass
+    assert isinstance(outcome, SourceFileError), outcome
+    assert "named pipe" in str(outcome) and str(fifo) in str(outcome)
+    assert os.listdir(store.incoming) == []
+
+
+def test_a_path_swapped_for_a_pipe_after_the_check_is_refused(store, tmp_path, monkeypatch):
+    from kachery_tasks.storage import local
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    regular = os.stat(_file(tmp_path, "f", b"x"))
+    monkeypatch.setattr(local.os, "stat", lambda path, *a, **k: regular)  # the check saw a file
+    outcome = _in_thread(store.store_file, fifo)
+    monkeypatch.undo()
+    if outcome == "hung":
+        with open(fifo, "wb"):
+            pass
+    assert isinstance(outcome, SourceFileError) and "named pipe" in str(outcome), outcome
+
+
+def test_a_linked_original_edited_in_place_with_its_mtime_restored_is_not_served(store, tmp_path):
+    data = os.urandom(10_000)
+    original = _file(tmp_path, "orig.bin", data)
+    uri = store.link_file(original)
+    st = os.stat(original)
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    with open(original, "r+b") as f:  # same size, same inode, other bytes
+        f.seek(5000)
+        f.write(bytes([data[5000] ^ 0xFF]))
+    os.utime(original, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = os.stat(original)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns,
+                                                                 st.st_ino)
+    with pytest.raises(LinkedFileError, match="changed"):
+        store.load_file(uri)
+
+
+def test_an_index_from_before_link_ctimes_is_upgraded(store, tmp_path):
+    import sqlite3
+
+    from kachery_tasks.config import NodeDir
+    from kachery_tasks.storage.local import LocalStore
+
+    original = _file(tmp_path, "orig.bin", os.urandom(5000))
+    uri = store.link_file(original)
+    sha256 = parse_uri(uri).hex
+    store.close()
+    db = sqlite3.connect(store.root / "index.db")
+    db.execute("ALTER TABLE blobs DROP COLUMN link_ctime_ns")  # as an older version wrote it
+    db.commit()
+    db.close()
+    again = LocalStore(NodeDir(store.node.path))
+    try:
+        assert again.index.get(sha256).link_ctime_ns is None
+        assert again.load_file(uri) == str(original)  # served: nothing known changed
+        again.link_file(original)
+        assert again.index.get(sha256).link_ctime_ns == os.stat(original).st_ctime_ns
+    finally:
+        again.close()
 
 
 def test_pin_of_absent_content_raises(store):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 
@@ -9,10 +10,17 @@ import pytest
 
 import kachery_tasks as kachery
 from kachery_tasks.config import init_node_dir
-from kachery_tasks.errors import ContentNotFoundError
+from kachery_tasks.errors import ContentNotFoundError, CorruptContentError
 from kachery_tasks.storage.buckets import open_bucket
 from kachery_tasks.storage.local import get_store
-from kachery_tasks.storage.sync import chunk_key, download, in_bucket, manifest_key, upload
+from kachery_tasks.storage.sync import (
+    blob_key,
+    chunk_key,
+    download,
+    in_bucket,
+    manifest_key,
+    upload,
+)
 from kachery_tasks.uris import parse_uri
 from tests.storage.nodes import _node, _shared
 
@@ -214,9 +222,118 @@ def test_an_array_whose_index_is_over_the_chunk_size_travels_and_is_kept(
     assert store.info(uri).chunks > 1  # the index has a manifest
     members = set(ContentStore.from_uri(uri).blobs().values())
     store.pin(uri)
-    store.gc(0)
+    store.gc(0, grace=0)
     assert all(store.has(f"sha256://{h}") for h in members)
     upload(store, open_bucket(bucket_url), uri)
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "b"))
     monkeypatch.setenv("KACHERY_TASKS_BUCKET", bucket_url)
     np.testing.assert_array_equal(load_zarr(uri)[:], a)
+
+
+def _damage(path, at=0):
+    """Flip a byte of a stored (read-only) blob, as a failing disk would."""
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("size", [1000, 5 * 65536 + 17])
+def test_upload_sends_nothing_damaged_and_stops_serving_it(tmp_path, bucket_url, size):
+    a = _node(tmp_path, "a")
+    bucket = open_bucket(bucket_url)
+    uri = a.store_bytes(os.urandom(size))
+    _damage(a.load_file(uri), at=size - 10)  # in the last chunk of a large file
+    with pytest.raises(CorruptContentError, match="removed"):
+        upload(a, bucket, uri, threads=2)
+    assert not a.has(uri)
+    sha256 = parse_uri(uri).hex
+    assert not in_bucket(bucket, sha256)
+    m_chunks = list(bucket.list("chunks/"))
+    for key in m_chunks:  # the good chunks may be there; every one is what its name says
+        assert hashlib.sha256(bucket.get(key)).hexdigest() == key.rsplit("/", 1)[1]
+
+
+def test_a_damaged_chunk_in_the_bucket_is_reported_and_repaired(tmp_path, bucket_url):
+    data = os.urandom(4 * 65536)
+    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
+    bucket = open_bucket(bucket_url)
+    uri = a.store_bytes(data)
+    victim = a.manifest(uri).chunks[2]
+    bucket.put(chunk_key(victim.sha256), os.urandom(victim.size))  # a bad upload got there first
+    upload(a, bucket, uri)  # a plain upload trusts an object of the right size
+    with pytest.raises(CorruptContentError, match="upload --repair") as e:
+        download(b, bucket, uri)
+    assert "\n" not in str(e.value) and victim.sha256 in str(e.value)
+    report = upload(a, bucket, uri, repair=True)
+    assert report.objects_repaired == 1 and report.objects_written == 0
+    with open(download(b, bucket, uri), "rb") as f:
+        assert f.read() == data
+    again = upload(a, bucket, uri, repair=True)
+    assert again.objects_repaired == again.objects_written == 0
+
+
+def test_repair_writes_missing_objects_and_a_damaged_manifest_and_blob(tmp_path, bucket_url):
+    a, b = _node(tmp_path, "a"), _node(tmp_path, "b")
+    bucket = open_bucket(bucket_url)
+    big, small = os.urandom(3 * 65536), b"small content"
+    big_uri, small_uri = a.store_bytes(big), a.store_bytes(small)
+    upload(a, bucket, big_uri)
+    upload(a, bucket, small_uri)
+    big_hex, small_hex = parse_uri(big_uri).hex, parse_uri(small_uri).hex
+    bucket.delete(chunk_key(a.manifest(big_uri).chunks[0].sha256))
+    for key, junk in ((manifest_key(big_hex), b"{not json"), (blob_key(small_hex), b"x" * 13)):
+        bucket.replace(key, junk, bucket.stat(key).generation)
+    with pytest.raises(CorruptContentError, match="upload --repair"):
+        download(b, bucket, big_uri)
+    with pytest.raises(CorruptContentError, match="upload --repair"):
+        download(b, bucket, small_uri)
+    assert upload(a, bucket, big_uri).objects_skipped == 1  # a plain upload sees it there
+    r = upload(a, bucket, big_uri, repair=True)
+    assert (r.objects_written, r.objects_repaired) == (1, 1)  # the chunk; the manifest
+    assert upload(a, bucket, small_uri, repair=True).objects_repaired == 1
+    for uri, data in ((big_uri, big), (small_uri, small)):
+        with open(download(b, bucket, uri), "rb") as f:
+            assert f.read() == data
+
+
+def test_a_plain_upload_replaces_a_chunk_of_the_wrong_size(tmp_path, bucket_url):
+    a = _node(tmp_path, "a")
+    bucket = open_bucket(bucket_url)
+    uri = a.store_bytes(os.urandom(3 * 65536))
+    victim = a.manifest(uri).chunks[1]
+    bucket.put(chunk_key(victim.sha256), b"truncated")
+    report = upload(a, bucket, uri)
+    assert report.objects_repaired == 1
+    assert hashlib.sha256(bucket.get(chunk_key(victim.sha256))).hexdigest() == victim.sha256
+
+
+def test_a_repair_never_clobbers_a_repair_that_came_first(tmp_path, bucket_url, monkeypatch):
+    """Nodes a and c both find a chunk damaged; c replaces it first; a must then write nothing."""
+    a, c = _node(tmp_path, "a"), _node(tmp_path, "c")
+    bucket = open_bucket(bucket_url)
+    data = os.urandom(2 * 65536)
+    uri = a.store_bytes(data)
+    c.store_bytes(data)
+    victim = chunk_key(a.manifest(uri).chunks[0].sha256)
+    bucket.put(victim, os.urandom(65536))
+    upload(a, bucket, uri)
+    real_get_into = type(bucket).get_into
+    theirs = []
+
+    def get_into(self, key, *args, **kwargs):
+        n = real_get_into(self, key, *args, **kwargs)
+        if key == victim and not theirs:  # node a found it damaged; node c repairs it now
+            theirs.append("running")
+            theirs[0] = upload(c, bucket, uri, repair=True)
+            theirs.append(bucket.stat(key))
+        return n
+
+    monkeypatch.setattr(type(bucket), "get_into", get_into)
+    mine = upload(a, bucket, uri, repair=True)
+    monkeypatch.undo()
+    assert theirs[0].objects_repaired == 1 and mine.objects_repaired == 0
+    assert bucket.stat(victim) == theirs[1]  # c's object, untouched
+    assert hashlib.sha256(bucket.get(victim)).hexdigest() == victim.rsplit("/", 1)[1]

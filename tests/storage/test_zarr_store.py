@@ -254,7 +254,7 @@ def test_gc_keeps_the_chunks_of_a_pinned_array_and_evicts_the_others():
         ContentStore.from_uri(kept).blobs().values()
     )
     assert only_dropped  # the chunks differ
-    report = store.gc(0)
+    report = store.gc(0, grace=0)
     assert report.evicted >= len(only_dropped)
     np.testing.assert_array_equal(
         load_zarr(kept)[:], np.arange(400, dtype="f8").reshape(20, 20)
@@ -263,7 +263,7 @@ def test_gc_keeps_the_chunks_of_a_pinned_array_and_evicts_the_others():
         assert not store.has(f"sha256://{h}")
     chunks = set(ContentStore.from_uri(kept).blobs().values())
     store.pin(kept, pinned=False)
-    store.gc(0)
+    store.gc(0, grace=0)
     assert not any(store.has(f"sha256://{h}") for h in chunks)
 
 

@@ -4,7 +4,10 @@ A bucket is a flat space of objects under a prefix, named by ``/``-separated
 keys (``blobs/sha256/<hex>``, ``chunks/sha256/<hex>``, ...). Content-addressed
 objects are written **create-only**: :meth:`Bucket.put` never replaces an
 existing object and says whether it wrote one, so a retry or a race between
-two writers of the same key is harmless. Reads may ask for a byte range, and
+two writers of the same key is harmless. The one way to change an object is
+:meth:`Bucket.replace`, which repairs a damaged object: it writes only over
+the very object (the *generation*, see :meth:`Bucket.stat`) the caller found
+damaged, so a repair never clobbers a concurrent repair. Reads may ask for a byte range, and
 :meth:`Bucket.get_into` streams a read piece by piece into the caller's code
 (no whole-object ``bytes``: a download hashes and writes each piece while it
 is still in the CPU cache).
@@ -22,9 +25,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 #: The size of the pieces :meth:`Bucket.get_into` hands over (small enough to stay in cache).
 READ_PIECE = 2**20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as the bucket holds it now."""
+
+    size: int
+    generation: str  # which write made it: changes whenever the object is replaced
 
 
 class Bucket(ABC):
@@ -35,6 +47,16 @@ class Bucket(ABC):
     @abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> bool:
         """Create object ``key`` with ``data`` unless it exists; True if this call wrote it."""
+
+    @abstractmethod
+    def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:
+        """Write ``data`` over object ``key`` if it still is ``generation``; True if written.
+
+        For repairs only: the caller found the object of that generation
+        damaged (its bytes do not match its name) and holds verified bytes.
+        When the object was replaced or removed meanwhile nothing is written
+        and False is returned.
+        """
 
     @abstractmethod
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
@@ -59,8 +81,13 @@ class Bucket(ABC):
         return len(data)
 
     @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and generation of object ``key``, or None if it does not exist."""
+
     def size(self, key: str) -> int | None:
         """The size of object ``key``, or None if it does not exist."""
+        info = self.stat(key)
+        return None if info is None else info.size
 
     def exists(self, key: str) -> bool:
         """True when object ``key`` exists."""

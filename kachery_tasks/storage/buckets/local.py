@@ -4,18 +4,32 @@ An object is a file at ``<root>/<key>``. A create-only write goes to a
 temporary file in the destination directory, is fsynced, and is then
 hard-linked to its final name: ``link`` fails if the name exists, so exactly
 one writer creates the object and readers never see a partial one.
+
+An object's generation is its file's inode and change time: a repair
+(:meth:`FileBucket.replace`) renames a new file over the old one, which
+gives it a new inode and change time. A directory has no compare-and-swap,
+so a repair checks the generation and then renames: two repairs racing
+within that instant both write the verified bytes they hold, which is the
+same content.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ...errors import BucketNotFoundError, ContentNotFoundError
-from ...fsutil import TMP_PREFIX, ensure_dir, os_error, temp_path, write_temp
-from .base import READ_PIECE, Bucket, check_key
+from ...errors import (
+    BucketAccessError,
+    BucketNotFoundError,
+    ContentNotFoundError,
+    InvalidValueError,
+    StorageError,
+)
+from ...fsutil import TMP_PREFIX, ensure_dir, fsync_dir, os_error, temp_path, write_temp
+from .base import READ_PIECE, Bucket, ObjectInfo, check_key
 
 
 class FileBucket(Bucket):
@@ -27,9 +41,19 @@ class FileBucket(Bucket):
             raise BucketNotFoundError(
                 f"{url}: file:// buckets must be local paths, e.g. file:///mnt/share/kachery"
             )
+        path = unquote(parsed.path)
+        if not path.startswith("/"):
+            raise InvalidValueError(
+                f"{url!r} names no directory: a file:// bucket needs an absolute path, "
+                "e.g. file:///mnt/lab-share/kachery"
+            )
         self.url = url
-        self.root = Path(unquote(parsed.path))
-        if not self.root.is_dir():
+        self.root = Path(path)
+        try:
+            exists = self.root.is_dir()
+        except OSError as e:
+            raise self._error(e, "open the bucket") from e
+        if not exists:
             if not create:
                 raise BucketNotFoundError(f"bucket directory {self.root} does not exist")
             ensure_dir(self.root)
@@ -37,10 +61,19 @@ class FileBucket(Bucket):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    def _error(self, e: OSError, what: str) -> StorageError:
+        """The KacheryError for a failed filesystem call on this bucket."""
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return BucketAccessError(
+                f"cannot {what} in {self.url}: permission denied on {e.filename or self.root}; "
+                "check the owner and mode of the bucket directory"
+            )
+        return os_error(e, f"cannot {what} in {self.url}")
+
     def put(self, key: str, data: bytes | memoryview) -> bool:
-        final = self._path(key)
-        if final.exists():
+        if self.stat(key) is not None:
             return False
+        final = self._path(key)
         ensure_dir(final.parent)
         tmp = temp_path(final.parent)
         try:
@@ -51,12 +84,26 @@ class FileBucket(Bucket):
                 return False
             return True
         except OSError as e:
-            raise os_error(e, f"cannot write {key} to {self.url}") from e
+            raise self._error(e, f"write {key}") from e
         finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _unlink_quietly(tmp)
+
+    def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:
+        if not self._is(key, generation):
+            return False
+        final = self._path(key)
+        tmp = temp_path(final.parent)
+        try:
+            write_temp(tmp, data, mode=0o644)
+            if not self._is(key, generation):  # (checked again: the write took a while)
+                return False
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+            return True
+        except OSError as e:
+            raise self._error(e, f"replace {key}") from e
+        finally:
+            _unlink_quietly(tmp)
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         try:
@@ -66,7 +113,7 @@ class FileBucket(Bucket):
         except FileNotFoundError:
             raise ContentNotFoundError(f"{key} is not in bucket {self.url}") from None
         except OSError as e:
-            raise os_error(e, f"cannot read {key} from {self.url}") from e
+            raise self._error(e, f"read {key}") from e
 
     def get_into(
         self, key: str, consume: Callable[[memoryview], object], start: int = 0,
@@ -79,29 +126,40 @@ class FileBucket(Bucket):
         except FileNotFoundError:
             raise ContentNotFoundError(f"{key} is not in bucket {self.url}") from None
         except OSError as e:
-            raise os_error(e, f"cannot read {key} from {self.url}") from e
+            raise self._error(e, f"read {key}") from e
         with f:
             while end is None or start + got < end:
                 want = READ_PIECE if end is None else min(READ_PIECE, end - start - got)
                 try:
                     n = f.readinto(buf[:want]) if got else _read_at(f, buf[:want], start)
                 except OSError as e:
-                    raise os_error(e, f"cannot read {key} from {self.url}") from e
+                    raise self._error(e, f"read {key}") from e
                 if not n:
                     break
                 consume(buf[:n])  # its own errors are not read errors
                 got += n
         return got
 
-    def size(self, key: str) -> int | None:
+    def _is(self, key: str, generation: str) -> bool:
+        current = self.stat(key)
+        return current is not None and current.generation == generation
+
+    def stat(self, key: str) -> ObjectInfo | None:
         try:
-            return os.path.getsize(self._path(key))
-        except FileNotFoundError:
+            st = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            raise self._error(e, f"look up {key}") from e
+        return ObjectInfo(st.st_size, f"{st.st_ino}-{st.st_ctime_ns}")
 
     def list(self, prefix: str = "") -> Iterator[str]:
         keys = []
-        for dirpath, _dirs, names in os.walk(self.root):
+
+        def fail(e: OSError) -> None:
+            raise self._error(e, "list objects")
+
+        for dirpath, _dirs, names in os.walk(self.root, onerror=fail):
             rel = os.path.relpath(dirpath, self.root)
             for name in names:
                 if name.startswith(TMP_PREFIX):
@@ -117,6 +175,15 @@ class FileBucket(Bucket):
             return True
         except FileNotFoundError:
             return False
+        except OSError as e:
+            raise self._error(e, f"delete {key}") from e
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _read_at(f, buf: memoryview, offset: int) -> int:

@@ -89,3 +89,23 @@ class BucketContract:
             t.join()
         assert results.count(True) == 1
         assert bucket.get("race/obj") == b"same content"
+
+    def test_stat_tells_size_and_generation(self, bucket):
+        assert bucket.stat("s/none") is None
+        bucket.put("s/1", b"first")
+        info = bucket.stat("s/1")
+        assert info.size == 5 and info.generation
+        assert bucket.stat("s/1") == info  # unchanged until replaced
+
+    def test_replace_writes_over_only_the_generation_named(self, bucket):
+        bucket.put("r/1", b"damaged")
+        damaged = bucket.stat("r/1")
+        assert bucket.replace("r/1", b"repaired!", damaged.generation)
+        repaired = bucket.stat("r/1")
+        assert repaired.size == 9 and repaired.generation != damaged.generation
+        assert bucket.get("r/1") == b"repaired!"
+        # A second repairer that also found the damaged object is too late: nothing is clobbered.
+        assert not bucket.replace("r/1", b"other", damaged.generation)
+        assert bucket.get("r/1") == b"repaired!" and bucket.stat("r/1") == repaired
+        assert not bucket.replace("r/none", b"x", damaged.generation)
+        assert not bucket.exists("r/none")

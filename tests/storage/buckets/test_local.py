@@ -1,6 +1,6 @@
 import pytest
 
-from kachery_tasks.errors import BucketNotFoundError, InvalidValueError
+from kachery_tasks.errors import BucketAccessError, BucketNotFoundError, InvalidValueError
 from kachery_tasks.storage.buckets import open_bucket
 from kachery_tasks.storage.buckets.local import FileBucket
 from tests.storage.buckets.contract import BucketContract
@@ -25,3 +25,30 @@ def test_missing_dir_without_create(tmp_path):
 def test_unknown_scheme():
     with pytest.raises(InvalidValueError, match="gs://"):
         open_bucket("s3://bucket/x")
+
+
+@pytest.mark.parametrize("url", ["file://", "file://localhost", "file://relative/x"])
+def test_a_url_without_an_absolute_path_is_refused(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((InvalidValueError, BucketNotFoundError), match="file://"):
+        FileBucket(url)
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current directory
+
+
+def test_an_unreadable_bucket_directory_is_an_access_error(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    bucket = FileBucket(f"file://{tmp_path}/bucket")
+    real_stat = os.stat
+
+    def denied(path, *args, **kwargs):  # what a directory of mode 000 does to another user
+        if str(path).startswith(str(bucket.root) + "/"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", denied)
+    for call in (lambda: bucket.exists("blobs/x"), lambda: bucket.put("blobs/x", b"1"),
+                 lambda: bucket.size("blobs/x")):
+        with pytest.raises(BucketAccessError, match="permission denied"):
+            call()
