@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from ..errors import KacheryError
 
 # Command modules, in the order their commands appear in --help.
-_MODULES = ("files", "transfer", "feeds", "node", "tasks")
+_MODULES = ("files", "transfer", "feeds", "node", "tasks", "broker")
 
 DESCRIPTION = """\
 Share files, signed feeds and cached computations between research labs.
