@@ -51,3 +51,20 @@ def connect():
 def quick_limits(**overrides) -> Limits:
     """Limits with short timings for tests."""
     return Limits(**{"presence_timeout": 1.0, "connection_ttl": 10.0, **overrides})
+
+
+@pytest.fixture
+def proxy_to():
+    """``proxy_to(url)`` -> a started Proxy in front of ``url`` (stopped after the test)."""
+    from tests.network.proxy import Proxy
+
+    started = []
+
+    def make(url: str) -> Proxy:
+        proxy = Proxy(url).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
