@@ -55,7 +55,7 @@ def test_a_port_in_use_is_a_clear_error():
         s.bind(("127.0.0.1", 0))
         s.listen()
         proc = start("--port", str(s.getsockname()[1]))
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "error: cannot listen on 127.0.0.1" in err and "choose another --port" in err
     assert "Traceback" not in err
