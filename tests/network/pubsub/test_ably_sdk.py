@@ -239,3 +239,55 @@ def test_a_client_refused_on_reconnection_fails_for_good(make_broker, connect, p
     attempts = len(tokens.seen)
     time.sleep(3 * FAST["retry_interval"] + FAST["request_timeout"])
     assert len(tokens.seen) == attempts  # no retry loop
+
+
+def test_a_stalled_subscriber_is_dropped_and_recovers(make_broker, connect, tmp_path):
+    """A subscriber process that stops reading (SIGSTOP) is dropped at the outbox limit;
+    when it runs again its SDK reconnects and is told it lost messages (80020)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    limit = 256 * 1024
+    broker = make_broker(limits=quick_limits(max_outbox_bytes=limit))
+    out = open(tmp_path / "out.txt", "w+")  # noqa: SIM115 - read while the process runs
+    proc = subprocess.Popen([sys.executable, "-m", "tests.network.pubsub.subscriber_proc",
+                             broker.url], stdout=out, stderr=subprocess.STDOUT,
+                            env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in (tmp_path / "out.txt").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGSTOP)
+        sender, fast = connect(broker.url, "sender"), connect(broker.url, "fast")
+        inbox = Inbox()
+        fast.subscribe("room", inbox)
+        peak, n = 0, 600  # 18 MB: more than the socket buffers hold
+        for i in range(n):
+            sender.publish("room", "big", "x" * 30_000)
+            if i % 20 == 0:
+                peak = max(peak, broker.call(lambda: broker.broker.stats()["max_outbox_bytes"]))
+        assert len(inbox.wait_for(n, timeout=30)) == n
+        assert peak <= limit + 40_000
+        proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while "after" not in (tmp_path / "out.txt").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "out.txt").read_text()[-2000:]
+            sender.publish("room", "small", "after")
+            time.sleep(0.3)
+        text = (tmp_path / "out.txt").read_text()
+        assert "did not read its messages fast enough" in text and "80020" in text
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(10)
+        out.close()
+
+
+def test_the_sdk_refuses_a_message_above_64_kib_itself(broker, connect):
+    client = connect(broker.url, "alice")
+    with pytest.raises(PubSubError, match="Maximum size of messages") as refused:
+        client.publish("room", "big", "x" * 70_000)
+    assert refused.value.code == 40009
