@@ -96,6 +96,7 @@ class Delivery(Protocol):
 
 
 _STOP = object()
+_BURST_GAP = 250e-6  # seconds: messages closer than this to the previous one form a burst
 
 
 class CallbackThread:
@@ -103,18 +104,22 @@ class CallbackThread:
 
     def __init__(self, name: str) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._last_submit = 0.0
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
     def submit(self, delivery: Delivery, arg: Any) -> None:
         """Queue one call; it is skipped if ``delivery.active`` is False by then."""
-        idle = self._queue.empty()
+        now = time.perf_counter()
+        lone = self._queue.empty() and now - self._last_submit > _BURST_GAP
+        self._last_submit = now
         self._queue.put((delivery, arg))
-        if idle:
+        if lone:
             # Release the GIL for a moment so the woken callback thread runs now,
             # not after the event loop has finished its whole batch of ready work
-            # (measured: 100 us later). In a burst the queue is not empty and
-            # this costs nothing.
+            # (measured: 100 us later). Only for a message that does not follow
+            # another closely: in a burst the hand-over would cost about 10 us of
+            # CPU per message, and throughput matters more than latency there.
             time.sleep(0)
 
     def _run(self) -> None:
