@@ -12,9 +12,9 @@ would in use. Prints:
   websocket clients (the broker's own capacity), raw SDK clients and adapter
   clients; the publishers are raw websocket clients that pipeline their
   messages, or SDK clients with up to 200 unacknowledged publishes each;
-* the per-message cost of one SDK subscriber client, measured in its own
-  process (CPU seconds per message received), which bounds what SDK
-  subscribers can take on this machine.
+* the CPU each message costs a subscriber, a publisher and the broker
+  (per message delivered), each measured in its own process, which says
+  which of them limits the rate on this machine.
 
     python benchmarks/bench_broker.py [--latency N] [--messages N]
 """
@@ -234,25 +234,41 @@ async def ws_publisher(url: str, channel: str, count: int) -> None:
         await reader
 
 
-async def sdk_publisher(url: str, channel: str, count: int, window: int = 200) -> None:
+async def sdk_publisher(url: str, channel: str, count: int, window: int = 200) -> float:
+    """Publishes ``count`` messages; returns the CPU seconds spent doing so."""
     client = sdk_client(url, f"p{os.getpid()}")
     await connected(client)
     ch = client.channels.get(channel)
     pending: set[asyncio.Task] = set()
+    c0 = cpu()
     for i in range(count):
         pending.add(asyncio.create_task(ch.publish("m", f"message {i}")))
         if len(pending) >= window:
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     await asyncio.gather(*pending)
+    spent = cpu() - c0
     await client.close()
+    return spent
 
 
-def publisher_main(kind: str, url: str, channel: str, count: int) -> None:
+def publisher_main(kind: str, url: str, channel: str, count: int, result) -> None:
     fn = ws_publisher if kind == "ws" else sdk_publisher
-    asyncio.run(fn(url, channel, count))
+    c0 = cpu()
+    spent = asyncio.run(fn(url, channel, count))
+    result.put(("publisher", count, 0.0, spent if spent is not None else cpu() - c0))
 
 
-def fanout(url: str, sub_kind: str, pub_kind: str, publishers: int, messages: int) -> list:
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds used so far by process ``pid`` (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fanout(url: str, sub_kind: str, pub_kind: str, publishers: int, messages: int,
+           broker_pid: int) -> tuple[list, list, float | None]:
     ctx = mp.get_context("spawn")
     channel = f"fan-{sub_kind}-{pub_kind}-{publishers}-{time.monotonic_ns()}"
     result = ctx.Queue()
@@ -265,27 +281,39 @@ def fanout(url: str, sub_kind: str, pub_kind: str, publishers: int, messages: in
         p.start()
     for r in readies:
         r.wait(60)
-    pubs = [ctx.Process(target=publisher_main, args=(pub_kind, url, channel, per_publisher))
+    pubs = [ctx.Process(target=publisher_main,
+                        args=(pub_kind, url, channel, per_publisher, result))
             for _ in range(publishers)]
+    b0 = process_cpu(broker_pid)
     for p in pubs:
         p.start()
-    out = [result.get(timeout=600) for _ in subs]
+    out = [result.get(timeout=600) for _ in range(len(subs) + len(pubs))]
+    b1 = process_cpu(broker_pid)
     for p in pubs + subs:
         p.join(60)
-    return out
+    received = [o for o in out if o[0] != "publisher"]
+    published = [o for o in out if o[0] == "publisher"]
+    broker_cpu = None if b0 is None or b1 is None else b1 - b0
+    return received, published, broker_cpu
 
 
-def report_fanout(url: str, messages: int) -> None:
-    print(f"fan-out to 3 subscribers on one channel ({messages} messages; per subscriber):")
+def report_fanout(url: str, messages: int, broker_pid: int) -> None:
+    print(f"fan-out to 3 subscribers on one channel ({messages} messages; per subscriber;"
+          " CPU per message published or delivered):")
     cases = [("ws", "ws", 1), ("ws", "ws", 2), ("sdk", "ws", 1), ("sdk", "sdk", 2),
              ("adapter", "ws", 1), ("adapter", "sdk", 2)]
     for sub_kind, pub_kind, publishers in cases:
-        out = fanout(url, sub_kind, pub_kind, publishers, messages)
-        rates = [count / seconds for _, count, seconds, _ in out]
-        cpu_per_msg = statistics.mean(c / count for _, count, _, c in out) * 1e6
+        received, published, broker_cpu = fanout(url, sub_kind, pub_kind, publishers,
+                                                  messages, broker_pid)
+        rates = [count / seconds for _, count, seconds, _ in received]
+        sub_cpu = statistics.mean(c / count for _, count, _, c in received) * 1e6
+        pub_cpu = sum(c for *_, c in published) / sum(n for _, n, *_ in published) * 1e6
+        delivered = sum(count for _, count, _, _ in received)
+        broker = "n/a" if broker_cpu is None else f"{broker_cpu / delivered * 1e6:4.1f} us"
         print(f"  subscribers {sub_kind:8s} publishers {publishers} x {pub_kind:4s}: "
-              f"{min(rates):>8,.0f} msg/s (slowest)  {statistics.mean(rates):>8,.0f} msg/s (mean)"
-              f"  subscriber CPU {cpu_per_msg:5.1f} us/msg")
+              f"{min(rates):>8,.0f} msg/s (slowest) {statistics.mean(rates):>8,.0f} (mean)"
+              f"  CPU: subscriber {sub_cpu:5.1f} us, publisher {pub_cpu:5.1f} us,"
+              f" broker {broker}")
 
 
 def main() -> None:
@@ -297,7 +325,7 @@ def main() -> None:
     try:
         print(f"broker: {url} (own process); {os.cpu_count()} CPUs")
         latency(url, args.latency)
-        report_fanout(url, args.messages)
+        report_fanout(url, args.messages, proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
