@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,6 +55,11 @@ class _Subscription:
     name: str | None = None
     active: bool = True
     listener: Any = None
+
+    @property
+    def sdk_args(self) -> tuple:
+        """The arguments of the SDK's subscribe/unsubscribe for this subscription."""
+        return (self.listener,) if self.name is None else (self.name, self.listener)
 
 
 @dataclass
@@ -300,44 +306,54 @@ class AblyPubSub(PubSub):
     def subscribe(self, channel: str, callback: MessageCallback, *,
                   name: str | None = None) -> None:
         _check_channel(channel)
-        self._call(self._subscribe(channel, _Subscription(callback, name)),
-                   f"subscribe to {channel!r}")
+        sub = _Subscription(callback, name)
 
-    async def _subscribe(self, channel: str, sub: _Subscription) -> None:
-        callbacks = self._callbacks
+        def message(m: Any) -> Message:
+            return Message(channel=channel, name=m.name, data=_plain(m.data),
+                           client_id=m.client_id, connection_id=m.connection_id,
+                           id=m.id, timestamp=m.timestamp)
 
-        def listener(message: Any) -> None:
-            if sub.active:
-                callbacks.submit(sub, Message(
-                    channel=channel, name=message.name, data=_plain(message.data),
-                    client_id=message.client_id, connection_id=message.connection_id,
-                    id=message.id, timestamp=message.timestamp,
-                ))
-
-        sub.listener = listener
-        use = self._channels.setdefault(channel, _ChannelUse())
-        use.messages.append(sub)
-        try:
-            args = (listener,) if sub.name is None else (sub.name, listener)
-            await self._client_channel(channel).subscribe(*args)
-        except BaseException:
-            sub.active = False
-            use.messages.remove(sub)
-            raise
+        self._call(self._add(channel, sub, "messages", message), f"subscribe to {channel!r}")
 
     def unsubscribe(self, channel: str, callback: MessageCallback | None = None) -> None:
-        self._call(self._unsubscribe(channel, callback), f"unsubscribe from {channel!r}")
+        self._call(self._remove(channel, callback, "messages"), f"unsubscribe from {channel!r}")
 
-    async def _unsubscribe(self, channel: str, callback: MessageCallback | None) -> None:
+    def _emitter(self, channel: str, kind: str) -> Any:
+        """The SDK object whose subscribe/unsubscribe serve ``kind`` (messages or presence)."""
+        sdk_channel = self._client_channel(channel)
+        return sdk_channel if kind == "messages" else sdk_channel.presence
+
+    async def _add(self, channel: str, sub: _Subscription, kind: str,
+                   convert: Callable[[Any], Any]) -> None:
+        """Register ``sub`` with the SDK (attaching the channel); SDK events reach
+        its callback on the callback thread, converted by ``convert``."""
+        callbacks = self._callbacks
+
+        def listener(item: Any) -> None:
+            if sub.active:
+                callbacks.submit(sub, convert(item))
+
+        sub.listener = listener
+        subs = getattr(self._channels.setdefault(channel, _ChannelUse()), kind)
+        subs.append(sub)
+        try:
+            await self._emitter(channel, kind).subscribe(*sub.sdk_args)
+        except BaseException:
+            sub.active = False
+            subs.remove(sub)
+            raise
+
+    async def _remove(self, channel: str, callback: Any, kind: str) -> None:
+        """Drop the subscriptions of ``callback`` (all when None); detach if unused."""
         use = self._channels.get(channel)
         if use is None:
             return
-        sdk_channel = self._client_channel(channel)
-        for sub in [s for s in use.messages if callback is None or s.callback == callback]:
+        emitter = self._emitter(channel, kind)
+        subs = getattr(use, kind)
+        for sub in [s for s in subs if callback is None or s.callback == callback]:
             sub.active = False
-            use.messages.remove(sub)
-            sdk_channel.unsubscribe(*((sub.listener,) if sub.name is None
-                                      else (sub.name, sub.listener)))
+            subs.remove(sub)
+            emitter.unsubscribe(*sub.sdk_args)
         await self._release(channel)
 
     async def _release(self, channel: str) -> None:
@@ -395,42 +411,16 @@ class AblyPubSub(PubSub):
 
     def on_presence(self, channel: str, callback: PresenceCallback) -> None:
         _check_channel(channel)
-        self._call(self._on_presence(channel, _Subscription(callback)),
+
+        def event(p: Any) -> PresenceEvent:
+            return PresenceEvent(channel=channel, action=_PRESENCE_ACTIONS.get(p.action, "update"),
+                                 member=Member(p.client_id, p.connection_id, _plain(p.data)))
+
+        self._call(self._add(channel, _Subscription(callback), "presence", event),
                    f"watch the presence of {channel!r}")
 
-    async def _on_presence(self, channel: str, sub: _Subscription) -> None:
-        callbacks = self._callbacks
-
-        def listener(p: Any) -> None:
-            if sub.active:
-                callbacks.submit(sub, PresenceEvent(
-                    channel=channel, action=_PRESENCE_ACTIONS.get(p.action, "update"),
-                    member=Member(p.client_id, p.connection_id, _plain(p.data)),
-                ))
-
-        sub.listener = listener
-        use = self._channels.setdefault(channel, _ChannelUse())
-        use.presence.append(sub)
-        try:
-            await self._client_channel(channel).presence.subscribe(listener)
-        except BaseException:
-            sub.active = False
-            use.presence.remove(sub)
-            raise
-
     def off_presence(self, channel: str, callback: PresenceCallback | None = None) -> None:
-        self._call(self._off_presence(channel, callback), f"stop watching {channel!r}")
-
-    async def _off_presence(self, channel: str, callback: PresenceCallback | None) -> None:
-        use = self._channels.get(channel)
-        if use is None:
-            return
-        presence = self._client_channel(channel).presence
-        for sub in [s for s in use.presence if callback is None or s.callback == callback]:
-            sub.active = False
-            use.presence.remove(sub)
-            presence.unsubscribe(sub.listener)
-        await self._release(channel)
+        self._call(self._remove(channel, callback, "presence"), f"stop watching {channel!r}")
 
     # -- closing ---------------------------------------------------------------------
 

@@ -24,6 +24,19 @@ def run(coro, timeout: float = 60):
     return asyncio.run(main())
 
 
+async def member_and_watcher(url: str) -> tuple[RawClient, RawClient]:
+    """Client "a" present (data "x") on channel "room", and "b" attached there, having seen it."""
+    a = await RawClient.open(url, clientId="a")
+    b = await RawClient.open(url, clientId="b")
+    await a.attach("room")
+    await b.attach("room")
+    await a.send({"action": 14, "channel": "room", "msgSerial": 0,
+                  "presence": [{"action": 2, "data": "x"}]})
+    entered = await b.expect(Action.PRESENCE)
+    assert entered["presence"][0]["action"] == 2
+    return a, b
+
+
 def test_connected_frame_has_what_the_sdk_reads(broker):
     async def main():
         c = await RawClient.open(broker.url, clientId="alice")
@@ -166,19 +179,12 @@ def test_the_binary_protocol_is_refused(broker):
 
 def test_close_answers_closed_and_presence_leaves_at_once(broker):
     async def main():
-        a = await RawClient.open(broker.url, clientId="a")
-        b = await RawClient.open(broker.url, clientId="b")
-        await a.attach("room")
-        await b.attach("room")
-        await a.send({"action": 14, "channel": "room", "msgSerial": 0,
-                      "presence": [{"action": 2, "data": "hi"}]})
-        entered = await b.expect(Action.PRESENCE)
-        assert entered["presence"][0]["action"] == 2
+        a, b = await member_and_watcher(broker.url)
         await a.send({"action": 7})
         assert (await a.expect(Action.CLOSED))["action"] == Action.CLOSED
         left = await b.expect(Action.PRESENCE, timeout=1)
         assert left["presence"][0]["action"] == 3 and left["presence"][0]["clientId"] == "a"
-        assert left["presence"][0]["data"] == "hi"
+        assert left["presence"][0]["data"] == "x"
         assert broker.call(lambda: len(broker.broker.router.sessions)) == 1
 
     run(main())
@@ -302,13 +308,7 @@ def test_presence_of_a_dropped_connection_leaves_after_the_timeout(make_broker):
     broker = make_broker(limits=quick_limits(presence_timeout=1.0))
 
     async def main():
-        a = await RawClient.open(broker.url, clientId="a")
-        b = await RawClient.open(broker.url, clientId="b")
-        await a.attach("room")
-        await b.attach("room")
-        await a.send({"action": 14, "channel": "room", "msgSerial": 0,
-                      "presence": [{"action": 2, "data": "x"}]})
-        await b.expect(Action.PRESENCE)
+        a, b = await member_and_watcher(broker.url)
         t0 = time.monotonic()
         a.ws.transport.abort()
         await b.nothing(0.6)  # still present shortly after the drop
@@ -324,13 +324,7 @@ def test_resuming_within_the_presence_timeout_keeps_the_member(make_broker):
     broker = make_broker(limits=quick_limits(presence_timeout=1.0))
 
     async def main():
-        a = await RawClient.open(broker.url, clientId="a")
-        b = await RawClient.open(broker.url, clientId="b")
-        await a.attach("room")
-        await b.attach("room")
-        await a.send({"action": 14, "channel": "room", "msgSerial": 0,
-                      "presence": [{"action": 2, "data": "x"}]})
-        await b.expect(Action.PRESENCE)
+        a, b = await member_and_watcher(broker.url)
         a.ws.transport.abort()
         await asyncio.sleep(0.3)
         again = await RawClient.open(broker.url, clientId="a", resume=a.key)

@@ -184,15 +184,22 @@ def test_a_dropped_connection_resumes_without_losing_messages(make_broker, conne
     assert sessions(broker) == before  # the same connection, resumed
 
 
-def test_presence_survives_a_short_drop(make_broker, connect, proxy_to):
-    broker = make_broker(limits=quick_limits(presence_timeout=1.5))
+def member_behind_a_proxy(make_broker, connect, proxy_to, presence_timeout: float, data):
+    """A client present on "room" through a proxy, and a watcher that saw it enter."""
+    broker = make_broker(limits=quick_limits(presence_timeout=presence_timeout))
     proxy = proxy_to(broker.url)
     member = connect(proxy.url, "member")
     watcher = connect(broker.url, "watcher")
     events = Inbox()
     watcher.on_presence("room", events)
-    member.enter("room", {"ready": True})
+    member.enter("room", data)
     events.wait_for(1)
+    return proxy, watcher, events
+
+
+def test_presence_survives_a_short_drop(make_broker, connect, proxy_to):
+    proxy, watcher, events = member_behind_a_proxy(make_broker, connect, proxy_to, 1.5,
+                                                   {"ready": True})
     proxy.cut()
     time.sleep(0.3)
     proxy.restore()
@@ -201,14 +208,7 @@ def test_presence_survives_a_short_drop(make_broker, connect, proxy_to):
 
 
 def test_presence_of_a_vanished_client_leaves_after_the_timeout(make_broker, connect, proxy_to):
-    broker = make_broker(limits=quick_limits(presence_timeout=1.0))
-    proxy = proxy_to(broker.url)
-    member = connect(proxy.url, "member")
-    watcher = connect(broker.url, "watcher")
-    events = Inbox()
-    watcher.on_presence("room", events)
-    member.enter("room", "x")
-    events.wait_for(1)
+    proxy, watcher, events = member_behind_a_proxy(make_broker, connect, proxy_to, 1.0, "x")
     proxy.cut()  # and it never comes back
     got = events.wait_for(2, timeout=5)
     assert (got[1].action, got[1].member.client_id) == ("leave", "member")
