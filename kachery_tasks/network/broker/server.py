@@ -25,6 +25,7 @@ from ..redact import redact_logger
 from .limits import Limits
 from .protocol import (
     BAD_REQUEST,
+    CONNECTION_DISCONNECTED,
     CONTINUITY_LOST,
     INCOMPATIBLE_CREDENTIALS,
     INVALID_CREDENTIALS,
@@ -108,10 +109,23 @@ class Broker:
         log.info("broker listening on %s", self.url)
 
     async def close(self) -> None:
-        """Stop listening and close every connection."""
+        """Stop listening; tell every client (DISCONNECTED, 80003) and close its connection.
+
+        The SDK of a client told so reconnects at once and keeps trying until a
+        broker answers at the same address again.
+        """
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         if self._server is not None:
+            goodbye = encode({"action": Action.DISCONNECTED, "error": error_info(
+                "the broker is shutting down", CONNECTION_DISCONNECTED)})
+            live = [s for s in self.router.sessions.values() if s.ws is not None]
+            for session in live:
+                session.outbox.push_frame(goodbye)
+                session.wake.set()
+            deadline = time.monotonic() + 1.0
+            while any(s.outbox and s.ws is not None for s in live) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
             self._server.close()
             await self._server.wait_closed()
             self._server = None

@@ -417,3 +417,15 @@ def test_the_authorizer_names_the_client(make_broker):
         assert (await a.expect(Action.ERROR))["error"]["code"] == 40102
 
     run(main())
+
+
+def test_a_stopping_broker_says_disconnected_before_closing(make_broker):
+    broker = make_broker()
+
+    async def main():
+        a = await RawClient.open(broker.url, clientId="a")
+        await asyncio.get_running_loop().run_in_executor(None, broker.stop)
+        frame = await a.expect(Action.DISCONNECTED)
+        assert frame["error"]["code"] == 80003 and frame["error"]["statusCode"] == 400
+
+    run(main())
