@@ -7,7 +7,8 @@ One class serves both backends; only the SDK options differ:
   websocket, no fallback hosts, no internet connectivity check), and shorter
   retry timings than the Ably defaults.
 * ``ably:`` or ``ably:<endpoint>`` — the Ably service, with the SDK's defaults;
-  credentials come from the token provider, else ``$ABLY_API_KEY``.
+  credentials come from the token provider, else ``$ABLY_API_KEY``, else
+  ``$ABLY_TOKEN``.
 
 The SDK is asyncio code; it runs on an event loop in a daemon thread
 (``kachery-pubsub-loop``), and callbacks run on a second daemon thread
@@ -45,6 +46,7 @@ from .threads import CallbackThread, LoopThread, shared_loop
 log = logging.getLogger("kachery_tasks.network.pubsub")
 
 ENV_ABLY_KEY = "ABLY_API_KEY"
+ENV_ABLY_TOKEN = "ABLY_TOKEN"
 _PRESENCE_ACTIONS = {1: "present", 2: "enter", 3: "leave", 4: "update"}
 _ANONYMOUS_TOKEN = "anonymous"
 
@@ -105,15 +107,16 @@ def _check_channel(channel: object) -> str:
 class AblyPubSub(PubSub):
     """A pub/sub client over the ``ably`` SDK (see the module docstring).
 
-    ``sdk_options`` are passed to ``AblyRealtime``; ``key`` is an Ably API key
-    used when no token provider is given (never logged); ``echo=False`` asks
+    ``sdk_options`` are passed to ``AblyRealtime``; ``key`` (an Ably API key)
+    or else ``token`` (a fixed token) is used when connect gets no token
+    provider (neither is ever logged); ``echo=False`` asks
     the broker not to send this client its own messages. ``request_timeout``
     bounds publish, subscribe and presence calls, ``connect_timeout`` connect.
     """
 
     def __init__(
         self, url: str, sdk_options: dict[str, Any], *, key: str | None = None,
-        needs_credentials: bool = False, echo: bool = True,
+        token: str | None = None, needs_credentials: bool = False, echo: bool = True,
         request_timeout: float = 10.0, connect_timeout: float = 15.0,
     ) -> None:
         if importlib.util.find_spec("ably") is None:
@@ -122,6 +125,7 @@ class AblyPubSub(PubSub):
         self.url = url
         self._sdk_options = sdk_options
         self._key = key
+        self._token = token
         self._needs_credentials = needs_credentials
         self._echo = echo
         self.request_timeout = request_timeout
@@ -155,10 +159,12 @@ class AblyPubSub(PubSub):
             raise PubSubError(f"this pub/sub client of {self.url} is closed: open a new one")
         if self._client is not None:
             raise PubSubError(f"already connected to {self.url}")
+        if token_provider is None and self._token is not None:
+            token = self._token
+            token_provider = lambda: token  # noqa: E731 - a fixed token, never renewed
         if token_provider is None and self._key is None and self._needs_credentials:
-            raise PubSubAuthError(
-                f"no credentials for {self.url}: set ${ENV_ABLY_KEY} or pass a token provider"
-            )
+            raise PubSubAuthError(f"no credentials for {self.url}: set ${ENV_ABLY_KEY} or "
+                                  f"${ENV_ABLY_TOKEN}, or pass a token provider")
         redact_sdk_loggers()
         timeout = self.connect_timeout if timeout is None else timeout
         self._loop = shared_loop()
@@ -491,7 +497,8 @@ def ably_service(url: str, *, key: str | None = None, echo: bool = True,
                  request_timeout: float = 10.0, connect_timeout: float = 15.0) -> AblyPubSub:
     """A client of the Ably service: ``ably:`` (default endpoint) or ``ably:<endpoint>``.
 
-    Credentials: the token provider given to connect, else ``key``, else ``$ABLY_API_KEY``.
+    Credentials: the token provider given to connect, else ``key``, else
+    ``$ABLY_API_KEY``, else the fixed token ``$ABLY_TOKEN``.
     """
     if not url.startswith("ably:"):
         raise InvalidValueError(
@@ -501,5 +508,5 @@ def ably_service(url: str, *, key: str | None = None, echo: bool = True,
     if endpoint:
         options["endpoint"] = endpoint
     return AblyPubSub(url, options, key=key or os.environ.get(ENV_ABLY_KEY) or None,
-                      needs_credentials=True, echo=echo, request_timeout=request_timeout,
-                      connect_timeout=connect_timeout)
+                      token=os.environ.get(ENV_ABLY_TOKEN) or None, needs_credentials=True,
+                      echo=echo, request_timeout=request_timeout, connect_timeout=connect_timeout)

@@ -104,8 +104,11 @@ def test_urls_and_options():
 
 def test_the_ably_service_needs_credentials(monkeypatch):
     monkeypatch.delenv("ABLY_API_KEY", raising=False)
+    monkeypatch.delenv("ABLY_TOKEN", raising=False)
     with pytest.raises(PubSubAuthError, match="ABLY_API_KEY"):
         open_pubsub("ably:").connect("alice")
+    monkeypatch.setenv("ABLY_TOKEN", "a-token")
+    assert open_pubsub("ably:")._token == "a-token"
     monkeypatch.setenv("ABLY_API_KEY", "app.key:secret")
     service = open_pubsub("ably:main")
     assert service._key == "app.key:secret" and service._sdk_options["endpoint"] == "main"
