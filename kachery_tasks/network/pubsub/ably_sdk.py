@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ...errors import InvalidValueError, PubSubAuthError, PubSubError
+from ...errors import InvalidValueError, KacheryError, PubSubAuthError, PubSubError
 from ..redact import redact_sdk_loggers
 from .base import (
     Data,
@@ -295,6 +295,14 @@ class AblyPubSub(PubSub):
             ) from None
         except AblyException as e:
             raise self._error(e, doing) from None
+        except (KacheryError, RuntimeError):
+            raise
+        except Exception as e:  # the websocket broke under the SDK (it has not noticed yet)
+            raise PubSubError(
+                f"cannot {doing}: the connection to {self.url} broke ({type(e).__name__}: {e}); "
+                "it is being repaired, and if this was a publish the message may still be "
+                "delivered"
+            ) from e
 
     # -- messages -----------------------------------------------------------------
 

@@ -294,3 +294,23 @@ def test_the_sdk_refuses_a_message_above_64_kib_itself(broker, connect):
     with pytest.raises(PubSubError, match="Maximum size of messages") as refused:
         client.publish("room", "big", "x" * 70_000)
     assert refused.value.code == 40009
+
+
+def test_a_websocket_broken_under_the_sdk_is_a_pubsub_error(broker, connect):
+    """Between a socket breaking and the SDK noticing, its send raises websockets' own
+    exception; the caller gets a PubSubError (and the SDK resends the message later)."""
+    from websockets.exceptions import ConnectionClosedError
+
+    client = connect(broker.url, "alice")
+
+    async def broken(*_args):
+        raise ConnectionClosedError(None, None)
+
+    channel = client._loop.run(_sdk_channel(client, "room"), 5)
+    channel.publish = broken
+    with pytest.raises(PubSubError, match=r"broke.*may still be delivered"):
+        client.publish("room", "m", "x")
+
+
+async def _sdk_channel(client, name):
+    return client._client.channels.get(name)
