@@ -451,14 +451,19 @@ class AblyPubSub(PubSub):
         self._stop_threads()
 
     async def _close(self) -> None:
-        for channel, use in list(self._channels.items()):
+        for use in self._channels.values():
             for sub in use.messages + use.presence:
                 sub.active = False
-            if use.entered and self._failure is None:
-                try:  # leave now, so others see it at once, not after the presence timeout
-                    await asyncio.wait_for(self._client_channel(channel).presence.leave(), 2.0)
-                except Exception as e:
-                    log.debug("leaving %r on close: %s", channel, e)
+        if self.state == "connected":
+            # Leave now, so others see it at once rather than after the broker's
+            # presence timeout; offline, the broker's timeout is all there is.
+            entered = [c for c, use in self._channels.items() if use.entered]
+            results = await asyncio.gather(*(
+                asyncio.wait_for(self._client_channel(c).presence.leave(), 2.0) for c in entered
+            ), return_exceptions=True)
+            for channel, result in zip(entered, results):
+                if isinstance(result, BaseException):
+                    log.debug("leaving %r on close: %s", channel, result)
         await self._close_client()
 
     async def _close_client(self) -> None:

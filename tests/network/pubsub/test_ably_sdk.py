@@ -314,3 +314,28 @@ def test_a_websocket_broken_under_the_sdk_is_a_pubsub_error(broker, connect):
 
 async def _sdk_channel(client, name):
     return client._client.channels.get(name)
+
+
+def test_closing_while_offline_does_not_try_to_leave(make_broker, connect, proxy_to, monkeypatch):
+    """Offline, a leave could only time out; the broker's presence timeout does the job."""
+    from ably.realtime.presence import RealtimePresence
+
+    broker = make_broker(limits=quick_limits())
+    proxy = proxy_to(broker.url)
+    client = connect(proxy.url, "alice")
+    client.enter("room", "x")
+    proxy.cut()
+    deadline = time.monotonic() + 10
+    while client.state == "connected":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    leaves = []
+    original = RealtimePresence.leave
+
+    async def leave(self, *args):
+        leaves.append(self.channel.name)
+        return await original(self, *args)
+
+    monkeypatch.setattr(RealtimePresence, "leave", leave)
+    client.close()
+    assert leaves == []
