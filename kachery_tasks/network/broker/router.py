@@ -73,6 +73,10 @@ class Router:
         self._by_key[session.key] = session
         return session
 
+    def lookup(self, key: str) -> Session | None:
+        """The session whose connectionKey is ``key``, if it is still known."""
+        return self._by_key.get(key)
+
     def resume(self, key: str, client_id: str | None) -> Session | None:
         """The dropped session ``key`` names, ready for a new transport; None if unknown."""
         session = self._by_key.get(key)

@@ -177,6 +177,7 @@ class Broker:
             return
         session, error = self._open_session(param("resume"), client_id, param("echo") != "false")
         session.ws = ws
+        session.wake = asyncio.Event()  # this transport's writer's own: an old writer may linger
         session.last_sent = time.monotonic()
         session.outbox.push_frame(self._connected_frame(session, error))
         session.wake.set()
@@ -223,8 +224,12 @@ class Broker:
         """The resumed session, or a new one and the error saying why it is new."""
         error = None
         if resume:
+            prior = self.router.lookup(resume)
+            superseded = prior.ws if prior is not None else None
             session = self.router.resume(resume, client_id)
             if session is not None:
+                if superseded is not None:  # the client gave up on it; so do we
+                    superseded.transport.abort()
                 session.echo = echo
                 return session, None
             reason = self.router.tombstones.pop(resume, None)

@@ -235,6 +235,7 @@ class AblyPubSub(PubSub):
             await asyncio.wait_for(outcome, timeout)
         except BaseException as e:
             await self._close_client()
+            self._client = None
             if isinstance(e, TimeoutError):
                 why = f" (last error: {last_reason[-1]})" if last_reason else ""
                 raise PubSubError(
@@ -376,8 +377,8 @@ class AblyPubSub(PubSub):
         if use is not None and not use.unused:
             return
         self._channels.pop(channel, None)
-        try:
-            await asyncio.wait_for(self._client_channel(channel).detach(), self.request_timeout)
+        try:  # within half the caller's timeout, so a slow detach never fails the call
+            await asyncio.wait_for(self._client_channel(channel).detach(), self.request_timeout / 2)
         except Exception as e:  # detaching only saves traffic; a failure changes nothing
             log.debug("detaching %r failed: %s", channel, e)
 

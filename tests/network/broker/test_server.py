@@ -429,3 +429,17 @@ def test_a_stopping_broker_says_disconnected_before_closing(make_broker):
         assert frame["error"]["code"] == 80003 and frame["error"]["statusCode"] == 400
 
     run(main())
+
+
+def test_resuming_a_connection_that_is_still_open_closes_the_old_websocket(broker):
+    async def main():
+        from websockets.exceptions import ConnectionClosed
+
+        a = await RawClient.open(broker.url, clientId="a")
+        again = await RawClient.open(broker.url, clientId="a", resume=a.key)
+        assert again.connection_id == a.connection_id
+        with pytest.raises(ConnectionClosed):
+            await a.recv(timeout=5)
+        await again.attach("room")  # the resumed one works
+
+    run(main())

@@ -62,6 +62,21 @@ def test_an_expired_token_is_renewed_through_the_token_provider(make_broker, con
     assert tokens.seen == ["old-alice", "good-alice"]
 
 
+def test_a_client_whose_connect_failed_can_connect_again(make_broker):
+    broker = make_broker(authorize=Tokens())
+    client = open_pubsub(broker.url, **FAST)
+    with pytest.raises(PubSubAuthError):
+        client.connect("alice", lambda: "bad-alice")
+    with pytest.raises(PubSubError, match="not connected"):
+        client.publish("room", "m", "x")
+    client.connect("alice", lambda: "good-alice")
+    inbox = Inbox()
+    client.subscribe("room", inbox)
+    client.publish("room", "m", "x")
+    assert inbox.wait_for(1)[0].data == "x"
+    client.close()
+
+
 def test_a_token_for_another_client_is_refused(make_broker):
     broker = make_broker(authorize=Tokens())
     with pytest.raises(PubSubAuthError) as refused:
