@@ -3,10 +3,11 @@
 The broker runs in its own process (``kachery-tasks broker start``), as it
 would in use. Prints:
 
-* publish-to-receive latency on loopback (median of many one-at-a-time round
-  trips): the raw SDK (publisher and subscriber clients on one asyncio loop)
-  beside the adapter (two ``PubSub`` clients, sync API, callbacks on their
-  thread), and their ratio (target: adapter at most 1.5x raw);
+* publish-to-receive latency on loopback (median of many messages sent one
+  at a time): the raw SDK beside the adapter (sync API, callbacks on their
+  thread), and their ratio (target: adapter at most 1.5x raw); first with
+  publisher and subscriber in one process (raw: two clients on one asyncio
+  loop), then with the subscriber in another process, as between two nodes;
 * fan-out: messages delivered per second to each of 3 subscribers on one
   channel (target: at least 5,000/s each), with the subscribers being raw
   websocket clients (the broker's own capacity), raw SDK clients and adapter
@@ -127,9 +128,91 @@ def latency(url: str, n: int, rounds: int = 5) -> None:
         raw += asyncio.run(raw_latency(url, n // rounds))
         ours += adapter_latency(url, n // rounds)
     r, a = statistics.median(raw) * 1e3, statistics.median(ours) * 1e3
-    print(f"latency, publish to receive (median of {len(raw)}):")
+    print(f"latency, publish to receive, publisher and subscriber in one process "
+          f"(median of {len(raw)}):")
     print(f"  raw ably SDK      {r:7.3f} ms")
     print(f"  PubSub adapter    {a:7.3f} ms   ratio {a / r:.2f}x (target <= 1.5x)")
+    raw, ours = [], []
+    for _ in range(rounds):
+        raw += latency_across(url, "sdk", n // rounds)
+        ours += latency_across(url, "adapter", n // rounds)
+    r, a = statistics.median(raw) * 1e3, statistics.median(ours) * 1e3
+    print(f"latency, publish to receive, subscriber in another process, as between nodes "
+          f"(median of {len(raw)}):")
+    print(f"  raw ably SDK      {r:7.3f} ms")
+    print(f"  PubSub adapter    {a:7.3f} ms   ratio {a / r:.2f}x (target <= 1.5x)")
+
+
+def latency_subscriber(kind: str, url: str, channel: str, n: int, ready, result) -> None:
+    """Receives ``n`` messages whose data is the publisher's perf_counter; returns the delays.
+
+    perf_counter is CLOCK_MONOTONIC on Linux: one clock for every process.
+    """
+    delays: list[float] = []
+    if kind == "adapter":
+        from kachery_tasks.network.pubsub import connect_pubsub
+
+        done = threading.Event()
+
+        def on_message(message) -> None:
+            delays.append(time.perf_counter() - float(message.data))
+            if len(delays) == n:
+                done.set()
+
+        client = connect_pubsub(url, "sub")
+        client.subscribe(channel, on_message)
+        ready.set()
+        done.wait(600)
+        client.close()
+    else:
+        async def run() -> None:
+            client = sdk_client(url, "sub")
+            await connected(client)
+            done = asyncio.get_running_loop().create_future()
+
+            def on_message(message) -> None:
+                delays.append(time.perf_counter() - float(message.data))
+                if len(delays) == n and not done.done():
+                    done.set_result(None)
+
+            await client.channels.get(channel).subscribe(on_message)
+            ready.set()
+            await done
+            await client.close()
+
+        asyncio.run(run())
+    result.put(delays)
+
+
+def latency_across(url: str, kind: str, n: int, gap: float = 0.002) -> list[float]:
+    """One message every ``gap`` s from this process, received in another; the delays."""
+    ctx = mp.get_context("spawn")
+    channel = f"lat-{kind}-{time.monotonic_ns()}"
+    ready, result = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=latency_subscriber, args=(kind, url, channel, n, ready, result))
+    proc.start()
+    ready.wait(60)
+    if kind == "adapter":
+        from kachery_tasks.network.pubsub import connect_pubsub
+
+        with connect_pubsub(url, "pub") as client:
+            for _ in range(n):
+                client.publish(channel, "t", repr(time.perf_counter()))
+                time.sleep(gap)
+    else:
+        async def run() -> None:
+            client = sdk_client(url, "pub")
+            await connected(client)
+            ch = client.channels.get(channel)
+            for _ in range(n):
+                await ch.publish("t", repr(time.perf_counter()))
+                await asyncio.sleep(gap)
+            await client.close()
+
+        asyncio.run(run())
+    delays = result.get(timeout=600)
+    proc.join(60)
+    return delays
 
 
 # -- fan-out -------------------------------------------------------------------------
