@@ -230,6 +230,7 @@ class AblyPubSub(PubSub):
                 outcome.set_exception(error)
 
         self._client = client = AblyRealtime(**options)
+        _report_unreachable_hosts(client)
         client.connection.on(on_state)
         try:
             await asyncio.wait_for(outcome, timeout)
@@ -479,6 +480,37 @@ class AblyPubSub(PubSub):
     def _stop_threads(self) -> None:
         if self._callbacks is not None:
             self._callbacks.stop()
+
+
+def _report_unreachable_hosts(client: Any) -> None:
+    """Make the SDK notice at once that a websocket could not even be opened.
+
+    ably 3.1.4 reports a failed websocket handshake but not a refused or timed
+    out TCP connection (an ``OSError``): the connection attempt then hangs until
+    the SDK's request timeout, and its task stays pending for ever, one more
+    per attempt, for as long as the broker is unreachable. This reports such a
+    failure the way the SDK reports the others, so the SDK retries after its
+    retry interval and the attempt's task ends.
+    """
+    from ably.util.exceptions import AblyException
+
+    loop = asyncio.get_running_loop()
+
+    def on_pending(transport: Any) -> None:
+        def watch() -> None:  # connect() creates the task just after this event
+            task = transport.ws_connect_task
+            if task is not None:
+                task.add_done_callback(report)
+
+        def report(task: asyncio.Task) -> None:
+            error = None if task.cancelled() else task.exception()
+            if isinstance(error, OSError):
+                transport._emit("failed", AblyException(
+                    f"cannot open a websocket to {transport.host}: {error}", 400, 80003))
+
+        loop.call_soon(watch)
+
+    client.connection.connection_manager.on("transport.pending", on_pending)
 
 
 def local_broker(url: str, *, echo: bool = True, request_timeout: float = 10.0,
