@@ -486,11 +486,10 @@ def _report_unreachable_hosts(client: Any) -> None:
     """Make the SDK notice at once that a websocket could not even be opened.
 
     ably 3.1.4 reports a failed websocket handshake but not a refused or timed
-    out TCP connection (an ``OSError``): the connection attempt then hangs until
-    the SDK's request timeout, and its task stays pending for ever, one more
-    per attempt, for as long as the broker is unreachable. This reports such a
-    failure the way the SDK reports the others, so the SDK retries after its
-    retry interval and the attempt's task ends.
+    out TCP connection (an ``OSError``): the attempt then hangs until the SDK's
+    request timeout, and the error the caller finally sees says only "request
+    timeout". This reports such a failure the way the SDK reports the others,
+    so the SDK retries after its retry interval and knows why it failed.
     """
     from ably.util.exceptions import AblyException
 
