@@ -26,13 +26,15 @@ the class derives from it too, so generic handlers keep working.
     │   ├── FeedNotFoundError       (LookupError)
     │   ├── FeedPermissionError     append without the key, unsafe key file
     │   └── FeedVerificationError   forged, edited, reordered or missing message
-    └── TaskError                   tasks: definition, arguments, execution
-        ├── TaskDefinitionError     a function that cannot be a task
-        ├── UnsupportedArgumentError (TypeError) an argument with no encoder
-        ├── ResultEncodingError     a result that cannot be stored
-        ├── TaskNotCachedError      (LookupError) no result recorded for a task id
-        ├── UntrustedPickleError    a pickle from another node, not allowed
-        └── ExecutorError           the executor (e.g. a Dask cluster) failed
+    ├── TaskError                   tasks: definition, arguments, execution
+    │   ├── TaskDefinitionError     a function that cannot be a task
+    │   ├── UnsupportedArgumentError (TypeError) an argument with no encoder
+    │   ├── ResultEncodingError     a result that cannot be stored
+    │   ├── TaskNotCachedError      (LookupError) no result recorded for a task id
+    │   ├── UntrustedPickleError    a pickle from another node, not allowed
+    │   └── ExecutorError           the executor (e.g. a Dask cluster) failed
+    └── PubSubError                 pub/sub: connect, publish (nack, timeout), presence
+        └── PubSubAuthError         the broker refused this client's credentials
 """
 
 from __future__ import annotations
@@ -155,3 +157,19 @@ class UntrustedPickleError(TaskError):
 
 class ExecutorError(TaskError):
     """The executor failed (for example a Dask cluster that is gone)."""
+
+
+class PubSubError(KacheryError):
+    """A pub/sub operation failed: no connection, a nack, or no acknowledgement in time.
+
+    ``code`` is the Ably-style error code when the broker gave one (e.g. 40009
+    for a message too large), else None.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PubSubAuthError(PubSubError):
+    """The pub/sub broker refused this client's token or key (not retried)."""

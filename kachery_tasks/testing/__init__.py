@@ -1,0 +1,1 @@
+"""Test suites shipped with the package, for backends written elsewhere (needs pytest)."""

@@ -1,0 +1,61 @@
+"""kachery-tasks broker start: runs in the foreground, logs, stops cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from kachery_tasks.network.pubsub import connect_pubsub
+from kachery_tasks.testing.pubsub import Inbox
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kachery_tasks", "broker", "start", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )
+
+
+def test_help_shows_an_example(run_cli):
+    out = run_cli("broker", "start", "--help").stdout.decode()
+    assert "kachery-tasks broker start --port 7654" in out and "--host" in out
+    assert "broker" in run_cli("--help").stdout.decode()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serves_until_a_signal_then_stops_cleanly(sig):
+    proc = start("--port", "0")
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("broker listening on ws://127.0.0.1:")
+        url = line.split()[3]
+        secret = "token-that-must-not-be-logged"
+        with connect_pubsub(url, "alice", lambda: secret, connect_timeout=10) as client:
+            inbox = Inbox()
+            client.subscribe("room", inbox)
+            client.publish("room", "m", "through the CLI broker")
+            assert inbox.wait_for(1)[0].data == "through the CLI broker"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert "broker stopped" in out
+    assert "opened for client 'alice'" in err
+    assert secret not in out + err
+
+
+def test_a_port_in_use_is_a_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        proc = start("--port", str(s.getsockname()[1]))
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "error: cannot listen on 127.0.0.1" in err and "choose another --port" in err
+    assert "Traceback" not in err
