@@ -34,7 +34,11 @@ class ImportReport:
 def find_kachery_files(root: Path) -> list[Path]:
     """Every file under ``root/sha1`` whose name is a SHA-1."""
     base = root / "sha1"
-    if not base.is_dir():
+    try:
+        is_dir = base.is_dir()
+    except OSError as e:  # a name too long, a loop of links, ...
+        raise SourceFileError(f"cannot read {root}: {e.strerror or e}") from None
+    if not is_dir:
         raise SourceFileError(
             f"{root} is not a kachery storage directory: it has no sha1/ folder "
             "(give the directory that contains sha1/, e.g. ~/.kachery-cloud)"

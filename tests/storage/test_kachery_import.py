@@ -65,3 +65,8 @@ def test_the_command_reports_them_and_exits_1(tmp_path, run_cli):
     assert r.returncode == 1 and b"Traceback" not in r.stderr
     assert b"imported 1 files" in r.stdout
     assert r.stderr.decode().count("\n") == 1 and "symbolic link" in r.stderr.decode()
+
+
+def test_a_directory_name_too_long_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceFileError, match="cannot read"):
+        import_kachery_dir(tmp_path / ("n" * 300), progress=False)
