@@ -75,13 +75,18 @@ class FileInfo:
 
 @dataclass
 class VerifyReport:
-    """Outcome of :meth:`LocalStore.verify`."""
+    """Outcome of :meth:`LocalStore.verify`.
+
+    ``manifests_rebuilt`` names the files whose manifest was missing or
+    damaged and was made again from their intact bytes.
+    """
 
     checked: int = 0
     corrupt: list[str] = field(default_factory=list)
     adopted: int = 0
     dangling_rows: int = 0
     broken_links: list[str] = field(default_factory=list)
+    manifests_rebuilt: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -538,19 +543,27 @@ class LocalStore:
         """Re-hash every blob and linked original; remove what no longer matches.
 
         Blobs found without an index row (left by a crash) are adopted, and rows
-        whose blob is missing are dropped.
+        whose blob is missing are dropped. A large file whose manifest is
+        missing or turns out damaged gets a new one, made from its bytes while
+        they are hashed (manifests are checked first, so this happens in the
+        same run); SHA-1 aliases not computed yet are computed on the way.
         """
         report = VerifyReport()
         indexed = {r.sha256: r for r in self.index.rows()}
-        files = list(self._blob_files())
+        named = {r.manifest for r in indexed.values() if r.manifest}
+        files = sorted(self._blob_files(), key=lambda f: f[0] not in named)  # manifests first
+        present = {sha256 for sha256, _ in files}
         total = sum(os.path.getsize(p) for _, p in files)
         with progress_bar(total, "verify", self.node.config.progress_threshold, progress) as bar:
             for sha256, path in files:
-                digest = hash_file(path, self.chunk_size)
+                row = indexed.pop(sha256, None)
+                lost = self._manifest_lost(row, present, report.corrupt)
+                digest = hash_file(
+                    path, self.chunk_size, sha1=row is None or row.sha1_pending, chunks=lost
+                )
                 if bar:
                     bar(digest.size)
                 report.checked += 1
-                row = indexed.pop(sha256, None)
                 if digest.sha256 != sha256:
                     report.corrupt.append(sha256)
                     self._remove_blob(sha256)
@@ -558,12 +571,18 @@ class LocalStore:
                 if row is None or not row.in_store:
                     self.index.record_blob(sha256, digest.size, digest.sha1, None)
                     report.adopted += 1
+                self._record_found(sha256, digest, lost, report)
         for row in indexed.values():
             if row.link_path:
                 try:
                     self._check_link(row)
-                    self._verify_link(row)
+                    lost = self._manifest_lost(row, present, report.corrupt)
+                    digest = hash_file(
+                        row.link_path, self.chunk_size, sha1=row.sha1_pending, chunks=lost
+                    )
+                    self._verify_link(row, digest.sha256)
                     report.checked += 1
+                    self._record_found(row.sha256, digest, lost, report)
                 except LinkedFileError:
                     report.broken_links.append(row.sha256)
                     self.index.drop_link(row.sha256)
@@ -571,6 +590,26 @@ class LocalStore:
                 self.index.drop_blob(row.sha256)
                 report.dangling_rows += 1
         return report
+
+    @staticmethod
+    def _manifest_lost(row: Row | None, present: set[str], removed: list[str]) -> bool:
+        """True when the row names a manifest that is not in the store or was just removed."""
+        return (
+            row is not None and row.manifest is not None
+            and (row.manifest not in present or row.manifest in removed)
+        )
+
+    def _record_found(
+        self, sha256: str, digest: Digest, lost: bool, report: VerifyReport
+    ) -> None:
+        """Record the SHA-1 and the new manifest that verify computed for intact content."""
+        if digest.sha1 is not None:
+            self.index.set_sha1(sha256, digest.sha1)
+        if lost:
+            manifest = self.store_manifest(digest)
+            if manifest is not None:
+                self.index.set_manifest(sha256, manifest)
+                report.manifests_rebuilt.append(sha256)
 
     def _blob_files(self) -> Iterator[tuple[str, str]]:
         for dirpath, _dirs, names in os.walk(self.blobs):

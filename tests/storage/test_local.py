@@ -282,3 +282,33 @@ def test_a_lost_or_damaged_manifest_is_made_again_when_needed(store, tmp_path):
     info = store.info(uri)
     assert info.chunks == 4 and info.manifest_uri == first  # the same manifest, made again
     assert [c.sha256 for c in store.manifest(uri).chunks] == _chunk_hashes(data)
+
+
+def test_verify_makes_a_damaged_manifest_again(store, tmp_path):
+    from kachery_tasks.storage.buckets import open_bucket
+    from kachery_tasks.storage.sync import upload
+
+    data, uri = _big(store, tmp_path)
+    manifest = parse_uri(store.info(uri).manifest_uri).hex
+    _corrupt(store.blob_path(manifest))
+    report = store.verify(progress=False)
+    assert report.corrupt == [manifest]
+    assert report.manifests_rebuilt == [parse_uri(uri).hex]
+    assert [c.sha256 for c in store.manifest(uri).chunks] == _chunk_hashes(data)
+    assert store.index.get(parse_uri(uri).hex).manifest == manifest  # the same bytes again
+    assert upload(store, open_bucket(f"file://{tmp_path}/bucket"), uri).objects_written == 5
+    again = store.verify(progress=False)
+    assert (again.corrupt, again.manifests_rebuilt, again.dangling_rows) == ([], [], 0)
+
+
+def test_verify_makes_a_missing_manifest_again_and_fills_in_aliases(store, tmp_path):
+    _, uri = _big(store, tmp_path)
+    manifest = parse_uri(store.info(uri).manifest_uri).hex
+    os.unlink(store.blob_path(manifest))
+    small = store.store_bytes(b"alias to compute")
+    report = store.verify(progress=False)
+    assert report.manifests_rebuilt == [parse_uri(uri).hex] and report.dangling_rows == 1
+    assert os.path.exists(store.blob_path(manifest))
+    assert store.index.by_sha1(hashlib.sha1(b"alias to compute").hexdigest()).sha256 == (
+        parse_uri(small).hex
+    )
