@@ -88,9 +88,7 @@ def _lanes(wholes: list[str], chunked: bool) -> list[_Lane]:
         if chunked:
             return [_Lane(wholes[0], 2, 0), _Lane(wholes[1], 2, 1)]
         return [_Lane(wholes[0]), _Lane(wholes[1])]
-    if len(wholes) == 1:
-        return [_Lane(wholes[0]), _Lane(None, 1, 0)] if chunked else [_Lane(wholes[0])]
-    return [_Lane(None, 2, 0), _Lane(None, 2, 1)] if chunked else []
+    return [_Lane(wholes[0]), _Lane(None, 1, 0)] if chunked else [_Lane(wholes[0])]
 
 
 def digest_bytes(
