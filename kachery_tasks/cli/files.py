@@ -103,8 +103,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = command(
         commands, "verify", "Re-hash every stored blob; remove what no longer matches its id.",
         "kachery-tasks verify",
-        "Also adopts blobs left without an index entry by a crash and checks linked\n"
-        "originals. Exits with status 1 if anything was corrupt.",
+        "Also adopts blobs left without an index entry by a crash, checks linked\n"
+        "originals, and makes again from the intact file the manifest of a large\n"
+        "file when it is missing or damaged. Exits with status 1 if anything was\n"
+        "corrupt.",
     )
     progress_flag(p)
     p.set_defaults(func=_verify)
@@ -266,6 +268,8 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"corrupt, removed: sha256://{sha256}")
     for sha256 in report.broken_links:
         print(f"linked original changed or missing, link removed: sha256://{sha256}")
+    for sha256 in report.manifests_rebuilt:
+        print(f"manifest missing or damaged, made again from the intact file: sha256://{sha256}")
     if report.adopted:
         print(f"indexed {report.adopted} blobs that had no index entry")
     if report.dangling_rows:

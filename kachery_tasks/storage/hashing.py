@@ -1,21 +1,22 @@
-"""One pass over content computes everything the store needs to know about it.
+"""Hashing content: the SHA-256 that is its id, and the rest when it is wanted.
 
-A digest holds the SHA-256 of the whole content (its id), the SHA-1 (the
-alias kachery and kachery-cloud users hold) and, when the content is larger
-than the chunk size, the SHA-256 of every transfer chunk.
+A digest holds the SHA-256 of the whole content (its id) and, when they were
+computed, the SHA-1 (the alias kachery and kachery-cloud users hold) and the
+SHA-256 of every transfer chunk of content larger than the chunk size.
 
-Large content is digested on two threads that each walk it once, in order:
-one computes the whole SHA-256 and the even chunks' hashes, the other the
-SHA-1 and the odd chunks' hashes. hashlib releases the GIL, so the work
-splits about evenly across two cores and each piece is hashed while it is in
-cache.
+Storing a file computes only what the store needs at once: the SHA-256 of a
+flushed copy (:func:`copy_and_hash`). The kernel copies the file into the
+store's temporary file (``copy_file_range``: the bytes never pass through
+Python) a step at a time on one thread, and asks the disk to start writing
+each step as soon as it is copied; the calling thread hashes the *copy*
+through a memory map right behind it, so what is hashed is exactly what is
+stored, the source is read once, and the final fsync finds little left to
+write. The SHA-1 alias and the chunk hashes each cost another pass over the
+content, so the store computes them when they are first needed.
 
-Storing a large file (:func:`copy_and_digest`) lets the kernel copy it into
-the store's temporary file (``copy_file_range``: the bytes never pass through
-Python) a step at a time on one thread, while the two digest threads follow
-it through a memory map of the *copy*, each step right after it landed; the
-copy is flushed while the digest finishes. What is hashed is exactly what is
-stored, and the source is read once.
+Several hashes of the same content are shared between two threads that each
+walk it once, in order, in pieces small enough to stay in cache (hashlib
+releases the GIL, so the work splits across two cores): see :func:`_lanes`.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import SourceFileError
-from ..fsutil import write_all
+from ..fsutil import start_writeback, write_all
 
 BUFFER_SIZE = 4 * 2**20
 _PIECE = 256 * 2**10
 _SMALL = 2 * 2**20
 _COPY_STEP = 64 * 2**20
-_PIPE_STEP = 8 * 2**20  # a copy step the digest threads wait for (pipelined copies)
+_PIPE_STEP = 8 * 2**20  # a copy step the hashing waits for (pipelined copies)
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
 ProgressFn = Callable[[int], None]
@@ -53,13 +54,41 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Digest:
-    """What one pass over some content learned."""
+    """What hashing some content learned.
+
+    ``sha1`` is None when it was not computed; ``chunks`` is empty when the
+    content is not larger than the chunk size or they were not computed.
+    """
 
     sha256: str
-    sha1: str
+    sha1: str | None
     size: int
     chunks: list[Chunk] = field(default_factory=list)
-    chunk_size: int = 0  # the size of every chunk but the last (0: not chunked)
+    chunk_size: int = 0  # the size of every chunk but the last (0: no chunks)
+
+
+@dataclass(frozen=True)
+class _Lane:
+    """What one walk over the content computes: a whole-content hash (or none) and
+    the SHA-256 of every ``step``-th chunk from chunk ``first`` (``step`` 0: none)."""
+
+    whole: str | None
+    step: int = 0
+    first: int = 0
+
+
+def _lanes(wholes: list[str], chunked: bool) -> list[_Lane]:
+    """Share the work between at most two walks, about evenly.
+
+    Each whole-content hash is one pass over the content and the chunk hashes
+    together are one more: with three passes each walk does one and a half
+    (the chunks alternate), with two each does one.
+    """
+    if len(wholes) == 2:
+        if chunked:
+            return [_Lane(wholes[0], 2, 0), _Lane(wholes[1], 2, 1)]
+        return [_Lane(wholes[0]), _Lane(wholes[1])]
+    return [_Lane(wholes[0]), _Lane(None, 1, 0)] if chunked else [_Lane(wholes[0])]
 
 
 def digest_bytes(
@@ -67,24 +96,33 @@ def digest_bytes(
     chunk_size: int,
     progress: ProgressFn | None = None,
     ready: Callable[[int], None] | None = None,
+    *,
+    sha1: bool = True,
+    chunks: bool = True,
 ) -> Digest:
-    """Digest content held in memory (or mapped).
+    """Digest content held in memory (or mapped): its SHA-256, and its SHA-1 and
+    chunk hashes unless ``sha1`` / ``chunks`` are False.
 
-    ``ready(end)``, when given, is called before the bytes up to offset ``end``
-    are read and returns once they are there (content still being written).
+    Large content is hashed on two threads (see :func:`_lanes`); ``progress``
+    receives each piece the calling thread hashed. ``ready(end)``, when given,
+    is called before the bytes up to offset ``end`` are read and returns once
+    they are there (content still being written).
     """
     view = memoryview(data).cast("B")
     size = len(view)
-    chunked = size > chunk_size
-    bounds = [(off, min(chunk_size, size - off)) for off in range(0, size, chunk_size)]
+    chunked = chunks and size > chunk_size
+    if chunked:
+        bounds = [(off, min(chunk_size, size - off)) for off in range(0, size, chunk_size)]
+    else:
+        bounds = [(0, size)]
     chunk_hex: dict[int, str] = {}
     out: dict[str, str] = {}
 
-    def walk(name: str, parity: int, report: bool) -> None:
-        # Sub-pieces small enough to stay in cache feed both hashes of this thread.
-        h = hashlib.new(name)
-        for i, (off, n) in enumerate(bounds or [(0, 0)]):
-            mine = chunked and i % 2 == parity
+    def walk(lane: _Lane, report: bool) -> None:
+        # Sub-pieces small enough to stay in cache feed every hash of this walk.
+        h = hashlib.new(lane.whole) if lane.whole else None
+        for i, (off, n) in enumerate(bounds):
+            mine = lane.step > 0 and i % lane.step == lane.first
             ch = hashlib.sha256() if mine else None
             for sub in range(off, off + n, _PIECE):
                 stop = min(sub + _PIECE, off + n)
@@ -92,37 +130,45 @@ def digest_bytes(
                     piece = None  # hold no view of content that may never come
                     ready(stop)
                 piece = view[sub:stop]
-                h.update(piece)
+                if h is not None:
+                    h.update(piece)
                 if ch is not None:
                     ch.update(piece)
                 if report and progress:
                     progress(len(piece))
             if ch is not None:
                 chunk_hex[i] = ch.hexdigest()
-        out[name] = h.hexdigest()
+        if lane.whole and h is not None:
+            out[lane.whole] = h.hexdigest()
 
-    if size <= _SMALL:
-        walk("sha1", 1, False)
-        walk("sha256", 0, True)
+    lanes = _lanes(["sha256", "sha1"] if sha1 else ["sha256"], chunked)
+    if size <= _SMALL or len(lanes) == 1:
+        for i, lane in enumerate(lanes):
+            walk(lane, i == 0)
     else:
-        failure: list[BaseException] = []
+        _walk_on_two_threads(walk, lanes)
+    found = [Chunk(off, n, chunk_hex[i]) for i, (off, n) in enumerate(bounds)] if chunked else []
+    return Digest(out["sha256"], out.get("sha1"), size, found, chunk_size if chunked else 0)
 
-        def helper_walk() -> None:
-            try:
-                walk("sha1", 1, False)
-            except BaseException as e:  # re-raised in the calling thread
-                failure.append(e)
 
-        helper = threading.Thread(target=helper_walk, name="kachery-hash")
-        helper.start()
+def _walk_on_two_threads(walk: Callable[[_Lane, bool], None], lanes: list[_Lane]) -> None:
+    """Walk the first lane on this thread (it reports progress), the second on a helper."""
+    failure: list[BaseException] = []
+
+    def helper_walk() -> None:
         try:
-            walk("sha256", 0, True)
-        finally:
-            helper.join()
-        if failure:
-            raise failure[0]
-    chunks = [Chunk(off, n, chunk_hex[i]) for i, (off, n) in enumerate(bounds)] if chunked else []
-    return Digest(out["sha256"], out["sha1"], size, chunks, chunk_size if chunked else 0)
+            walk(lanes[1], False)
+        except BaseException as e:  # re-raised in the calling thread
+            failure.append(e)
+
+    helper = threading.Thread(target=helper_walk, name="kachery-hash")
+    helper.start()
+    try:
+        walk(lanes[0], True)
+    finally:
+        helper.join()
+    if failure:
+        raise failure[0]
 
 
 @contextlib.contextmanager
@@ -157,21 +203,25 @@ def read_all(fd: int) -> bytes:
     return b"".join(parts)
 
 
-def digest_open_file(fd: int, chunk_size: int, progress: ProgressFn | None = None) -> Digest:
+def digest_open_file(
+    fd: int, chunk_size: int, progress: ProgressFn | None = None, *, sha1: bool = True,
+    chunks: bool = True,
+) -> Digest:
     """Digest an open regular file in place: read whole when small, mapped when large."""
     if os.fstat(fd).st_size <= _SMALL:
-        return digest_bytes(read_all(fd), chunk_size, progress)
+        return digest_bytes(read_all(fd), chunk_size, progress, sha1=sha1, chunks=chunks)
     with mapped(fd) as view:
-        return digest_bytes(view, chunk_size, progress)
+        return digest_bytes(view, chunk_size, progress, sha1=sha1, chunks=chunks)
 
 
 def hash_file(
-    path: str | os.PathLike[str], chunk_size: int, progress: ProgressFn | None = None
+    path: str | os.PathLike[str], chunk_size: int, progress: ProgressFn | None = None, *,
+    sha1: bool = True, chunks: bool = True,
 ) -> Digest:
-    """Digest the file at ``path`` in place (no copy)."""
+    """Digest the file at ``path`` in place (no copy); see :func:`digest_bytes`."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return digest_open_file(fd, chunk_size, progress)
+        return digest_open_file(fd, chunk_size, progress, sha1=sha1, chunks=chunks)
     finally:
         os.close(fd)
 
@@ -205,25 +255,27 @@ def copy_fd(src: int, dst: int, progress: ProgressFn | None = None) -> int:
     return total
 
 
-def copy_and_digest(
-    src: int, dst: int, chunk_size: int, progress: ProgressFn | None = None
+def copy_and_hash(
+    src: int, dst: int, progress: ProgressFn | None = None, sha1: bool = False
 ) -> Digest:
-    """Copy ``src`` into ``dst`` (opened read-write, empty), digest the copy, fsync it.
+    """Copy ``src`` into ``dst`` (opened read-write, empty), hash the copy, fsync it.
 
-    The kernel copies a step at a time on one thread while two others digest
-    the steps already copied (so each piece is hashed right after it landed,
-    and copying, hashing and flushing overlap); where the kernel cannot copy
-    between these files, the copy is made first and then digested. What is
-    hashed is the copy, exactly what is stored. ``progress`` receives half of
-    each copied piece and half of each hashed piece, so a bar over the file's
-    size fills once. SourceFileError if ``src`` ends early (it shrank).
+    Computes the SHA-256 (and the SHA-1 with ``sha1``, on a second thread),
+    not the chunk hashes. The kernel copies a step at a time on one thread
+    while the calling thread hashes the steps already copied, so each piece
+    is hashed right after it landed and copying, hashing and flushing
+    overlap; where the kernel cannot copy between these files, the copy is
+    made first and then hashed. What is hashed is the copy, exactly what is
+    stored. ``progress`` receives half of each copied piece and half of each
+    hashed piece, so a bar over the file's size fills once. SourceFileError
+    if ``src`` ends early (it shrank).
     """
     half = (lambda n: progress(n // 2)) if progress else None
     size = os.fstat(src).st_size
     if size <= _SMALL:
         data = read_all(src)
         write_all(dst, data)
-        digest = digest_bytes(data, chunk_size, progress)
+        digest = digest_bytes(data, len(data), progress, sha1=sha1, chunks=False)
         os.fsync(dst)
         return digest
     start = os.lseek(src, 0, os.SEEK_CUR)
@@ -232,22 +284,24 @@ def copy_and_digest(
     except OSError as e:
         if e.errno not in _NO_KERNEL_COPY:
             raise
-        return _copy_then_digest(src, dst, chunk_size, half)
+        return _copy_then_hash(src, dst, half, sha1)
     size -= start
     os.ftruncate(dst, size)
     copier = _Copier(src, dst, start, size, first, half)
     copier.start()
     try:
         with mapped(dst, populate=False) as view:
-            digest = digest_bytes(view, chunk_size, half, ready=copier.wait_for)
+            digest = digest_bytes(
+                view, size, half, ready=copier.wait_for, sha1=sha1, chunks=False
+            )
     finally:
         copier.stop_and_join()
     copier.raise_failure()
     return digest
 
 
-def _copy_then_digest(src: int, dst: int, chunk_size: int, half: ProgressFn | None) -> Digest:
-    """Copy first (sendfile or read/write), then digest the copy while it is flushed."""
+def _copy_then_hash(src: int, dst: int, half: ProgressFn | None, sha1: bool) -> Digest:
+    """Copy first (sendfile or read/write), then hash the copy while it is flushed."""
     copy_fd(src, dst, half)
     flushed: list[BaseException | None] = []
 
@@ -262,7 +316,7 @@ def _copy_then_digest(src: int, dst: int, chunk_size: int, half: ProgressFn | No
     flusher.start()
     try:
         with mapped(dst) as view:
-            digest = digest_bytes(view, chunk_size, half)
+            digest = digest_bytes(view, len(view), half, sha1=sha1, chunks=False)
     finally:
         flusher.join()
     if flushed and flushed[0] is not None:
@@ -273,8 +327,10 @@ def _copy_then_digest(src: int, dst: int, chunk_size: int, half: ProgressFn | No
 class _Copier(threading.Thread):
     """Copies a file into a pre-sized one a step at a time, then flushes it.
 
-    Digest threads call :meth:`wait_for` before reading the copy; they are
-    woken as each step lands, and get the copier's error if it fails.
+    Each step's write to disk is started as soon as it is copied, so the
+    flush at the end has little left to do. Hashing threads call
+    :meth:`wait_for` before reading the copy; they are woken as each step
+    lands, and get the copier's error if it fails.
     """
 
     def __init__(
@@ -292,6 +348,7 @@ class _Copier(threading.Thread):
 
     def run(self) -> None:
         try:
+            start_writeback(self.dst, 0, self.copied)
             while self.copied < self.size:
                 if self.stopping:
                     return
@@ -307,10 +364,11 @@ class _Copier(threading.Thread):
                 with self.cond:
                     self.copied += n
                     self.cond.notify_all()
+                start_writeback(self.dst, self.copied - n, n)
                 if self.progress:
                     self.progress(n)
             os.fsync(self.dst)
-        except BaseException as e:  # handed to the digest threads and the caller
+        except BaseException as e:  # handed to the hashing threads and the caller
             with self.cond:
                 self.error = e
                 self.cond.notify_all()

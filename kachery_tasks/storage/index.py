@@ -6,6 +6,13 @@ is large, whether it is pinned, when it was last used (for garbage
 collection) and, for files registered with ``link_file``, where the original
 lives and how it looked when it was linked (size, mtime, ctime, inode).
 
+The SHA-1 and the manifest are computed when first needed, not when content
+is stored: ``sha1`` is :data:`SHA1_PENDING` (an empty string) until then,
+and NULL for content that gets no alias (manifests, zarr chunks);
+``manifest`` is NULL until the manifest of a large file is made; a manifest
+blob that is gone or damaged is made again when next needed (or by
+``verify``) and the reference replaced.
+
 A row is written only after its blob is in place, and removed before its blob
 is deleted: a crash can leave a blob without a row (``verify`` adopts it), never
 a row that points at nothing.
@@ -60,10 +67,12 @@ _RECORD_BLOB = """
     VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)
     ON CONFLICT(sha256) DO UPDATE SET
       in_store = 1, accessed = excluded.accessed,
-      sha1 = COALESCE(blobs.sha1, excluded.sha1),
+      sha1 = COALESCE(NULLIF(blobs.sha1, ''), excluded.sha1, blobs.sha1),
       label = COALESCE(blobs.label, excluded.label),
       manifest = COALESCE(excluded.manifest, blobs.manifest),
       role = CASE WHEN blobs.role = 'data' THEN 'data' ELSE excluded.role END"""
+
+SHA1_PENDING = ""  # the sha1 of content whose alias is still to be computed
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,11 @@ class Row:
     link_mtime_ns: int | None
     link_ino: int | None
     link_ctime_ns: int | None  # None for links recorded before ctime was
+
+    @property
+    def sha1_pending(self) -> bool:
+        """True when the content wants a SHA-1 alias that was not computed yet."""
+        return self.sha1 == SHA1_PENDING
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,30 @@ class Index:
                 (sha256, size, sha1, label, manifest, now, now,
                  link.path, link.size, link.mtime_ns, link.ino, link.ctime_ns),
             )
+
+    def sha1_pending(self) -> list[Row]:
+        """The data rows whose SHA-1 alias is still to be computed, oldest first."""
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM blobs WHERE sha1 = ? AND role = 'data' ORDER BY stored",
+            (SHA1_PENDING,),
+        )
+        return [_row(r) for r in rows]
+
+    def set_sha1(self, sha256: str, sha1: str) -> None:
+        """Record the SHA-1 alias computed for content whose alias was pending."""
+        with self._lock:
+            self._conn.execute(
+                "UPDATE blobs SET sha1 = ? WHERE sha256 = ? AND sha1 = ?",
+                (sha1, sha256, SHA1_PENDING),
+            )
+
+    def set_manifest(self, sha256: str, manifest: str) -> bool:
+        """Record the manifest made for a file; False when the file has no row (any more)."""
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE blobs SET manifest = ? WHERE sha256 = ?", (manifest, sha256)
+            )
+            return cur.rowcount > 0
 
     def drop_link(self, sha256: str) -> None:
         """Forget a linked original; the row goes too unless the blob is in the store."""

@@ -9,6 +9,10 @@ Layout under ``<node>/store``::
 **Writing** (crash safety): content is copied into ``incoming/`` while it is
 hashed in the same pass, fsynced, made read-only and renamed to its final
 name, then the directory is fsynced, and only then is the index row written.
+Storing computes only the SHA-256: the SHA-1 alias and the manifest of chunk
+hashes are computed from the stored bytes when first needed (``info``,
+``manifest`` for an upload, a ``sha1://`` lookup the index cannot answer),
+after checking that those bytes still hash to their id, and recorded.
 A crash at any point leaves no partial blob under a final name and no row
 pointing at nothing; leftovers in ``incoming/`` are removed by ``gc``.
 Several processes storing the same content race harmlessly: the last rename
@@ -21,6 +25,7 @@ collection are written at most once a minute per blob and process.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
@@ -44,8 +49,8 @@ from ..processes import pid_alive
 from ..progress import progress_bar
 from ..uris import format_uri, parse_uri
 from . import locks, partials
-from .hashing import Digest, ProgressFn, copy_and_digest, digest_bytes, digest_open_file, hash_file
-from .index import Index, Link, Row
+from .hashing import Digest, ProgressFn, copy_and_hash, digest_bytes, digest_open_file, hash_file
+from .index import SHA1_PENDING, Index, Link, Row
 from .manifest import Manifest
 from .zarr_index import read_index_file
 
@@ -73,7 +78,11 @@ class FileInfo:
 
 @dataclass
 class VerifyReport:
-    """Outcome of :meth:`LocalStore.verify`."""
+    """Outcome of :meth:`LocalStore.verify`.
+
+    ``manifests_rebuilt`` names the files whose manifest was missing or
+    damaged and was made again from their intact bytes.
+    """
 
     checked: int = 0
     corrupt: list[str] = field(default_factory=list)
@@ -81,6 +90,7 @@ class VerifyReport:
     dangling_rows: int = 0
     broken_links: list[str] = field(default_factory=list)
     vanished: int = 0  # blobs removed (by gc) while verify was running
+    manifests_rebuilt: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +119,7 @@ class LocalStore:
         self._blob_root = str(self.blobs)
         self.index = Index(self.root / "index.db", node.shared)
         self._touched: dict[str, float] = {}
+        self._sha1_search = threading.Lock()  # one search of missing SHA-1s at a time
 
     @property
     def chunk_size(self) -> int:
@@ -120,18 +131,47 @@ class LocalStore:
         return f"{self._blob_root}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
     def resolve(self, uri: str) -> str:
-        """The SHA-256 hex of the content ``uri`` names (sha1:// through the alias index)."""
+        """The SHA-256 hex of the content ``uri`` names (sha1:// through the alias index).
+
+        A SHA-1 the index does not know may belong to content whose SHA-1 was
+        not computed yet: those are hashed now (see :meth:`_search_sha1`).
+        """
         cu = parse_uri(uri)
         if cu.algorithm == "sha256":
             return cu.hex
         row = self.index.by_sha1(cu.hex)
-        if row is None:
+        sha256 = row.sha256 if row is not None else self._search_sha1(cu.hex)
+        if sha256 is None:
             raise ContentNotFoundError(
                 f"no content with SHA-1 {cu.hex} in this node's store ({self.root}); "
                 "import a kachery storage directory with 'kachery-tasks import-kachery DIR' "
                 "or store the file"
             )
-        return row.sha256
+        return sha256
+
+    def _search_sha1(self, sha1: str) -> str | None:
+        """Compute the SHA-1s the index is missing until one is ``sha1``; its SHA-256.
+
+        Storing does not compute SHA-1 aliases, so a ``sha1://`` lookup the
+        index cannot answer hashes every stored file whose SHA-1 is still
+        unknown (each one is recorded, so this happens once per file; costly
+        the first time in a large store, but only ``sha1://`` URIs of content
+        stored here, not imported from kachery, ever need it). A blob that no
+        longer hashes to its id is removed on the way, as ``load_file`` with
+        ``verify`` would, and nothing is recorded about it.
+        """
+        with self._sha1_search:
+            row = self.index.by_sha1(sha1)  # found by a search that ran meanwhile
+            if row is not None:
+                return row.sha256
+            for row in self.index.sha1_pending():
+                try:
+                    digest = self._complete(row, sha1=True, chunks=False)
+                except (ContentNotFoundError, CorruptContentError, LinkedFileError):
+                    continue
+                if digest.sha1 == sha1:
+                    return row.sha256
+        return None
 
     # --------------------------------------------------------------- writing
     def store_file(
@@ -168,7 +208,7 @@ class LocalStore:
         (CorruptContentError otherwise): received bytes are hashed once.
         """
         label = _label(None, label)
-        digest = digest_bytes(data, self.chunk_size)
+        digest = digest_bytes(data, self.chunk_size, sha1=False, chunks=False)
         if expect_sha256 is not None and digest.sha256 != expect_sha256:
             raise CorruptContentError(
                 f"content hashes to {digest.sha256}, not {expect_sha256}; nothing was stored"
@@ -220,7 +260,7 @@ class LocalStore:
         try:
             dst = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                digest = copy_and_digest(src, dst, self.chunk_size, progress)
+                digest = copy_and_hash(src, dst, progress, sha1=expect_sha1 is not None)
             finally:
                 os.close(dst)
             after = os.fstat(src)
@@ -321,20 +361,44 @@ class LocalStore:
             return True
 
     def store_manifest(self, digest: Digest) -> str | None:
-        """Store and index the manifest of a large blob's digest; its id (None if small)."""
+        """Store and index the manifest of a large blob's digest; its id (None if no chunks)."""
         if not digest.chunks:
             return None
         data = Manifest.from_digest(digest).to_json()
-        m = digest_bytes(data, self.chunk_size)
-        self._write_blob(m.sha256, data)
-        self.index.record_blob(m.sha256, m.size, m.sha1, None, role="manifest")
-        return m.sha256
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._write_blob(sha256, data)
+        self.index.record_blob(sha256, len(data), None, None, role="manifest")
+        return sha256
 
     def _finish(self, digest: Digest, label: str | None) -> str:
+        """Index a blob now in the store: what its digest learned; the rest comes later."""
         manifest = self.store_manifest(digest)
-        self.index.record_blob(digest.sha256, digest.size, digest.sha1, label, "data", manifest)
+        sha1 = digest.sha1 if digest.sha1 is not None else SHA1_PENDING
+        self.index.record_blob(digest.sha256, digest.size, sha1, label, "data", manifest)
         self._touched[digest.sha256] = time.time()
         return format_uri(digest.sha256, label=label, size=digest.size)
+
+    def _complete(self, row: Row, sha1: bool, chunks: bool) -> Digest:
+        """Compute and record what the index lacks about content held here.
+
+        ``sha1``: its SHA-1 alias; ``chunks``: its manifest (made only when the
+        content is larger than the chunk size). The bytes are hashed once, on
+        two threads, their SHA-256 included: nothing is recorded about bytes
+        that no longer match their id (CorruptContentError, and the blob is
+        removed; LinkedFileError for a changed linked original).
+        """
+        path = self.load_file(f"sha256://{row.sha256}")
+        digest = hash_file(path, self.chunk_size, sha1=sha1, chunks=chunks)
+        if path == row.link_path:
+            self._verify_link(row, digest.sha256)
+        else:
+            self._verify_blob(row.sha256, digest.sha256)
+        if digest.sha1 is not None:
+            self.index.set_sha1(row.sha256, digest.sha1)
+        manifest = self.store_manifest(digest)
+        if manifest is not None and not self.index.set_manifest(row.sha256, manifest):
+            self._remove_blob(manifest)  # the file left the store meanwhile
+        return digest
 
     def touch(self, sha256: str) -> None:
         """Mark content as used now (last in line for gc); written at most once a minute."""
@@ -386,25 +450,69 @@ class LocalStore:
             return f.read(end - start)
 
     def manifest(self, uri: str) -> Manifest | None:
-        """The chunk manifest of a large file (None for files below the chunk size)."""
+        """The chunk manifest of a large file (None for files below the chunk size).
+
+        Made from the file's bytes now when it was never made or its blob is
+        gone or damaged. ContentNotFoundError when the file is not here.
+        """
         sha256 = self.resolve(uri)
+        self.load_file(f"sha256://{sha256}")  # raises when it is not here
         row = self.index.get(sha256)
-        if row is None or row.manifest is None:
+        if row is None:
+            return None  # not indexed (left by a crash): 'verify' adopts it
+        manifest = self._read_manifest(row)
+        if manifest is None and row.size > self.chunk_size:
+            row = self._completed(row, sha1=False, chunks=True)
+            manifest = self._read_manifest(row)
+        return manifest
+
+    def _read_manifest(self, row: Row) -> Manifest | None:
+        """The manifest the row names, if it is here, intact and about this file.
+
+        None otherwise, and the caller makes it again; a manifest blob whose
+        bytes no longer match its id is removed.
+        """
+        if row.manifest is None:
             return None
-        with open(self.load_file(f"sha256://{row.manifest}"), "rb") as f:
-            return Manifest.from_json(f.read())
+        try:
+            with open(self.blob_path(row.manifest), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        if hashlib.sha256(data).hexdigest() != row.manifest:
+            self._remove_blob(row.manifest)
+            return None
+        try:
+            manifest = Manifest.from_json(data)
+        except CorruptContentError:
+            return None  # intact, but not a manifest: the row names the wrong blob
+        if (manifest.sha256, manifest.size) != (row.sha256, row.size):
+            return None  # another file's manifest
+        return manifest
+
+    def _completed(self, row: Row, sha1: bool, chunks: bool) -> Row:
+        """The row after :meth:`_complete` (the same row if it left the index meanwhile)."""
+        self._complete(row, sha1, chunks)
+        return self.index.get(row.sha256) or row
 
     def info(self, uri: str) -> FileInfo:
-        """What the store knows about ``uri``; ContentNotFoundError when it is not here."""
+        """What the store knows about ``uri``; ContentNotFoundError when it is not here.
+
+        A SHA-1 alias or manifest not computed yet is computed now (one pass).
+        """
         sha256 = self.resolve(uri)
         path = self.load_file(f"sha256://{sha256}")
         row = self.index.get(sha256)
         label = parse_uri(uri).label or (row.label if row else None)
         size = row.size if row else os.path.getsize(path)
         chunks = 0
-        if row is not None and row.manifest:
-            m = self.manifest(f"sha256://{sha256}")
-            chunks = len(m.chunks) if m else 0
+        if row is not None:
+            manifest = self._read_manifest(row)
+            need_chunks = manifest is None and row.size > self.chunk_size
+            if need_chunks or row.sha1_pending:
+                row = self._completed(row, sha1=row.sha1_pending, chunks=need_chunks)
+                manifest = self._read_manifest(row)
+            chunks = len(manifest.chunks) if manifest else 0
         return FileInfo(
             uri=format_uri(sha256, label=label, size=size),
             sha256=sha256,
@@ -441,13 +549,17 @@ class LocalStore:
                 f"{row.link_path}; it is not served. Link or store the file again"
             )
 
-    def _verify_blob(self, sha256: str) -> None:
-        actual = hash_file(self.blob_path(sha256), self.chunk_size).sha256
+    def _verify_blob(self, sha256: str, actual: str | None = None) -> None:
+        """Remove the blob and raise CorruptContentError unless it hashes to its id
+        (``actual``: its hash, when the caller just computed it)."""
+        if actual is None:
+            actual = hash_file(self.blob_path(sha256), self.chunk_size).sha256
         if actual != sha256:
             raise self.discard_corrupt(sha256, self.blob_path(sha256), f"hash to {actual}")
 
-    def _verify_link(self, row: Row) -> None:
-        actual = hash_file(row.link_path, self.chunk_size).sha256
+    def _verify_link(self, row: Row, actual: str | None = None) -> None:
+        if actual is None:
+            actual = hash_file(row.link_path, self.chunk_size).sha256
         if actual != row.sha256:
             raise self.discard_corrupt(row.sha256, row.link_path, f"hash to {actual}")
 
@@ -479,18 +591,26 @@ class LocalStore:
         """Re-hash every blob and linked original; remove what no longer matches.
 
         Blobs found without an index row (left by a crash) are adopted, and rows
-        whose blob is missing are dropped.
+        whose blob is missing are dropped. A large file whose manifest is
+        missing or turns out damaged gets a new one, made from its bytes while
+        they are hashed (manifests are checked first, so this happens in the
+        same run); SHA-1 aliases not computed yet are computed on the way.
         """
         report = VerifyReport()
         indexed = {r.sha256: r for r in self.index.rows()}
-        files = {sha256: size for sha256, size in self._blob_sizes()}
-        with progress_bar(
-            sum(files.values()), "verify", self.node.config.progress_threshold, progress
-        ) as bar:
-            for sha256, size in files.items():
+        named = {r.manifest for r in indexed.values() if r.manifest}
+        files = sorted(self._blob_sizes(), key=lambda f: f[0] not in named)  # manifests first
+        present = {sha256 for sha256, _ in files}
+        total = sum(size for _, size in files)
+        with progress_bar(total, "verify", self.node.config.progress_threshold, progress) as bar:
+            for sha256, size in files:
                 row = indexed.pop(sha256, None)
+                lost = self._manifest_lost(row, present, report.corrupt)
                 try:
-                    digest = hash_file(self.blob_path(sha256), self.chunk_size)
+                    digest = hash_file(
+                        self.blob_path(sha256), self.chunk_size,
+                        sha1=row is None or row.sha1_pending, chunks=lost,
+                    )
                 except FileNotFoundError:  # evicted by gc meanwhile: nothing left to check
                     report.vanished += 1
                     continue
@@ -504,12 +624,18 @@ class LocalStore:
                     continue
                 if (row is None or not row.in_store) and self._adopt(digest):
                     report.adopted += 1
+                self._record_found(sha256, digest, lost, report)
         for row in indexed.values():
             if row.link_path:
                 try:
                     self._check_link(row)
-                    self._verify_link(row)
+                    lost = self._manifest_lost(row, present, report.corrupt)
+                    digest = hash_file(
+                        row.link_path, self.chunk_size, sha1=row.sha1_pending, chunks=lost
+                    )
+                    self._verify_link(row, digest.sha256)
                     report.checked += 1
+                    self._record_found(row.sha256, digest, lost, report)
                 except LinkedFileError:
                     report.broken_links.append(row.sha256)
                     self.index.drop_link(row.sha256)
@@ -517,6 +643,26 @@ class LocalStore:
                 self.index.drop_blob(row.sha256)  # (unless stored again meanwhile)
                 report.dangling_rows += 1
         return report
+
+    @staticmethod
+    def _manifest_lost(row: Row | None, present: set[str], removed: list[str]) -> bool:
+        """True when the row names a manifest that is not in the store or was just removed."""
+        return (
+            row is not None and row.manifest is not None
+            and (row.manifest not in present or row.manifest in removed)
+        )
+
+    def _record_found(
+        self, sha256: str, digest: Digest, lost: bool, report: VerifyReport
+    ) -> None:
+        """Record the SHA-1 and the new manifest that verify computed for intact content."""
+        if digest.sha1 is not None:
+            self.index.set_sha1(sha256, digest.sha1)
+        if lost:
+            manifest = self.store_manifest(digest)
+            if manifest is not None:
+                self.index.set_manifest(sha256, manifest)
+                report.manifests_rebuilt.append(sha256)
 
     def _adopt(self, digest: Digest) -> bool:
         """Index a blob found without a row, unless gc has just removed it (as gc sees it)."""

@@ -226,3 +226,27 @@ def test_pin_checks_every_uri_before_changing_any(tmp_path, unpin):
         assert get_store().info(a).pinned is unpin  # unchanged
     assert run_main(action, a).status == 0
     assert get_store().info(a).pinned is not unpin
+
+
+def test_verify_makes_a_damaged_manifest_again(run_cli, tmp_path, node_path):
+    """After verify removes a damaged manifest, the file still works everywhere."""
+    node_path.mkdir()
+    (node_path / "config.toml").write_text('[store]\nchunk_size = "4KiB"\n')
+    data = os.urandom(4096 * 2 + 10)
+    src = tmp_path / "big"
+    src.write_bytes(data)
+    uri = _ok(run_cli("store", str(src))).strip()
+    info = json.loads(_ok(run_cli("info", uri, "--json")))  # chunks and alias made now
+    assert info["chunks"] == 3 and info["sha1"] == hashlib.sha1(data).hexdigest()
+    manifest = _ok(run_cli("load", info["manifest_uri"])).strip()
+    os.chmod(manifest, 0o644)
+    with open(manifest, "r+b") as f:
+        f.write(b"W")
+    r = run_cli("verify")
+    out = r.stdout.decode()
+    assert r.returncode == 1 and f"corrupt, removed: {info['manifest_uri']}" in out
+    assert f"made again from the intact file: sha256://{info['sha256']}" in out
+    assert "chunks:    3 (manifest" in _ok(run_cli("info", uri))
+    up = run_cli("upload", uri, "--bucket", f"file://{tmp_path}/bucket")
+    assert up.returncode == 0, up.stderr.decode()
+    assert _ok(run_cli("verify")) == "checked 2 blobs\n"

@@ -441,3 +441,116 @@ def test_file_names_and_labels_that_are_not_utf8(store, tmp_path):
                  lambda: store.store_bytes(b"y", label="a\udce9")):
         with pytest.raises(InvalidValueError, match="a label must be valid Unicode text"):
             call()
+
+
+# ---------------------------------------------- what storing leaves for later
+def _big(store, tmp_path, name="big", size=4096 * 3 + 100):
+    data = os.urandom(size)
+    return data, store.store_file(_file(tmp_path, name, data))
+
+
+def _chunk_hashes(data, chunk_size=4096):
+    return [hashlib.sha256(data[o : o + chunk_size]).hexdigest()
+            for o in range(0, len(data), chunk_size)]
+
+
+def test_storing_computes_the_sha256_only_the_rest_when_first_needed(store, tmp_path):
+    data, uri = _big(store, tmp_path)
+    row = store.index.get(parse_uri(uri).hex)
+    assert row.sha1_pending and row.manifest is None  # nothing beyond the id yet
+    m = store.manifest(uri)  # what an upload asks for
+    assert [c.sha256 for c in m.chunks] == _chunk_hashes(data)
+    row = store.index.get(parse_uri(uri).hex)
+    assert row.manifest is not None and row.sha1_pending  # the SHA-1 still waits
+    info = store.info(uri)
+    assert info.sha1 == hashlib.sha1(data).hexdigest() and info.chunks == 4
+    assert not store.index.get(parse_uri(uri).hex).sha1_pending
+    small = store.store_bytes(b"small bytes")
+    assert store.index.get(parse_uri(small).hex).sha1_pending
+    assert store.info(small).sha1 == hashlib.sha1(b"small bytes").hexdigest()
+    assert store.info(small).chunks == 0 and store.manifest(small) is None
+
+
+def test_a_sha1_lookup_computes_missing_aliases_once(store, tmp_path, monkeypatch):
+    from kachery_tasks.storage.batch import BlobBatch
+
+    batch = BlobBatch(store)
+    chunk = batch.add(b"a zarr chunk: no sha1:// alias")
+    batch.commit()
+    uris = [store.store_bytes(b"first"), store.store_bytes(b"second")]
+    hashed = []
+    real = hashing.hash_file
+    monkeypatch.setattr(
+        "kachery_tasks.storage.local.hash_file",
+        lambda path, *a, **kw: hashed.append(os.path.basename(path)) or real(path, *a, **kw),
+    )
+    sha1 = hashlib.sha1(b"second").hexdigest()
+    assert store.resolve(f"sha1://{sha1}") == parse_uri(uris[1]).hex
+    assert sorted(hashed) == sorted(parse_uri(u).hex for u in uris)  # not the zarr chunk
+    assert chunk not in hashed
+    hashed.clear()
+    assert store.resolve(f"sha1://{sha1}") == parse_uri(uris[1]).hex  # from the index now
+    assert store.index.by_sha1(hashlib.sha1(b"first").hexdigest()) is not None
+    with pytest.raises(ContentNotFoundError, match="SHA-1"):
+        store.resolve("sha1://" + "0" * 40)
+    assert hashed == []  # every alias is known: a miss costs nothing more
+
+
+def test_a_sha1_search_records_nothing_about_damaged_content(store):
+    uri = store.store_bytes(b"will rot before its alias is computed")
+    _corrupt(store.load_file(uri))
+    sha1 = hashlib.sha1(b"will rot before its alias is computed").hexdigest()
+    with pytest.raises(ContentNotFoundError):
+        store.resolve(f"sha1://{sha1}")
+    assert store.index.get(parse_uri(uri).hex) is None and not store.has(uri)  # removed
+    assert store.index.by_sha1(sha1) is None  # nothing false recorded
+
+
+def test_a_manifest_is_not_made_from_damaged_bytes(store, tmp_path):
+    _, uri = _big(store, tmp_path)
+    _corrupt(store.load_file(uri))
+    with pytest.raises(CorruptContentError, match="removed"):
+        store.manifest(uri)
+    assert not store.has(uri) and store.index.get(parse_uri(uri).hex) is None
+    assert store.index.stored_bytes() == (0, 0)  # no manifest of the damaged bytes either
+
+
+def test_a_lost_or_damaged_manifest_is_made_again_when_needed(store, tmp_path):
+    data, uri = _big(store, tmp_path)
+    first = store.info(uri).manifest_uri
+    os.unlink(store.load_file(first))  # gone (deleted by hand)
+    assert [c.sha256 for c in store.manifest(uri).chunks] == _chunk_hashes(data)
+    _corrupt(store.load_file(store.info(uri).manifest_uri))  # damaged
+    info = store.info(uri)
+    assert info.chunks == 4 and info.manifest_uri == first  # the same manifest, made again
+    assert [c.sha256 for c in store.manifest(uri).chunks] == _chunk_hashes(data)
+
+
+def test_verify_makes_a_damaged_manifest_again(store, tmp_path):
+    from kachery_tasks.storage.buckets import open_bucket
+    from kachery_tasks.storage.sync import upload
+
+    data, uri = _big(store, tmp_path)
+    manifest = parse_uri(store.info(uri).manifest_uri).hex
+    _corrupt(store.blob_path(manifest))
+    report = store.verify(progress=False)
+    assert report.corrupt == [manifest]
+    assert report.manifests_rebuilt == [parse_uri(uri).hex]
+    assert [c.sha256 for c in store.manifest(uri).chunks] == _chunk_hashes(data)
+    assert store.index.get(parse_uri(uri).hex).manifest == manifest  # the same bytes again
+    assert upload(store, open_bucket(f"file://{tmp_path}/bucket"), uri).objects_written == 5
+    again = store.verify(progress=False)
+    assert (again.corrupt, again.manifests_rebuilt, again.dangling_rows) == ([], [], 0)
+
+
+def test_verify_makes_a_missing_manifest_again_and_fills_in_aliases(store, tmp_path):
+    _, uri = _big(store, tmp_path)
+    manifest = parse_uri(store.info(uri).manifest_uri).hex
+    os.unlink(store.blob_path(manifest))
+    small = store.store_bytes(b"alias to compute")
+    report = store.verify(progress=False)
+    assert report.manifests_rebuilt == [parse_uri(uri).hex] and report.dangling_rows == 1
+    assert os.path.exists(store.blob_path(manifest))
+    assert store.index.by_sha1(hashlib.sha1(b"alias to compute").hexdigest()).sha256 == (
+        parse_uri(small).hex
+    )
