@@ -17,8 +17,9 @@ ROOT = Path(kachery_tasks.__file__).parent
 
 # Layers from the top; a module may import from its own layer or any below.
 LAYERS = {
-    "cli": 6, "__main__": 6,
-    "__init__": 5,  # the public face: re-exports
+    "cli": 7, "__main__": 7, "testing": 7,  # testing: contract test suites for backends
+    "__init__": 6,  # the public face: re-exports
+    "network": 5,
     "runtime": 4,
     "feeds": 3, "zarr_arrays": 3,
     "files": 2,
