@@ -85,6 +85,7 @@ class ResultCodec:
 
 
 _IMMUTABLE = (type(None), bool, int, float, str)
+_JSON_INT_BITS = 14_000  # about 4200 decimal digits
 
 
 class JsonCodec(ResultCodec):
@@ -116,6 +117,8 @@ def _plain(v: Any, depth: int) -> bool:
     t = type(v)
     if t is float:
         return v - v == 0.0  # finite (NaN and inf fail)
+    if t is int:  # Python refuses to write ints of over 4300 digits as text
+        return v.bit_length() <= _JSON_INT_BITS
     if t in _IMMUTABLE:
         return True
     if depth > 100:

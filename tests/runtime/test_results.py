@@ -322,3 +322,15 @@ def test_npy_results_decode_from_memory_as_read_only_views(dtype, shape, fortran
     if arr.nbytes:  # a cut-off blob is refused, never read past its end
         with pytest.raises(ValueError):
             codec.decode_bytes(bytes(data)[: max(0, len(data) - cut)])
+
+
+def test_an_int_too_long_for_json_text_is_stored_as_a_pickle():
+    import kachery_tasks as kachery
+
+    @kachery.pure(name="tests.results.power_of_ten")
+    def power_of_ten(n):
+        return 10**n
+
+    assert power_of_ten(5000) == 10**5000
+    assert power_of_ten(5000) == 10**5000  # a hit
+    assert power_of_ten(5) == 10**5
