@@ -11,6 +11,7 @@ the class derives from it too, so generic handlers keep working.
     ├── ConfigError                 bad node directory or config.toml
     ├── InvalidURIError             (ValueError) a URI that does not parse
     ├── InvalidValueError           (ValueError) bad argument: size, key, JSON value
+    ├── EnvelopeError               a signed document that is malformed or does not verify
     ├── StorageError                the content store could not do its job
     │   ├── ContentNotFoundError    (LookupError) content is not in the store
     │   ├── SourceFileError         the file to store is missing or not a file
@@ -54,6 +55,10 @@ class InvalidURIError(KacheryError, ValueError):
 
 class InvalidValueError(KacheryError, ValueError):
     """An argument has the right type but a value that cannot be used."""
+
+
+class EnvelopeError(KacheryError):
+    """A signed document (result record, channel config or message) is malformed or forged."""
 
 
 class StorageError(KacheryError):
