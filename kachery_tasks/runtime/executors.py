@@ -41,6 +41,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import contextvars
+import dataclasses
 import os
 import secrets
 import socket
@@ -50,9 +51,13 @@ from typing import Any
 from ..config import ENV_DIR
 from ..errors import ExecutorError
 from . import cache as cache_mod
-from . import encoders, remote
-from .records import ResultRow
-from .tasks import ActionOutcome, Task
+from . import context, encoders, remote
+from .call import Call, encode_result
+from .context import current_executor, use_executor
+from .tasks import Task
+
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "TaskFuture", "current_executor", "dask",
+           "dask_key", "gather", "nested_runner", "use_executor"]
 
 _NOTHING = object()
 
@@ -103,11 +108,7 @@ class TaskFuture:
         )
 
 
-def _enc_future(v: TaskFuture, out: list) -> None:
-    out.append(b"r" + v.task_id[7:].encode("ascii"))
-
-
-encoders.register_special(TaskFuture, _enc_future)
+encoders.register_special(TaskFuture, encode_result)  # tag r: the producer's task id
 
 
 def _readonly_array(value: Any) -> Any:
@@ -145,40 +146,23 @@ class LocalExecutor(Executor):
     """Runs each submission immediately, in the calling thread."""
 
     def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
-        tid, parts, marks = task._id(args, kwargs)  # encoded once, hit or miss
+        call = task.prepare(*args, **kwargs)  # encoded once, hit or miss
         try:
-            value = task._run(mode, tid, parts, marks, args, kwargs)
+            value = task.run(call, mode)
         except Exception as e:
-            return TaskFuture(task, tid, error=e, executor=self)
-        return TaskFuture(task, tid, value=value, executor=self)
+            return TaskFuture(task, call.task_id, error=e, executor=self)
+        return TaskFuture(task, call.task_id, value=value, executor=self)
 
 
 LOCAL = LocalExecutor()
-_current: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
-    "kachery_executor", default=None
-)
-
-
-def current_executor() -> Executor:
-    """The executor submissions go to: the innermost ``dask(...)`` block, else in-process."""
-    return _current.get() or LOCAL
-
-
-@contextlib.contextmanager
-def use_executor(executor: Executor) -> Iterator[Executor]:
-    """Send ``submit``/``map`` to ``executor`` inside the block."""
-    token = _current.set(executor)
-    try:
-        yield executor
-    finally:
-        _current.reset(token)
+context.set_default_executor(LOCAL)
 
 
 # ------------------------------------------------------------------ Dask
 def dask_key(task: Task, task_id: str, mode: str) -> str:
     """The Dask key of a call (see the module docstring)."""
     key = f"{task.name}-{task_id}"
-    if mode != "call" or task.kind == "query":
+    if task.policy.unique_key(mode):
         key += f"-{secrets.token_hex(6)}"
     return key
 
@@ -201,15 +185,13 @@ class DaskExecutor(Executor):
 
     def _submit_many(self, task: Task, calls: list[tuple[tuple, dict]], mode: str) -> list:
         c = cache_mod.current()
-        prepared = []
-        for args, kwargs in calls:
-            tid, parts, marks = task._id(args, kwargs)
-            prepared.append((tid, parts, marks, args, kwargs))
+        policy = task.policy
+        prepared = [task.prepare(*args, **kwargs) for args, kwargs in calls]
         out: list[TaskFuture | None] = [None] * len(prepared)
-        bucket = remote.current_bucket() if task.kind == "pure" else None
-        if mode == "call" and task.kind != "query":
+        bucket = remote.current_bucket() if policy.deterministic else None
+        if policy.check_cached(mode):
             self._serve_cached(c, task, prepared, out)
-            missing = [prepared[i][0] for i, f in enumerate(out) if f is None]
+            missing = [prepared[i].task_id for i, f in enumerate(out) if f is None]
             if bucket is not None and missing and remote.fetch_many(c, missing, bucket):
                 self._serve_cached(c, task, prepared, out)  # what collaborators computed
         todo = [i for i, f in enumerate(out) if f is None]
@@ -217,14 +199,13 @@ class DaskExecutor(Executor):
             return out  # type: ignore[return-value]
         node_path = str(c.node.path) if self.share_node_dir else None
         bucket_url = bucket.url if bucket is not None else None
-        reason = {"call": "miss", "force": "forced", "again": "again"}[mode]
-        if task.kind == "query":
-            reason = "query"
+        reason = policy.reason(mode)
         by_key: dict[str, int] = {}
         key_of: dict[int, str] = {}
         keys, starts, dargs, dkwargs = [], [], [], []
         for i in todo:
-            tid, parts, marks, a, k = prepared[i]
+            call = prepared[i]
+            tid, a, k = call.task_id, call.args, call.kwargs
             key = dask_key(task, tid, mode)
             if self._erred(key):  # a failure still held by some future: run afresh
                 key = f"{key}-{secrets.token_hex(6)}"
@@ -236,7 +217,7 @@ class DaskExecutor(Executor):
             if _has_future(a) or _has_future(k.values()):
                 # the id encodes producers by reference: describe the call before Dask
                 # replaces the futures by their values
-                starts.append(task._prepare(tid, parts, marks, a, k, reason, c.node_id))
+                starts.append(call.start(reason, c.node_id))
             else:  # the worker describes it (keeps the scheduler's messages small)
                 starts.append((tid, reason))
             dargs.append(self._to_dask(a))
@@ -251,38 +232,37 @@ class DaskExecutor(Executor):
             raise self._executor_error(e) from e
         for i in todo:
             dfut = dfuts[by_key[key_of[i]]]
-            out[i] = TaskFuture(task, prepared[i][0], dask_future=dfut, executor=self)
+            out[i] = TaskFuture(task, prepared[i].task_id, dask_future=dfut, executor=self)
         return out  # type: ignore[return-value]
 
     def _erred(self, key: str) -> bool:
         state = getattr(self.client, "futures", {}).get(key)
         return state is not None and getattr(state, "status", None) == "error"
 
-    def _serve_cached(self, c: cache_mod.NodeCache, task: Task, prepared: list, out: list) -> None:
+    def _serve_cached(self, c: cache_mod.NodeCache, task: Task, prepared: list[Call],
+                      out: list) -> None:
         """Fill ``out`` with finished futures for calls that are cached (no submission)."""
-        if task.kind == "pure":
-            for i, p in enumerate(prepared):
-                v = c.get(p[0])
+        policy = task.policy
+        if policy.deterministic:
+            for i, call in enumerate(prepared):
+                v = c.get(call.task_id)
                 if v is not cache_mod.MISS:
-                    out[i] = TaskFuture(task, p[0], value=v)
-        rest = [p[0] for i, p in enumerate(prepared) if out[i] is None]
+                    out[i] = TaskFuture(task, call.task_id, value=v)
+        rest = [call.task_id for i, call in enumerate(prepared) if out[i] is None]
         if not rest:
             return
         rows = c.records.results_many(rest)
-        for i, p in enumerate(prepared):
-            row = rows.get(p[0])
+        for i, call in enumerate(prepared):
+            row = rows.get(call.task_id)
             if out[i] is not None or row is None:
                 continue
-            if task.kind == "action":
-                out[i] = _action_future(task, row)
-                continue
             try:
-                v = c.load(row)
-            except Exception as e:  # untrusted pickle: the caller sees it on result()
-                out[i] = TaskFuture(task, p[0], error=e)
+                v = policy.served(task, row, c.load)
+            except Exception as e:  # a failed action, an untrusted pickle: seen on result()
+                out[i] = TaskFuture(task, call.task_id, error=e)
                 continue
             if v is not cache_mod.MISS:
-                out[i] = TaskFuture(task, p[0], value=v)
+                out[i] = TaskFuture(task, call.task_id, value=v)
 
     def _to_dask(self, value: Any) -> Any:
         """Replace TaskFutures in an argument structure by what Dask can resolve."""
@@ -336,14 +316,6 @@ class DaskExecutor(Executor):
                 self.cluster.close()
 
 
-def _action_future(task: Task, row: ResultRow) -> TaskFuture:
-    if row.status == "success":
-        return TaskFuture(task, row.task_id,
-                          value=ActionOutcome(row.task_id, task.name, True, False, None,
-                                              row.finished))
-    return TaskFuture(task, row.task_id, error=task.action_failed(row))
-
-
 # -------------------------------------------------------- on the worker
 _worker_node: contextvars.ContextVar[tuple[str | None, str | None] | None] = (
     contextvars.ContextVar("kachery_worker_node", default=None)
@@ -365,16 +337,16 @@ def _run_on_worker(task: Task, node_path: str | None, bucket_url: str | None, st
     try:
         c = cache_mod.current()
         tid = start[0] if type(start) is tuple else start.task_id
-        if mode == "call" and task.kind == "pure":
+        if mode == "call" and task.policy.deterministic:
             v = c.get(tid)
             if v is not cache_mod.MISS:
                 return v
-        if type(start) is tuple:
-            parts, marks = task._encode(args, kwargs)
-            start = task._prepare(tid, parts, marks, args, kwargs, start[1], c.node_id)
+        if type(start) is tuple:  # recorded under the client's id, which its caller awaits
+            start = dataclasses.replace(
+                task.prepare(*args, **kwargs).start(start[1], c.node_id), task_id=tid)
         with remote.use_bucket(bucket_url):
             value = task.run_started(c, start, args, kwargs, mode)
-            bucket = remote.current_bucket() if task.kind == "pure" else None
+            bucket = remote.current_bucket() if task.policy.deterministic else None
             if bucket is not None:
                 remote.publish(c, tid, bucket)
         return value
@@ -411,6 +383,9 @@ def nested_runner() -> Any:
             return _readonly_array(fut.result())
 
     return run
+
+
+context.set_nested_runner(nested_runner)
 
 
 # -------------------------------------------------------------- public
