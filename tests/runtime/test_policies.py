@@ -147,3 +147,35 @@ def test_a_stale_query_warns_only_when_called():
         assert QUERY.returned(read, stale, "force", stacklevel=1) == "old"
         assert QUERY.returned(read, QueryResult("new", False, None, 1.0), "call", 1) == "new"
         assert QUERY.value(stale) == "old"
+
+
+class InlineClient:
+    """A ``distributed.Client`` stand-in that runs each submitted call at once, here."""
+
+    def map(self, fn, *iterables, key, pure):
+        return [_Done(fn(*args)) for args in zip(*iterables, strict=True)]
+
+    def gather(self, futures, errors="raise"):
+        return [f.value for f in futures]
+
+
+class _Done:
+    status = "finished"
+
+    def __init__(self, value):
+        self.value = value
+
+    def done(self):
+        return True
+
+
+def test_modes_mean_the_same_on_dask_as_in_process(tmp_path):
+    dask_ex = kachery.DaskExecutor(InlineClient())
+    target = str(tmp_path / "t")
+    assert dask_ex.submit(touch, (target,), {}).result().ran
+    assert not dask_ex.submit(touch, (target,), {}).result().ran  # served before submission
+    forced = dask_ex.submit(touch, (target,), {}, mode="force").result()
+    assert forced.ran  # runs again, as touch.recompute(target) does
+    assert [r.reason for r in _runs(touch, target)] == ["again", "miss"]
+    assert dask_ex.submit(double, (5,), {}, mode="again").result() == 10
+    assert [r.reason for r in _runs(double, 5)] == ["forced"]
