@@ -21,6 +21,12 @@ a notebook); lambdas need ``name=``. Generator functions and coroutines
 cannot be tasks. Results are read-only (see :mod:`.results`).
 Inside a task, calls to other tasks are recorded as call edges
 (parent -> child) and, for pure tasks, cached too.
+
+A call is encoded once into a :class:`~.call.Call` (``task.prepare``), which
+``task.run`` runs; a direct call of a pure task that hits the in-process memo
+skips building it. Where the kinds differ, the task asks its policy
+(``task.policy``, see :mod:`.policies`). ``submit`` and ``map`` find the
+executor through :mod:`.context`: this module does not import the executors.
 """
 
 from __future__ import annotations
