@@ -225,17 +225,18 @@ class Task:
             encoders.encode_argument(name, v, parts, f" of {self.name}")
         return parts, marks
 
+    def prepare(self, *args: Any, **kwargs: Any) -> Call:
+        """Encode this call without running it: its :class:`~.call.Call` (id, preimage,
+        arguments), which :meth:`run` runs and other nodes can be sent."""
+        parts, marks = self._encode(args, kwargs)
+        tid = "sha256:" + _sha256(b"".join(parts)).hexdigest()
+        return self._call(tid, parts, marks, args, kwargs)
+
     def _call(self, tid: str, parts: list[bytes], marks: list[int], args: tuple,
               kwargs: dict) -> Call:
         # right after _encode, _code_hash is the one the id was computed with
         return Call(self, tid, None if self.version is not None else self._code_hash, parts,
                     marks, args, kwargs)
-
-    def prepare(self, *args: Any, **kwargs: Any) -> Call:
-        """Encode this call without running it: its :class:`~.call.Call` (id, preimage,
-        arguments), which :meth:`run` runs and other nodes can be sent."""
-        tid, parts, marks = self._id(args, kwargs)
-        return self._call(tid, parts, marks, args, kwargs)
 
     def task_id(self, *args: Any, **kwargs: Any) -> str:
         """The id of this call, ``'sha256:<hex>'``, computed without running anything."""
