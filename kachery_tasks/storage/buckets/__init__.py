@@ -48,12 +48,4 @@ def configured_bucket_url(config_url: str | None = None) -> str | None:
     return os.environ.get(ENV_BUCKET) or config_url or None
 
 
-def default_bucket() -> Bucket | None:
-    """The bucket this node shares content through, or None when none is configured."""
-    from ...config import node_dir
-
-    url = configured_bucket_url(node_dir().config.bucket_url)
-    return open_bucket(url) if url else None
-
-
-__all__ = ["ENV_BUCKET", "Bucket", "configured_bucket_url", "default_bucket", "open_bucket"]
+__all__ = ["ENV_BUCKET", "Bucket", "configured_bucket_url", "open_bucket"]
