@@ -87,6 +87,7 @@ from .runtime import (
     untracked,
     use_executor,
 )
+from .storage.buckets import register_bucket
 from .storage.local import FileInfo
 from .uris import format_uri, parse_uri
 from .zarr_arrays import load_zarr, store_zarr
@@ -168,6 +169,7 @@ __all__ = [
     "parse_uri",
     "pure",
     "query",
+    "register_bucket",
     "register_codec",
     "register_encoder",
     "register_remote",

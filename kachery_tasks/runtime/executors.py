@@ -1,7 +1,8 @@
 """Executors: where submitted tasks run -- in this process, or on a Dask cluster.
 
-The contract every :class:`Executor` keeps (one shared test class checks it
-against each implementation, see ``tests/runtime/test_executors.py``):
+The contract every :class:`Executor` keeps (one test suite shipped with the
+package, :class:`kachery_tasks.testing.executors.ExecutorContract`, checks it
+against each implementation):
 
 * ``submit(task, args, kwargs)`` returns a :class:`TaskFuture` whose
   ``task_id`` is ``task.task_id(*args, **kwargs)``.
