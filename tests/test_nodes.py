@@ -140,7 +140,7 @@ def test_remotes_come_from_the_configuration_when_not_given(tmp_path, monkeypatc
 
 def test_content_found_nowhere_names_every_remote_asked(tmp_path):
     n = kachery.node(tmp_path / "n", remotes=[f"file://{tmp_path}/one", f"file://{tmp_path}/two"])
-    with pytest.raises(ContentNotFoundError, match="one.*two"):
+    with pytest.raises(ContentNotFoundError, match=r"one.*two"):
         n.load_file("sha256://" + "0" * 64)
 
 

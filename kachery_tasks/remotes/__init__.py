@@ -1,9 +1,11 @@
 """Remotes: where a node looks for what it lacks and offers what it has.
 
 A remote is opened from a URL through a small registry keyed by URL scheme,
-imported only when first used (like buckets): ``file://`` and ``gs://`` are
-buckets (:class:`~.bucket.BucketRemote`). A new kind of remote is one module
-with a :class:`~.base.Remote` subclass and one :func:`register_remote` call.
+imported only when first used (like buckets). A URL whose scheme names a
+bucket backend (``file://``, ``gs://`` and any added with
+``kachery.register_bucket``) is a :class:`~.bucket.BucketRemote`. A new kind
+of remote is one module with a :class:`~.base.Remote` subclass and one
+:func:`register_remote` call.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import re
 import threading
 
 from ..errors import InvalidValueError
+from ..storage.buckets import bucket_schemes
 from .base import Remote
 
-_REMOTES = {
-    "file": "kachery_tasks.remotes.bucket:BucketRemote",
-    "gs": "kachery_tasks.remotes.bucket:BucketRemote",
-}
+_BUCKET_REMOTE = "kachery_tasks.remotes.bucket:BucketRemote"
+_REMOTES: dict[str, str] = {}
 _open: dict[str, Remote] = {}
 _lock = threading.Lock()
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
@@ -47,8 +48,10 @@ def open_remote(url: str) -> Remote:
         return remote
     scheme = url.split(":", 1)[0] if ":" in url else ""
     target = _REMOTES.get(scheme)
+    if target is None and scheme in bucket_schemes():
+        target = _BUCKET_REMOTE
     if target is None:
-        known = ", ".join(f"{s}:" for s in sorted(_REMOTES))
+        known = ", ".join(f"{s}:" for s in sorted({*_REMOTES, *bucket_schemes()}))
         raise InvalidValueError(f"unknown remote {url!r}: use a URL starting with {known}")
     module, cls = target.split(":")
     with _lock:

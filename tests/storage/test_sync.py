@@ -173,7 +173,8 @@ def test_a_zarr_array_with_chunks_over_the_chunk_size_travels(tmp_path, bucket_u
     assert current_node().store.info(uri).size < 16 * 1024  # the index itself is small
     from kachery_tasks.storage.zarr_store import ContentStore
 
-    chunk_blobs = [h for k, h in ContentStore.from_uri(uri, current_node()).blobs().items() if k.startswith("c/")]
+    blobs = ContentStore.from_uri(uri, current_node()).blobs()
+    chunk_blobs = [h for k, h in blobs.items() if k.startswith("c/")]
     assert all(current_node().store.info(f"sha256://{h}").chunks >= 2 for h in chunk_blobs)
     upload(current_node().store, open_bucket(bucket_url), uri)
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "b"))
