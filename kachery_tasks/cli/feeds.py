@@ -9,9 +9,7 @@ import time
 
 from ..canonical import check_depth, parse_json
 from ..errors import InvalidValueError
-from ..feeds import (
-    DEFAULT_SUBFEED,
-    Message,
+from ..feed_functions import (
     create_feed,
     export_feed,
     import_feed,
@@ -19,8 +17,8 @@ from ..feeds import (
     list_feeds,
     load_feed,
     load_subfeed,
-    parse_feed_uri,
 )
+from ..feeds import DEFAULT_SUBFEED, Message, parse_feed_uri
 from . import command
 from .args import arg, file_path, json_flag, whole_number
 

@@ -11,8 +11,9 @@ import time
 from .. import files
 from ..canonical import check_depth, parse_json
 from ..errors import InvalidValueError
+from ..nodes import current_node
 from ..sizes import format_size
-from ..storage.local import check_range, get_store
+from ..storage.local import check_range
 from ..zarr_arrays import zarr_info
 from . import command
 from .args import Arg, arg, file_path, json_flag, progress_flag, size, whole_number
@@ -84,7 +85,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    for row in get_store().list():
+    for row in current_node().store.list():
         if args.pinned and not row.pinned:
             continue
         where = "linked" if not row.in_store else ("pinned" if row.pinned else "")
@@ -94,7 +95,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _pin(args: argparse.Namespace) -> int:
-    store = get_store()
+    store = current_node().store
     # Every URI is checked before any is changed, so a bad one leaves all as they were.
     uris = [f"sha256://{store.resolve(uri)}" for uri in args.uri]
     for uri in uris:
@@ -105,7 +106,7 @@ def _pin(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    report = get_store().gc(args.max_size)
+    report = current_node().store.gc(args.max_size)
     evicted = (
         f"evicted {report.evicted} blobs ({format_size(report.freed)})"
         if args.max_size is not None else "evicted nothing (no --max-size)"
@@ -125,7 +126,7 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = get_store().verify(progress=args.progress)
+    report = current_node().store.verify(progress=args.progress)
     print(f"checked {report.checked} blobs")
     for sha256 in report.corrupt:
         print(f"corrupt, removed: sha256://{sha256}")
@@ -143,7 +144,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _import_kachery(args: argparse.Namespace) -> int:
     from ..storage.kachery_import import import_kachery_dir
 
-    report = import_kachery_dir(args.dir, progress=args.progress)
+    report = import_kachery_dir(args.dir, current_node().store, progress=args.progress)
     print(f"imported {report.imported} files ({format_size(report.bytes)}), "
           f"{report.already} already here")
     for path, why in report.failed:

@@ -6,10 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import default_path, init_node_dir, node_dir
-from ..keys import node_keypair
+from ..config import default_path, init_node_dir
+from ..nodes import current_node
 from ..sizes import format_size
-from ..storage.local import get_store
 from . import command
 from .args import arg, file_path, json_flag
 
@@ -22,13 +21,13 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    node = node_dir()
-    count, total = get_store(node).index.stored_bytes()
+    node = current_node()
+    count, total = node.store.index.stored_bytes()
     info = {
         "node_dir": str(node.path),
-        "node_id": node_keypair(node).public_hex,
+        "node_id": node.id,
         "shared": node.shared,
-        "config": str(node.config_path),
+        "config": str(node.dir.config_path),
         "chunk_size": node.config.chunk_size,
         "blobs": count,
         "stored_bytes": total,

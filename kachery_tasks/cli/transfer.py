@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from ..storage.buckets import ENV_BUCKET, Bucket, default_bucket, open_bucket
-from ..storage.local import get_store
-from ..storage.sync import download, download_members, upload
+from ..nodes import Node, current_node
+from ..remotes.bucket import BucketRemote
+from ..storage.buckets import ENV_BUCKET
 from ..uris import parse_uri
 from . import command
 from .args import arg, progress_flag
@@ -18,45 +18,47 @@ _BUCKET = arg("--bucket", help=_BUCKET_HELP)
 _URIS_AND_BUCKET = (arg("uri", nargs="+"), _BUCKET, progress_flag())
 
 
-def bucket_from(args: argparse.Namespace) -> Bucket:
-    """The bucket named on the command line, else the configured one."""
-    bucket = open_bucket(args.bucket) if args.bucket else default_bucket()
-    if bucket is None:
+def node_from(args: argparse.Namespace) -> Node:
+    """The current node, with the bucket named on the command line as its only remote
+    (else the remotes its configuration names; at least one is needed)."""
+    node = current_node()
+    if args.bucket:
+        return Node(node.path, [BucketRemote(args.bucket)])
+    if not node.remotes:
         raise ConfigError(
             f"no bucket configured: pass --bucket URL, set {ENV_BUCKET}, or set "
             "[bucket] url in config.toml"
         )
-    return bucket
+    return node
 
 
 def _upload(args: argparse.Namespace) -> int:
-    store = get_store()
+    store = current_node().store
     for uri in args.uri:  # all well-formed and here before anything is uploaded
         store.load_file(uri)
-    bucket = bucket_from(args)
+    node = node_from(args)
     for uri in args.uri:
-        r = upload(store, bucket, uri, progress=args.progress, repair=args.repair)
-        print(f"{uri}: {r.summary(args.repair)}")
+        for _remote, r in node.offer(uri, progress=args.progress, repair=args.repair):
+            print(f"{uri}: {r.summary(args.repair)}")
     return 0
 
 
 def _download(args: argparse.Namespace) -> int:
     for uri in args.uri:  # all well-formed before anything is downloaded
         parse_uri(uri)
-    bucket, store = bucket_from(args), get_store()
+    node = node_from(args)
     for uri in args.uri:
-        print(download(store, bucket, uri, progress=args.progress))
-        download_members(store, bucket, uri, progress=args.progress)
+        print(node.load_file(uri, progress=args.progress))
+        node.fetch_members(uri, progress=args.progress)
     return 0
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from ..feeds.bucket import sync_feeds
-    from ..runtime import cache, remote
+    from ..runtime import cache, shared
 
-    bucket = bucket_from(args)
-    published = remote.publish_all(cache.current(), bucket)
-    pushed, pulled = sync_feeds(bucket)
+    node = node_from(args)
+    published = shared.publish_all(cache.for_node(node))
+    pushed, pulled = node.sync_feeds()
     print(f"published {published} task results; "
           f"pushed {pushed.messages} messages of {len(pushed.feeds)} feeds; "
           f"pulled {pulled.messages} messages of {len(pulled.feeds)} feeds")

@@ -42,16 +42,16 @@ from __future__ import annotations
 import abc
 import contextlib
 import contextvars
-import os
 import secrets
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..config import ENV_DIR
+from .. import nodes as node_mod
+from ..config import ENV_DIR, default_path
 from ..errors import ExecutorError
 from . import cache as cache_mod
-from . import encoders, remote
+from . import encoders, shared
 from .records import ResultRow
 from .tasks import ActionOutcome, Task
 
@@ -207,17 +207,16 @@ class DaskExecutor(Executor):
             tid, parts, marks = task._id(args, kwargs)
             prepared.append((tid, parts, marks, args, kwargs))
         out: list[TaskFuture | None] = [None] * len(prepared)
-        bucket = remote.current_bucket() if task.kind == "pure" else None
         if mode == "call" and task.kind != "query":
             self._serve_cached(c, task, prepared, out)
             missing = [prepared[i][0] for i, f in enumerate(out) if f is None]
-            if bucket is not None and missing and remote.fetch_many(c, missing, bucket):
+            if task.kind == "pure" and missing and shared.fetch_many(c, missing):
                 self._serve_cached(c, task, prepared, out)  # what collaborators computed
         todo = [i for i, f in enumerate(out) if f is None]
         if not todo:
             return out  # type: ignore[return-value]
-        node_path = str(c.node.path) if self.share_node_dir else None
-        bucket_url = bucket.url if bucket is not None else None
+        node_spec = (str(c.node.path) if self.share_node_dir else None,
+                     [r.url for r in c.node.remotes])
         reason = {"call": "miss", "force": "forced", "again": "again"}[mode]
         if task.kind == "query":
             reason = "query"
@@ -245,7 +244,7 @@ class DaskExecutor(Executor):
         n = len(keys)
         try:
             dfuts = self.client.map(
-                _run_on_worker, [task] * n, [node_path] * n, [bucket_url] * n, starts, dargs,
+                _run_on_worker, [task] * n, [node_spec] * n, starts, dargs,
                 dkwargs, [mode] * n, key=keys, pure=False,
             )
         except Exception as e:
@@ -346,41 +345,48 @@ def _action_future(task: Task, row: ResultRow) -> TaskFuture:
 
 
 # -------------------------------------------------------- on the worker
-_worker_node: contextvars.ContextVar[tuple[str | None, str | None] | None] = (
-    contextvars.ContextVar("kachery_worker_node", default=None)
+NodeSpec = tuple[str | None, list[str]]
+_worker_node: contextvars.ContextVar[NodeSpec | None] = contextvars.ContextVar(
+    "kachery_worker_node", default=None
 )
 
 
-def _run_on_worker(task: Task, node_path: str | None, bucket_url: str | None, start: Any,
-                   args: tuple, kwargs: dict, mode: str) -> Any:
+def _run_on_worker(task: Task, node_spec: NodeSpec, start: Any, args: tuple, kwargs: dict,
+                   mode: str) -> Any:
     """What a Dask worker runs for one call: the same protocol as in-process.
 
-    ``start`` is the RunStart prepared by the client, or ``(task_id, reason)``
-    when the arguments hold no futures and the worker can describe the call.
-    A pure result computed here is published to the client's bucket
-    (``bucket_url``), signed by this worker's node, as a direct call would.
+    ``node_spec`` is the client's node directory (None: the worker's own
+    node, for workers on other machines) and the URLs of the client's
+    remotes: results are looked up and published through those, signed by
+    the worker's node, as a direct call would. ``start`` is the RunStart
+    prepared by the client, or ``(task_id, reason)`` when the arguments hold
+    no futures and the worker can describe the call.
     """
-    if node_path is not None and os.environ.get(ENV_DIR) != node_path:
-        os.environ[ENV_DIR] = node_path
-    token = _worker_node.set((node_path, bucket_url))
+    path, urls = node_spec
+    worker_node = node_mod.node(path if path is not None else default_path(), remotes=urls)
+    token = _worker_node.set(node_spec)
     try:
-        c = cache_mod.current()
-        tid = start[0] if type(start) is tuple else start.task_id
-        if mode == "call" and task.kind == "pure":
-            v = c.get(tid)
-            if v is not cache_mod.MISS:
-                return v
-        if type(start) is tuple:
-            parts, marks = task._encode(args, kwargs)
-            start = task._prepare(tid, parts, marks, args, kwargs, start[1], c.node_id)
-        with remote.use_bucket(bucket_url):
-            value = task.run_started(c, start, args, kwargs, mode)
-            bucket = remote.current_bucket() if task.kind == "pure" else None
-            if bucket is not None:
-                remote.publish(c, tid, bucket)
-        return value
+        with worker_node:
+            return _run_here(task, start, args, kwargs, mode)
     finally:
         _worker_node.reset(token)
+
+
+def _run_here(task: Task, start: Any, args: tuple, kwargs: dict, mode: str) -> Any:
+    """Run a call on this worker's current node (served from its memo if cached)."""
+    c = cache_mod.current()
+    tid = start[0] if type(start) is tuple else start.task_id
+    if mode == "call" and task.kind == "pure":
+        v = c.get(tid)
+        if v is not cache_mod.MISS:
+            return v
+    if type(start) is tuple:
+        parts, marks = task._encode(args, kwargs)
+        start = task._prepare(tid, parts, marks, args, kwargs, start[1], c.node_id)
+    value = task.run_started(c, start, args, kwargs, mode)
+    if task.kind == "pure":
+        shared.publish(c, tid)
+    return value
 
 
 def _has_future(values: Iterable[Any]) -> bool:
@@ -400,15 +406,13 @@ def nested_runner() -> Any:
     ctx = _worker_node.get()
     if ctx is None:
         return None
-    node_path, bucket_url = ctx
-
     def run(task: Task, start: Any, args: tuple, kwargs: dict, mode: str) -> Any:
         from distributed import worker_client
 
         key = dask_key(task, start.task_id, mode)
         with worker_client() as client:
-            fut = client.submit(_run_on_worker, task, node_path, bucket_url, start, args,
-                                kwargs, mode, key=key, pure=False)
+            fut = client.submit(_run_on_worker, task, ctx, start, args, kwargs, mode, key=key,
+                                pure=False)
             return _readonly_array(fut.result())
 
     return run

@@ -382,11 +382,10 @@ class Task:
                 value = c.load(row)
                 if value is not _MISS:
                     return value
-        from . import remote
+        from . import shared
         from .executors import nested_runner
 
-        bucket = remote.current_bucket()
-        if bucket is not None and not force and remote.fetch(c, tid, bucket):
+        if not force and shared.fetch(c, tid):
             value = c.load(c.records.result(tid))  # computed by a collaborator
             if value is not _MISS:
                 return value
@@ -397,8 +396,7 @@ class Task:
             value = runner(self, start, args, kwargs, "force" if force else "call")
         else:
             value = self.run_started(c, start, args, kwargs, "force" if force else "call")
-        if bucket is not None:
-            remote.publish(c, tid, bucket)
+        shared.publish(c, tid)
         return value
 
     def run_started(

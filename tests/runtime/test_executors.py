@@ -14,7 +14,7 @@ import kachery_tasks.runtime as kachery
 from kachery_tasks.errors import ExecutorError
 from kachery_tasks.runtime import cache
 from kachery_tasks.runtime.executors import DaskExecutor, LocalExecutor, dask_key
-from kachery_tasks.runtime.remote import result_key
+from kachery_tasks.storage.layout import result_key
 from kachery_tasks.testing.executors import ExecutorContract
 
 pytestmark = pytest.mark.timeout(180)

@@ -111,20 +111,17 @@ def open_bucket(url: str) -> Bucket:
     return bucket
 
 
+def bucket_schemes() -> list[str]:
+    """The URL schemes buckets are registered for (``file``, ``gs`` and any added)."""
+    return sorted(_BACKENDS)
+
+
 def configured_bucket_url(config_url: str | None = None) -> str | None:
     """The bucket this node uses: ``$KACHERY_TASKS_BUCKET``, else config.toml's [bucket] url."""
     return os.environ.get(ENV_BUCKET) or config_url or None
 
 
-def default_bucket() -> Bucket | None:
-    """The bucket this node shares content through, or None when none is configured."""
-    from ...config import node_dir
-
-    url = configured_bucket_url(node_dir().config.bucket_url)
-    return open_bucket(url) if url else None
-
-
 __all__ = [
-    "ENV_BUCKET", "Bucket", "configured_bucket_url", "default_bucket", "open_bucket",
+    "ENV_BUCKET", "Bucket", "bucket_schemes", "configured_bucket_url", "open_bucket",
     "register_bucket",
 ]
