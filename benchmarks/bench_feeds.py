@@ -89,7 +89,7 @@ def raw_ed25519(n: int = 20_000) -> tuple[float, float]:
 
 WATCHER = """
     import json, os, resource, sys, time
-    from kachery_tasks.feeds import load_subfeed
+    from kachery_tasks import load_subfeed
     sub = load_subfeed(sys.argv[1])
     n = int(sys.argv[2])
     def cpu():
@@ -149,7 +149,7 @@ def main() -> None:
 def run(long_n: int) -> None:
     import cryptography
 
-    import kachery_tasks.feeds as kf
+    import kachery_tasks as kf
 
     t_start = time.perf_counter()
     print(

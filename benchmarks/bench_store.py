@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from kachery_tasks.nodes import current_node
+
 
 class Timing:
     """Wall-clock times of one operation over several runs."""
@@ -110,9 +112,8 @@ def main() -> None:
 
     os.environ["KACHERY_TASKS_DIR"] = str(work / "node")
     os.environ["KACHERY_TASKS_PROGRESS"] = "0"
-    from kachery_tasks.storage.local import get_store
 
-    store = get_store()
+    store = current_node().store
 
     def empty_store() -> None:
         shutil.rmtree(store.blobs)

@@ -28,22 +28,16 @@ from .errors import (
     UnsupportedArgumentError,
     UntrustedPickleError,
 )
-from .feeds import (
-    Feed,
-    FeedInfo,
-    ImportReport,
-    Message,
-    Subfeed,
+from .feed_functions import (
     create_feed,
     export_feed,
-    format_feed_uri,
     import_feed,
     import_messages,
     list_feeds,
     load_feed,
     load_subfeed,
-    parse_feed_uri,
 )
+from .feeds import Feed, FeedInfo, ImportReport, Message, Subfeed, format_feed_uri, parse_feed_uri
 from .files import (
     delete_mutable,
     get_mutable,
@@ -64,6 +58,9 @@ from .files import (
     store_pickle,
     store_text,
 )
+from .nodes import Node, current_node, node
+from .remotes import Remote, register_remote
+from .remotes.bucket import BucketRemote
 from .runtime import (
     ActionOutcome,
     DaskExecutor,
@@ -90,12 +87,14 @@ from .runtime import (
     untracked,
     use_executor,
 )
+from .storage.buckets import register_bucket
 from .storage.local import FileInfo
 from .uris import format_uri, parse_uri
 from .zarr_arrays import load_zarr, store_zarr
 
 __all__ = [
     "ActionOutcome",
+    "BucketRemote",
     "ConfigError",
     "ContentNotFoundError",
     "CorruptContentError",
@@ -117,7 +116,9 @@ __all__ = [
     "LinkedFileError",
     "LocalExecutor",
     "Message",
+    "Node",
     "QueryResult",
+    "Remote",
     "ResultCodec",
     "ResultEncodingError",
     "SourceFileError",
@@ -140,6 +141,7 @@ __all__ = [
     "compute_task_id",
     "create_feed",
     "current_executor",
+    "current_node",
     "dask",
     "delete_mutable",
     "export_feed",
@@ -162,12 +164,15 @@ __all__ = [
     "load_subfeed",
     "load_text",
     "load_zarr",
+    "node",
     "parse_feed_uri",
     "parse_uri",
     "pure",
     "query",
+    "register_bucket",
     "register_codec",
     "register_encoder",
+    "register_remote",
     "set_mutable",
     "store_bytes",
     "store_file",

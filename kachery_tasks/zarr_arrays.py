@@ -48,11 +48,13 @@ def store_zarr(array: Any, chunks: Any = None, progress: bool | None = None) -> 
     zarr = _zarr()
     import numpy as np
 
+    from .nodes import current_node
     from .storage.zarr_store import ContentStore
 
     if isinstance(array, zarr.Array) and _stored_as_is(array, chunks):
         return array.store.uri
-    store = ContentStore()
+    node = current_node()
+    store = ContentStore(source=node)
     if isinstance(array, zarr.Array):
         # v3 codecs carry over; a v2 array's numcodecs do not, so it gets v3 defaults
         codecs: dict[str, Any] = {}
@@ -92,20 +94,20 @@ def store_zarr(array: Any, chunks: Any = None, progress: bool | None = None) -> 
         def write() -> None:
             target[...] = data
 
-    with _counting_chunks(store, target.nchunks, target.nbytes, progress):
+    with _counting_chunks(store, target.nchunks, target.nbytes, progress,
+                          node.config.progress_threshold):
         write()
     return store.seal()
 
 
 @contextlib.contextmanager
 def _counting_chunks(
-    store: Any, nchunks: int, nbytes: int, progress: bool | None
+    store: Any, nchunks: int, nbytes: int, progress: bool | None, threshold: int
 ) -> Iterator[None]:
     """A bar counting the chunks written into ``store`` (on a terminal, for large arrays)."""
-    from .config import node_dir
     from .progress import progress_bar
 
-    if progress is None and nbytes < node_dir().config.progress_threshold:
+    if progress is None and nbytes < threshold:
         progress = False
     written = [0]
     with progress_bar(nchunks, "store_zarr", 0, progress, unit="chunks") as bar:
@@ -142,9 +144,10 @@ def _stored_as_is(array: zarr.Array, chunks: Any) -> bool:
 def load_zarr(uri: str) -> zarr.Array:
     """The read-only zarr array stored under ``uri``; chunks are read when indexed."""
     zarr = _zarr()
+    from .nodes import current_node
     from .storage.zarr_store import ContentStore
 
-    store = ContentStore.from_uri(uri)
+    store = ContentStore.from_uri(uri, current_node())
     try:
         return zarr.open_array(store, mode="r", zarr_format=3)
     except (FileNotFoundError, KeyError, ValueError) as e:
@@ -171,14 +174,14 @@ def zarr_info(uri: str) -> ZarrInfo | None:
     Reads the index and the root ``zarr.json`` only (no zarr import, no chunk);
     ``uri`` must be here (or in the configured bucket).
     """
-    from .files import _local_path
-    from .storage.local import get_store
+    from .nodes import current_node
     from .storage.zarr_index import read_index_file
 
-    keys = read_index_file(_local_path(uri), uri)
+    node = current_node()
+    keys = read_index_file(node.local_path(uri), uri)
     if keys is None:
         return None
-    store = get_store()
+    store = node.store
     here = _sizes_here(store, keys.values())
     meta: dict[str, Any] = {}
     if keys.get("zarr.json") in here:
@@ -204,11 +207,12 @@ def zarr_info(uri: str) -> ZarrInfo | None:
 
 def missing_blobs(uri: str) -> list[str]:
     """The SHA-256s of the blobs the zarr index ``uri`` names that are not here."""
-    from .storage.local import get_store
+    from .nodes import current_node
     from .storage.zarr_index import read_index
 
-    keys = set(read_index(uri).values())
-    return sorted(keys - set(_sizes_here(get_store(), keys)))
+    node = current_node()
+    keys = set(read_index(uri, node).values())
+    return sorted(keys - set(_sizes_here(node.store, keys)))
 
 
 def _sizes_here(store: Any, hashes: Any) -> dict[str, int]:

@@ -2,9 +2,9 @@ import os
 
 import pytest
 
-from kachery_tasks.config import node_dir
 from kachery_tasks.errors import FeedPermissionError
 from kachery_tasks.keys import KeyPair, node_keypair
+from kachery_tasks.nodes import current_node
 
 
 def test_sign_and_verify():
@@ -19,7 +19,7 @@ def test_sign_and_verify():
 
 
 def test_node_key_is_stable_and_private():
-    node = node_dir()
+    node = current_node().dir
     a = node_keypair(node)
     b = node_keypair(node)
     assert a.public_hex == b.public_hex
@@ -28,7 +28,7 @@ def test_node_key_is_stable_and_private():
 
 
 def test_readable_key_file_is_refused_with_fix():
-    node = node_dir()
+    node = current_node().dir
     node_keypair(node)
     path = node.sub("identity", "node.key")
     os.chmod(path, 0o644)
@@ -40,7 +40,7 @@ def test_readable_key_file_is_refused_with_fix():
 def test_node_key_created_once_under_threads():
     import threading
 
-    node = node_dir()
+    node = current_node().dir
     seen = []
     threads = [threading.Thread(target=lambda: seen.append(node_keypair(node).public_hex))
                for _ in range(8)]

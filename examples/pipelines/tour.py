@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from kachery_tasks.nodes import current_node
+
 
 def files_tour(workdir: Path) -> None:
     import numpy as np
@@ -53,9 +55,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kachery-tour-") as tmp:
         if args.temp:
             os.environ["KACHERY_TASKS_DIR"] = str(Path(tmp) / "node")
-        from kachery_tasks.config import node_dir
 
-        print(f"node directory: {node_dir().path}\n")
+        print(f"node directory: {current_node().dir.path}\n")
         files_tour(Path(tmp))
         print("\n7. Tasks: a spike-sorting pipeline of cached @pure steps, run twice.")
         import spike_sorting  # beside this file

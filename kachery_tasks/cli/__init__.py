@@ -1,8 +1,11 @@
 """The ``kachery-tasks`` command.
 
-Each command group lives in its own module and exposes ``register(commands)``,
-which adds its subcommands to the top-level parser; a command's function
-takes the parsed arguments and returns an exit code. Errors a user can cause
+Each command group lives in its own module, which declares its commands as a
+table, ``COMMANDS``: one :func:`~kachery_tasks.cli.table.command` entry per
+command (name, summary, example, details, arguments, the function that runs
+it); :func:`build_parser` adds every module's table to the top-level parser.
+A command's function takes the parsed arguments and returns an exit code.
+Errors a user can cause
 (every :class:`~kachery_tasks.errors.KacheryError`, and a command line that
 does not parse) print one line to standard error and exit with status 1;
 ``--debug`` shows the traceback instead. Unlike argparse's default (status 2
@@ -22,6 +25,7 @@ from typing import Any, NoReturn
 
 from ..errors import InvalidValueError, KacheryError
 from .args import text
+from .table import Formatter, add_commands, command
 
 # Command modules, in the order their commands appear in --help.
 _MODULES = ("files", "transfer", "feeds", "node", "tasks", "broker")
@@ -42,10 +46,6 @@ examples:
 
 Run 'kachery-tasks COMMAND --help' for the options and an example of each command.
 """
-
-
-class Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the hand-written line breaks of descriptions and examples."""
 
 
 class UsageError(InvalidValueError):
@@ -70,20 +70,6 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def command(
-    commands: argparse._SubParsersAction, name: str, summary: str, example: str, details: str = ""
-) -> argparse.ArgumentParser:
-    """Add a subcommand whose --help shows ``summary``, ``details`` and an example."""
-    description = summary + (f"\n\n{details}" if details else "")
-    return commands.add_parser(
-        name,
-        help=summary,
-        description=description,
-        epilog=f"example:\n  {example}",
-        formatter_class=Formatter,
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="kachery-tasks", description=DESCRIPTION, epilog=EPILOG, formatter_class=Formatter
@@ -94,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _MODULES:
-        importlib.import_module(f"{__name__}.{name}").register(commands)
+        add_commands(commands, importlib.import_module(f"{__name__}.{name}").COMMANDS)
     return parser
 
 
@@ -155,6 +141,9 @@ def _print_error(line: str) -> None:
     """
     shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line)
     print(shown, file=sys.stderr)
+
+
+__all__ = ["Formatter", "Parser", "UsageError", "build_parser", "command", "main"]
 
 
 if __name__ == "__main__":  # pragma: no cover

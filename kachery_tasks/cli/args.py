@@ -1,16 +1,19 @@
-"""Argument types shared by the command modules.
+"""Arguments of the command modules: how one is declared, and the shared types and flags.
 
-An argparse ``type=`` function that raises ArgumentTypeError makes argparse
-report ``argument --limit: <message>``; the parser turns that into the
-one-line usage error of :class:`kachery_tasks.cli.Parser`. Validating here,
-while the command line is parsed, means a command with one bad argument
-does nothing at all.
+An argument is declared with :func:`arg`, which takes what argparse's
+``add_argument`` takes. An argparse ``type=`` function that raises
+ArgumentTypeError makes argparse report ``argument --limit: <message>``; the
+parser turns that into the one-line usage error of
+:class:`kachery_tasks.cli.Parser`. Validating here, while the command line is
+parsed, means a command with one bad argument does nothing at all.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ..canonical import is_text
 from ..errors import KacheryError
@@ -20,14 +23,27 @@ MAX_INT = 2**63 - 1
 """The largest count, offset or seq accepted: what SQLite stores in an integer."""
 
 
-def json_flag(p: argparse.ArgumentParser, help: str = "print JSON instead of text") -> None:
-    """Add ``--json`` (a machine-readable output) to a command."""
-    p.add_argument("--json", action="store_true", help=help)
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a command: the names and keywords of its ``add_argument`` call."""
+
+    names: tuple[str, ...]
+    options: Mapping[str, Any]
 
 
-def progress_flag(p: argparse.ArgumentParser) -> None:
-    """Add ``--progress/--no-progress`` (default: a bar on a terminal, for large work)."""
-    p.add_argument(
+def arg(*names: str, **options: Any) -> Arg:
+    """An argument, declared as to ``add_argument`` (``arg("--limit", type=..., help=...)``)."""
+    return Arg(names, options)
+
+
+def json_flag(help: str = "print JSON instead of text") -> Arg:
+    """``--json``: a machine-readable output."""
+    return arg("--json", action="store_true", help=help)
+
+
+def progress_flag() -> Arg:
+    """``--progress/--no-progress`` (default: a bar on a terminal, for large work)."""
+    return arg(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="show a progress bar (default: on a terminal, for large files)",
     )

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from . import command
+from .args import arg
 
 _DETAILS = """\
 Serves the part of Ably's realtime protocol that the ably SDK uses (JSON over
@@ -19,19 +20,6 @@ and refusals to stderr (never a token or key).
 
 Without an authorizer (this command has none yet) every client is admitted:
 listen on a loopback address, or on a network you trust."""
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    p = command(commands, "broker", "Run the embedded pub/sub broker.",
-                "kachery-tasks broker start --port 7654")
-    sub = p.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
-    q = command(sub, "start", "Run the pub/sub broker in the foreground.",
-                "kachery-tasks broker start --port 7654 --host 127.0.0.1", _DETAILS)
-    q.add_argument("--port", type=int, default=7654,
-                   help="TCP port (default 7654; 0: any free port)")
-    q.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    q.add_argument("--quiet", action="store_true", help="log only warnings and errors")
-    q.set_defaults(func=_start)
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -68,3 +56,24 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+COMMANDS = (
+    command(
+        "broker", "Run the embedded pub/sub broker.", "kachery-tasks broker start --port 7654",
+        actions=[
+            command(
+                "start", "Run the pub/sub broker in the foreground.",
+                "kachery-tasks broker start --port 7654 --host 127.0.0.1", _DETAILS,
+                args=[
+                    arg("--port", type=int, default=7654,
+                        help="TCP port (default 7654; 0: any free port)"),
+                    arg("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1)"),
+                    arg("--quiet", action="store_true", help="log only warnings and errors"),
+                ],
+                run=_start,
+            ),
+        ],
+    ),
+)

@@ -9,9 +9,7 @@ import time
 
 from ..canonical import check_depth, parse_json
 from ..errors import InvalidValueError
-from ..feeds import (
-    DEFAULT_SUBFEED,
-    Message,
+from ..feed_functions import (
     create_feed,
     export_feed,
     import_feed,
@@ -19,135 +17,12 @@ from ..feeds import (
     list_feeds,
     load_feed,
     load_subfeed,
-    parse_feed_uri,
 )
+from ..feeds import DEFAULT_SUBFEED, Message, parse_feed_uri
 from . import command
-from .args import file_path, json_flag, whole_number
+from .args import arg, file_path, json_flag, whole_number
 
 URI_HELP = "feed://<feed id>/<subfeed>; without /<subfeed>, the subfeed 'main'"
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    p = command(
-        commands,
-        "feed",
-        "Create, append to, read, verify and move signed feeds.",
-        "kachery-tasks feed create curation",
-        "A feed is a set of append-only logs (subfeeds) signed by a key that stays in\n"
-        "this node's directory. Anyone with the messages can read and verify them;\n"
-        "only this node can append.",
-    )
-    sub = p.add_subparsers(dest="feed_command", metavar="ACTION", required=True)
-
-    q = command(
-        sub,
-        "create",
-        "Create a feed (a new key pair) and print its URI.",
-        "kachery-tasks feed create curation",
-        "The private key is saved, readable only by you, in <node>/feeds/keys/.",
-    )
-    q.add_argument("label", nargs="?", help="a local name for the feed (shown by 'feed ls')")
-    q.set_defaults(func=_create)
-
-    q = command(
-        sub,
-        "append",
-        "Append a JSON message to a subfeed and print its seq.",
-        'kachery-tasks feed append feed://<id>/unit-labels \'{"unit": 3, "label": "noise"}\'',
-        "With --lines, BODY is a file ('-' for standard input) holding one JSON value\n"
-        "per line; they are appended together, all or none.",
-    )
-    q.add_argument("uri", help=URI_HELP)
-    q.add_argument(  # JSON text, or a file name: any bytes
-        "body", type=file_path, help="the message body as JSON (or, with --lines, a file or '-')"
-    )
-    q.add_argument("--lines", action="store_true", help="append one message per JSON line")
-    q.set_defaults(func=_append)
-
-    q = command(
-        sub,
-        "read",
-        "Print the messages of a subfeed, one JSON object per line.",
-        "kachery-tasks feed read feed://<id>/unit-labels --start 10 --follow",
-        'Each line is {"seq", "time", "body"}; --raw prints the signed messages\n'
-        "instead (the export format). --follow keeps waiting for new messages.",
-    )
-    q.add_argument("uri", help=URI_HELP)
-    q.add_argument(
-        "--start", type=whole_number(0), default=0, help="first seq to print (default 0)"
-    )
-    q.add_argument("--end", type=whole_number(0), default=None, help="stop before this seq")
-    q.add_argument("--follow", "-f", action="store_true", help="wait for and print new messages")
-    q.add_argument("--raw", action="store_true", help="print the signed messages")
-    q.set_defaults(func=_read)
-
-    q = command(
-        sub,
-        "verify",
-        "Re-check every stored message of a feed (or one subfeed).",
-        "kachery-tasks feed verify feed://<id>",
-        "Checks each message's signature, seq and hash link; exits with status 1 and\n"
-        "names the first bad message if any fails.",
-    )
-    q.add_argument("uri", help="feed://<feed id>, or a subfeed URI")
-    q.add_argument(
-        "--chain",
-        action="store_true",
-        help="check every hash link but only one signature per 1000 messages (much faster, "
-        "equally safe against anyone without the key)",
-    )
-    q.set_defaults(func=_verify)
-
-    q = command(
-        sub,
-        "export",
-        "Write a feed (or one subfeed) as JSON lines.",
-        "kachery-tasks feed export feed://<id> > feed.jsonl",
-        "One signed message per line, subfeeds in name order, each from seq 0.\n"
-        "'feed import' on any node verifies and loads it.",
-    )
-    q.add_argument("uri", help="feed://<feed id>, or a subfeed URI")
-    q.add_argument(
-        "--output", "-o", type=file_path, help="write to this file instead of standard output"
-    )
-    q.set_defaults(func=_export)
-
-    q = command(
-        sub,
-        "import",
-        "Verify and load messages from a JSON-lines export.",
-        "kachery-tasks feed import feed.jsonl",
-        "Every message is checked (signature, seq, hash link) before it is stored;\n"
-        "messages already here are skipped, so importing twice changes nothing.\n"
-        "A feed whose key this node lacks becomes readable, not writable.",
-    )
-    q.add_argument("path", type=file_path, help="the JSON-lines file, or '-' for standard input")
-    q.set_defaults(func=_import)
-
-    q = command(sub, "ls", "List the feeds this node knows.", "kachery-tasks feed ls --json")
-    json_flag(q)
-    q.set_defaults(func=_ls)
-
-    q = command(
-        sub,
-        "info",
-        "Show a feed's subfeeds and their lengths.",
-        "kachery-tasks feed info feed://<id>",
-    )
-    q.add_argument("uri", help="feed://<feed id>")
-    json_flag(q)
-    q.set_defaults(func=_info)
-
-    q = command(
-        sub,
-        "snapshot",
-        "Store a subfeed's messages in the content store; print the URI.",
-        "kachery-tasks feed snapshot feed://<id>/unit-labels",
-        "The snapshot is the subfeed in export format as an immutable sha256:// file;\n"
-        "'feed import' loads it on any node (after 'kachery-tasks load URI').",
-    )
-    q.add_argument("uri", help=URI_HELP)
-    q.set_defaults(func=_snapshot)
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -283,3 +158,110 @@ def _info(args: argparse.Namespace) -> int:
 def _snapshot(args: argparse.Namespace) -> int:
     print(load_subfeed(args.uri).snapshot())
     return 0
+
+
+_SUBFEED_URI = arg("uri", help=URI_HELP)
+_FEED_URI = arg("uri", help="feed://<feed id>, or a subfeed URI")
+
+COMMANDS = (
+    command(
+        "feed", "Create, append to, read, verify and move signed feeds.",
+        "kachery-tasks feed create curation",
+        "A feed is a set of append-only logs (subfeeds) signed by a key that stays in\n"
+        "this node's directory. Anyone with the messages can read and verify them;\n"
+        "only this node can append.",
+        actions=[
+            command(
+                "create", "Create a feed (a new key pair) and print its URI.",
+                "kachery-tasks feed create curation",
+                "The private key is saved, readable only by you, in <node>/feeds/keys/.",
+                args=[arg("label", nargs="?",
+                          help="a local name for the feed (shown by 'feed ls')")],
+                run=_create,
+            ),
+            command(
+                "append", "Append a JSON message to a subfeed and print its seq.",
+                "kachery-tasks feed append feed://<id>/unit-labels "
+                '\'{"unit": 3, "label": "noise"}\'',
+                "With --lines, BODY is a file ('-' for standard input) holding one JSON value\n"
+                "per line; they are appended together, all or none.",
+                args=[
+                    _SUBFEED_URI,
+                    arg(  # JSON text, or a file name: any bytes
+                        "body", type=file_path,
+                        help="the message body as JSON (or, with --lines, a file or '-')",
+                    ),
+                    arg("--lines", action="store_true", help="append one message per JSON line"),
+                ],
+                run=_append,
+            ),
+            command(
+                "read", "Print the messages of a subfeed, one JSON object per line.",
+                "kachery-tasks feed read feed://<id>/unit-labels --start 10 --follow",
+                'Each line is {"seq", "time", "body"}; --raw prints the signed messages\n'
+                "instead (the export format). --follow keeps waiting for new messages.",
+                args=[
+                    _SUBFEED_URI,
+                    arg("--start", type=whole_number(0), default=0,
+                        help="first seq to print (default 0)"),
+                    arg("--end", type=whole_number(0), default=None, help="stop before this seq"),
+                    arg("--follow", "-f", action="store_true",
+                        help="wait for and print new messages"),
+                    arg("--raw", action="store_true", help="print the signed messages"),
+                ],
+                run=_read,
+            ),
+            command(
+                "verify", "Re-check every stored message of a feed (or one subfeed).",
+                "kachery-tasks feed verify feed://<id>",
+                "Checks each message's signature, seq and hash link; exits with status 1 and\n"
+                "names the first bad message if any fails.",
+                args=[
+                    _FEED_URI,
+                    arg("--chain", action="store_true",
+                        help="check every hash link but only one signature per 1000 messages "
+                        "(much faster, equally safe against anyone without the key)"),
+                ],
+                run=_verify,
+            ),
+            command(
+                "export", "Write a feed (or one subfeed) as JSON lines.",
+                "kachery-tasks feed export feed://<id> > feed.jsonl",
+                "One signed message per line, subfeeds in name order, each from seq 0.\n"
+                "'feed import' on any node verifies and loads it.",
+                args=[
+                    _FEED_URI,
+                    arg("--output", "-o", type=file_path,
+                        help="write to this file instead of standard output"),
+                ],
+                run=_export,
+            ),
+            command(
+                "import", "Verify and load messages from a JSON-lines export.",
+                "kachery-tasks feed import feed.jsonl",
+                "Every message is checked (signature, seq, hash link) before it is stored;\n"
+                "messages already here are skipped, so importing twice changes nothing.\n"
+                "A feed whose key this node lacks becomes readable, not writable.",
+                args=[arg("path", type=file_path,
+                          help="the JSON-lines file, or '-' for standard input")],
+                run=_import,
+            ),
+            command("ls", "List the feeds this node knows.", "kachery-tasks feed ls --json",
+                    args=[json_flag()], run=_ls),
+            command(
+                "info", "Show a feed's subfeeds and their lengths.",
+                "kachery-tasks feed info feed://<id>",
+                args=[arg("uri", help="feed://<feed id>"), json_flag()],
+                run=_info,
+            ),
+            command(
+                "snapshot", "Store a subfeed's messages in the content store; print the URI.",
+                "kachery-tasks feed snapshot feed://<id>/unit-labels",
+                "The snapshot is the subfeed in export format as an immutable sha256:// file;\n"
+                "'feed import' loads it on any node (after 'kachery-tasks load URI').",
+                args=[_SUBFEED_URI],
+                run=_snapshot,
+            ),
+        ],
+    ),
+)

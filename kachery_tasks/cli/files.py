@@ -11,148 +11,12 @@ import time
 from .. import files
 from ..canonical import check_depth, parse_json
 from ..errors import InvalidValueError
+from ..nodes import current_node
 from ..sizes import format_size
-from ..storage.local import check_range, get_store
+from ..storage.local import check_range
 from ..zarr_arrays import zarr_info
 from . import command
-from .args import file_path, json_flag, progress_flag, size, whole_number
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    p = command(
-        commands, "store", "Copy a file into the node's store and print its URI.",
-        "kachery-tasks store raw.dat --label raw.dat",
-        "The file is hashed while it is copied (one read). Large files also get a\n"
-        "chunk manifest so they can travel between nodes in verified pieces.",
-    )
-    _source_file(p, "the file to store")
-    p.set_defaults(func=_store)
-
-    p = command(
-        commands, "link", "Register a large file where it is, without copying it.",
-        "kachery-tasks link /data/session1.bin",
-        "The file's size, modification time and inode are recorded. If the original\n"
-        "changes or disappears, loading its URI fails instead of serving wrong bytes.",
-    )
-    _source_file(p, "the file to register")
-    p.set_defaults(func=_link)
-
-    p = command(
-        commands, "load", "Print the local path of content, or copy it to --dest.",
-        "kachery-tasks load 'sha256://<hex>' --dest copy.dat",
-        "Accepts sha256:// URIs and, for kachery users, sha1:// URIs of content that\n"
-        "was stored or imported here.",
-    )
-    p.add_argument("uri")
-    p.add_argument(
-        "--dest", type=file_path, help="copy the content to this file instead of printing its path"
-    )
-    p.add_argument("--verify", action="store_true", help="re-hash the content before using it")
-    p.set_defaults(func=_load)
-
-    p = command(
-        commands, "cat", "Write content (or a byte range of it) to standard output.",
-        "kachery-tasks cat 'sha256://<hex>' --start 100 --end 200",
-    )
-    p.add_argument("uri")
-    p.add_argument("--start", type=whole_number(0), default=0, help="first byte (default 0)")
-    p.add_argument(
-        "--end", type=whole_number(0), default=None, help="end byte, exclusive (default: the end)"
-    )
-    p.set_defaults(func=_cat)
-
-    p = command(
-        commands, "info",
-        "Show size, local path, chunks and label of content; for a zarr array's URI also "
-        "its shape, dtype, chunking and how many of its blobs are here.",
-        "kachery-tasks info 'sha256://<hex>'",
-    )
-    p.add_argument("uri")
-    json_flag(p)
-    p.set_defaults(func=_info)
-
-    p = command(
-        commands, "ls", "List the content in this node's store.", "kachery-tasks ls --pinned"
-    )
-    p.add_argument("--pinned", action="store_true", help="only pinned content")
-    p.set_defaults(func=_ls)
-
-    for name, pinned in (("pin", True), ("unpin", False)):
-        p = command(
-            commands, name,
-            "Keep content through garbage collection." if pinned
-            else "Let garbage collection evict content again.",
-            f"kachery-tasks {name} 'sha256://<hex>'",
-        )
-        p.add_argument("uri", nargs="+")
-        p.set_defaults(func=_pin, pinned=pinned)
-
-    p = command(
-        commands, "gc",
-        "Remove leftovers of interrupted writes; with --max-size also evict least recently "
-        "used content until the store fits.",
-        "kachery-tasks gc --max-size 50GiB",
-        "Leftovers are temporary files of writers that have ended and partial downloads\n"
-        "abandoned for a day. Pinned content is never evicted, nor content used in the\n"
-        "last minute. Linked originals are never deleted.",
-    )
-    p.add_argument("--max-size", type=size,
-                   help="size limit, e.g. 500MB, 50GiB (default: evict nothing)")
-    p.set_defaults(func=_gc)
-
-    p = command(
-        commands, "verify", "Re-hash every stored blob; remove what no longer matches its id.",
-        "kachery-tasks verify",
-        "Also adopts blobs left without an index entry by a crash, checks linked\n"
-        "originals, and makes again from the intact file the manifest of a large\n"
-        "file when it is missing or damaged. Exits with status 1 if anything was\n"
-        "corrupt.",
-    )
-    progress_flag(p)
-    p.set_defaults(func=_verify)
-
-    p = command(
-        commands, "import-kachery", "Import a kachery or kachery-cloud storage directory.",
-        "kachery-tasks import-kachery ~/.kachery-cloud",
-        "Every file under DIR/sha1/ is verified against its SHA-1 and stored; its\n"
-        "sha1:// URI then resolves here. Files that fail verification are reported\n"
-        "and skipped.",
-    )
-    p.add_argument("dir", type=file_path)
-    progress_flag(p)
-    p.set_defaults(func=_import_kachery)
-
-    p = command(
-        commands, "mutable", "Get and set node-local mutables (JSON values under string keys).",
-        "kachery-tasks mutable set alias/latest 'sha256://<hex>'",
-    )
-    sub = p.add_subparsers(dest="mutable_command", metavar="ACTION", required=True)
-    q = command(sub, "set", "Set a mutable.", "kachery-tasks mutable set alias/latest 'sha256://...'",
-                "VALUE is parsed as JSON when it is valid JSON (so 3 is a number and\n"
-                "'{\"a\": 1}' an object); anything else is stored as a string, including\n"
-                "NaN, Infinity and numbers too large for a float, which JSON cannot hold.\n"
-                "JSON may nest at most 100 arrays and objects deep.")
-    q.add_argument("key")
-    q.add_argument("value")
-    q.add_argument("--string", action="store_true", help="store VALUE as a string, never JSON")
-    q.set_defaults(func=_mutable_set)
-    q = command(sub, "get", "Print a mutable's value.", "kachery-tasks mutable get alias/latest")
-    q.add_argument("key")
-    json_flag(q, "print strings as JSON too")
-    q.set_defaults(func=_mutable_get)
-    q = command(sub, "delete", "Remove a mutable.", "kachery-tasks mutable delete alias/latest")
-    q.add_argument("key")
-    q.set_defaults(func=_mutable_delete)
-    q = command(sub, "ls", "List mutables.", "kachery-tasks mutable ls alias/")
-    q.add_argument("prefix", nargs="?", default="")
-    q.set_defaults(func=_mutable_ls)
-
-
-def _source_file(p: argparse.ArgumentParser, help: str) -> None:
-    """The arguments of store and link: the file, its label, progress."""
-    p.add_argument("path", type=file_path, help=help)
-    p.add_argument("--label", help="a name kept as a hint in the URI (default: the file name)")
-    progress_flag(p)
+from .args import Arg, arg, file_path, json_flag, progress_flag, size, whole_number
 
 
 def _store(args: argparse.Namespace) -> int:
@@ -221,7 +85,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    for row in get_store().list():
+    for row in current_node().store.list():
         if args.pinned and not row.pinned:
             continue
         where = "linked" if not row.in_store else ("pinned" if row.pinned else "")
@@ -231,7 +95,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _pin(args: argparse.Namespace) -> int:
-    store = get_store()
+    store = current_node().store
     # Every URI is checked before any is changed, so a bad one leaves all as they were.
     uris = [f"sha256://{store.resolve(uri)}" for uri in args.uri]
     for uri in uris:
@@ -242,7 +106,7 @@ def _pin(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    report = get_store().gc(args.max_size)
+    report = current_node().store.gc(args.max_size)
     evicted = (
         f"evicted {report.evicted} blobs ({format_size(report.freed)})"
         if args.max_size is not None else "evicted nothing (no --max-size)"
@@ -262,7 +126,7 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = get_store().verify(progress=args.progress)
+    report = current_node().store.verify(progress=args.progress)
     print(f"checked {report.checked} blobs")
     for sha256 in report.corrupt:
         print(f"corrupt, removed: sha256://{sha256}")
@@ -280,7 +144,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _import_kachery(args: argparse.Namespace) -> int:
     from ..storage.kachery_import import import_kachery_dir
 
-    report = import_kachery_dir(args.dir, progress=args.progress)
+    report = import_kachery_dir(args.dir, current_node().store, progress=args.progress)
     print(f"imported {report.imported} files ({format_size(report.bytes)}), "
           f"{report.already} already here")
     for path, why in report.failed:
@@ -326,3 +190,138 @@ def _mutable_ls(args: argparse.Namespace) -> int:
     for key, value in files.list_mutables(args.prefix).items():
         print(f"{key}\t{json.dumps(value)}")
     return 0
+
+
+def _source_file(help: str) -> tuple[Arg, ...]:
+    """The arguments of store and link: the file, its label, progress."""
+    return (
+        arg("path", type=file_path, help=help),
+        arg("--label", help="a name kept as a hint in the URI (default: the file name)"),
+        progress_flag(),
+    )
+
+
+_URI = arg("uri")
+_KEY = arg("key")
+
+COMMANDS = (
+    command(
+        "store", "Copy a file into the node's store and print its URI.",
+        "kachery-tasks store raw.dat --label raw.dat",
+        "The file is hashed while it is copied (one read). Large files also get a\n"
+        "chunk manifest so they can travel between nodes in verified pieces.",
+        args=_source_file("the file to store"),
+        run=_store,
+    ),
+    command(
+        "link", "Register a large file where it is, without copying it.",
+        "kachery-tasks link /data/session1.bin",
+        "The file's size, modification time and inode are recorded. If the original\n"
+        "changes or disappears, loading its URI fails instead of serving wrong bytes.",
+        args=_source_file("the file to register"),
+        run=_link,
+    ),
+    command(
+        "load", "Print the local path of content, or copy it to --dest.",
+        "kachery-tasks load 'sha256://<hex>' --dest copy.dat",
+        "Accepts sha256:// URIs and, for kachery users, sha1:// URIs of content that\n"
+        "was stored or imported here.",
+        args=[
+            _URI,
+            arg("--dest", type=file_path,
+                help="copy the content to this file instead of printing its path"),
+            arg("--verify", action="store_true", help="re-hash the content before using it"),
+        ],
+        run=_load,
+    ),
+    command(
+        "cat", "Write content (or a byte range of it) to standard output.",
+        "kachery-tasks cat 'sha256://<hex>' --start 100 --end 200",
+        args=[
+            _URI,
+            arg("--start", type=whole_number(0), default=0, help="first byte (default 0)"),
+            arg("--end", type=whole_number(0), default=None,
+                help="end byte, exclusive (default: the end)"),
+        ],
+        run=_cat,
+    ),
+    command(
+        "info",
+        "Show size, local path, chunks and label of content; for a zarr array's URI also "
+        "its shape, dtype, chunking and how many of its blobs are here.",
+        "kachery-tasks info 'sha256://<hex>'",
+        args=[_URI, json_flag()],
+        run=_info,
+    ),
+    command(
+        "ls", "List the content in this node's store.", "kachery-tasks ls --pinned",
+        args=[arg("--pinned", action="store_true", help="only pinned content")],
+        run=_ls,
+    ),
+    command(
+        "pin", "Keep content through garbage collection.", "kachery-tasks pin 'sha256://<hex>'",
+        args=[arg("uri", nargs="+")], run=_pin, defaults={"pinned": True},
+    ),
+    command(
+        "unpin", "Let garbage collection evict content again.",
+        "kachery-tasks unpin 'sha256://<hex>'",
+        args=[arg("uri", nargs="+")], run=_pin, defaults={"pinned": False},
+    ),
+    command(
+        "gc",
+        "Remove leftovers of interrupted writes; with --max-size also evict least recently "
+        "used content until the store fits.",
+        "kachery-tasks gc --max-size 50GiB",
+        "Leftovers are temporary files of writers that have ended and partial downloads\n"
+        "abandoned for a day. Pinned content is never evicted, nor content used in the\n"
+        "last minute. Linked originals are never deleted.",
+        args=[arg("--max-size", type=size,
+                  help="size limit, e.g. 500MB, 50GiB (default: evict nothing)")],
+        run=_gc,
+    ),
+    command(
+        "verify", "Re-hash every stored blob; remove what no longer matches its id.",
+        "kachery-tasks verify",
+        "Also adopts blobs left without an index entry by a crash, checks linked\n"
+        "originals, and makes again from the intact file the manifest of a large\n"
+        "file when it is missing or damaged. Exits with status 1 if anything was\n"
+        "corrupt.",
+        args=[progress_flag()],
+        run=_verify,
+    ),
+    command(
+        "import-kachery", "Import a kachery or kachery-cloud storage directory.",
+        "kachery-tasks import-kachery ~/.kachery-cloud",
+        "Every file under DIR/sha1/ is verified against its SHA-1 and stored; its\n"
+        "sha1:// URI then resolves here. Files that fail verification are reported\n"
+        "and skipped.",
+        args=[arg("dir", type=file_path), progress_flag()],
+        run=_import_kachery,
+    ),
+    command(
+        "mutable", "Get and set node-local mutables (JSON values under string keys).",
+        "kachery-tasks mutable set alias/latest 'sha256://<hex>'",
+        actions=[
+            command(
+                "set", "Set a mutable.", "kachery-tasks mutable set alias/latest 'sha256://...'",
+                "VALUE is parsed as JSON when it is valid JSON (so 3 is a number and\n"
+                "'{\"a\": 1}' an object); anything else is stored as a string, including\n"
+                "NaN, Infinity and numbers too large for a float, which JSON cannot hold.\n"
+                "JSON may nest at most 100 arrays and objects deep.",
+                args=[
+                    _KEY,
+                    arg("value"),
+                    arg("--string", action="store_true",
+                        help="store VALUE as a string, never JSON"),
+                ],
+                run=_mutable_set,
+            ),
+            command("get", "Print a mutable's value.", "kachery-tasks mutable get alias/latest",
+                    args=[_KEY, json_flag("print strings as JSON too")], run=_mutable_get),
+            command("delete", "Remove a mutable.", "kachery-tasks mutable delete alias/latest",
+                    args=[_KEY], run=_mutable_delete),
+            command("ls", "List mutables.", "kachery-tasks mutable ls alias/",
+                    args=[arg("prefix", nargs="?", default="")], run=_mutable_ls),
+        ],
+    ),
+)

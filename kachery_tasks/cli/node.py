@@ -6,33 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import default_path, init_node_dir, node_dir
-from ..keys import node_keypair
+from ..config import default_path, init_node_dir
+from ..nodes import current_node
 from ..sizes import format_size
-from ..storage.local import get_store
 from . import command
-from .args import file_path, json_flag
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    p = command(
-        commands, "node", "Create or describe this node's directory.", "kachery-tasks node info"
-    )
-    sub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
-    q = command(
-        sub, "init", "Create the node directory and its config.toml.",
-        "kachery-tasks node init --dir /shared/lab/kachery --shared",
-        "Without --dir the directory is $KACHERY_TASKS_DIR or ~/.kachery-tasks.\n"
-        "--shared makes it setgid and group-writable, so every member of its group\n"
-        "can store and load content there (whatever their umask).",
-    )
-    q.add_argument("--dir", type=file_path, help="where to create the node directory")
-    q.add_argument("--shared", action="store_true", help="share the directory with its group")
-    q.set_defaults(func=_init)
-    q = command(sub, "info", "Show where the node lives and what it holds.",
-                "kachery-tasks node info --json")
-    json_flag(q)
-    q.set_defaults(func=_info)
+from .args import arg, file_path, json_flag
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -43,13 +21,13 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    node = node_dir()
-    count, total = get_store(node).index.stored_bytes()
+    node = current_node()
+    count, total = node.store.index.stored_bytes()
     info = {
         "node_dir": str(node.path),
-        "node_id": node_keypair(node).public_hex,
+        "node_id": node.id,
         "shared": node.shared,
-        "config": str(node.config_path),
+        "config": str(node.dir.config_path),
         "chunk_size": node.config.chunk_size,
         "blobs": count,
         "stored_bytes": total,
@@ -63,3 +41,28 @@ def _info(args: argparse.Namespace) -> int:
     print(f"chunk size:     {format_size(node.config.chunk_size)}")
     print(f"store:          {count} blobs, {format_size(total)}")
     return 0
+
+
+COMMANDS = (
+    command(
+        "node", "Create or describe this node's directory.", "kachery-tasks node info",
+        actions=[
+            command(
+                "init", "Create the node directory and its config.toml.",
+                "kachery-tasks node init --dir /shared/lab/kachery --shared",
+                "Without --dir the directory is $KACHERY_TASKS_DIR or ~/.kachery-tasks.\n"
+                "--shared makes it setgid and group-writable, so every member of its group\n"
+                "can store and load content there (whatever their umask).",
+                args=[
+                    arg("--dir", type=file_path, help="where to create the node directory"),
+                    arg("--shared", action="store_true", help="share the directory with its group"),
+                ],
+                run=_init,
+            ),
+            command(
+                "info", "Show where the node lives and what it holds.",
+                "kachery-tasks node info --json", args=[json_flag()], run=_info,
+            ),
+        ],
+    ),
+)

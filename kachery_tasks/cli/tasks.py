@@ -8,53 +8,7 @@ import time
 
 from ..errors import InvalidValueError, TaskNotCachedError
 from . import command
-from .args import json_flag, whole_number
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    p = command(
-        commands, "tasks", "List and explain the task runs recorded on this node.",
-        "kachery-tasks tasks ls --function mylab.pipeline.bandpass",
-    )
-    sub = p.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
-
-    q = command(
-        sub, "ls", "List recorded tasks, newest first (the latest run of each task id).",
-        "kachery-tasks tasks ls --function bandpass --limit 20",
-        "Status is success, error, running or abandoned (its process died mid-run).",
-    )
-    q.add_argument("--function", help="only this function (module.qualname, or its last part)")
-    q.add_argument(
-        "--limit", type=whole_number(1), default=50, help="at most this many rows (default 50)"
-    )
-    json_flag(q)
-    q.set_defaults(func=_ls)
-
-    q = command(
-        sub, "show", "Show one task: inputs, result, timings, what it called and what called it.",
-        "kachery-tasks tasks show sha256:3f2a9c",
-        "ID may be a unique prefix of the task id, with or without 'sha256:'.",
-    )
-    q.add_argument("task_id", metavar="ID")
-    json_flag(q)
-    q.set_defaults(func=_show)
-
-    q = command(
-        sub, "why", "Explain why the last call of a function missed the cache.",
-        "kachery-tasks tasks why mylab.pipeline.bandpass",
-        "Compares the parts of the task id of the last run with the run before it:\n"
-        "version, code hash and each argument.",
-    )
-    q.add_argument("function", metavar="FUNC", help="module.qualname, or its last part")
-    json_flag(q)
-    q.set_defaults(func=_why)
-
-    q = command(
-        sub, "forget", "Stop serving the recorded result of a task (it is recomputed next time).",
-        "kachery-tasks tasks forget sha256:3f2a9c",
-    )
-    q.add_argument("task_id", metavar="ID")
-    q.set_defaults(func=_forget)
+from .args import arg, json_flag, whole_number
 
 
 def _records():
@@ -214,3 +168,52 @@ def _forget(args: argparse.Namespace) -> int:
         cache.current().invalidate(tid)  # processes that memoised it drop it
     print(f"forgot {tid}" if dropped else f"{tid} had no served result")
     return 0
+
+
+COMMANDS = (
+    command(
+        "tasks", "List and explain the task runs recorded on this node.",
+        "kachery-tasks tasks ls --function mylab.pipeline.bandpass",
+        actions=[
+            command(
+                "ls", "List recorded tasks, newest first (the latest run of each task id).",
+                "kachery-tasks tasks ls --function bandpass --limit 20",
+                "Status is success, error, running or abandoned (its process died mid-run).",
+                args=[
+                    arg("--function",
+                        help="only this function (module.qualname, or its last part)"),
+                    arg("--limit", type=whole_number(1), default=50,
+                        help="at most this many rows (default 50)"),
+                    json_flag(),
+                ],
+                run=_ls,
+            ),
+            command(
+                "show",
+                "Show one task: inputs, result, timings, what it called and what called it.",
+                "kachery-tasks tasks show sha256:3f2a9c",
+                "ID may be a unique prefix of the task id, with or without 'sha256:'.",
+                args=[arg("task_id", metavar="ID"), json_flag()],
+                run=_show,
+            ),
+            command(
+                "why", "Explain why the last call of a function missed the cache.",
+                "kachery-tasks tasks why mylab.pipeline.bandpass",
+                "Compares the parts of the task id of the last run with the run before it:\n"
+                "version, code hash and each argument.",
+                args=[
+                    arg("function", metavar="FUNC", help="module.qualname, or its last part"),
+                    json_flag(),
+                ],
+                run=_why,
+            ),
+            command(
+                "forget",
+                "Stop serving the recorded result of a task (it is recomputed next time).",
+                "kachery-tasks tasks forget sha256:3f2a9c",
+                args=[arg("task_id", metavar="ID")],
+                run=_forget,
+            ),
+        ],
+    ),
+)

@@ -7,6 +7,10 @@ holds is exactly what the owner appended (see :mod:`.messages` and
 ``docs/feeds.md``). Messages live in SQLite (:mod:`.store`), travel as JSON
 lines (:mod:`.transfer`), and are read, watched and replayed through
 :class:`Feed` and :class:`Subfeed` (:mod:`.feed`).
+
+The functions here take the :class:`~.store.FeedStore` they act on; the
+public API's module-level functions (``kachery.create_feed``, ...) act on the
+current node (see :mod:`kachery_tasks.feed_functions`).
 """
 
 from .feed import (

@@ -25,10 +25,9 @@ import re
 from dataclasses import dataclass, field
 
 from ..storage.buckets.base import Bucket
-from .feed import known_feed, list_feeds
-from .store import get_feed_store
+from .feed import known_feed
+from .store import FeedStore
 from .transfer import import_lines
-from .uris import parse_feed_uri
 
 _SEGMENT = re.compile(r"^(\d{12})-(\d{12})\.jsonl$")
 
@@ -62,10 +61,9 @@ def _segments(bucket: Bucket, feed_id: str) -> dict[str, list[tuple[int, int, st
     return found
 
 
-def push_feed(bucket: Bucket, uri: str) -> FeedSyncReport:
+def push_feed(store: FeedStore, bucket: Bucket, feed_id: str) -> FeedSyncReport:
     """Write what the bucket lacks of every subfeed of a feed, as one segment each."""
-    feed_id = parse_feed_uri(uri).feed_id
-    feed = known_feed(feed_id)  # this node's copy: nothing to pull before pushing
+    feed = known_feed(store, feed_id)  # this node's copy: nothing to pull before pushing
     report = FeedSyncReport()
     remote = _segments(bucket, feed_id)
     for name, count in feed.subfeeds().items():
@@ -81,10 +79,9 @@ def push_feed(bucket: Bucket, uri: str) -> FeedSyncReport:
     return report
 
 
-def pull_feed(bucket: Bucket, feed_id: str) -> FeedSyncReport:
-    """Fetch and verify what this node lacks of a feed from the bucket."""
+def pull_feed(store: FeedStore, bucket: Bucket, feed_id: str) -> FeedSyncReport:
+    """Fetch and verify what ``store`` lacks of a feed from the bucket."""
     report = FeedSyncReport()
-    store = get_feed_store()
     for name, segs in sorted(_segments(bucket, feed_id).items()):
         have = store.count(feed_id, name)
         for first, last, key in segs:
@@ -93,7 +90,7 @@ def pull_feed(bucket: Bucket, feed_id: str) -> FeedSyncReport:
             lines = [line for line in bucket.get(key).split(b"\n") if line]
             if first < have:
                 lines = lines[have - first :]
-            imported = import_lines(lines)
+            imported = import_lines(store, lines)
             report.segments += 1
             report.messages += imported.added
             if imported.added:
@@ -105,13 +102,3 @@ def pull_feed(bucket: Bucket, feed_id: str) -> FeedSyncReport:
 def bucket_feed_ids(bucket: Bucket) -> list[str]:
     """The ids of every feed the bucket holds segments of."""
     return sorted({key.split("/")[1] for key in bucket.list("feeds/") if key.count("/") == 3})
-
-
-def sync_feeds(bucket: Bucket) -> tuple[FeedSyncReport, FeedSyncReport]:
-    """Push every feed this node holds, then pull every feed the bucket holds."""
-    pushed, pulled = FeedSyncReport(), FeedSyncReport()
-    for info in list_feeds():
-        pushed.add(push_feed(bucket, info.uri))
-    for feed_id in bucket_feed_ids(bucket):
-        pulled.add(pull_feed(bucket, feed_id))
-    return pushed, pulled

@@ -155,9 +155,15 @@ class Feed:
 
     def export(self, out: Any) -> int:
         """Write every subfeed as JSON lines to ``out`` (a path or binary file)."""
-        from .transfer import export_feed
+        from .lines import write_lines
 
-        return export_feed(self.uri, out)
+        return write_lines(self.export_lines(), out)
+
+    def export_lines(self) -> Iterator[bytes]:
+        """The signed bytes of every message of every subfeed, subfeed by subfeed in name
+        order, each from seq 0 (checked as they are read, ``verify="chain"``)."""
+        for name in self.subfeeds():
+            yield from self.subfeed(name).export_lines()
 
     def key(self) -> KeyPair:
         """The feed's key pair; FeedPermissionError when this node lacks the private key."""
@@ -553,15 +559,14 @@ def _feed_from_row(store: FeedStore, feed_id: str, row: FeedRow | None) -> Feed:
     return Feed(feed_id, store, row.label if row else None)
 
 
-def create_feed(label: str | None = None) -> Feed:
-    """Create a feed: a new Ed25519 key pair whose private key stays in this node.
+def create_feed(store: FeedStore, label: str | None = None) -> Feed:
+    """Create a feed in ``store``: a new Ed25519 key pair whose private key stays there.
 
     ``label`` is a local name shown by ``list_feeds``; it is not part of the
     feed's identity and does not travel with exports.
     """
     if label is not None and not isinstance(label, str):
         raise InvalidValueError(f"a feed label is a string, not {type(label).__name__}")
-    store = get_feed_store()
     key = KeyPair.generate()
     key.save(store.key_path(key.public_hex))  # atomic, mode 0600
     store.add_feed(key.public_hex, label)
@@ -570,8 +575,8 @@ def create_feed(label: str | None = None) -> Feed:
     return feed
 
 
-def load_feed(uri: str) -> Feed:
-    """The feed ``feed://<id>`` if this node knows it (created here or imported).
+def load_feed(store: FeedStore, uri: str) -> Feed:
+    """The feed ``feed://<id>`` if ``store`` knows it (created there or imported).
 
     The feed is writable only where its private key is. FeedNotFoundError for
     an unknown feed; InvalidURIError for a malformed URI or a subfeed URI
@@ -583,37 +588,17 @@ def load_feed(uri: str) -> Feed:
             f"{uri!r} names a subfeed; pass feed://{parsed.feed_id} to load_feed, or use "
             "load_subfeed for the subfeed"
         )
-    _pull_from_bucket(parsed.feed_id)
-    return known_feed(parsed.feed_id)
+    return known_feed(store, parsed.feed_id)
 
 
-def load_subfeed(uri: str) -> Subfeed:
+def load_subfeed(store: FeedStore, uri: str) -> Subfeed:
     """The subfeed ``feed://<id>/<name>`` (``feed://<id>`` means its "main" subfeed)."""
     parsed = parse_feed_uri(uri)
-    _pull_from_bucket(parsed.feed_id)
-    return known_feed(parsed.feed_id).subfeed(parsed.subfeed or DEFAULT_SUBFEED)
+    return known_feed(store, parsed.feed_id).subfeed(parsed.subfeed or DEFAULT_SUBFEED)
 
 
-def _pull_from_bucket(feed_id: str) -> None:
-    """With a shared bucket configured, fetch (and verify) what it has that we lack.
-
-    Not for a feed this node owns: only the key holder appends, so the
-    bucket has nothing of it that is not here.
-    """
-    from ..storage.buckets import default_bucket
-
-    if get_feed_store().key_path(feed_id).exists():
-        return
-    bucket = default_bucket()
-    if bucket is not None:
-        from .bucket import pull_feed
-
-        pull_feed(bucket, feed_id)
-
-
-def known_feed(feed_id: str) -> Feed:
-    """This node's copy of a feed, as it is (the bucket is not consulted)."""
-    store = get_feed_store()
+def known_feed(store: FeedStore, feed_id: str) -> Feed:
+    """The copy of a feed ``store`` holds, as it is (no remote is consulted)."""
     row = store.get_feed(feed_id)
     if row is None:
         if not store.key_path(feed_id).exists():
@@ -625,9 +610,8 @@ def known_feed(feed_id: str) -> Feed:
     return _feed_from_row(store, feed_id, row)
 
 
-def list_feeds() -> list[FeedInfo]:
-    """Every feed this node knows, in the order it learnt of them."""
-    store = get_feed_store()
+def list_feeds(store: FeedStore) -> list[FeedInfo]:
+    """Every feed ``store`` knows, in the order it learnt of them."""
     try:
         key_files = list(store.keys_dir.glob("*.key"))
     except OSError:  # a key directory this user may not list

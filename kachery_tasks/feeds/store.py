@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import NodeDir, node_dir
+from ..config import NodeDir
 from ..db import connect, transaction
 from ..errors import FeedVerificationError
 from ..fsutil import ensure_dir
@@ -417,9 +417,8 @@ _stores: dict[str, FeedStore] = {}
 _stores_lock = threading.Lock()
 
 
-def get_feed_store(node: NodeDir | None = None) -> FeedStore:
-    """The FeedStore of ``node`` (default: this process's node directory), one per process."""
-    node = node or node_dir()
+def get_feed_store(node: NodeDir) -> FeedStore:
+    """The FeedStore of ``node``, one per process."""
     key = str(node.path)
     store = _stores.get(key)
     if store is None or store.pid != os.getpid() or not store.path.parent.exists():

@@ -23,12 +23,11 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 from ..errors import FeedVerificationError, InvalidValueError
-from ..fsutil import fsync_dir, os_error, temp_path
 from .feed import known_feed
+from .lines import write_lines
 from .messages import (
     MAX_BODY_DEPTH,
     Message,
@@ -36,7 +35,7 @@ from .messages import (
     message_from_mapping,
     verification_error,
 )
-from .store import ExtendResult, get_feed_store
+from .store import ExtendResult, FeedStore
 from .uris import parse_feed_uri
 
 BATCH_MESSAGES = 1000
@@ -58,14 +57,15 @@ class ImportReport:
         )
 
 
-def import_messages(messages: Iterable[Mapping[str, Any] | Message]) -> ImportReport:
+def import_messages(
+    store: FeedStore, messages: Iterable[Mapping[str, Any] | Message]
+) -> ImportReport:
     """Verify and store messages received from elsewhere (a file or a bucket).
 
     See the module docstring for what is checked. On the first bad message,
     the messages before it are committed and FeedVerificationError is raised
     (with the partial :class:`ImportReport` as its ``report`` attribute).
     """
-    store = get_feed_store()
     report = ImportReport()
     last: dict[tuple[str, str], tuple[int, str]] = {}
     pending: list[SignedMessage] = []
@@ -174,70 +174,38 @@ def parse_lines(lines: Iterable[bytes | str]) -> Iterator[dict[str, Any]]:
         yield obj
 
 
-def import_lines(lines: Iterable[bytes | str]) -> ImportReport:
-    """Import messages from JSON lines (the export format)."""
-    return import_messages(parse_lines(lines))
+def import_lines(store: FeedStore, lines: Iterable[bytes | str]) -> ImportReport:
+    """Import messages from JSON lines (the export format) into ``store``."""
+    return import_messages(store, parse_lines(lines))
 
 
-def import_feed(path: str | os.PathLike[str]) -> ImportReport:
+def import_feed(store: FeedStore, path: str | os.PathLike[str]) -> ImportReport:
     """Import a JSON-lines file written by :func:`export_feed` (or a feed snapshot)."""
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below, errors translated
     except OSError as e:
         raise InvalidValueError(f"cannot read {path}: {e.strerror}") from e
     with f:
-        return import_lines(f)
+        return import_lines(store, f)
 
 
-def export_lines(uri: str) -> Iterator[bytes]:
+def export_lines(store: FeedStore, uri: str) -> Iterator[bytes]:
     """The signed bytes of every message of a feed (every subfeed) or of one subfeed.
 
     Messages are checked as they are read (``verify="chain"``): a damaged
     local copy raises FeedVerificationError instead of being exported.
     """
     parsed = parse_feed_uri(uri)
-    feed = known_feed(parsed.feed_id)  # this node's copy, as it is
+    feed = known_feed(store, parsed.feed_id)  # this node's copy, as it is
     if parsed.subfeed is not None:
         return feed.subfeed(parsed.subfeed).export_lines()
-
-    def gen() -> Iterator[bytes]:
-        for name in feed.subfeeds():
-            yield from feed.subfeed(name).export_lines()
-
-    return gen()
+    return feed.export_lines()
 
 
-def export_feed(uri: str, out: str | os.PathLike[str] | IO[bytes]) -> int:
+def export_feed(store: FeedStore, uri: str, out: str | os.PathLike[str] | IO[bytes]) -> int:
     """Write a feed (or one subfeed) as JSON lines to ``out``; return the message count.
 
     ``out`` is a binary file object or a path; a path is written atomically
     (readers never see a partial export).
     """
-    lines = export_lines(uri)
-    if isinstance(out, (str, os.PathLike)):
-        path = Path(out)
-        tmp = temp_path(path.absolute().parent)
-        try:
-            with open(tmp, "wb") as f:
-                n = _write_lines(lines, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_dir(path.absolute().parent)  # the new name survives a crash too
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise os_error(e, f"cannot write {path}") from e
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return n
-    return _write_lines(lines, out)
-
-
-def _write_lines(lines: Iterable[bytes], f: IO[bytes]) -> int:
-    n = 0
-    for line in lines:
-        f.write(line)
-        f.write(b"\n")
-        n += 1
-    return n
+    return write_lines(export_lines(store, uri), out)

@@ -27,17 +27,19 @@ import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import ENV_DIR, NodeDir, node_dir
 from ..errors import ContentNotFoundError, CorruptContentError, KacheryError, LinkedFileError
 from ..fsutil import os_error, share_file
+from ..nodes import Node, current_node
 from ..uris import parse_uri
 from . import results
 from .records import Records, ResultRow
 
+if TYPE_CHECKING:
+    from ..storage.local import LocalStore
+
 MISS = object()
-_key_lock = threading.Lock()
 ENV_MEMO = "KACHERY_TASKS_MEMO_BYTES"
 ENV_INLINE = "KACHERY_TASKS_INLINE_MAX"
 INLINE_MAX = 4096
@@ -46,7 +48,7 @@ INLINE_MAX = 4096
 class NodeCache:
     """Everything the runtime keeps for one node directory in this process."""
 
-    def __init__(self, node: NodeDir) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.pid = os.getpid()
         tasks_dir = node.ensure("tasks")
@@ -73,20 +75,14 @@ class NodeCache:
             self.inline_max = INLINE_MAX
 
     @property
-    def store(self):
-        from ..storage.local import get_store
-
-        return get_store(self.node)
+    def store(self) -> LocalStore:
+        return self.node.store
 
     @property
     def node_id(self) -> str:
         """This node's public key (hex): the producer named in its records."""
         if self._node_id is None:
-            from ..keys import node_keypair
-
-            with _key_lock:  # keys.create_key_file is not safe between threads of a process
-                if self._node_id is None:
-                    self._node_id = node_keypair(self.node).public_hex
+            self._node_id = self.node.id
         return self._node_id
 
     def is_own(self, producer: str) -> bool:
@@ -253,26 +249,21 @@ def _brief(e: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-_caches: dict[str | None, NodeCache] = {}
 _caches_lock = threading.Lock()
 
 
 def current() -> NodeCache:
-    """The cache of this process's node directory (``$KACHERY_TASKS_DIR``)."""
-    c = _caches.get(os.environ.get(ENV_DIR))
+    """The cache of the current node (see :func:`kachery_tasks.nodes.current_node`)."""
+    return for_node(current_node())
+
+
+def for_node(node: Node) -> NodeCache:
+    """The cache of ``node`` in this process (kept on the node object)."""
+    c = node.runtime_cache
     if c is not None and c.pid == os.getpid():
         return c
-    return _open(os.environ.get(ENV_DIR))
-
-
-def _open(key: str | None) -> NodeCache:
     with _caches_lock:
-        c = _caches.get(key)
+        c = node.runtime_cache
         if c is None or c.pid != os.getpid():
-            node = node_dir()
-            c = next(
-                (x for x in _caches.values() if x.node.path == node.path and x.pid == os.getpid()),
-                None,
-            ) or NodeCache(node)
-            _caches[key] = c
+            c = node.runtime_cache = NodeCache(node)
         return c

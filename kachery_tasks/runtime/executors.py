@@ -1,7 +1,8 @@
 """Executors: where submitted tasks run -- in this process, or on a Dask cluster.
 
-The contract every :class:`Executor` keeps (one shared test class checks it
-against each implementation, see ``tests/runtime/test_executors.py``):
+The contract every :class:`Executor` keeps (one test suite shipped with the
+package, :class:`kachery_tasks.testing.executors.ExecutorContract`, checks it
+against each implementation):
 
 * ``submit(task, args, kwargs)`` returns a :class:`TaskFuture` whose
   ``task_id`` is ``task.task_id(*args, **kwargs)``.
@@ -42,16 +43,16 @@ import abc
 import contextlib
 import contextvars
 import dataclasses
-import os
 import secrets
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..config import ENV_DIR
+from .. import nodes as node_mod
+from ..config import ENV_DIR, default_path
 from ..errors import ExecutorError
 from . import cache as cache_mod
-from . import context, encoders, remote
+from . import context, encoders, shared
 from .call import Call, encode_result
 from .context import current_executor, use_executor
 from .tasks import Task
@@ -188,17 +189,16 @@ class DaskExecutor(Executor):
         policy = task.policy
         prepared = [task.prepare(*args, **kwargs) for args, kwargs in calls]
         out: list[TaskFuture | None] = [None] * len(prepared)
-        bucket = remote.current_bucket() if policy.deterministic else None
         if policy.check_cached(mode):
             self._serve_cached(c, task, prepared, out)
             missing = [prepared[i].task_id for i, f in enumerate(out) if f is None]
-            if bucket is not None and missing and remote.fetch_many(c, missing, bucket):
+            if policy.deterministic and missing and shared.fetch_many(c, missing):
                 self._serve_cached(c, task, prepared, out)  # what collaborators computed
         todo = [i for i, f in enumerate(out) if f is None]
         if not todo:
             return out  # type: ignore[return-value]
-        node_path = str(c.node.path) if self.share_node_dir else None
-        bucket_url = bucket.url if bucket is not None else None
+        node_spec = (str(c.node.path) if self.share_node_dir else None,
+                     [r.url for r in c.node.remotes])
         reason = policy.reason(mode)
         by_key: dict[str, int] = {}
         key_of: dict[int, str] = {}
@@ -225,7 +225,7 @@ class DaskExecutor(Executor):
         n = len(keys)
         try:
             dfuts = self.client.map(
-                _run_on_worker, [task] * n, [node_path] * n, [bucket_url] * n, starts, dargs,
+                _run_on_worker, [task] * n, [node_spec] * n, starts, dargs,
                 dkwargs, [mode] * n, key=keys, pure=False,
             )
         except Exception as e:
@@ -317,41 +317,48 @@ class DaskExecutor(Executor):
 
 
 # -------------------------------------------------------- on the worker
-_worker_node: contextvars.ContextVar[tuple[str | None, str | None] | None] = (
-    contextvars.ContextVar("kachery_worker_node", default=None)
+NodeSpec = tuple[str | None, list[str]]
+_worker_node: contextvars.ContextVar[NodeSpec | None] = contextvars.ContextVar(
+    "kachery_worker_node", default=None
 )
 
 
-def _run_on_worker(task: Task, node_path: str | None, bucket_url: str | None, start: Any,
-                   args: tuple, kwargs: dict, mode: str) -> Any:
+def _run_on_worker(task: Task, node_spec: NodeSpec, start: Any, args: tuple, kwargs: dict,
+                   mode: str) -> Any:
     """What a Dask worker runs for one call: the same protocol as in-process.
 
-    ``start`` is the RunStart prepared by the client, or ``(task_id, reason)``
-    when the arguments hold no futures and the worker can describe the call.
-    A pure result computed here is published to the client's bucket
-    (``bucket_url``), signed by this worker's node, as a direct call would.
+    ``node_spec`` is the client's node directory (None: the worker's own
+    node, for workers on other machines) and the URLs of the client's
+    remotes: results are looked up and published through those, signed by
+    the worker's node, as a direct call would. ``start`` is the RunStart
+    prepared by the client, or ``(task_id, reason)`` when the arguments hold
+    no futures and the worker can describe the call.
     """
-    if node_path is not None and os.environ.get(ENV_DIR) != node_path:
-        os.environ[ENV_DIR] = node_path
-    token = _worker_node.set((node_path, bucket_url))
+    path, urls = node_spec
+    worker_node = node_mod.node(path if path is not None else default_path(), remotes=urls)
+    token = _worker_node.set(node_spec)
     try:
-        c = cache_mod.current()
-        tid = start[0] if type(start) is tuple else start.task_id
-        if mode == "call" and task.policy.deterministic:
-            v = c.get(tid)
-            if v is not cache_mod.MISS:
-                return v
-        if type(start) is tuple:  # recorded under the client's id, which its caller awaits
-            start = dataclasses.replace(
-                task.prepare(*args, **kwargs).start(start[1], c.node_id), task_id=tid)
-        with remote.use_bucket(bucket_url):
-            value = task.run_started(c, start, args, kwargs, mode)
-            bucket = remote.current_bucket() if task.policy.deterministic else None
-            if bucket is not None:
-                remote.publish(c, tid, bucket)
-        return value
+        with worker_node:
+            return _run_here(task, start, args, kwargs, mode)
     finally:
         _worker_node.reset(token)
+
+
+def _run_here(task: Task, start: Any, args: tuple, kwargs: dict, mode: str) -> Any:
+    """Run a call on this worker's current node (served from its memo if cached)."""
+    c = cache_mod.current()
+    tid = start[0] if type(start) is tuple else start.task_id
+    if mode == "call" and task.policy.deterministic:
+        v = c.get(tid)
+        if v is not cache_mod.MISS:
+            return v
+    if type(start) is tuple:  # recorded under the client's id, which its caller awaits
+        start = dataclasses.replace(
+            task.prepare(*args, **kwargs).start(start[1], c.node_id), task_id=tid)
+    value = task.run_started(c, start, args, kwargs, mode)
+    if task.policy.deterministic:
+        shared.publish(c, tid)
+    return value
 
 
 def _has_future(values: Iterable[Any]) -> bool:
@@ -371,15 +378,14 @@ def nested_runner() -> Any:
     ctx = _worker_node.get()
     if ctx is None:
         return None
-    node_path, bucket_url = ctx
 
     def run(task: Task, start: Any, args: tuple, kwargs: dict, mode: str) -> Any:
         from distributed import worker_client
 
         key = dask_key(task, start.task_id, mode)
         with worker_client() as client:
-            fut = client.submit(_run_on_worker, task, node_path, bucket_url, start, args,
-                                kwargs, mode, key=key, pure=False)
+            fut = client.submit(_run_on_worker, task, ctx, start, args, kwargs, mode, key=key,
+                                pure=False)
             return _readonly_array(fut.result())
 
     return run

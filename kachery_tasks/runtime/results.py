@@ -232,23 +232,23 @@ class ZarrCodec(ResultCodec):
         )
 
     def encode(self, value: Any) -> bytes:
-        from ..storage.local import get_store
+        from ..nodes import current_node
         from ..zarr_arrays import store_zarr
 
-        return get_store().load_bytes(store_zarr(value))
+        return current_node().store.load_bytes(store_zarr(value))
 
     def decode(self, path: str) -> Any:
         """The lazy array; ContentNotFoundError (the cache then computes again) when
-        some of its chunks are gone from here (gc) and no bucket can supply them."""
-        from ..storage.buckets import default_bucket
+        some of its chunks are gone from here (gc) and no remote can supply them."""
+        from ..nodes import current_node
         from ..zarr_arrays import load_zarr, missing_blobs
 
         uri = f"sha256://{os.path.basename(path)}"
-        missing = missing_blobs(uri) if default_bucket() is None else []  # a bucket has them
+        missing = [] if current_node().remotes else missing_blobs(uri)  # a remote has them
         if missing:
             raise ContentNotFoundError(
                 f"{len(missing)} chunk(s) of the zarr result {uri} are no longer here "
-                "and no bucket is configured"
+                "and the node has no remote to fetch them from"
             )
         return load_zarr(uri)
 

@@ -338,10 +338,9 @@ class Task:
                 value = c.load(row)
                 if value is not _MISS:
                     return value
-        from . import remote
+        from . import shared
 
-        bucket = remote.current_bucket()
-        if bucket is not None and not force and remote.fetch(c, tid, bucket):
+        if not force and shared.fetch(c, tid):
             value = c.load(c.records.result(tid))  # computed by a collaborator
             if value is not _MISS:
                 return value
@@ -352,8 +351,7 @@ class Task:
         else:
             value = self.run_started(c, start, call.args, call.kwargs,
                                      "force" if force else "call")
-        if bucket is not None:
-            remote.publish(c, tid, bucket)
+        shared.publish(c, tid)
         return value
 
     def run_started(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import KacheryError, SourceFileError
 from ..progress import progress_bar
-from .local import LocalStore, get_store
+from .local import LocalStore
 
 _SHA1_NAME = re.compile(r"^[0-9a-f]{40}$")
 
@@ -52,10 +52,9 @@ def find_kachery_files(root: Path) -> list[Path]:
 
 
 def import_kachery_dir(
-    root: str | os.PathLike[str], store: LocalStore | None = None, progress: bool | None = None
+    root: str | os.PathLike[str], store: LocalStore, progress: bool | None = None
 ) -> ImportReport:
-    """Verify and store every file of a kachery storage directory."""
-    store = store or get_store()
+    """Verify and store every file of a kachery storage directory into ``store``."""
     report = ImportReport()
     sizes = {}
     for path in find_kachery_files(Path(root).expanduser()):

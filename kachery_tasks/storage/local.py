@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..canonical import check_text, is_text
-from ..config import NodeDir, node_dir
+from ..config import NodeDir
 from ..errors import (
     ContentNotFoundError,
     CorruptContentError,
@@ -871,9 +871,8 @@ _stores: dict[Path, LocalStore] = {}
 _stores_lock = threading.Lock()
 
 
-def get_store(node: NodeDir | None = None) -> LocalStore:
-    """The LocalStore of ``node`` (default: this process's node directory), shared per process."""
-    node = node or node_dir()
+def get_store(node: NodeDir) -> LocalStore:
+    """The LocalStore of ``node``, shared per process."""
     store = _stores.get(node.path)
     if store is None or store.node is not node:
         with _stores_lock:

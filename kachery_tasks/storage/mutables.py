@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..canonical import canonical_json, check_text
-from ..config import NodeDir, node_dir
+from ..config import NodeDir
 from ..db import connect
 from ..errors import InvalidValueError
 
@@ -77,9 +77,8 @@ def _check_key(key: object) -> None:
 _instances: dict[Path, Mutables] = {}
 
 
-def get_mutables(node: NodeDir | None = None) -> Mutables:
-    """The Mutables of ``node`` (default: this process's node directory)."""
-    node = node or node_dir()
+def get_mutables(node: NodeDir) -> Mutables:
+    """The Mutables of ``node``."""
     m = _instances.get(node.path)
     if m is None:
         m = _instances[node.path] = Mutables(node)

@@ -18,6 +18,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Any
 
 from ..canonical import canonical_json
 from ..errors import InvalidValueError, StorageError
@@ -79,26 +80,24 @@ def read_index_file(path: str, name: str) -> dict[str, str] | None:
         return decode_index(f.read(), name)
 
 
-def read_index(uri: str) -> dict[str, str]:
-    """The key map of the index ``uri`` names (fetched from the bucket if need be).
+def read_index(uri: str, source: Any) -> dict[str, str]:
+    """The key map of the index ``uri`` names, found through ``source`` (a
+    :class:`~.zarr_store.ContentSource`: fetched from its remotes if need be).
 
     KacheryError when ``uri`` names no index. Indexes are immutable (named by
     their hash), so the last few read are kept parsed, per node: opening an
     array again costs a dict copy, not a JSON parse (about 0.6 us a chunk).
     """
-    from ..files import _local_path
-    from .local import get_store
-
     parsed = parse_uri(uri)  # InvalidURIError for anything that is not a content URI
     if parsed.algorithm != "sha256":
         raise InvalidValueError(f"{uri}: a zarr array is named by a sha256:// URI")
-    key = (str(get_store().root), parsed.hex)  # per node: each fetches the index once
+    key = (str(source.store.root), parsed.hex)  # per node: each fetches the index once
     with _index_lock:
         keys = _indexes.get(key)
         if keys is not None:
             _indexes.move_to_end(key)
     if keys is None:
-        keys = read_index_file(_local_path(uri), uri)
+        keys = read_index_file(source.local_path(uri), uri)
         if keys is None:
             raise _not_an_index(uri)
         with _index_lock:

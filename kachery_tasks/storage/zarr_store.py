@@ -10,13 +10,17 @@ hierarchy::
 Two arrays that share chunk bytes share blobs, so storing an array with one
 changed chunk adds one chunk blob (plus the new index).
 
-* ``ContentStore()`` is writable: values are written to the content store as
-  they are set, the key index is held in memory, and ``seal()`` stores the
-  index and returns its URI.
-* ``ContentStore.from_uri(uri)`` (or ``await ContentStore.open(uri)``, zarr's
-  usual async constructor) is read-only and lazy: only the index is read
-  up front; each value is fetched (from the configured bucket when it is not
-  here, via :func:`kachery_tasks.files._local_path`) when zarr asks for it.
+* ``ContentStore(source=node)`` is writable: values are written to the
+  content store as they are set, the key index is held in memory, and
+  ``seal()`` stores the index and returns its URI.
+* ``ContentStore.from_uri(uri, source)`` (or ``await ContentStore.open(uri,
+  source=source)``, zarr's usual async constructor) is read-only and lazy:
+  only the index is read up front; each value is fetched when zarr asks for
+  it, through ``source.local_path`` (a node fetches what it lacks from its
+  remotes).
+
+The ``source`` is a :class:`ContentSource`: a store to write to and a way to
+find content (a :class:`kachery_tasks.nodes.Node` is one).
 
 zarr is imported here, so this module must only be imported by code that
 needs zarr (``kachery_tasks`` itself does not import it).
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Protocol
 
 from zarr.abc.store import (
     ByteRequest,
@@ -39,20 +44,25 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.common import concurrent_map
 
 from .batch import BlobBatch
-from .local import get_store
+from .local import LocalStore
 from .zarr_index import INDEX_FORMAT, encode_index, read_index
 
-__all__ = ["INDEX_FORMAT", "ContentStore", "read_index"]
+__all__ = ["INDEX_FORMAT", "ContentSource", "ContentStore", "read_index"]
+
+
+class ContentSource(Protocol):
+    """Where a ContentStore writes blobs (``store``) and finds them (``local_path``)."""
+
+    @property
+    def store(self) -> LocalStore: ...
+
+    def local_path(self, uri: str) -> str:
+        """The path of the content ``uri`` names, fetched if it is not here."""
+        ...
 
 
 def _blob_uri(sha256: str) -> str:
     return f"sha256://{sha256}"
-
-
-def _local_path(uri: str) -> str:
-    from ..files import _local_path as local_path
-
-    return local_path(uri)
 
 
 def _slice(size: int, byte_range: ByteRequest | None) -> tuple[int, int]:
@@ -86,28 +96,31 @@ class ContentStore(Store):
         read_only: bool | None = None,
         keys: dict[str, str] | None = None,
         batch: BlobBatch | None = None,
+        source: ContentSource,
     ) -> None:
         if read_only is None:
             read_only = uri is not None
         super().__init__(read_only=read_only)
         self.uri = uri
+        self.source = source
         if keys is None:
-            keys = read_index(uri) if uri is not None else {}
+            keys = read_index(uri, source) if uri is not None else {}
         self._keys: dict[str, str] = keys
         # values written and not yet sealed (shared with with_read_only copies)
-        self._batch = batch if batch is not None else BlobBatch(get_store())
+        self._batch = batch if batch is not None else BlobBatch(source.store)
 
     @classmethod
-    def from_uri(cls, uri: str) -> ContentStore:
+    def from_uri(cls, uri: str, source: ContentSource) -> ContentStore:
         """A read-only store over the sealed index ``uri`` (synchronous)."""
-        store = cls(uri)
+        store = cls(uri, source=source)
         store._is_open = True
         return store
 
     # ----------------------------------------------------------- identity
     def with_read_only(self, read_only: bool = False) -> ContentStore:
         # Like MemoryStore: the copy shares the in-memory key index.
-        return type(self)(self.uri, read_only=read_only, keys=self._keys, batch=self._batch)
+        return type(self)(self.uri, read_only=read_only, keys=self._keys, batch=self._batch,
+                          source=self.source)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -139,7 +152,7 @@ class ContentStore(Store):
         return self._batch.store.store_bytes(encode_index(self._keys), label="zarr-index.json")
 
     def _blob_path(self, sha256: str) -> str:
-        return self._batch.path(sha256) or _local_path(_blob_uri(sha256))
+        return self._batch.path(sha256) or self.source.local_path(_blob_uri(sha256))
 
     # ------------------------------------------------------------ reading
     def _read(self, key: str, byte_range: ByteRequest | None) -> bytes | None:

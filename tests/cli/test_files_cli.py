@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from kachery_tasks.nodes import current_node
+
 
 def _ok(result):
     assert result.returncode == 0, result.stderr.decode()
@@ -58,9 +60,8 @@ def test_gc_pin_ls(run_cli, tmp_path):
 
 def _age_the_store():
     """As if the node's content was last used long ago."""
-    from kachery_tasks.storage.local import get_store
 
-    store = get_store()
+    store = current_node().store
     for row in list(store.index.rows()):
         store.index.touch(row.sha256, 1000.0)
 
@@ -212,20 +213,19 @@ def test_mutable_set_too_deep_is_refused_unless_as_a_string():
 @pytest.mark.parametrize("unpin", [False, True])
 def test_pin_checks_every_uri_before_changing_any(tmp_path, unpin):
     from kachery_tasks import store_file
-    from kachery_tasks.storage.local import get_store
     from tests.cli.inprocess import run_main
 
     (tmp_path / "a").write_bytes(b"a" * 100)
     a = store_file(tmp_path / "a")
     if unpin:
-        get_store().pin(a)
+        current_node().store.pin(a)
     action = "unpin" if unpin else "pin"
     for bad in ("bad", "sha256://" + "0" * 64):
         r = run_main(action, a, bad)
         assert r.status == 1 and r.stderr.startswith("error: ")
-        assert get_store().info(a).pinned is unpin  # unchanged
+        assert current_node().store.info(a).pinned is unpin  # unchanged
     assert run_main(action, a).status == 0
-    assert get_store().info(a).pinned is not unpin
+    assert current_node().store.info(a).pinned is not unpin
 
 
 def test_verify_makes_a_damaged_manifest_again(run_cli, tmp_path, node_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kachery_tasks.nodes import current_node
 from kachery_tasks.zarr_arrays import store_zarr
 
 
@@ -17,7 +18,6 @@ def test_upload_repair_replaces_a_damaged_chunk(run_cli, tmp_path, node_path):
     import os
 
     from kachery_tasks.storage.buckets import open_bucket
-    from kachery_tasks.storage.local import get_store
     from kachery_tasks.storage.sync import chunk_key
 
     node_path.mkdir()
@@ -26,7 +26,7 @@ def test_upload_repair_replaces_a_damaged_chunk(run_cli, tmp_path, node_path):
     src.write_bytes(os.urandom(3 * 65536))
     uri = run_cli("store", str(src), check=True).stdout.decode().strip()
     bucket_url = f"file://{tmp_path}/bucket"
-    victim = chunk_key(get_store().manifest(uri).chunks[1].sha256)
+    victim = chunk_key(current_node().store.manifest(uri).chunks[1].sha256)
     open_bucket(bucket_url).put(victim, os.urandom(65536))
     assert run_cli("upload", uri, "--bucket", bucket_url, check=True).returncode == 0
     other = {"KACHERY_TASKS_DIR": str(tmp_path / "other")}
@@ -70,7 +70,7 @@ def test_download_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(fetch, "write_all", no_space)
     err = _one_line_error(*_main(capsys, "download", uri, "--bucket", bucket))
     assert "no space left" in err and "partial download was removed" in err
-    assert os.listdir(get_store().incoming) == []
+    assert os.listdir(current_node().store.incoming) == []
 
 
 def test_a_file_bucket_url_without_a_path_is_refused(tmp_path, monkeypatch, capsys):
@@ -163,7 +163,6 @@ def test_upload_and_download_of_an_array_move_every_blob(run_cli, tmp_path, monk
 
 def test_upload_and_download_check_every_uri_before_moving_any(tmp_path, monkeypatch):
     from kachery_tasks import store_bytes
-    from kachery_tasks.storage.local import get_store
     from tests.cli.inprocess import run_main
 
     a = store_bytes(b"a" * 100)
@@ -177,6 +176,6 @@ def test_upload_and_download_check_every_uri_before_moving_any(tmp_path, monkeyp
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "other"))
     r = run_main("download", a, "bad", "--bucket", f"file://{bucket}")
     assert r.status == 1 and "bad" in r.stderr
-    assert not get_store().has(a)
+    assert not current_node().store.has(a)
     assert run_main("download", a, "--bucket", f"file://{bucket}").status == 0
-    assert get_store().has(a)
+    assert current_node().store.has(a)

@@ -4,10 +4,24 @@ import json
 
 import pytest
 
-import kachery_tasks.feeds as feeds
+import kachery_tasks as feeds
 from kachery_tasks.errors import FeedNotFoundError, FeedVerificationError
-from kachery_tasks.feeds.bucket import bucket_feed_ids, pull_feed, push_feed, sync_feeds
+from kachery_tasks.feeds import bucket as segments
+from kachery_tasks.feeds.bucket import bucket_feed_ids
+from kachery_tasks.nodes import Node, current_node
 from kachery_tasks.storage.buckets import open_bucket
+
+
+def push_feed(bucket, uri):
+    return segments.push_feed(current_node().feeds, bucket, feeds.parse_feed_uri(uri).feed_id)
+
+
+def pull_feed(bucket, feed_id):
+    return segments.pull_feed(current_node().feeds, bucket, feed_id)
+
+
+def sync_feeds(bucket):
+    return Node(current_node().path, [bucket.url]).sync_feeds()
 
 
 @pytest.fixture
@@ -118,7 +132,8 @@ def test_the_bucket_is_consulted_only_for_feeds_of_other_nodes(tmp_path, two_nod
     monkeypatch.setenv("KACHERY_TASKS_BUCKET", url)
     pulls: list[str] = []
     real_pull = bucket_mod.pull_feed
-    monkeypatch.setattr(bucket_mod, "pull_feed", lambda b, f: pulls.append(f) or real_pull(b, f))
+    monkeypatch.setattr(bucket_mod, "pull_feed",
+                        lambda s, b, f: pulls.append(f) or real_pull(s, b, f))
     two_nodes("a")
     feed = feeds.create_feed("mine")
     feed.subfeed("s").append_many([1, 2, 3])

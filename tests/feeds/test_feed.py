@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import kachery_tasks.feeds as kf
+import kachery_tasks as kf
 from kachery_tasks.errors import (
     FeedNotFoundError,
     FeedPermissionError,
@@ -20,8 +20,9 @@ from kachery_tasks.errors import (
     InvalidURIError,
     InvalidValueError,
 )
+from kachery_tasks.feed_functions import import_lines
 from kachery_tasks.feeds.messages import MAX_BODY_BYTES
-from kachery_tasks.feeds.store import get_feed_store
+from kachery_tasks.nodes import current_node
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def _other_node(monkeypatch, tmp_path, name="other"):
 
 
 def _db() -> sqlite3.Connection:
-    return get_feed_store().conn
+    return current_node().feeds.conn
 
 
 # ------------------------------------------------------------ create/load
@@ -53,7 +54,7 @@ def test_load_feed_and_subfeed(sub):
     feed = kf.load_feed(sub.feed.uri)
     assert feed == sub.feed and feed.writable and feed.label == "curation"
     assert kf.load_subfeed(sub.uri) == sub
-    assert kf.load_subfeed(feed.uri).name == kf.DEFAULT_SUBFEED
+    assert kf.load_subfeed(feed.uri).name == "main"
     assert feed.subfeeds() == {"unit-labels": 1}
 
 
@@ -148,7 +149,7 @@ def test_read_only_feed_cannot_append(sub, monkeypatch, tmp_path):
     sub.append(1)
     data = b"".join(line + b"\n" for line in sub.export_lines())
     _other_node(monkeypatch, tmp_path)
-    kf.import_lines(data.splitlines())
+    import_lines(data.splitlines())
     feed = kf.load_feed(sub.feed.uri)
     assert not feed.writable
     assert "read-only" in repr(feed)
@@ -379,7 +380,7 @@ def test_a_stored_message_too_deep_to_decode_is_a_verification_error(sub, tmp_pa
     from kachery_tasks.feeds.messages import sign_message
 
     sub.append_many(["a", "b"])
-    key, store = sub.feed.key(), get_feed_store()
+    key, store = sub.feed.key(), current_node().feeds
     deep = b"[" * 50_000 + b"1" + b"]" * 50_000
     store.append(sub.feed.id, sub.name,
                  lambda seq, prev: [sign_message(key, sub.name, seq, prev, 1000, deep)])
@@ -403,10 +404,9 @@ def _edit_head(seq: int, fix_hash: bool) -> None:
 
 def _fresh_store_feed(sub):
     """The same subfeed through a new FeedStore, as another process would see it."""
-    from kachery_tasks.config import node_dir
     from kachery_tasks.feeds.store import FeedStore
 
-    return kf.Feed(sub.feed.id, FeedStore(node_dir())).subfeed(sub.name)
+    return kf.Feed(sub.feed.id, FeedStore(current_node().dir)).subfeed(sub.name)
 
 
 @pytest.mark.parametrize("fix_hash", [True, False])
@@ -422,7 +422,7 @@ def test_append_refuses_to_sign_on_top_of_an_edited_head(sub, fix_hash, other_pr
         assert str(e.value).startswith("cannot append on top of a damaged subfeed")
         assert "\n" not in str(e.value)
     assert sub.count() == 3
-    assert get_feed_store().hash_at(sub.feed.id, sub.name, 3) is None
+    assert current_node().feeds.hash_at(sub.feed.id, sub.name, 3) is None
 
 
 def test_append_refuses_a_head_that_does_not_link_to_its_predecessor(sub):

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import kachery_tasks.feeds as kf
+import kachery_tasks as kf
 from kachery_tasks.errors import FeedVerificationError, InvalidValueError
 from kachery_tasks.feeds import feed as feed_mod
 from kachery_tasks.feeds import parallel, verify_worker
-from kachery_tasks.feeds.store import get_feed_store
+from kachery_tasks.nodes import current_node
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def sub(monkeypatch):
 
 def _forge(seq: int) -> None:
     """Rewrite a message's body and its stored hash: only its signature can tell."""
-    conn = get_feed_store().conn
+    conn = current_node().feeds.conn
     conn.execute(
         "UPDATE messages SET data = replace(data, ?, ?) WHERE seq = ?",
         (f'"i":{seq}}}', '"i":-1}', seq),
@@ -81,7 +81,7 @@ def test_a_broken_link_after_a_forged_signature_names_the_signature(sub):
 
 
 def test_a_missing_message_is_reported_after_the_ones_before_it(sub):
-    get_feed_store().conn.execute("DELETE FROM messages WHERE seq = 23")
+    current_node().feeds.conn.execute("DELETE FROM messages WHERE seq = 23")
     got, error = _read_until_error(sub)
     assert got == list(range(23)) and error.seq == 23 and "missing" in str(error)
 
@@ -141,7 +141,7 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path)
     script = tmp_path / "analysis.py"
     script.write_text(textwrap.dedent(
         """
-        import kachery_tasks.feeds as kf
+        import kachery_tasks as kf
         from kachery_tasks.feeds import parallel, verify_worker
         parallel.MIN_MESSAGES = 1
         s = kf.create_feed("x").subfeed("s")

@@ -7,16 +7,16 @@ import stat
 
 import pytest
 
+from kachery_tasks import create_feed
 from kachery_tasks.errors import FeedPermissionError, FeedVerificationError
-from kachery_tasks.feeds import create_feed
 from kachery_tasks.feeds.messages import encode_body, sign_message
-from kachery_tasks.feeds.store import get_feed_store
 from kachery_tasks.keys import KeyPair
+from kachery_tasks.nodes import current_node
 
 
 @pytest.fixture
 def store():
-    return get_feed_store()
+    return current_node().feeds
 
 
 def _chain(key: KeyPair, n: int, subfeed: str = "s", start: int = 0, prev=None) -> list:
@@ -173,10 +173,10 @@ def test_hot_queries_use_the_primary_key_index(store):
 
 def test_key_file_readable_by_others_is_refused():
     feed = create_feed("x")
-    path = get_feed_store().key_path(feed.id)
+    path = current_node().feeds.key_path(feed.id)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     os.chmod(path, 0o644)
-    from kachery_tasks.feeds import load_feed
+    from kachery_tasks import load_feed
 
     with pytest.raises(FeedPermissionError, match=f"chmod 600 {path}"):
         load_feed(feed.uri).append(1)
@@ -206,7 +206,6 @@ def test_append_on_a_full_disk_is_storage_full_and_changes_nothing(small_fs, mon
 
 
 def test_a_damaged_feed_database_is_a_one_line_error_saying_what_to_do(store):
-    from kachery_tasks.config import node_dir
     from kachery_tasks.errors import StorageError
     from kachery_tasks.feeds.store import FeedStore
 
@@ -218,6 +217,6 @@ def test_a_damaged_feed_database_is_a_one_line_error_saying_what_to_do(store):
         f.seek(4096)
         f.write(b"\xa5" * (size - 4096))
     with pytest.raises(StorageError) as e:
-        FeedStore(node_dir()).rows(feed.id, "main", 0, None, 1000, 1 << 30)
+        FeedStore(current_node().dir).rows(feed.id, "main", 0, None, 1000, 1 << 30)
     assert f"database {store.path} is damaged" in str(e.value)
     assert "import the feeds again" in str(e.value) and "\n" not in str(e.value)

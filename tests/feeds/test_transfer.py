@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import kachery_tasks.feeds as kf
+import kachery_tasks as kf
 from kachery_tasks.errors import FeedNotFoundError, FeedVerificationError, InvalidValueError
+from kachery_tasks.feed_functions import import_lines
 from kachery_tasks.feeds.messages import encode_body, sign_message
-from kachery_tasks.feeds.store import get_feed_store
 from kachery_tasks.keys import KeyPair
+from kachery_tasks.nodes import current_node
 
 
 @pytest.fixture
@@ -90,12 +91,12 @@ def test_import_into_another_node_is_read_only_and_verified(feed, other_node, tm
 def test_import_is_idempotent(feed, other_node):
     lines = _export(feed.uri)
     other_node()
-    kf.import_lines(lines)
+    import_lines(lines)
     state = _state(feed.uri)
-    report = kf.import_lines(lines)
+    report = import_lines(lines)
     assert (report.added, report.present) == (0, 7)
     assert _state(feed.uri) == state
-    report = kf.import_lines(lines)  # and again, from the owner's own node
+    report = import_lines(lines)  # and again, from the owner's own node
     assert report.added == 0
 
 
@@ -105,10 +106,10 @@ def test_import_extends_what_is_there(feed, other_node):
     sub.append_many([{"unit": 5}, {"unit": 6}])
     everything = _export(sub.uri)
     other_node()
-    kf.import_lines(first)
-    report = kf.import_lines(everything)
+    import_lines(first)
+    report = import_lines(everything)
     assert (report.added, report.present) == (2, 5)
-    report = kf.import_lines(everything[5:])  # a later part alone links to what is stored
+    report = import_lines(everything[5:])  # a later part alone links to what is stored
     assert (report.added, report.present) == (0, 2)
     assert kf.load_subfeed(sub.uri).count() == 7
 
@@ -128,7 +129,7 @@ def test_import_skips_blank_lines_and_any_json_spelling(feed, other_node):
         json.dumps(json.loads(x), indent=1).replace("\n", " ").encode() for x in _export(feed.uri)
     ]
     other_node()
-    assert kf.import_lines([b"", *lines, b"   "]).added == 7
+    assert import_lines([b"", *lines, b"   "]).added == 7
 
 
 # ------------------------------------------------------ rejected streams
@@ -138,7 +139,7 @@ def _lines(feed) -> list[bytes]:
 
 def _check_rejected(lines, seq, match, stored):
     with pytest.raises(FeedVerificationError, match=match) as info:
-        kf.import_lines(lines)
+        import_lines(lines)
     e = info.value
     assert e.seq == seq and e.subfeed == "unit-labels"
     assert e.feed is not None and f"seq {seq}" in str(e)
@@ -159,11 +160,11 @@ def test_forged_message_is_rejected_and_nothing_after_it(feed, other_node):
 def test_report_counts_the_prefix_kept_before_a_stored_conflict(feed, other_node):
     lines = _lines(feed)
     other_node()
-    kf.import_lines(lines[:3])
+    import_lines(lines[:3])
     prev = json.loads(lines[2])["prev"]
     fork = sign_message(feed.key(), "unit-labels", 2, prev, 0, encode_body("fork"))
     with pytest.raises(FeedVerificationError, match="differs") as info:
-        kf.import_lines([lines[0], lines[1], fork.data, lines[3]])
+        import_lines([lines[0], lines[1], fork.data, lines[3]])
     assert info.value.seq == 2
     assert (info.value.report.added, info.value.report.present) == (0, 2)
     assert kf.load_subfeed(feed.subfeed("unit-labels").uri).count() == 3
@@ -213,7 +214,7 @@ def test_fork_is_rejected(feed, other_node):
     sub = feed.subfeed("unit-labels")
     lines = _lines(feed)
     other_node()
-    kf.import_lines(lines[:3])
+    import_lines(lines[:3])
     # The owner (or a thief of the key) signs a different message at seq 2 elsewhere.
     fork = sign_message(
         feed.key(), "unit-labels", 2, json.loads(lines[2])["prev"], 1, encode_body("fork")
@@ -238,14 +239,14 @@ def test_malformed_line_names_its_number(feed, other_node):
     lines.insert(2, b"{not json")
     other_node()
     with pytest.raises(FeedVerificationError, match="line 3") as info:
-        kf.import_lines(lines)
+        import_lines(lines)
     assert info.value.report.added == 2
     assert kf.load_subfeed(feed.subfeed("unit-labels").uri).count() == 2
 
 
 def test_non_object_line_is_rejected(other_node):
     with pytest.raises(FeedVerificationError, match="line 1 is not a JSON object"):
-        kf.import_lines([b"[1, 2]"])
+        import_lines([b"[1, 2]"])
 
 
 def test_import_missing_file(tmp_path):
@@ -280,7 +281,7 @@ def test_any_stream_is_accepted_exactly_up_to_its_first_bad_message(order):
         raised = True
         assert e.seq == order[good]
     assert raised == (good < len(order))
-    assert get_feed_store().count(KEY.public_hex, name) == good
+    assert current_node().feeds.count(KEY.public_hex, name) == good
 
 
 # ----------------------------------------------------------------- nesting
@@ -295,7 +296,7 @@ def test_import_refuses_a_message_nested_too_deeply_and_keeps_what_came_before(
     bad = sign_message(key, "notes", 2, last.hash, 1000, deep)
     other_node()
     with pytest.raises(FeedVerificationError, match=r"too deep|more than 100 levels") as e:
-        kf.import_lines([*good, bad.data])
+        import_lines([*good, bad.data])
     assert "\n" not in str(e.value)
     assert e.value.report.added == 2
     sub = kf.load_feed(feed.uri).subfeed("notes")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-import kachery_tasks.feeds as kf
-from kachery_tasks.feeds.store import get_feed_store
+import kachery_tasks as kf
+from kachery_tasks.nodes import current_node
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,7 +50,7 @@ def _finish(proc: subprocess.Popen) -> str:
 
 WATCHER = """
     import asyncio, json, sys
-    from kachery_tasks.feeds import load_subfeed
+    from kachery_tasks import load_subfeed
     sub = load_subfeed(sys.argv[1])
     start = int(sys.argv[2])
     print("ready", flush=True)
@@ -75,7 +75,7 @@ def test_watcher_in_another_process_receives_the_message(form):
 
 WRITER = """
     import os, sys, time
-    from kachery_tasks.feeds import load_subfeed
+    from kachery_tasks import load_subfeed
     sub = load_subfeed(sys.argv[1])
     writer, n, go = sys.argv[2], int(sys.argv[3]), sys.argv[4]
     while not os.path.exists(go):
@@ -114,7 +114,7 @@ BATCH = 50  # an append_many takes long enough for a kill to land inside it
 
 LOOPER = """
     import sys
-    from kachery_tasks.feeds import load_subfeed
+    from kachery_tasks import load_subfeed
     sub = load_subfeed(sys.argv[1])
     op, batch = int(sys.argv[2]), int(sys.argv[3])
     print("started", flush=True)
@@ -139,7 +139,7 @@ def test_sigkill_mid_append_leaves_a_whole_chain():
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL
         n = sub.feed.verify()["log"]
-        rows = get_feed_store().conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        rows = current_node().feeds.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
         assert n == sub.count() == rows  # no gap, no row beyond the head
         msgs = list(sub.read())
         ops = defaultdict(int)

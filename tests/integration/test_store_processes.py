@@ -19,9 +19,9 @@ from kachery_tasks.storage.local import get_store
 
 STORE_SCRIPT = """
 import sys
-from kachery_tasks.storage.local import get_store
+from kachery_tasks.nodes import current_node
 for path in sys.argv[1:]:
-    print(get_store().store_file(path, progress=False), flush=True)
+    print(current_node().store.store_file(path, progress=False), flush=True)
 """
 
 
@@ -154,9 +154,9 @@ except StoragePermissionError as e:
 DOWNLOAD_SCRIPT = """
 import sys
 from kachery_tasks.storage.buckets import open_bucket
-from kachery_tasks.storage.local import get_store
+from kachery_tasks.nodes import current_node
 from kachery_tasks.storage.sync import download
-store, bucket = get_store(), open_bucket(sys.argv[1])
+store, bucket = current_node().store, open_bucket(sys.argv[1])
 sys.stdin.readline()  # everyone starts at once
 print(download(store, bucket, sys.argv[2], progress=False, threads=2), flush=True)
 """

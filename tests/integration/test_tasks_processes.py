@@ -189,7 +189,8 @@ def test_an_action_whose_holder_is_killed_is_taken_over_by_the_waiter(tmp_path):
 
 
 _PREIMPORT = (
-    "import kachery_tasks.storage.local, kachery_tasks.keys, kachery_tasks.runtime.remote, "
+    "import kachery_tasks.storage.local, kachery_tasks.keys, kachery_tasks.runtime.shared, "
+    "kachery_tasks.nodes, "
     "kachery_tasks.runtime.executors, kachery_tasks.storage.buckets, kachery_tasks.uris, "
     "cloudpickle, pickle, nacl.bindings, nacl._sodium, nacl.exceptions, numpy, "
     "cryptography.hazmat.primitives.asymmetric.ed25519"

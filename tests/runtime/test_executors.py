@@ -1,13 +1,12 @@
-"""The Executor contract, run against the in-process executor and a real 2-worker cluster."""
+"""The Executor contract (kachery_tasks.testing.executors), run against the in-process
+executor and a real 2-worker cluster, and what is particular to each."""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
-from pathlib import Path
 
-import numpy as np
 import pytest
 import task_defs
 
@@ -15,86 +14,14 @@ import kachery_tasks.runtime as kachery
 from kachery_tasks.errors import ExecutorError
 from kachery_tasks.runtime import cache
 from kachery_tasks.runtime.executors import DaskExecutor, LocalExecutor, dask_key
-from kachery_tasks.runtime.remote import result_key
+from kachery_tasks.storage.layout import result_key
+from kachery_tasks.testing.executors import ExecutorContract
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def _runs(task, *args, status=None):
     return cache.current().records.runs(task_id=task.task_id(*args), status=status)
-
-
-class ExecutorContract:
-    """Every executor keeps these promises (see runtime/executors.py)."""
-
-    @pytest.fixture
-    def executor(self):
-        raise NotImplementedError
-
-    def test_submit_returns_the_result_under_the_task_id(self, executor):
-        fut = executor.submit(task_defs.add, (20, 1), {})
-        assert fut.task_id == task_defs.add.task_id(20, 1)
-        assert fut.result() == 21
-        assert [r.status for r in _runs(task_defs.add, 20, 1)] == ["success"]
-
-    def test_cached_calls_never_reach_the_executor(self, executor):
-        task_defs.add(30, 1)  # computed in this process
-        fut = executor.submit(task_defs.add, (30, 1), {})
-        assert fut.done() and fut.result() == 31
-        assert len(_runs(task_defs.add, 30, 1)) == 1
-
-    def test_identical_submissions_in_flight_run_once(self, executor):
-        a = executor.submit(task_defs.slow_square, (11, 0.5), {})
-        b = executor.submit(task_defs.slow_square, (11, 0.5), {})
-        assert kachery.gather([a, b]) == [121, 121]
-        assert [r.status for r in _runs(task_defs.slow_square, 11, 0.5)] == ["success"]
-
-    def test_failures_raise_their_own_type_and_are_not_cached(self, executor, tmp_path):
-        marker = str(tmp_path / "marker")
-        fut = executor.submit(task_defs.fail_until, (marker,), {})
-        with pytest.raises(ValueError, match="no marker"):
-            fut.result()
-        assert not task_defs.fail_until.is_cached(marker)
-        assert [r.status for r in _runs(task_defs.fail_until, marker)] == ["error"]
-        open(marker, "w").close()
-        assert executor.submit(task_defs.fail_until, (marker,), {}).result() == "ok"
-
-    def test_map_and_gather_keep_order(self, executor):
-        futs = executor.map(task_defs.add, range(6), (100,), {})
-        assert [f.task_id for f in futs] == [task_defs.add.task_id(i, 100) for i in range(6)]
-        assert kachery.gather(futs) == [100 + i for i in range(6)]
-        assert executor.gather(futs) == [100 + i for i in range(6)]
-
-    def test_futures_as_arguments(self, executor):
-        a = executor.submit(task_defs.add, (1, 2), {})
-        b = executor.submit(task_defs.add, (a, 10), {})
-        assert b.result() == 13
-        assert b.task_id == kachery.compute_task_id(
-            "pure", "task_defs.add", None, task_defs.add.code_hash, {"a": a, "b": 10})
-        assert _runs(task_defs.add, a, 10)[0].inputs == [a.task_id]
-
-    def test_nested_pure_calls_are_cached_and_recorded(self, executor):
-        x = np.arange(4.0)
-        fut = executor.submit(task_defs.summed_scale, (x, 5.0), {})
-        assert fut.result() == 30.0
-        assert task_defs.scale.is_cached(x, 5.0)
-        parent = task_defs.summed_scale.task_id(x, 5.0)
-        assert cache.current().records.children(parent) == [task_defs.scale.task_id(x, 5.0)]
-
-    def test_arrays_come_back_equal(self, executor):
-        out = executor.submit(task_defs.make_array, (5,), {}).result()
-        assert np.array_equal(out, np.arange(5.0))
-        assert np.array_equal(task_defs.make_array(5), out)  # recorded on this node
-
-    def test_actions_run_once_and_forced_recompute_runs(self, executor, tmp_path):
-        target = str(tmp_path / "published.txt")
-        first = executor.submit(task_defs.publish, (target, "hi"), {}).result()
-        second = executor.submit(task_defs.publish, (target, "hi"), {}).result()
-        assert first.ran and not second.ran
-        assert Path(target).read_text() == "hi\n"
-        executor.submit(task_defs.add, (40, 1), {}).result()
-        executor.submit(task_defs.add, (40, 1), {}, mode="force").result()
-        assert len(_runs(task_defs.add, 40, 1, status="success")) == 2
 
 
 class TestLocalExecutor(ExecutorContract):

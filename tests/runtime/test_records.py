@@ -9,8 +9,8 @@ import pytest
 import task_defs
 
 import kachery_tasks.runtime as kachery
-from kachery_tasks.config import node_dir
 from kachery_tasks.keys import node_keypair
+from kachery_tasks.nodes import current_node
 from kachery_tasks.runtime import cache
 from kachery_tasks.runtime.records import why
 
@@ -32,7 +32,7 @@ def test_a_run_records_its_provenance():
     assert run.inputs == [uri]
     assert run.status == "success" and run.error is None
     assert run.result_uri.startswith("sha256://") and run.codec == "pickle"
-    assert run.node == node_keypair(node_dir()).public_hex
+    assert run.node == node_keypair(current_node().dir).public_hex
     assert t0 <= run.started <= run.finished <= time.time()
     assert set(run.components["args"]) == {"a", "b"}
     served = _records().result(run.task_id)

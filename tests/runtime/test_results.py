@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import kachery_tasks.runtime as kachery
 from kachery_tasks.errors import ResultEncodingError, UntrustedPickleError
+from kachery_tasks.nodes import current_node
 from kachery_tasks.runtime import cache, results
-from kachery_tasks.storage.local import get_store
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def test_unknown_codec_name_is_a_clear_error():
 def _foreign_pickle_result(task, args, node_id):
     value = (1, "from elsewhere")
     data = results.PickleCodec().encode(value)
-    uri = get_store().store_bytes(data)
+    uri = current_node().store.store_bytes(data)
     tid = task.task_id(*args)
     cache.current().records.import_result(tid, "pure", task.name, uri, "pickle", node_id)
     return tid
@@ -171,7 +171,7 @@ def test_own_pickles_and_foreign_json_load_freely():
     assert task_defs.pair(1, 2) == (1, 2)
     cache.current().clear()
     assert task_defs.pair(1, 2) == (1, 2)
-    uri = get_store().store_bytes(b"[1,2]")
+    uri = current_node().store.store_bytes(b"[1,2]")
     tid = task_defs.add.task_id(100)
     cache.current().records.import_result(tid, "pure", "task_defs.add", uri, "json", "ef" * 32)
     assert task_defs.add(100) == [1, 2]
@@ -181,7 +181,7 @@ def test_own_pickles_and_foreign_json_load_freely():
 def _blob_of(task, *args) -> str:
     row = cache.current().records.result(task.task_id(*args))
     assert row is not None and row.data is None, "expected a result stored as a blob"
-    return get_store().load_file(row.result_uri)
+    return current_node().store.load_file(row.result_uri)
 
 
 def _overwrite(path: str, data: bytes) -> None:
@@ -203,7 +203,7 @@ def _assert_recomputed_because_damaged(task, args, counter, before, what):
     cache.current().clear()  # a new process: loaded from the store again, and sound
     task(*args)
     assert task_defs.calls[counter] == before + 1
-    assert get_store().verify().corrupt == []
+    assert current_node().store.verify().corrupt == []
 
 
 @pytest.mark.parametrize("damage", ["edit", "truncate"])

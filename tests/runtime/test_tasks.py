@@ -14,6 +14,7 @@ import task_defs
 
 import kachery_tasks.runtime as kachery
 from kachery_tasks.errors import TaskError
+from kachery_tasks.nodes import current_node
 from kachery_tasks.runtime import cache
 
 HERE = Path(__file__).parent
@@ -92,7 +93,6 @@ def test_missing_result_blob_means_recompute():
 
 def test_small_results_are_inline_and_can_be_materialized():
     from kachery_tasks.errors import ContentNotFoundError
-    from kachery_tasks.storage.local import get_store
 
     task_defs.add([1, 2], [3])
     tid = task_defs.add.task_id([1, 2], [3])
@@ -101,16 +101,16 @@ def test_small_results_are_inline_and_can_be_materialized():
     assert row.data == b"[1,2,3]" and row.codec == "json"
     assert row.result_uri.startswith("sha256://")
     with pytest.raises(ContentNotFoundError):
-        get_store().load_file(row.result_uri)  # not a blob yet
+        current_node().store.load_file(row.result_uri)  # not a blob yet
     assert c.materialize(tid) == row.result_uri
-    assert Path(get_store().load_file(row.result_uri)).read_bytes() == b"[1,2,3]"
+    assert Path(current_node().store.load_file(row.result_uri)).read_bytes() == b"[1,2,3]"
     c.clear()
     assert task_defs.add([1, 2], [3]) == [1, 2, 3]
 
 
 def test_inline_limit_from_environment(monkeypatch):
     monkeypatch.setenv(cache.ENV_INLINE, "0")
-    monkeypatch.setattr(cache, "_caches", {})
+    monkeypatch.setattr(current_node(), "runtime_cache", None)  # a new cache reads it
     task_defs.add(1000, 1)
     row = cache.current().records.result(task_defs.add.task_id(1000, 1))
     assert row.data is None and cache.current().store.has(row.result_uri)

@@ -4,6 +4,7 @@ import numpy as np
 import task_defs
 import zarr
 
+from kachery_tasks.nodes import current_node
 from kachery_tasks.runtime import cache as cache_mod
 from kachery_tasks.zarr_arrays import load_zarr
 
@@ -88,7 +89,6 @@ def test_returning_a_stored_zarr_array_stores_nothing_new(monkeypatch):
 
 
 def test_a_zarr_result_missing_chunks_is_computed_again(monkeypatch):
-    from kachery_tasks.storage.local import get_store
     from kachery_tasks.storage.zarr_store import ContentStore
 
     monkeypatch.setenv("KACHERY_TASKS_ZARR_THRESHOLD", str(64 * 1024))
@@ -96,9 +96,9 @@ def test_a_zarr_result_missing_chunks_is_computed_again(monkeypatch):
     before = task_defs.calls["scale"]
     task_defs.scale(x, 7.0)
     row = cache_mod.current().records.result(task_defs.scale.task_id(x, 7.0))
-    chunk = next(h for k, h in ContentStore.from_uri(row.result_uri).blobs().items()
+    chunk = next(h for k, h in ContentStore.from_uri(row.result_uri, current_node()).blobs().items()
                  if k.startswith("c/"))
-    get_store()._remove_blob(chunk)  # as gc would, leaving the index
+    current_node().store._remove_blob(chunk)  # as gc would, leaving the index
     cache_mod.current().clear()
     again = task_defs.scale(x, 7.0)
     assert task_defs.calls["scale"] == before + 2  # computed again, not served broken

@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from kachery_tasks.errors import StorageError
+from kachery_tasks.nodes import current_node
 from kachery_tasks.storage.batch import BlobBatch
 from kachery_tasks.storage.local import get_store
 
@@ -21,7 +22,7 @@ def _sha(data: bytes) -> str:
 
 
 def test_blobs_are_named_and_indexed_only_at_commit():
-    store = get_store()
+    store = current_node().store
     batch = BlobBatch(store)
     datas = [os.urandom(1000 + i) for i in range(5)]
     ids = [batch.add(d) for d in datas]
@@ -44,7 +45,7 @@ def test_blobs_are_named_and_indexed_only_at_commit():
 
 
 def test_same_content_is_written_once_and_known_content_not_at_all():
-    store = get_store()
+    store = current_node().store
     known = store.store_bytes(b"already here")
     batch = BlobBatch(store)
     a = batch.add(b"twice")
@@ -57,7 +58,7 @@ def test_same_content_is_written_once_and_known_content_not_at_all():
 
 
 def test_discard_leaves_nothing():
-    store = get_store()
+    store = current_node().store
     batch = BlobBatch(store)
     sha = batch.add(b"never kept")
     batch.discard()
@@ -71,15 +72,15 @@ def test_a_crash_before_commit_leaves_no_blob_and_no_row(node_path):
         """
         import os
         from kachery_tasks.storage.batch import BlobBatch
-        from kachery_tasks.storage.local import get_store
-        b = BlobBatch(get_store())
+        from kachery_tasks.nodes import current_node
+        b = BlobBatch(current_node().store)
         b.add(b"lost in the crash")
         os._exit(9)
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], env=os.environ.copy())
     assert proc.returncode == 9
-    store = get_store()
+    store = current_node().store
     sha = _sha(b"lost in the crash")
     assert not os.path.exists(store.blob_path(sha))
     assert not store.has(f"sha256://{sha}")
@@ -93,7 +94,7 @@ def test_a_crash_before_commit_leaves_no_blob_and_no_row(node_path):
 
 
 def test_a_pickled_batch_reads_pending_blobs_and_commits_them():
-    store = get_store()
+    store = current_node().store
     batch = BlobBatch(store)
     sha = batch.add(b"travels")
     copy = pickle.loads(pickle.dumps(batch))
@@ -114,7 +115,7 @@ def test_a_full_disk_is_a_storage_error_and_leaves_nothing(monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(batch_mod, "write_temp", full)
-    store = get_store()
+    store = current_node().store
     batch = BlobBatch(store)
     with pytest.raises(StorageError, match="space"):
         batch.add(b"nowhere to go, not even half of it")
@@ -123,7 +124,7 @@ def test_a_full_disk_is_a_storage_error_and_leaves_nothing(monkeypatch):
 
 
 def test_known_content_is_touched_and_a_blob_evicted_meanwhile_is_not_recorded():
-    store = get_store()
+    store = current_node().store
     old = store.store_bytes(b"old and unused")
     store.index.touch(_sha(b"old and unused"), 0.0)  # least recently used
     newer = store.store_bytes(b"newer")

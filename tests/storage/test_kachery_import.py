@@ -6,8 +6,8 @@ import os
 import pytest
 
 from kachery_tasks.errors import SourceFileError
+from kachery_tasks.nodes import current_node
 from kachery_tasks.storage.kachery_import import import_kachery_dir
-from kachery_tasks.storage.local import get_store
 
 
 def _put(root, data: bytes, name: str | None = None):
@@ -22,21 +22,21 @@ def test_import_verifies_and_resolves_sha1_uris(tmp_path):
     root = tmp_path / "kachery-cloud"
     good = [_put(root, os.urandom(n)) for n in (10, 5000, 1)]
     tampered = _put(root, b"edited after storing", name="1" * 40)
-    report = import_kachery_dir(root, progress=False)
+    report = import_kachery_dir(root, current_node().store, progress=False)
     assert report.imported == 3 and report.already == 0
     assert [p for p, _ in report.failed] == [str(root / "sha1/11/11/11" / tampered)]
-    store = get_store()
+    store = current_node().store
     for sha1 in good:
         with open(store.load_file(f"sha1://{sha1}?label=x"), "rb") as f:
             assert hashlib.sha1(f.read()).hexdigest() == sha1
     assert not store.has("sha1://" + "1" * 40)
-    again = import_kachery_dir(root, progress=False)
+    again = import_kachery_dir(root, current_node().store, progress=False)
     assert again.imported == 0 and again.already == 3
 
 
 def test_not_a_kachery_dir(tmp_path):
     with pytest.raises(SourceFileError, match="sha1/"):
-        import_kachery_dir(tmp_path, progress=False)
+        import_kachery_dir(tmp_path, current_node().store, progress=False)
 
 
 def test_dangling_links_and_pipes_in_the_tree_are_reported_and_skipped(tmp_path):
@@ -46,8 +46,8 @@ def test_dangling_links_and_pipes_in_the_tree_are_reported_and_skipped(tmp_path)
     d.mkdir(parents=True)
     (d / ("2" * 40)).symlink_to(tmp_path / "gone")
     os.mkfifo(d / ("3" * 40))
-    report = import_kachery_dir(root, progress=False)
-    assert report.imported == 1 and get_store().has(f"sha1://{good}")
+    report = import_kachery_dir(root, current_node().store, progress=False)
+    assert report.imported == 1 and current_node().store.has(f"sha1://{good}")
     why = dict(report.failed)
     dangling = why[str(d / ("2" * 40))]
     assert "symbolic link" in dangling and "does not exist" in dangling
@@ -69,4 +69,4 @@ def test_the_command_reports_them_and_exits_1(tmp_path, run_cli):
 
 def test_a_directory_name_too_long_is_a_clear_error(tmp_path):
     with pytest.raises(SourceFileError, match="cannot read"):
-        import_kachery_dir(tmp_path / ("n" * 300), progress=False)
+        import_kachery_dir(tmp_path / ("n" * 300), current_node().store, progress=False)

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from kachery_tasks.config import node_dir
 from kachery_tasks.errors import (
     ContentNotFoundError,
     CorruptContentError,
@@ -18,6 +17,7 @@ from kachery_tasks.errors import (
     SourceFileError,
     StorageFullError,
 )
+from kachery_tasks.nodes import current_node
 from kachery_tasks.storage import hashing
 from kachery_tasks.storage.local import get_store
 from kachery_tasks.uris import parse_uri
@@ -27,7 +27,7 @@ from kachery_tasks.uris import parse_uri
 def store(node_path):
     node_path.mkdir()
     (node_path / "config.toml").write_text('[store]\nchunk_size = "4KiB"\n')
-    return get_store(node_dir())
+    return get_store(current_node().dir)
 
 
 def _file(tmp_path, name, data):

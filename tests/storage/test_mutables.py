@@ -2,13 +2,13 @@ import multiprocessing as mp
 
 import pytest
 
-from kachery_tasks.config import node_dir
 from kachery_tasks.errors import InvalidValueError
-from kachery_tasks.storage.mutables import Mutables, get_mutables
+from kachery_tasks.nodes import current_node
+from kachery_tasks.storage.mutables import Mutables
 
 
 def test_set_get_delete_list():
-    m = get_mutables()
+    m = current_node().mutables
     m.set("alias/latest", "sha256://" + "a" * 64)
     m.set("alias/old", {"n": [1, 2]})
     m.set("Alias/other", 3)
@@ -23,11 +23,11 @@ def test_set_get_delete_list():
 @pytest.mark.parametrize("key,value", [("", 1), (None, 1), ("k", {1, 2}), ("k", float("nan"))])
 def test_bad_keys_and_values(key, value):
     with pytest.raises(InvalidValueError):
-        get_mutables().set(key, value)
+        current_node().mutables.set(key, value)
 
 
 def test_keys_must_be_unicode_text_and_values_not_too_deep():
-    m = get_mutables()
+    m = current_node().mutables
     for call in (lambda: m.set("\udcff", 1), lambda: m.get("a\udc80"),
                  lambda: m.delete("\ud800"), lambda: m.list("\udcff")):
         with pytest.raises(InvalidValueError, match="valid Unicode text"):
@@ -53,7 +53,7 @@ def _writer(path, start):
 
 
 def test_several_processes_lose_nothing():
-    node = node_dir()
+    node = current_node().dir
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(node.path), i * 200)) for i in range(3)]
     for p in procs:
@@ -61,5 +61,5 @@ def test_several_processes_lose_nothing():
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    values = get_mutables().list("k")
+    values = current_node().mutables.list("k")
     assert len(values) == 600 and values["k599"] == 599

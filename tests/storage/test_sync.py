@@ -11,6 +11,7 @@ import pytest
 import kachery_tasks as kachery
 from kachery_tasks.config import init_node_dir
 from kachery_tasks.errors import ContentNotFoundError, CorruptContentError
+from kachery_tasks.nodes import current_node
 from kachery_tasks.storage.buckets import open_bucket
 from kachery_tasks.storage.local import get_store
 from kachery_tasks.storage.sync import (
@@ -111,7 +112,7 @@ def test_a_zarr_array_goes_up_whole_index_last_and_reads_lazily_elsewhere(
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "a"))
     a = np.arange(60 * 60, dtype="f8").reshape(60, 60)
     uri = store_zarr(a, chunks=(20, 20))
-    members = set(ContentStore.from_uri(uri).blobs().values())
+    members = set(ContentStore.from_uri(uri, current_node()).blobs().values())
     bucket = open_bucket(bucket_url)
     puts: list[str] = []
     real_put = type(bucket).put
@@ -121,12 +122,12 @@ def test_a_zarr_array_goes_up_whole_index_last_and_reads_lazily_elsewhere(
         return real_put(self, key, data)
 
     monkeypatch.setattr(type(bucket), "put", put)
-    report = upload(get_store(), bucket, uri)
+    report = upload(current_node().store, bucket, uri)
     index_key = f"blobs/sha256/{parse_uri(uri).hex}"
     assert puts[-1] == index_key  # the index after everything it names
     assert {k.rsplit("/", 1)[1] for k in puts[:-1]} == members
     assert report.objects_written == len(members) + 1
-    assert upload(get_store(), bucket, uri).objects_written == 0  # already there
+    assert upload(current_node().store, bucket, uri).objects_written == 0  # already there
 
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "b"))
     monkeypatch.setenv("KACHERY_TASKS_BUCKET", bucket_url)
@@ -169,12 +170,13 @@ def test_a_zarr_array_with_chunks_over_the_chunk_size_travels(tmp_path, bucket_u
     rng = np.random.default_rng(3)
     a = rng.standard_normal((64, 256))  # zarr chunks of 8 x 256 float64 = 16 KiB + header
     uri = store_zarr(a, chunks=(16, 256))  # 32 KiB chunks: each a blob with a manifest
-    assert get_store().info(uri).size < 16 * 1024  # the index itself is small
+    assert current_node().store.info(uri).size < 16 * 1024  # the index itself is small
     from kachery_tasks.storage.zarr_store import ContentStore
 
-    chunk_blobs = [h for k, h in ContentStore.from_uri(uri).blobs().items() if k.startswith("c/")]
-    assert all(get_store().info(f"sha256://{h}").chunks >= 2 for h in chunk_blobs)
-    upload(get_store(), open_bucket(bucket_url), uri)
+    blobs = ContentStore.from_uri(uri, current_node()).blobs()
+    chunk_blobs = [h for k, h in blobs.items() if k.startswith("c/")]
+    assert all(current_node().store.info(f"sha256://{h}").chunks >= 2 for h in chunk_blobs)
+    upload(current_node().store, open_bucket(bucket_url), uri)
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "b"))
     monkeypatch.setenv("KACHERY_TASKS_BUCKET", bucket_url)
     np.testing.assert_array_equal(load_zarr(uri)[20:40, 100:120], a[20:40, 100:120])
@@ -190,9 +192,9 @@ def test_download_members_makes_a_whole_array_local(tmp_path, bucket_url, monkey
     a = np.arange(40 * 40, dtype="f8").reshape(40, 40)
     uri = store_zarr(a, chunks=(10, 10))
     bucket = open_bucket(bucket_url)
-    upload(get_store(), bucket, uri)
+    upload(current_node().store, bucket, uri)
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "b"))  # no bucket configured here
-    b = get_store()
+    b = current_node().store
     assert download_members(b, bucket, uri) == 17  # 16 chunks and zarr.json
     assert missing_blobs(uri) == []
     np.testing.assert_array_equal(load_zarr(uri)[:], a)  # read with no bucket at all
@@ -218,9 +220,9 @@ def test_an_array_whose_index_is_over_the_chunk_size_travels_and_is_kept(
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "a"))
     a = np.arange(64 * 8, dtype="i4").reshape(64, 8)
     uri = store_zarr(a, chunks=(1, 8))  # 64 chunks: an index of several KiB
-    store = get_store()
+    store = current_node().store
     assert store.info(uri).chunks > 1  # the index has a manifest
-    members = set(ContentStore.from_uri(uri).blobs().values())
+    members = set(ContentStore.from_uri(uri, current_node()).blobs().values())
     store.pin(uri)
     store.gc(0, grace=0)
     assert all(store.has(f"sha256://{h}") for h in members)

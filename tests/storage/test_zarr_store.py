@@ -38,7 +38,7 @@ from kachery_tasks.errors import (
     KacheryError,
     StorageError,
 )
-from kachery_tasks.storage.local import get_store
+from kachery_tasks.nodes import current_node
 from kachery_tasks.storage.zarr_store import ContentStore
 from kachery_tasks.uris import parse_uri
 from kachery_tasks.zarr_arrays import load_zarr, store_zarr
@@ -55,7 +55,7 @@ class TestContentStoreConformance(StoreTests[ContentStore, cpu.Buffer]):
     buffer_cls = cpu.Buffer
 
     async def set(self, store: ContentStore, key: str, value: Buffer) -> None:
-        uri = get_store().store_bytes(value.to_bytes())
+        uri = current_node().store.store_bytes(value.to_bytes())
         store._keys[key] = parse_uri(uri).hex
 
     async def get(self, store: ContentStore, key: str) -> Buffer:
@@ -64,11 +64,11 @@ class TestContentStoreConformance(StoreTests[ContentStore, cpu.Buffer]):
 
     @pytest.fixture
     def store_kwargs(self) -> dict:
-        return {}
+        return {"source": current_node()}
 
     # StoreTests declares these fixtures async; anyio only runs async fixtures
     # for async tests, so they are plain fixtures here (same stores as
-    # ``await ContentStore.open(**kwargs)`` / ``ContentStore(**kwargs)``).
+    # ``await ContentStore.open(**kwargs, source=current_node())`` / ``ContentStore(**kwargs)``).
     @pytest.fixture
     def store(self, open_kwargs: dict) -> ContentStore:
         return sync(ContentStore.open(**open_kwargs))
@@ -88,7 +88,7 @@ class TestContentStoreConformance(StoreTests[ContentStore, cpu.Buffer]):
 
 
 def _blob_count() -> int:
-    return get_store().index.stored_bytes()[0]
+    return current_node().store.index.stored_bytes()[0]
 
 
 def test_import_kachery_tasks_does_not_import_zarr():
@@ -132,12 +132,12 @@ def test_sealed_index_format():
     import json
 
     uri = store_zarr(np.zeros(4, dtype="u1"), chunks=(2,))
-    with open(get_store().load_file(uri), "rb") as f:
+    with open(current_node().store.load_file(uri), "rb") as f:
         doc = json.loads(f.read())
     assert doc["format"] == "kachery-tasks/zarr/1"
     assert "zarr.json" in doc["keys"]
     for h in doc["keys"].values():
-        assert get_store().has(f"sha256://{h}")
+        assert current_node().store.has(f"sha256://{h}")
 
 
 def test_one_changed_chunk_adds_one_chunk_blob():
@@ -154,7 +154,7 @@ def test_one_changed_chunk_adds_one_chunk_blob():
 
 
 def test_shared_chunks_are_shared_blobs():
-    s1, s2 = ContentStore(), ContentStore()
+    s1, s2 = ContentStore(source=current_node()), ContentStore(source=current_node())
     a = np.ones((20,), dtype="i4")
     zarr.create_array(s1, data=a, chunks=(10,))
     zarr.create_array(s2, data=np.concatenate([a[:10], a[10:] * 2]), chunks=(10,))
@@ -163,20 +163,20 @@ def test_shared_chunks_are_shared_blobs():
 
 
 def test_reading_a_slice_touches_only_needed_chunks(monkeypatch):
-    from kachery_tasks.storage import zarr_store
+    from kachery_tasks.nodes import Node
 
     a = np.arange(100 * 100, dtype="f4").reshape(100, 100)
     uri = store_zarr(a, chunks=(10, 10))
-    hashes = ContentStore.from_uri(uri).blobs()
+    hashes = ContentStore.from_uri(uri, current_node()).blobs()
     by_hash = {h: k for k, h in hashes.items()}
     touched: list[str] = []
-    real = zarr_store._local_path
+    real = Node.local_path
 
-    def spy(u: str) -> str:
+    def spy(node, u: str, *args) -> str:
         touched.append(by_hash.get(parse_uri(u).hex, "index"))
-        return real(u)
+        return real(node, u, *args)
 
-    monkeypatch.setattr(zarr_store, "_local_path", spy)
+    monkeypatch.setattr(Node, "local_path", spy)
     z = load_zarr(uri)
     touched.clear()
     np.testing.assert_array_equal(z[12:18, 35:45], a[12:18, 35:45])
@@ -190,15 +190,15 @@ def test_reading_a_slice_fetches_only_needed_chunks_from_the_bucket(tmp_path, mo
 
     a = np.arange(64, dtype="i8").reshape(8, 8)
     uri = store_zarr(a, chunks=(4, 4))
-    hashes = ContentStore.from_uri(uri).blobs()
+    hashes = ContentStore.from_uri(uri, current_node()).blobs()
     bucket_url = f"file://{tmp_path}/bucket"
     bucket = open_bucket(bucket_url)
     for h in [parse_uri(uri).hex, *hashes.values()]:
-        upload(get_store(), bucket, f"sha256://{h}")
+        upload(current_node().store, bucket, f"sha256://{h}")
 
     monkeypatch.setenv("KACHERY_TASKS_DIR", str(tmp_path / "other-node"))
     monkeypatch.setenv("KACHERY_TASKS_BUCKET", bucket_url)
-    other = get_store()
+    other = current_node().store
     assert other.index.stored_bytes()[0] == 0
     z = load_zarr(uri)
     np.testing.assert_array_equal(z[5:7, 1:3], a[5:7, 1:3])
@@ -212,17 +212,17 @@ def test_load_zarr_bad_uris():
         load_zarr("not a uri")
     with pytest.raises(ContentNotFoundError):
         load_zarr("sha256://" + "0" * 64)
-    not_index = get_store().store_bytes(b'{"hello": 1}')
+    not_index = current_node().store.store_bytes(b'{"hello": 1}')
     with pytest.raises(StorageError, match="not a kachery-tasks zarr array"):
         load_zarr(not_index)
-    garbage = get_store().store_bytes(b"\x00\x01garbage")
+    garbage = current_node().store.store_bytes(b"\x00\x01garbage")
     with pytest.raises(KacheryError):
         load_zarr(garbage)
 
 
 def test_read_only_store_refuses_writes():
     uri = store_zarr(np.zeros(3), chunks=(3,))
-    s = ContentStore.from_uri(uri)
+    s = ContentStore.from_uri(uri, current_node())
     assert s.read_only
     with pytest.raises(ValueError, match="read-only"):
         s.set_sync("x", cpu.Buffer.from_bytes(b"1"))
@@ -241,17 +241,17 @@ def test_zarr_v2_source_is_stored_as_v3():
 
 def test_await_open_with_uri_is_read_only():
     uri = store_zarr(np.arange(6), chunks=(3,))
-    s = sync(ContentStore.open(uri))
-    assert s.read_only and s._is_open and s == ContentStore.from_uri(uri)
+    s = sync(ContentStore.open(uri, source=current_node()))
+    assert s.read_only and s._is_open and s == ContentStore.from_uri(uri, current_node())
 
 
 def test_gc_keeps_the_chunks_of_a_pinned_array_and_evicts_the_others():
-    store = get_store()
+    store = current_node().store
     kept = store_zarr(np.arange(400, dtype="f8").reshape(20, 20), chunks=(10, 10))
     dropped = store_zarr(np.arange(400, dtype="f8").reshape(20, 20) + 0.5, chunks=(10, 10))
     store.pin(kept)
-    only_dropped = set(ContentStore.from_uri(dropped).blobs().values()) - set(
-        ContentStore.from_uri(kept).blobs().values()
+    only_dropped = set(ContentStore.from_uri(dropped, current_node()).blobs().values()) - set(
+        ContentStore.from_uri(kept, current_node()).blobs().values()
     )
     assert only_dropped  # the chunks differ
     report = store.gc(0, grace=0)
@@ -261,7 +261,7 @@ def test_gc_keeps_the_chunks_of_a_pinned_array_and_evicts_the_others():
     )
     for h in only_dropped:
         assert not store.has(f"sha256://{h}")
-    chunks = set(ContentStore.from_uri(kept).blobs().values())
+    chunks = set(ContentStore.from_uri(kept, current_node()).blobs().values())
     store.pin(kept, pinned=False)
     store.gc(0, grace=0)
     assert not any(store.has(f"sha256://{h}") for h in chunks)
@@ -278,18 +278,18 @@ def test_sealing_flushes_every_chunk_together(monkeypatch):
         order.append(f"commit {len(self)}")
         real_commit(self)
 
-    real_store_bytes = type(get_store()).store_bytes
+    real_store_bytes = type(current_node().store).store_bytes
 
     def store_bytes(self, data, label=None):
         order.append(f"store {label}")
         return real_store_bytes(self, data, label)
 
     monkeypatch.setattr(batch_mod.BlobBatch, "commit", commit)
-    monkeypatch.setattr(type(get_store()), "store_bytes", store_bytes)
+    monkeypatch.setattr(type(current_node().store), "store_bytes", store_bytes)
     uri = store_zarr(np.arange(100, dtype="i4"), chunks=(10,))
     # 10 chunks + zarr.json in one batch, then the index
     assert order == ["commit 11", "store zarr-index.json"]
-    assert os.listdir(get_store().incoming) == []
+    assert os.listdir(current_node().store.incoming) == []
     np.testing.assert_array_equal(load_zarr(uri)[:], np.arange(100, dtype="i4"))
 
 
@@ -306,9 +306,9 @@ def test_an_index_is_parsed_once_and_handed_out_as_a_copy(monkeypatch):
 
     monkeypatch.setattr(zarr_index, "decode_index", counting)
     zarr_index._indexes.clear()
-    first = zarr_index.read_index(uri)
+    first = zarr_index.read_index(uri, current_node())
     first["c/0"] = "f" * 64  # a caller's copy: the cache is not touched
-    second = zarr_index.read_index(uri)
+    second = zarr_index.read_index(uri, current_node())
     assert len(parsed) == 1 and second["c/0"] != "f" * 64
     np.testing.assert_array_equal(load_zarr(uri)[:], np.arange(100, dtype="i4"))
 

@@ -17,8 +17,8 @@ absent object, BucketNotFoundError, BucketAccessError (credentials,
 permission) and TransferError (transient failure after retries). No backend
 puts a credential in a message.
 
-The contract is tested once, in ``tests/storage/buckets/contract.py``, and run
-against every backend.
+The contract is tested once, by :class:`kachery_tasks.testing.buckets.BucketContract`,
+which ships with the package and runs against every backend (a third party's too).
 """
 
 from __future__ import annotations

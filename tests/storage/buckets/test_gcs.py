@@ -13,7 +13,7 @@ from kachery_tasks.errors import (
 )
 from kachery_tasks.storage.buckets import gcs
 from kachery_tasks.storage.buckets.gcs import GCSBucket
-from tests.storage.buckets.contract import BucketContract
+from kachery_tasks.testing.buckets import BucketContract
 
 
 class TestGCSBucket(BucketContract):

@@ -3,7 +3,7 @@ import pytest
 from kachery_tasks.errors import BucketAccessError, BucketNotFoundError, InvalidValueError
 from kachery_tasks.storage.buckets import open_bucket
 from kachery_tasks.storage.buckets.local import FileBucket
-from tests.storage.buckets.contract import BucketContract
+from kachery_tasks.testing.buckets import BucketContract
 
 
 class TestFileBucket(BucketContract):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import task_defs
 
-from kachery_tasks.canonical import canonical_json
+from kachery_tasks.envelopes import seal
 from kachery_tasks.keys import KeyPair
 from kachery_tasks.runtime import cache as cache_mod
-from kachery_tasks.runtime.remote import result_key
+from kachery_tasks.storage.layout import result_key
 
 
 @pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
@@ -51,7 +51,7 @@ def _served_after_tampering(shared, a: int, b: int, tamper) -> bool:
 @pytest.mark.parametrize("shared", ["file"], indirect=True)
 def test_a_forged_record_is_ignored(shared):
     def tamper(doc):
-        doc["record"]["finished"] += 1  # tampered after signing: only the signature can tell
+        doc["body"]["finished"] += 1  # tampered after signing: only the signature can tell
 
     assert not _served_after_tampering(shared, 5, 6, tamper)  # computed here instead
 
@@ -60,9 +60,8 @@ def test_a_forged_record_is_ignored(shared):
 def test_a_record_signed_by_another_key_than_its_node_is_ignored(shared):
     def tamper(doc):
         intruder = KeyPair.generate()  # a valid signature, but not by the node the record names
-        doc["signer"] = intruder.public_hex
-        doc["signature"] = intruder.sign(canonical_json(doc["record"]))
-        assert KeyPair(doc["signer"]).verify(canonical_json(doc["record"]), doc["signature"])
+        doc.update(seal("result-record", doc["body"], intruder).to_dict())
+        assert doc["signer"] == intruder.public_hex != doc["body"]["node"]
 
     assert not _served_after_tampering(shared, 7, 8, tamper)  # computed here instead
     tid = task_defs.add.task_id(7, 8)

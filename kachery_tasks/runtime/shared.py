@@ -1,0 +1,148 @@
+"""Pure results shared through a node's remotes: signed result records.
+
+A node that computes a pure result publishes it to each of its remotes:
+first the result's bytes (as content, see :meth:`Remote.offer_content`), then
+a **result record**, a signed envelope (:mod:`kachery_tasks.envelopes`) of
+kind ``result-record`` whose body is::
+
+    {"task_id", "kind": "pure", "function", "result_uri", "codec", "node", "finished"}
+
+signed by the node that computed it (``signer`` equals ``node``). The record
+is written last and create-only, so its presence means its result is there;
+the first node to publish an id wins (pure results of one id are
+interchangeable).
+
+On a pure miss, a node asks its remotes for records before computing
+(:func:`fetch_many` asks for a whole batch at once: a ``map`` over a thousand
+items costs a few parallel round trips, not a thousand in sequence). A record
+is used only when its envelope verifies, its signer is the node it names, it
+is for the task id asked and for a pure task, and the remote trusts the
+signer (a channel accepts only members allowed to process tasks); then the
+result is fetched (verified against its id) and recorded locally as computed
+by that node, so ``tasks show`` names it and a pickle from it still needs the
+user's permission to load. Anything else is logged and ignored: the caller
+computes instead.
+
+Calls submitted to Dask share the same way: the client looks up a batch of
+misses before submitting, and each worker publishes what it computed
+through the client's remotes, signed by the worker's node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ..envelopes import open_envelope, seal
+from ..errors import EnvelopeError, KacheryError
+
+if TYPE_CHECKING:
+    from ..remotes.base import Remote
+    from .cache import NodeCache
+
+log = logging.getLogger(__name__)
+
+KIND = "result-record"
+_FIELDS = ("task_id", "kind", "function", "result_uri", "codec", "node", "finished")
+
+
+def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None) -> bool:
+    """Publish the pure result of ``task_id`` to the node's remotes; True if a record was
+    written. Only the node that computed a result signs it."""
+    row = c.records.result(task_id)
+    if row is None or row.kind != "pure" or row.result_uri is None:
+        return False
+    if row.node != c.node_id:
+        return False
+    wrote = False
+    uri: str | None = None
+    for remote in c.node.remotes if remotes is None else remotes:
+        if remote.has_result_record(task_id):
+            continue  # the first one wins
+        uri = uri or c.materialize(task_id)
+        if remote.offer_content(c.store, uri, progress=False) is None:
+            continue  # a remote that takes no content cannot hold the result
+        body = {"task_id": task_id, "kind": row.kind, "function": row.function,
+                "result_uri": uri, "codec": row.codec, "node": row.node,
+                "finished": row.finished}
+        wrote |= remote.put_result_record(task_id, seal(KIND, body, c.node.key).to_bytes())
+    return wrote
+
+
+def fetch(c: NodeCache, task_id: str) -> bool:
+    """Import a result published for ``task_id``; True when one was found and verified."""
+    return task_id in fetch_many(c, [task_id])
+
+
+def fetch_many(c: NodeCache, task_ids: Iterable[str], threads: int | None = None) -> set[str]:
+    """Import the published results of ``task_ids`` that verify; the ids imported."""
+    ids = list(dict.fromkeys(task_ids))
+    if not ids or not c.node.remotes:
+        return set()
+    found = c.node.get_result_records(ids)
+    todo = [(tid, candidates) for tid, candidates in found.items()]
+    if not todo:
+        return set()
+    threads = min(len(todo), threads or c.node.config.transfer_threads)
+
+    def one(item: tuple[str, list[tuple[Remote, bytes]]]) -> bool:
+        tid, candidates = item
+        return any(_import(c, tid, remote, data) for remote, data in candidates)
+
+    if threads <= 1:
+        ok = [one(item) for item in todo]
+    else:
+        with ThreadPoolExecutor(threads, thread_name_prefix="kachery-results") as pool:
+            ok = list(pool.map(one, todo))
+    return {tid for (tid, _), good in zip(todo, ok) if good}
+
+
+def read_record(data: bytes, task_id: str, source: str) -> dict[str, Any]:
+    """The body of a result record for ``task_id``, checked; EnvelopeError otherwise."""
+    env = open_envelope(data, KIND, source=source)
+    body = env.body
+    if not isinstance(body, dict) or set(body) != set(_FIELDS):
+        raise EnvelopeError(f"{source}: not a result record (fields {sorted(body or {})})")
+    if body["task_id"] != task_id:
+        raise EnvelopeError(f"{source}: the record is for {body['task_id']}, not {task_id}")
+    if body["kind"] != "pure":
+        raise EnvelopeError(f"{source}: only pure results are shared, not {body['kind']!r}")
+    if body["node"] != env.signer:
+        raise EnvelopeError(
+            f"{source}: signed by {env.signer[:16]}..., not by the node it names "
+            f"({str(body['node'])[:16]}...)"
+        )
+    if not isinstance(body["result_uri"], str) or not isinstance(body["function"], str):
+        raise EnvelopeError(f"{source}: malformed result record")
+    return body
+
+
+def _import(c: NodeCache, task_id: str, remote: Remote, data: bytes) -> bool:
+    where = f"the published result of {task_id} in {remote.url}"
+    try:
+        body = read_record(data, task_id, where)
+    except EnvelopeError as e:
+        log.warning("ignoring %s", e)
+        return False
+    if not remote.trusts_result_signer(body["node"]):
+        log.warning("ignoring %s: its signer %s... may not publish results there",
+                    where, body["node"][:16])
+        return False
+    try:
+        c.node.local_path(body["result_uri"])  # fetched (verified) through the remotes
+    except KacheryError as e:
+        log.warning("ignoring %s: %s", where, e)
+        return False
+    c.records.import_result(
+        task_id, "pure", body["function"], body["result_uri"], body["codec"], body["node"],
+        body.get("finished"),
+    )
+    return True
+
+
+def publish_all(c: NodeCache, remotes: Iterable[Remote] | None = None) -> int:
+    """Publish every pure result this node computed that a remote lacks; the count."""
+    targets = list(c.node.remotes if remotes is None else remotes)
+    return sum(publish(c, tid, targets) for tid in c.records.pure_results_of(c.node_id))
