@@ -33,7 +33,8 @@ the class derives from it too, so generic handlers keep working.
     │   ├── ResultEncodingError     a result that cannot be stored
     │   ├── TaskNotCachedError      (LookupError) no result recorded for a task id
     │   ├── UntrustedPickleError    a pickle from another node, not allowed
-    │   └── ExecutorError           the executor (e.g. a Dask cluster) failed
+    │   ├── ExecutorError           the executor (e.g. a Dask cluster) failed
+    │   └── CallRejectedError       a call sent by another node does not match the task here
     └── PubSubError                 pub/sub: connect, publish (nack, timeout), presence
         └── PubSubAuthError         the broker refused this client's credentials
 """
@@ -162,6 +163,10 @@ class UntrustedPickleError(TaskError):
 
 class ExecutorError(TaskError):
     """The executor failed (for example a Dask cluster that is gone)."""
+
+
+class CallRejectedError(TaskError):
+    """A call received from another node names a task, code or id this node does not match."""
 
 
 class PubSubError(KacheryError):

@@ -35,7 +35,6 @@ KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 # Cycles that exist today, each closed by an import inside a function.
 KNOWN_CYCLES = [
-    {"kachery_tasks.runtime.executors", "kachery_tasks.runtime.tasks"},
 ]
 
 
@@ -71,13 +70,17 @@ def import_graph() -> dict[str, dict[str, bool]]:
                 candidates = [a.name for a in node.names]
             else:
                 continue
-            for name in candidates:
+            found = set()
+            for name in candidates:  # every imported name (``from . import a, b``: a and b)
                 while name and name not in mods:
                     name = name.rpartition(".")[0]
                 if name and name != mod:
-                    top = id(node) not in in_function
-                    graph[mod][name] = graph[mod].get(name, False) or top
-                    break
+                    found.add(name)
+            if len(found) > 1 and isinstance(node, ast.ImportFrom):
+                found.discard(target)  # the package named by ``from . import a``: only a
+            top = id(node) not in in_function
+            for name in found:
+                graph[mod][name] = graph[mod].get(name, False) or top
     return graph
 
 
@@ -139,10 +142,17 @@ def test_no_import_cycles_except_the_known_ones():
         assert any(cycle <= known for known in KNOWN_CYCLES), f"new import cycle: {sorted(cycle)}"
 
 
+def test_tasks_find_their_executor_without_importing_executors():
+    graph = import_graph()
+    assert "kachery_tasks.runtime.executors" not in graph["kachery_tasks.runtime.tasks"]
+    assert graph["kachery_tasks.runtime.executors"]["kachery_tasks.runtime.tasks"] is True
+    assert graph["kachery_tasks.runtime.tasks"]["kachery_tasks.runtime.context"] is True
+
+
 def test_the_checks_see_what_is_there():
     graph = import_graph()
     assert graph["kachery_tasks.cli.files"]["kachery_tasks.files"] is True
-    assert graph["kachery_tasks.runtime.tasks"]["kachery_tasks.runtime.executors"] is False
+    assert graph["kachery_tasks.runtime.wire"]["kachery_tasks.runtime.file_args"] is False
     made_up = {"a": {"b": True}, "b": {"c": False}, "c": {"a": True}, "d": {"a": True}}
     assert _cycles(made_up, module_level_only=False) == [{"a", "b", "c"}]
     assert _cycles(made_up, module_level_only=True) == []

@@ -42,6 +42,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import contextvars
+import dataclasses
 import secrets
 import socket
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,9 +52,13 @@ from .. import nodes as node_mod
 from ..config import ENV_DIR, default_path
 from ..errors import ExecutorError
 from . import cache as cache_mod
-from . import encoders, shared
-from .records import ResultRow
-from .tasks import ActionOutcome, Task
+from . import context, encoders, shared
+from .call import Call, encode_result
+from .context import current_executor, use_executor
+from .tasks import Task
+
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "TaskFuture", "current_executor", "dask",
+           "dask_key", "gather", "nested_runner", "use_executor"]
 
 _NOTHING = object()
 
@@ -104,11 +109,7 @@ class TaskFuture:
         )
 
 
-def _enc_future(v: TaskFuture, out: list) -> None:
-    out.append(b"r" + v.task_id[7:].encode("ascii"))
-
-
-encoders.register_special(TaskFuture, _enc_future)
+encoders.register_special(TaskFuture, encode_result)  # tag r: the producer's task id
 
 
 def _readonly_array(value: Any) -> Any:
@@ -146,40 +147,23 @@ class LocalExecutor(Executor):
     """Runs each submission immediately, in the calling thread."""
 
     def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
-        tid, parts, marks = task._id(args, kwargs)  # encoded once, hit or miss
+        call = task.prepare(*args, **kwargs)  # encoded once, hit or miss
         try:
-            value = task._run(mode, tid, parts, marks, args, kwargs)
+            value = task.run(call, mode)
         except Exception as e:
-            return TaskFuture(task, tid, error=e, executor=self)
-        return TaskFuture(task, tid, value=value, executor=self)
+            return TaskFuture(task, call.task_id, error=e, executor=self)
+        return TaskFuture(task, call.task_id, value=value, executor=self)
 
 
 LOCAL = LocalExecutor()
-_current: contextvars.ContextVar[Executor | None] = contextvars.ContextVar(
-    "kachery_executor", default=None
-)
-
-
-def current_executor() -> Executor:
-    """The executor submissions go to: the innermost ``dask(...)`` block, else in-process."""
-    return _current.get() or LOCAL
-
-
-@contextlib.contextmanager
-def use_executor(executor: Executor) -> Iterator[Executor]:
-    """Send ``submit``/``map`` to ``executor`` inside the block."""
-    token = _current.set(executor)
-    try:
-        yield executor
-    finally:
-        _current.reset(token)
+context.set_default_executor(LOCAL)
 
 
 # ------------------------------------------------------------------ Dask
 def dask_key(task: Task, task_id: str, mode: str) -> str:
     """The Dask key of a call (see the module docstring)."""
     key = f"{task.name}-{task_id}"
-    if mode != "call" or task.kind == "query":
+    if task.policy.unique_key(mode):
         key += f"-{secrets.token_hex(6)}"
     return key
 
@@ -202,29 +186,26 @@ class DaskExecutor(Executor):
 
     def _submit_many(self, task: Task, calls: list[tuple[tuple, dict]], mode: str) -> list:
         c = cache_mod.current()
-        prepared = []
-        for args, kwargs in calls:
-            tid, parts, marks = task._id(args, kwargs)
-            prepared.append((tid, parts, marks, args, kwargs))
+        policy = task.policy
+        prepared = [task.prepare(*args, **kwargs) for args, kwargs in calls]
         out: list[TaskFuture | None] = [None] * len(prepared)
-        if mode == "call" and task.kind != "query":
+        if policy.check_cached(mode):
             self._serve_cached(c, task, prepared, out)
-            missing = [prepared[i][0] for i, f in enumerate(out) if f is None]
-            if task.kind == "pure" and missing and shared.fetch_many(c, missing):
+            missing = [prepared[i].task_id for i, f in enumerate(out) if f is None]
+            if policy.deterministic and missing and shared.fetch_many(c, missing):
                 self._serve_cached(c, task, prepared, out)  # what collaborators computed
         todo = [i for i, f in enumerate(out) if f is None]
         if not todo:
             return out  # type: ignore[return-value]
         node_spec = (str(c.node.path) if self.share_node_dir else None,
                      [r.url for r in c.node.remotes])
-        reason = {"call": "miss", "force": "forced", "again": "again"}[mode]
-        if task.kind == "query":
-            reason = "query"
+        reason = policy.reason(mode)
         by_key: dict[str, int] = {}
         key_of: dict[int, str] = {}
         keys, starts, dargs, dkwargs = [], [], [], []
         for i in todo:
-            tid, parts, marks, a, k = prepared[i]
+            call = prepared[i]
+            tid, a, k = call.task_id, call.args, call.kwargs
             key = dask_key(task, tid, mode)
             if self._erred(key):  # a failure still held by some future: run afresh
                 key = f"{key}-{secrets.token_hex(6)}"
@@ -236,7 +217,7 @@ class DaskExecutor(Executor):
             if _has_future(a) or _has_future(k.values()):
                 # the id encodes producers by reference: describe the call before Dask
                 # replaces the futures by their values
-                starts.append(task._prepare(tid, parts, marks, a, k, reason, c.node_id))
+                starts.append(call.start(reason, c.node_id))
             else:  # the worker describes it (keeps the scheduler's messages small)
                 starts.append((tid, reason))
             dargs.append(self._to_dask(a))
@@ -251,38 +232,37 @@ class DaskExecutor(Executor):
             raise self._executor_error(e) from e
         for i in todo:
             dfut = dfuts[by_key[key_of[i]]]
-            out[i] = TaskFuture(task, prepared[i][0], dask_future=dfut, executor=self)
+            out[i] = TaskFuture(task, prepared[i].task_id, dask_future=dfut, executor=self)
         return out  # type: ignore[return-value]
 
     def _erred(self, key: str) -> bool:
         state = getattr(self.client, "futures", {}).get(key)
         return state is not None and getattr(state, "status", None) == "error"
 
-    def _serve_cached(self, c: cache_mod.NodeCache, task: Task, prepared: list, out: list) -> None:
+    def _serve_cached(self, c: cache_mod.NodeCache, task: Task, prepared: list[Call],
+                      out: list) -> None:
         """Fill ``out`` with finished futures for calls that are cached (no submission)."""
-        if task.kind == "pure":
-            for i, p in enumerate(prepared):
-                v = c.get(p[0])
+        policy = task.policy
+        if policy.deterministic:
+            for i, call in enumerate(prepared):
+                v = c.get(call.task_id)
                 if v is not cache_mod.MISS:
-                    out[i] = TaskFuture(task, p[0], value=v)
-        rest = [p[0] for i, p in enumerate(prepared) if out[i] is None]
+                    out[i] = TaskFuture(task, call.task_id, value=v)
+        rest = [call.task_id for i, call in enumerate(prepared) if out[i] is None]
         if not rest:
             return
         rows = c.records.results_many(rest)
-        for i, p in enumerate(prepared):
-            row = rows.get(p[0])
+        for i, call in enumerate(prepared):
+            row = rows.get(call.task_id)
             if out[i] is not None or row is None:
                 continue
-            if task.kind == "action":
-                out[i] = _action_future(task, row)
-                continue
             try:
-                v = c.load(row)
-            except Exception as e:  # untrusted pickle: the caller sees it on result()
-                out[i] = TaskFuture(task, p[0], error=e)
+                v = policy.served(task, row, c.load)
+            except Exception as e:  # a failed action, an untrusted pickle: seen on result()
+                out[i] = TaskFuture(task, call.task_id, error=e)
                 continue
             if v is not cache_mod.MISS:
-                out[i] = TaskFuture(task, p[0], value=v)
+                out[i] = TaskFuture(task, call.task_id, value=v)
 
     def _to_dask(self, value: Any) -> Any:
         """Replace TaskFutures in an argument structure by what Dask can resolve."""
@@ -336,14 +316,6 @@ class DaskExecutor(Executor):
                 self.cluster.close()
 
 
-def _action_future(task: Task, row: ResultRow) -> TaskFuture:
-    if row.status == "success":
-        return TaskFuture(task, row.task_id,
-                          value=ActionOutcome(row.task_id, task.name, True, False, None,
-                                              row.finished))
-    return TaskFuture(task, row.task_id, error=task.action_failed(row))
-
-
 # -------------------------------------------------------- on the worker
 NodeSpec = tuple[str | None, list[str]]
 _worker_node: contextvars.ContextVar[NodeSpec | None] = contextvars.ContextVar(
@@ -376,15 +348,15 @@ def _run_here(task: Task, start: Any, args: tuple, kwargs: dict, mode: str) -> A
     """Run a call on this worker's current node (served from its memo if cached)."""
     c = cache_mod.current()
     tid = start[0] if type(start) is tuple else start.task_id
-    if mode == "call" and task.kind == "pure":
+    if mode == "call" and task.policy.deterministic:
         v = c.get(tid)
         if v is not cache_mod.MISS:
             return v
-    if type(start) is tuple:
-        parts, marks = task._encode(args, kwargs)
-        start = task._prepare(tid, parts, marks, args, kwargs, start[1], c.node_id)
+    if type(start) is tuple:  # recorded under the client's id, which its caller awaits
+        start = dataclasses.replace(
+            task.prepare(*args, **kwargs).start(start[1], c.node_id), task_id=tid)
     value = task.run_started(c, start, args, kwargs, mode)
-    if task.kind == "pure":
+    if task.policy.deterministic:
         shared.publish(c, tid)
     return value
 
@@ -406,6 +378,7 @@ def nested_runner() -> Any:
     ctx = _worker_node.get()
     if ctx is None:
         return None
+
     def run(task: Task, start: Any, args: tuple, kwargs: dict, mode: str) -> Any:
         from distributed import worker_client
 
@@ -416,6 +389,9 @@ def nested_runner() -> Any:
             return _readonly_array(fut.result())
 
     return run
+
+
+context.set_nested_runner(nested_runner)
 
 
 # -------------------------------------------------------------- public

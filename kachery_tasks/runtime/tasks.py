@@ -21,72 +21,53 @@ a notebook); lambdas need ``name=``. Generator functions and coroutines
 cannot be tasks. Results are read-only (see :mod:`.results`).
 Inside a task, calls to other tasks are recorded as call edges
 (parent -> child) and, for pure tasks, cached too.
+
+A call is encoded once into a :class:`~.call.Call` (``task.prepare``), which
+``task.run`` runs; a direct call of a pure task that hits the in-process memo
+skips building it. Where the kinds differ, the task asks its policy
+(``task.policy``, see :mod:`.policies`). ``submit`` and ``map`` find the
+executor through :mod:`.context`: this module does not import the executors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import os
-import stat as stat_mod
 import sys
 import threading
 import time
 import types
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar, overload
+from typing import Any, TypeVar, overload
 
-from ..errors import (
-    InvalidValueError,
-    SourceFileError,
-    TaskDefinitionError,
-    TaskError,
-)
+from ..errors import InvalidValueError, TaskDefinitionError, TaskError
 from ..uris import format_uri
 from . import cache as cache_mod
-from . import codehash, encoders, ids, leases, results
+from . import codehash, context, encoders, ids, leases, results
+from .call import Call, resolve_futures, resolve_futures_kw
 from .encoders import _DISPATCH, _Refused, _resolve
+from .file_args import File as File  # re-exported: kachery.File
+from .policies import (
+    POLICIES,
+    ActionOutcome,
+    QueryResult,
+    StaleResultWarning,
+    TaskPolicy,
+    fmt_time,
+)
 from .records import ResultRow, RunStart
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MISS = cache_mod.MISS
 _sha256 = hashlib.sha256
 
-
-class StaleResultWarning(UserWarning):
-    """A query could not run, and its last cached result was returned instead."""
+__all__ = ["ActionOutcome", "File", "QueryResult", "StaleResultWarning", "Task", "TaskIdWarning",
+           "action", "again", "pure", "query"]
 
 
 class TaskIdWarning(UserWarning):
     """A task changed, while it ran, a value its own task id depends on."""
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    """What a query returned: ``value``, and whether it is a stale fallback (and why)."""
-
-    value: Any
-    stale: bool
-    error: str | None
-    computed: float | None
-
-
-@dataclass(frozen=True)
-class ActionOutcome:
-    """The recorded outcome of an action: it succeeded (``ok``) or failed with ``error``.
-
-    ``ran`` says whether this call ran the action or found its earlier outcome.
-    """
-
-    task_id: str
-    function: str
-    ok: bool
-    ran: bool
-    error: str | None
-    finished: float
 
 
 # ------------------------------------------------------------ call frames
@@ -144,6 +125,7 @@ class Task:
         self.func = func
         self.kind = kind
         self._kachery_task_kind = kind
+        self.policy: TaskPolicy = POLICIES[kind]
         self.version = version
         self.name = name or _stable_name(func)
         self.__name__ = func.__name__
@@ -163,7 +145,7 @@ class Task:
             sig = inspect.signature(self.func)
         except (TypeError, ValueError) as e:  # pragma: no cover - plain functions have one
             raise TaskDefinitionError(f"cannot read the signature of {self.name}: {e}") from e
-        self._sig = sig
+        self.signature = sig
         params = list(sig.parameters.values())
         self._names = [p.name for p in params]
         self._fast = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
@@ -230,7 +212,7 @@ class Task:
 
     def _encode_bound(self, hdr: bytes, args: tuple, kwargs: dict):
         try:
-            bound = self._sig.bind(*args, **kwargs)
+            bound = self.signature.bind(*args, **kwargs)
         except TypeError as e:
             raise TypeError(f"{self.name}(): {e}") from None
         bound.apply_defaults()
@@ -243,89 +225,70 @@ class Task:
             encoders.encode_argument(name, v, parts, f" of {self.name}")
         return parts, marks
 
+    def prepare(self, *args: Any, **kwargs: Any) -> Call:
+        """Encode this call without running it: its :class:`~.call.Call` (id, preimage,
+        arguments), which :meth:`run` runs and other nodes can be sent."""
+        parts, marks = self._encode(args, kwargs)
+        tid = "sha256:" + _sha256(b"".join(parts)).hexdigest()
+        return self._call(tid, parts, marks, args, kwargs)
+
+    def _call(self, tid: str, parts: list[bytes], marks: list[int], args: tuple,
+              kwargs: dict) -> Call:
+        # right after _encode, _code_hash is the one the id was computed with
+        return Call(self, tid, None if self.version is not None else self._code_hash, parts,
+                    marks, args, kwargs)
+
     def task_id(self, *args: Any, **kwargs: Any) -> str:
         """The id of this call, ``'sha256:<hex>'``, computed without running anything."""
         return self._id(args, kwargs)[0]
 
-    def _components(
-        self, parts: list[bytes], marks: list[int], names: list[str]
-    ) -> dict[str, str]:
-        """Per-argument hashes (hex SHA-256 of each argument's encoding), for ``why``.
-
-        ``names`` are the parameters in encoding order (sorted by their encoding).
-        """
-        ends = [m - 1 for m in marks[1:]] + [len(parts)]
-        return {
-            name: _sha256(b"".join(parts[m:end])).hexdigest()
-            for name, m, end in zip(names, marks, ends, strict=True)
-        }
-
-    def _prepare(
-        self, tid: str, parts: list[bytes], marks: list[int], args: tuple, kwargs: dict,
-        reason: str, node: str,
-    ) -> RunStart:
-        """What the records need about a call that is about to run (its id is encoded)."""
-        bound = self._sig.bind(*args, **kwargs)  # cannot fail: the call was encoded
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        return RunStart(
-            task_id=tid,
-            kind=self.kind,
-            function=self.name,
-            version=self.version,
-            code_hash=self.code_hash,
-            components={"args": self._components(
-                parts, marks, sorted(arguments, key=ids.name_key)
-            )},
-            args={k: summarize(v) for k, v in arguments.items()},
-            inputs=_inputs(arguments.values()),
-            reason=reason,
-            node=node,
-        )
-
     # ------------------------------------------------------------ calling
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tid, parts, marks = self._id(args, kwargs)
-        return self._run("call", tid, parts, marks, args, kwargs)
+        if self.policy.deterministic:  # a hit needs no Call: the hot path stays short
+            value = cache_mod.current().get(tid)
+            if value is not _MISS:
+                stack = getattr(_local, "stack", None)
+                if stack:  # a call made inside a running task: a call edge
+                    stack[-1].children.append(tid)
+                return value
+        return self._run(self._call(tid, parts, marks, args, kwargs), "call")
 
-    def _run(
-        self, mode: str, tid: str, parts: list[bytes], marks: list[int], args: tuple,
-        kwargs: dict,
-    ) -> Any:
-        """Run a call whose id is known: ``call`` (serve what is recorded), ``force``
-        (pure: compute again) or ``again`` (action: run again)."""
+    def run(self, call: Call, mode: str = "call") -> Any:
+        """Run a prepared call: ``call`` (serve what is recorded), ``force`` (pure: compute
+        again) or ``again`` (action: run again). Returns what calling the task returns."""
+        if call.task is not self:
+            raise TaskError(f"{self.name} cannot run a call of {call.function}; use its task")
+        return self._run(call, mode)
+
+    def _run(self, call: Call, mode: str) -> Any:
         c = cache_mod.current()
+        tid = call.task_id
         if mode == "call":
             stack = getattr(_local, "stack", None)
-            if stack:
+            if stack:  # a call made inside a running task: a call edge
                 stack[-1].children.append(tid)
-        if self.kind == "pure":
+        p = self.policy
+        if p.deterministic:
             if mode == "call":
                 value = c.get(tid)
                 if value is not _MISS:
                     return value
             else:
                 c.invalidate(tid)
-            return self._pure(c, tid, parts, marks, args, kwargs, force=mode != "call")
-        if self.kind == "query":
-            q = self._query(c, tid, parts, marks, args, kwargs)
-            if q.stale and mode == "call":
-                warnings.warn(
-                    StaleResultWarning(
-                        f"{self.name} could not run ({q.error}); returning its result cached at "
-                        f"{_fmt_time(q.computed)}, which may be out of date"
-                    ),
-                    stacklevel=3,  # the caller of __call__
-                )
-            return q.value
-        return self._action(c, tid, parts, marks, args, kwargs, again=mode != "call")
+            return self._pure(c, call, mode)
+        start = call.start(p.reason(mode), c.node_id)
+        outcome = self._started(c, start, call.args, call.kwargs, mode)
+        return p.returned(self, outcome, mode, stacklevel=4)  # the caller of __call__ or run
 
     def fetch(self, *args: Any, **kwargs: Any) -> QueryResult:
         """Run a query and say whether the value is fresh or a stale fallback."""
-        if self.kind != "query":
+        p = self.policy
+        if not p.stale_fallback:
             raise TaskError(f"fetch is for queries; {self.name} is a {self.kind} task")
-        tid, parts, marks = self._id(args, kwargs)
-        return self._query(cache_mod.current(), tid, parts, marks, args, kwargs)
+        call = self.prepare(*args, **kwargs)
+        c = cache_mod.current()
+        return self._started(c, call.start(p.reason("call"), c.node_id), args, kwargs, "call")
 
     def is_cached(self, *args: Any, **kwargs: Any) -> bool:
         """True when this call has a recorded outcome that would be served (no computation)."""
@@ -340,13 +303,11 @@ class Task:
 
     def recompute(self, *args: Any, **kwargs: Any) -> Any:
         """Compute again even if cached; the new result replaces the old one."""
-        tid, parts, marks = self._id(args, kwargs)
-        return self._run("force", tid, parts, marks, args, kwargs)
+        return self._run(self.prepare(*args, **kwargs), "force")
 
     def run_again(self, *args: Any, **kwargs: Any) -> Any:
         """Run even though an outcome is recorded (actions); for pure tasks, ``recompute``."""
-        tid, parts, marks = self._id(args, kwargs)
-        return self._run("again", tid, parts, marks, args, kwargs)
+        return self._run(self.prepare(*args, **kwargs), "again")
 
     def forget(self, *args: Any, **kwargs: Any) -> bool:
         """Stop serving this call's recorded outcome; True if there was one."""
@@ -361,21 +322,16 @@ class Task:
 
         Returns a TaskFuture; a cached pure result never reaches the executor.
         """
-        from .executors import current_executor
-
-        return current_executor().submit(self, args, kwargs)
+        return context.current_executor().submit(self, args, kwargs)
 
     def map(self, items: Iterable[Any], *args: Any, **kwargs: Any) -> list:
         """``submit(item, *args, **kwargs)`` for every item; a list of TaskFutures."""
-        from .executors import current_executor
-
-        return current_executor().map(self, items, args, kwargs)
+        return context.current_executor().map(self, items, args, kwargs)
 
     # ---------------------------------------------------------- execution
-    def _pure(
-        self, c: cache_mod.NodeCache, tid: str, parts: list, marks: list, args: tuple,
-        kwargs: dict, force: bool,
-    ) -> Any:
+    def _pure(self, c: cache_mod.NodeCache, call: Call, mode: str) -> Any:
+        tid = call.task_id
+        force = mode != "call"
         if not force:
             row = c.records.result(tid)
             if row is not None:
@@ -383,19 +339,18 @@ class Task:
                 if value is not _MISS:
                     return value
         from . import shared
-        from .executors import nested_runner
 
         if not force and shared.fetch(c, tid):
             value = c.load(c.records.result(tid))  # computed by a collaborator
             if value is not _MISS:
                 return value
-        start = self._prepare(tid, parts, marks, args, kwargs, "forced" if force else "miss",
-                              c.node_id)
-        runner = nested_runner()
+        start = call.start(self.policy.reason(mode), c.node_id)
+        runner = context.nested_runner()
         if runner is not None:
-            value = runner(self, start, args, kwargs, "force" if force else "call")
+            value = runner(self, start, call.args, call.kwargs, "force" if force else "call")
         else:
-            value = self.run_started(c, start, args, kwargs, "force" if force else "call")
+            value = self.run_started(c, start, call.args, call.kwargs,
+                                     "force" if force else "call")
         shared.publish(c, tid)
         return value
 
@@ -407,11 +362,22 @@ class Task:
         ``mode`` is ``call`` (serve a cached outcome if there is one), ``force``
         (pure: recompute) or ``again`` (action: run again).
         """
-        if self.kind == "pure":
-            return self._execute(c, start, args, kwargs, lease=True, check_cached=mode == "call")
-        if self.kind == "query":
-            return self._query_started(c, start, args, kwargs).value
-        return self._action_started(c, start, args, kwargs, again=mode == "again")
+        return self.policy.value(self._started(c, start, args, kwargs, mode))
+
+    def _started(self, c: cache_mod.NodeCache, start: RunStart, args: tuple, kwargs: dict,
+                 mode: str) -> Any:
+        """Run (or serve) a call whose start is described: the kind's outcome."""
+        p = self.policy
+        try:
+            return self._execute(c, start, args, kwargs, p.lease, p.check_cached(mode))
+        except Exception as e:
+            if not p.stale_fallback:
+                raise
+            row = c.records.result(start.task_id)
+            value = c.load(row) if row is not None else _MISS
+            if value is _MISS:
+                raise
+            return p.stale(value, _describe(e), row.finished)
 
     def _execute(
         self, c: cache_mod.NodeCache, start: RunStart, args: tuple, kwargs: dict,
@@ -428,24 +394,23 @@ class Task:
         got = self._begin(c, start, ttl, check_cached)
         if isinstance(got, _Served):
             return got.value
-        if isinstance(got, ResultRow):  # an action's recorded outcome
-            return got
         run_id, held = got
         frame = _Frame(tid)
         stack.append(frame)
+        p = self.policy
         try:
-            value = self.func(*_resolve_futures(args), **_resolve_futures_kw(kwargs))
+            value = self.func(*resolve_futures(args), **resolve_futures_kw(kwargs))
         except BaseException as e:
             stack.pop()
             c.records.finish(run_id, start, held, "error", frame.children, error=_describe(e),
-                             serve=self.kind == "action")
+                             serve=p.serves_failures)
             raise
         stack.pop()
         if not self._warned and self._watch is not None and self._watch.changed():
             self._warn_id_changed()
-        if self.kind == "action":
+        if not p.keeps_value:
             c.records.finish(run_id, start, held, "success", frame.children)
-            return ActionOutcome(tid, self.name, True, True, None, time.time())
+            return p.ran(self, tid, None)
         try:
             codec, data = results.encode(value)
             label = f"{self.func.__name__}.{codec.extension}"
@@ -461,21 +426,19 @@ class Task:
             raise
         c.records.finish(run_id, start, held, "success", frame.children, uri, codec.name,
                          data=inline)
-        return c.put(tid, codec.memo(value, data))
+        return p.ran(self, tid, c.put(tid, codec.memo(value, data)))
 
     def _begin(self, c: cache_mod.NodeCache, start: RunStart, ttl: float | None,
                check_cached: bool) -> Any:
-        """Get the lease and a run row, waiting for another holder; or a cached outcome."""
+        """Get the lease and a run row, waiting for another holder; or a recorded outcome."""
         tid = start.task_id
         delay = 0.001
         while True:
             got = c.records.begin(start, ttl, check_cached)
             if isinstance(got, ResultRow):
-                if self.kind == "action":
-                    return got
-                value = c.load(got)
-                if value is not _MISS:
-                    return _Served(value)
+                served = self.policy.served(self, got, c.load)
+                if served is not _MISS:
+                    return _Served(served)
                 c.records.forget(tid)  # its blob is gone: compute again
                 continue
             if got is not None:
@@ -486,11 +449,9 @@ class Task:
                 if check_cached:
                     row = c.records.result(tid)
                     if row is not None:
-                        if self.kind == "action":
-                            return row
-                        value = c.load(row)
-                        if value is not _MISS:
-                            return _Served(value)
+                        served = self.policy.served(self, row, c.load)
+                        if served is not _MISS:
+                            return _Served(served)
                 held = c.records.lease(tid)
                 if held is None or held.is_stale():
                     break
@@ -507,41 +468,10 @@ class Task:
             stacklevel=2,
         )
 
-    # ------------------------------------------------------------- query
-    def _query(self, c, tid, parts, marks, args, kwargs) -> QueryResult:
-        start = self._prepare(tid, parts, marks, args, kwargs, "query", c.node_id)
-        return self._query_started(c, start, args, kwargs)
-
-    def _query_started(self, c, start: RunStart, args: tuple, kwargs: dict) -> QueryResult:
-        try:
-            value = self._execute(c, start, args, kwargs, lease=False, check_cached=False)
-        except Exception as e:
-            row = c.records.result(start.task_id)
-            value = c.load(row) if row is not None else _MISS
-            if value is _MISS:
-                raise
-            return QueryResult(value, True, _describe(e), row.finished)
-        return QueryResult(value, False, None, time.time())
-
-    # ------------------------------------------------------------ action
-    def _action(self, c, tid, parts, marks, args, kwargs, again: bool) -> ActionOutcome:
-        start = self._prepare(tid, parts, marks, args, kwargs, "again" if again else "miss",
-                              c.node_id)
-        return self._action_started(c, start, args, kwargs, again)
-
-    def _action_started(self, c, start: RunStart, args, kwargs, again: bool) -> ActionOutcome:
-        out = self._execute(c, start, args, kwargs, lease=True, check_cached=not again)
-        if isinstance(out, ActionOutcome):
-            return out
-        row: ResultRow = out
-        if row.status != "success":
-            raise self.action_failed(row)
-        return ActionOutcome(row.task_id, self.name, True, False, None, row.finished)
-
     def action_failed(self, row: ResultRow) -> TaskError:
         """The error for an action whose recorded outcome is a failure."""
         return TaskError(
-            f"action {self.name} ({row.task_id}) failed at {_fmt_time(row.finished)}: "
+            f"action {self.name} ({row.task_id}) failed at {fmt_time(row.finished)}: "
             f"{row.error}. Actions run at most once per id; to try again call "
             f"{self.func.__name__}.run_again(...) or kachery.again({self.func.__name__}, ...)"
         )
@@ -608,174 +538,6 @@ def _stable_name(func: types.FunctionType) -> str:
 def _describe(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}"
     return text if len(text) <= 2000 else text[:1997] + "..."
-
-
-def _fmt_time(t: float | None) -> str:
-    if t is None:
-        return "an unknown time"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _resolve_futures(args: tuple) -> tuple:
-    if not any(_is_future(a) or type(a) in (list, tuple, dict) for a in args):
-        return args
-    return tuple(_resolve_value(a) for a in args)
-
-
-def _resolve_futures_kw(kwargs: dict) -> dict:
-    if not kwargs:
-        return kwargs
-    return {k: _resolve_value(v) for k, v in kwargs.items()}
-
-
-def _is_future(v: Any) -> bool:
-    return getattr(type(v), "_kachery_future", False)
-
-
-def _resolve_value(v: Any) -> Any:
-    if _is_future(v):
-        return v.result()
-    t = type(v)
-    if t is list:
-        return [_resolve_value(x) for x in v] if any(_is_future(x) for x in v) else v
-    if t is tuple:
-        return tuple(_resolve_value(x) for x in v) if any(_is_future(x) for x in v) else v
-    if t is dict and any(_is_future(x) for x in v.values()):
-        return {k: _resolve_value(x) for k, x in v.items()}
-    return v
-
-
-# ----------------------------------------------------------- summaries
-def summarize(v: Any, limit: int = 80) -> str:
-    """A short human-readable description of an argument (for records and the CLI)."""
-    t = type(v)
-    if hasattr(v, "dtype") and hasattr(v, "shape") and t.__module__.startswith("numpy"):
-        if getattr(v, "ndim", 0) == 0:
-            return f"{v.dtype}({v!r})"[:limit]
-        return f"ndarray({v.dtype}, shape={tuple(v.shape)})"
-    if isinstance(v, bytes | bytearray | memoryview):
-        return f"{t.__name__}[{len(v)}]"
-    if isinstance(v, File):
-        return f"File({str(v.path)!r}, {v.uri})"[: limit * 2]
-    if _is_future(v):
-        return f"result of {v.task_id}"
-    if t is str and v.startswith("sha256://") and len(v) < 300:
-        return repr(v)  # a content URI: kept whole, it names an input
-    try:
-        text = repr(v)
-    except Exception:  # repr refuses ints of over 4300 digits, also inside containers
-        if t is int:
-            return f"int of {v.bit_length()} bits"
-        return f"{t.__name__} that cannot be shown"  # a summary must never fail
-    if len(text) > limit:
-        if isinstance(v, list | tuple | dict | set | frozenset):
-            return f"{t.__name__} of {len(v)} items"
-        return text[: limit - 3] + "..."
-    return text
-
-
-def _inputs(values: Iterable[Any]) -> list[str]:
-    """Content URIs and task ids an argument list refers to."""
-    found: list[str] = []
-
-    def visit(v: Any, depth: int) -> None:
-        t = type(v)
-        if t is str:
-            if v.startswith("sha256://"):
-                from ..uris import is_content_uri
-
-                if is_content_uri(v):
-                    found.append(v)
-        elif isinstance(v, File):
-            found.append(v.uri)
-        elif _is_future(v):
-            found.append(v.task_id)
-        elif depth < 3 and t in (list, tuple, set, frozenset):
-            for x in v:
-                visit(x, depth + 1)
-        elif depth < 3 and t is dict:
-            for x in v.values():
-                visit(x, depth + 1)
-
-    for v in values:
-        visit(v, 0)
-    return list(dict.fromkeys(found))
-
-
-# ------------------------------------------------------------------ File
-class File:
-    """A file argument identified by its content, not by its path.
-
-    ``kachery.File(path)`` hashes the file (SHA-256, remembered while its size,
-    mtime and inode stay the same), so a task taking it is recomputed when
-    the content changes and not when the file moves. The task receives the
-    File: use ``.path`` (or pass it to ``open``) to read it.
-    """
-
-    _hashes: ClassVar[dict[tuple, str]] = {}
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path).expanduser().absolute()
-        self._signature()  # fail early for a missing file
-
-    def _signature(self) -> tuple:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise SourceFileError(f"kachery.File: no such file: {self.path}") from None
-        except OSError as e:
-            raise SourceFileError(f"kachery.File: cannot read {self.path}: {e.strerror}") from None
-        if not stat_mod.S_ISREG(st.st_mode):
-            raise SourceFileError(f"kachery.File: {self.path} is not a regular file")
-        return (str(self.path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-
-    @property
-    def sha256(self) -> str:
-        """Hex SHA-256 of the file's current content."""
-        sig = self._signature()
-        h = File._hashes.get(sig)
-        if h is None:
-            try:
-                with open(self.path, "rb") as f:
-                    h = hashlib.file_digest(f, "sha256").hexdigest()
-            except OSError as e:
-                raise SourceFileError(f"kachery.File: cannot read {self.path}: {e}") from e
-            File._hashes[sig] = h
-        return h
-
-    @property
-    def size(self) -> int:
-        return os.path.getsize(self.path)
-
-    @property
-    def uri(self) -> str:
-        """The ``sha256://`` URI of the content (not stored; see :meth:`store`)."""
-        from ..uris import format_uri
-
-        return format_uri(self.sha256, label=self.path.name, size=self.size)
-
-    def store(self) -> str:
-        """Copy the file into the node's store and return its URI."""
-        return cache_mod.current().store.store_file(self.path)
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    def __repr__(self) -> str:
-        return f"File({str(self.path)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, File) and other.path == self.path
-
-    def __hash__(self) -> int:
-        return hash(self.path)
-
-
-def _enc_file(v: File, out: list) -> None:
-    out.append(b"p" + v.sha256.encode("ascii"))
-
-
-encoders.register_special(File, _enc_file)
 
 
 # ------------------------------------------------------------ decorators

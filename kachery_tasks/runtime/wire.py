@@ -129,7 +129,7 @@ class _Encoder:
             return self.numpy(v)
         if getattr(t, "_kachery_future", False):
             return {"$result": v.task_id}
-        from .tasks import File
+        from .file_args import File
 
         if isinstance(v, File):
             return {"$file": v.uri}
@@ -280,7 +280,7 @@ class _Decoder:
         raise self.bad(f"unknown content kind {kind!r}")
 
     def file(self, p: Any, depth: int) -> Any:
-        from .tasks import File
+        from .file_args import File
 
         return File(self.fetch(p))
 

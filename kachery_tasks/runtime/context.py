@@ -1,0 +1,75 @@
+"""Where a task call goes from here: the current executor and the nested-call hook.
+
+This module sits below both :mod:`.tasks` and :mod:`.executors`, so that
+neither imports the other in both directions: executors import tasks (they
+run them), and tasks find the executor of ``submit``/``map`` here.
+:mod:`.executors` registers, when it is imported (importing the
+``kachery_tasks.runtime`` package always imports it), the in-process default
+executor and the hook that sends calls made inside a task on a Dask worker
+through the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from ..errors import ExecutorError
+
+
+class Submitter(Protocol):
+    """What ``Task.submit`` and ``Task.map`` need of an executor."""
+
+    def submit(self, task: Any, args: tuple, kwargs: dict, mode: str = "call") -> Any: ...
+
+    def map(self, task: Any, items: Iterable[Any], args: tuple = (),
+            kwargs: dict | None = None) -> list: ...
+
+
+_current: contextvars.ContextVar[Submitter | None] = contextvars.ContextVar(
+    "kachery_executor", default=None
+)
+_default: Submitter | None = None
+_nested: Callable[[], Callable[..., Any] | None] | None = None
+
+
+def set_default_executor(executor: Submitter) -> None:
+    """Make ``executor`` the one used outside every ``use_executor`` block."""
+    global _default
+    _default = executor
+
+
+def current_executor() -> Submitter:
+    """The executor submissions go to: the innermost ``dask(...)`` block, else in-process."""
+    executor = _current.get()
+    if executor is None:
+        executor = _default
+        if executor is None:  # pragma: no cover - the runtime package registers one
+            raise ExecutorError(
+                "no executor is registered; import kachery_tasks.runtime (or kachery_tasks)"
+            )
+    return executor
+
+
+@contextlib.contextmanager
+def use_executor(executor: Submitter) -> Iterator[Submitter]:
+    """Send ``submit``/``map`` to ``executor`` inside the block."""
+    token = _current.set(executor)
+    try:
+        yield executor
+    finally:
+        _current.reset(token)
+
+
+def set_nested_runner(hook: Callable[[], Callable[..., Any] | None]) -> None:
+    """Register the function that says how a call made inside a running task is run."""
+    global _nested
+    _nested = hook
+
+
+def nested_runner() -> Callable[..., Any] | None:
+    """Inside a task on a Dask worker, the function that runs a nested call through the
+    cluster (``runner(task, start, args, kwargs, mode)``); None elsewhere."""
+    return _nested() if _nested is not None else None
