@@ -187,11 +187,15 @@ class Broker:
             ):
                 continue
             ws, session.ws = session.ws, None  # its reader no longer keeps it resumable
+            pending = []  # what it was sent before (the notice that removed it, say)
+            while ws is not None and session.outbox:
+                pending.append(session.outbox.take())
             self.router.close_session(session)
             self.denials += 1
             log.warning("closed connection %s of client %r: %s", session.id, client_id, reason)
             if ws is not None:
-                task = asyncio.ensure_future(self._refuse(ws, reason, INVALID_CREDENTIALS))
+                task = asyncio.ensure_future(self._refuse(ws, reason, INVALID_CREDENTIALS,
+                                                          pending))
                 self._closers.add(task)
                 task.add_done_callback(self._closers.discard)
 
@@ -392,11 +396,13 @@ class Broker:
             await ws.send(encode(frame))
             await ws.close()
 
-    async def _refuse(self, ws: Any, message: str, code: int) -> None:
-        """Send an ERROR and let the client close first, so it reads the error."""
+    async def _refuse(self, ws: Any, message: str, code: int, before: list[str] = ()) -> None:
+        """Send ``before``, then an ERROR, and let the client close first, so it reads it."""
         from websockets.exceptions import ConnectionClosed
 
         with contextlib.suppress(ConnectionClosed):
+            for frame in before:
+                await ws.send(frame)
             await ws.send(encode({"action": Action.ERROR, "error": error_info(message, code)}))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ws.wait_closed(), 2.0)

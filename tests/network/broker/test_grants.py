@@ -3,6 +3,8 @@ observer, and closing a client's connections for good (through the real SDK)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
 
@@ -10,6 +12,7 @@ import pytest
 
 from kachery_tasks.errors import PubSubAuthError, PubSubError
 from kachery_tasks.network.broker import Grant, Limits
+from kachery_tasks.network.broker.protocol import Action
 from kachery_tasks.network.pubsub import connect_pubsub
 from kachery_tasks.testing.pubsub import Inbox
 from tests.network.broker.rawclient import RawClient
@@ -142,3 +145,34 @@ def test_a_long_token_fits_the_request_line_limit(make_broker, connect):
                            **{**FAST, "connect_timeout": 2.0})
     finally:
         http11.MAX_LINE_LENGTH = Limits().max_request_line
+
+
+def test_a_client_cut_off_first_gets_what_was_waiting_for_it(make_broker):
+    broker = make_broker()
+
+    async def main():
+        from websockets.asyncio.client import connect
+
+        # "slow" reads nothing for a while, so frames wait for it in the broker
+        slow = await connect(f"{broker.url}/?clientId=slow&v=5", max_queue=1,
+                             compression=None, max_size=None)
+        RawClient.opened.append(slow)
+        json.loads(await slow.recv())
+        await slow.send(json.dumps({"action": 10, "channel": "room"}))
+        pub = await RawClient.open(broker.url, clientId="pub")
+        n = 200  # 6 MB: more than the socket buffers hold
+        for _ in range(n):
+            await pub.publish("room", {"name": "e", "data": "x" * 30_000})
+        assert broker.call(lambda: broker.broker.stats()["max_outbox_bytes"]) > 0
+        broker.broker.disconnect("slow", None, "slow was removed")
+        got, last = 0, None
+        while True:
+            frame = json.loads(await asyncio.wait_for(slow.recv(), 10))
+            if frame["action"] == Action.MESSAGE:
+                got += len(frame["messages"])
+            elif frame["action"] == Action.ERROR:
+                last = frame
+                break
+        assert got == n and last["error"]["message"] == "slow was removed"
+
+    run(main(), timeout=120)
