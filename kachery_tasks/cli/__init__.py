@@ -24,7 +24,7 @@ from ..errors import InvalidValueError, KacheryError
 from .args import text
 
 # Command modules, in the order their commands appear in --help.
-_MODULES = ("files", "transfer", "feeds", "node", "tasks", "broker")
+_MODULES = ("files", "transfer", "feeds", "node", "tasks", "channel", "broker")
 
 DESCRIPTION = """\
 Share files, signed feeds and cached computations between research labs.

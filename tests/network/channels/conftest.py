@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,10 +45,16 @@ def owner_key() -> KeyPair:
     return KeyPair.generate()
 
 
-@pytest.fixture
-def admitting_broker():
+@contextlib.contextmanager
+def broker_with_admission() -> Iterator[tuple[BrokerThread, ChannelAdmission]]:
     """A broker with channel admission in a background thread: (BrokerThread, admission)."""
     admission = ChannelAdmission()
     with BrokerThread(authorize=admission.authorize, observe=admission.observe) as broker:
         admission.on_removed = broker.broker.disconnect
         yield broker, admission
+
+
+@pytest.fixture
+def admitting_broker():
+    with broker_with_admission() as running:
+        yield running
