@@ -165,3 +165,12 @@ def test_status_shows_who_is_online(nodes, tmp_path, broker):
         assert online == {"alice": True, "boss": False}  # status itself does not enter
         text = nodes.run("owner", "status", "lab").stdout.decode()
         assert "online" in text and "offline" in text and "[this node owns it]" in text
+
+
+def test_a_pubsub_that_cannot_be_reached_is_noted_in_one_line(nodes, lab, run_cli, tmp_path):
+    """In a real process: the SDK's failed close task leaves no traceback on stderr."""
+    r = run_cli("channel", "status", "lab", env={"KACHERY_TASKS_DIR": str(tmp_path / "owner")})
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "online:  unknown (no broker answered at ws://127.0.0.1:9" in out
+    assert err == ""

@@ -151,3 +151,13 @@ def test_a_session_not_started_says_so(world):
         session.config  # noqa: B018
     with pytest.raises(ChannelError, match="not started"):
         session.publish("request_file", {})
+
+
+def test_on_the_ably_service_the_sdk_key_is_used_not_a_node_token(owner_key, monkeypatch):
+    from kachery_tasks.network.channels.session import connect_channel_pubsub
+
+    monkeypatch.delenv("ABLY_API_KEY", raising=False)
+    monkeypatch.delenv("ABLY_TOKEN", raising=False)
+    config = config_of(owner_key, {}, pubsub="ably:")
+    with pytest.raises(PubSubAuthError, match="ABLY_API_KEY"):  # no token provider was given
+        connect_channel_pubsub(KeyPair.generate(), lambda: config)
