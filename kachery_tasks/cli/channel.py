@@ -146,10 +146,10 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _invite(args: argparse.Namespace) -> int:
-    channel = _find(args.name)
-    config = channel.trusted_config()
     from ..network.channels import Invite
 
+    channel = _find(args.name)
+    config = channel.trusted_config()
     print(Invite.of(config) if config is not None else channel.invite)
     return 0
 

@@ -44,6 +44,10 @@ from .tokens import read_token
 
 log = logging.getLogger("kachery_tasks.network.channels.admission")
 
+MAX_CHANNELS = 1000
+"""Channels one broker keeps a config for; tokens for more channels are refused (a config
+is never forgotten, so that the broker never goes back to an older one)."""
+
 RENEWAL_GRACE = 60.0
 """Seconds after telling a node to renew a stale token during which another stale token
 from it means its clock is off (refused for good)."""
@@ -52,15 +56,18 @@ from it means its clock is off (refused for good)."""
 class ChannelAdmission:
     """The embedded broker's authorizer and observer for channels (see the module docstring).
 
-    ``owners``: when given, only channels of these owner keys are served.
+    ``owners``: when given, only channels of these owner keys are served;
+    ``max_channels``: how many channels at most (see :data:`MAX_CHANNELS`).
     ``on_removed(node, pubsub channel, reason)`` is called (from any thread)
     for each member a newer config drops.
     """
 
     def __init__(self, *, owners: Collection[str] | None = None, window: float = WINDOW,
                  clock: Callable[[], float] = time.time,
-                 on_removed: Callable[[str, str, str], None] | None = None) -> None:
+                 on_removed: Callable[[str, str, str], None] | None = None,
+                 max_channels: int = MAX_CHANNELS) -> None:
         self.owners = frozenset(owners) if owners is not None else None
+        self.max_channels = max_channels
         self.window = window
         self.clock = clock
         self.on_removed = on_removed
@@ -120,6 +127,10 @@ class ChannelAdmission:
             known = self._configs.get(channel)
             if known is not None and known.version >= config.version:
                 return known
+            if known is None and len(self._configs) >= self.max_channels:
+                raise ChannelPermissionError(
+                    f"this broker already serves {self.max_channels} channels: run another "
+                    "(or serve chosen owners only: kachery-tasks broker start --owner KEY)")
             self._configs[channel] = config
         if known is not None:
             log.info("channel %s: config version %d (was %d)", config.name, config.version,

@@ -32,7 +32,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...canonical import canonical_json
 from ...envelopes import Envelope, open_envelope, seal
 from ...errors import ChannelError, EnvelopeError, InvalidValueError
 from ...keys import KeyPair
@@ -236,7 +235,3 @@ class MessageChecker:
                                      f"{MAX_NONCES_PER_SENDER} messages within the window")
             seen[msg.nonce] = msg.time
 
-
-def message_size(envelope: Envelope) -> int:
-    """The bytes a message takes when published (its canonical JSON)."""
-    return len(canonical_json(envelope.to_dict()))

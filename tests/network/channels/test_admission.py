@@ -293,3 +293,16 @@ def test_a_token_with_the_largest_config_connects(broker_and_gate, owner_key, al
     assert len(make_token(alice, largest)) > 60_000
     with connect(broker, alice, lambda: make_token(alice, largest)) as client:
         client.publish(largest.pubsub_name, "m", "admitted")
+
+
+def test_a_broker_serves_a_bounded_number_of_channels(owner_key, alice):
+    gate = admission(max_channels=2)
+    for name in ("one", "two"):
+        gate.authorize(make_token(alice, config_of(owner_key, {alice.public_hex: ALL},
+                                                   name=name), now=NOW))
+    with pytest.raises(ChannelPermissionError, match="already serves 2 channels"):
+        gate.authorize(make_token(alice, config_of(owner_key, {alice.public_hex: ALL},
+                                                   name="three"), now=NOW))
+    newer = config_of(owner_key, {alice.public_hex: ALL}, name="two", version=2)
+    gate.authorize(make_token(alice, newer, now=NOW))  # channels it knows go on
+    assert gate.config(newer.pubsub_name).version == 2
