@@ -42,7 +42,8 @@ SDK_OPTIONS = {"tls": False, "use_binary_protocol": False, "fallback_hosts": []}
 def start_broker() -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kachery_tasks", "broker", "start", "--port", "0", "--quiet"],
+        [sys.executable, "-m", "kachery_tasks", "broker", "start", "--port", "0", "--quiet",
+         "--open"],
         stdout=subprocess.PIPE, text=True, env=env,
     )
     line = proc.stdout.readline()

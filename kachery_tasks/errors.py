@@ -35,8 +35,11 @@ the class derives from it too, so generic handlers keep working.
     │   ├── UntrustedPickleError    a pickle from another node, not allowed
     │   ├── ExecutorError           the executor (e.g. a Dask cluster) failed
     │   └── CallRejectedError       a call sent by another node does not match the task here
-    └── PubSubError                 pub/sub: connect, publish (nack, timeout), presence
-        └── PubSubAuthError         the broker refused this client's credentials
+    ├── PubSubError                 pub/sub: connect, publish (nack, timeout), presence
+    │   └── PubSubAuthError         the broker refused this client's credentials
+    └── ChannelError                channels: config, invite, token or message that is not valid
+        ├── ChannelNotFoundError    (LookupError) this node has not joined that channel
+        └── ChannelPermissionError  not the owner's node, not a member, or a missing permission
 """
 
 from __future__ import annotations
@@ -183,3 +186,16 @@ class PubSubError(KacheryError):
 
 class PubSubAuthError(PubSubError):
     """The pub/sub broker refused this client's token or key (not retried)."""
+
+
+class ChannelError(KacheryError):
+    """A channel config, invite, admission token or channel message is not valid or not trusted."""
+
+
+class ChannelNotFoundError(ChannelError, LookupError):
+    """This node has not joined (or created) a channel of that name."""
+
+
+class ChannelPermissionError(ChannelError):
+    """This node may not do that in the channel: not its owner's node, not a member, or
+    a member without the permission the operation needs."""

@@ -28,7 +28,7 @@ from .args import text
 from .table import Formatter, add_commands, command
 
 # Command modules, in the order their commands appear in --help.
-_MODULES = ("files", "transfer", "feeds", "node", "tasks", "broker")
+_MODULES = ("files", "transfer", "feeds", "node", "tasks", "channel", "broker")
 
 DESCRIPTION = """\
 Share files, signed feeds and cached computations between research labs.

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from ..errors import InvalidValueError, KacheryError
 from . import command
 from .args import arg
 
@@ -18,8 +19,20 @@ a websocket), so nodes connect to it with the pub/sub URL ws://HOST:PORT.
 Runs until Ctrl-C or SIGTERM, then closes every connection. Logs connections
 and refusals to stderr (never a token or key).
 
-Without an authorizer (this command has none yet) every client is admitted:
-listen on a loopback address, or on a network you trust."""
+Admits only members of kachery channels: a node presents a token signed by
+its node key carrying the channel's owner-signed config, and may use only
+that channel. A node removed from a channel (a newer config) is disconnected.
+--owner limits the broker to the channels of given owner keys. --open admits
+every client (for development: listen on a loopback address)."""
+
+
+def _owner_key(text: str) -> str:
+    from ..network.channels.config import check_node_id
+
+    try:
+        return check_node_id(text, "channel owner key")
+    except KacheryError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -27,23 +40,33 @@ def _start(args: argparse.Namespace) -> int:
         level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(_serve(args.host, args.port))
+    if args.open and args.owner:
+        raise InvalidValueError("--open admits everyone: it cannot be combined with --owner")
+    asyncio.run(_serve(args.host, args.port, args.open, args.owner))
     return 0
 
 
-async def _serve(host: str, port: int) -> None:
+async def _serve(host: str, port: int, open_to_all: bool, owners: list[str] | None) -> None:
     from ..network.broker import Broker
 
-    broker = Broker(host, port)
+    if open_to_all:
+        broker = Broker(host, port)
+    else:
+        from ..network.channels import ChannelAdmission
+
+        admission = ChannelAdmission(owners=owners)
+        broker = Broker(host, port, authorize=admission.authorize, observe=admission.observe)
+        admission.on_removed = broker.disconnect
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"broker listening on {broker.url} (stop with Ctrl-C)", flush=True)
-    if not _is_loopback(host):
-        print("warning: every client is admitted (no authorizer) and this address is "
-              "reachable from other machines", file=sys.stderr, flush=True)
+    if open_to_all:
+        where = "" if _is_loopback(host) else " and this address is reachable from other machines"
+        print(f"warning: --open: every client is admitted, member of a channel or not{where}",
+              file=sys.stderr, flush=True)
     await stop.wait()
     await broker.close()
     print("broker stopped", flush=True)
@@ -71,6 +94,10 @@ COMMANDS = (
                     arg("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1)"),
                     arg("--quiet", action="store_true", help="log only warnings and errors"),
+                    arg("--open", action="store_true",
+                        help="admit every client, member or not (development only)"),
+                    arg("--owner", action="append", type=_owner_key, metavar="OWNER_KEY",
+                        help="serve only channels of this owner key (64 hex; repeat for several)"),
                 ],
                 run=_start,
             ),

@@ -29,7 +29,7 @@ def test_help_shows_an_example(run_cli):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serves_until_a_signal_then_stops_cleanly(sig):
-    proc = start("--port", "0")
+    proc = start("--port", "0", "--open")
     try:
         line = proc.stdout.readline()
         assert line.startswith("broker listening on ws://127.0.0.1:")
@@ -47,6 +47,7 @@ def test_serves_until_a_signal_then_stops_cleanly(sig):
     assert proc.returncode == 0
     assert "broker stopped" in out
     assert "opened for client 'alice'" in err
+    assert "warning: --open: every client is admitted" in err
     assert secret not in out + err
 
 
@@ -59,3 +60,41 @@ def test_a_port_in_use_is_a_clear_error():
     assert proc.returncode == 1
     assert "error: cannot listen on 127.0.0.1" in err and "choose another --port" in err
     assert "Traceback" not in err
+
+
+def test_by_default_only_channel_members_are_admitted(tmp_path):
+    from kachery_tasks.errors import PubSubAuthError
+    from kachery_tasks.keys import KeyPair
+    from kachery_tasks.network.channels import make_token
+    from tests.network.channels.conftest import ALL, config_of
+
+    owner, member, stranger = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    proc = start("--port", "0", "--owner", owner.public_hex)
+    try:
+        url = proc.stdout.readline().split()[3]
+        config = config_of(owner, {member.public_hex: ALL}, pubsub=url)
+        with connect_pubsub(url, member.public_hex, lambda: make_token(member, config),
+                            connect_timeout=10) as client:
+            client.publish(config.pubsub_name, "m", "a member is admitted")
+        with pytest.raises(PubSubAuthError, match="is not a member of channel lab"):
+            connect_pubsub(url, stranger.public_hex, lambda: make_token(stranger, config),
+                           connect_timeout=10)
+        with pytest.raises(PubSubAuthError, match="not a channel admission token"):
+            connect_pubsub(url, "alice", lambda: "some-token", connect_timeout=10)
+        other = KeyPair.generate()  # a channel of another owner: not served here
+        theirs = config_of(other, {member.public_hex: ALL}, pubsub=url)
+        with pytest.raises(PubSubAuthError, match="only the channels of chosen owners"):
+            connect_pubsub(url, member.public_hex, lambda: make_token(member, theirs),
+                           connect_timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert "--open" not in err and "denied a client" in err
+
+
+def test_open_and_owner_do_not_mix(run_cli):
+    r = run_cli("broker", "start", "--open", "--owner", "ab" * 32)
+    assert r.returncode == 1 and "cannot be combined with --owner" in r.stderr.decode()
+    r = run_cli("broker", "start", "--owner", "xyz")
+    assert r.returncode == 1 and "64 lowercase hex digits" in r.stderr.decode()

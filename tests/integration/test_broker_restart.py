@@ -25,7 +25,8 @@ def free_port() -> int:
 
 def start_broker(port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kachery_tasks", "broker", "start", "--port", str(port), "--quiet"],
+        [sys.executable, "-m", "kachery_tasks", "broker", "start", "--port", str(port), "--quiet",
+         "--open"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy(),
     )
     line = proc.stdout.readline()

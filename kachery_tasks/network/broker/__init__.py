@@ -6,6 +6,7 @@ docs/pubsub.md for the frames it speaks and its limits.
 """
 
 from .limits import Limits
-from .server import Authorizer, Broker, BrokerThread, TokenExpired
+from .router import Observer
+from .server import Authorizer, Broker, BrokerThread, Grant, TokenExpired
 
-__all__ = ["Authorizer", "Broker", "BrokerThread", "Limits", "TokenExpired"]
+__all__ = ["Authorizer", "Broker", "BrokerThread", "Grant", "Limits", "Observer", "TokenExpired"]

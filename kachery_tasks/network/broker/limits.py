@@ -27,6 +27,10 @@ class Limits:
       (seconds) a dropped connection and the history stay resumable.
     * ``presence_timeout``: seconds after a connection drops before its presence
       members leave (a client that resumes sooner keeps them).
+    * ``max_request_line``: longest HTTP request line of a websocket handshake
+      (bytes). The SDK sends its token in the URL; a channel's admission token
+      carries the channel config, so it can be tens of KiB (websockets' own
+      default is 8 KiB). A longer line is refused by websockets (HTTP 400).
     * ``max_idle_interval``: seconds; the broker sends a HEARTBEAT to a
       connection that has received nothing for half of it, and the SDK gives
       up on a connection that stays silent longer than it (plus its request
@@ -41,6 +45,7 @@ class Limits:
     connection_ttl: float = 120.0
     presence_timeout: float = 15.0
     max_idle_interval: float = 15.0
+    max_request_line: int = 128 * 1024
 
     def __post_init__(self) -> None:
         if not 0 < self.max_message_bytes <= _SDK_FRAME_LIMIT // 2:
@@ -50,7 +55,8 @@ class Limits:
             )
         if self.max_frame_bytes < self.max_message_bytes:
             raise InvalidValueError("max_frame_bytes must be at least max_message_bytes")
-        for name in ("max_outbox_bytes", "history_messages", "history_bytes"):
+        for name in ("max_outbox_bytes", "history_messages", "history_bytes",
+                     "max_request_line"):
             if getattr(self, name) < 1:
                 raise InvalidValueError(f"{name} must be positive")
         for name in ("connection_ttl", "presence_timeout", "max_idle_interval"):

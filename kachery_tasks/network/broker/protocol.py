@@ -61,6 +61,7 @@ INVALID_CLIENT_ID = 40012
 INVALID_CREDENTIALS = 40101  # fatal for the SDK: the connection goes to FAILED
 INCOMPATIBLE_CREDENTIALS = 40102
 TOKEN_EXPIRED = 40142  # renewable: the SDK asks its auth callback for a new token
+NOT_PERMITTED = 40160  # the token does not allow this channel
 CONNECTION_DISCONNECTED = 80003  # with DISCONNECTED: the SDK reconnects at once
 UNABLE_TO_RECOVER = 80008
 CONTINUITY_LOST = 80020

@@ -26,6 +26,7 @@ from .protocol import (
     HAS_PRESENCE,
     INVALID_CLIENT_ID,
     MESSAGE_TOO_LARGE,
+    NOT_PERMITTED,
     RESUMED,
     Action,
     PresenceAction,
@@ -45,11 +46,22 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+Observer = Callable[[str | None, str, dict[str, Any]], None]
+"""``observe(client_id, channel, message)``: sees each message the broker relays.
+
+``message`` holds the fields the client sent (``name``, ``data``, ``encoding``,
+...). Called on the broker's loop after the message went out, so it must be
+quick; what it raises is logged and ignored.
+"""
+
+
 class Router:
     """Sessions and channels of one broker, and the effect of every client frame."""
 
-    def __init__(self, limits: Limits, on_overflow: Callable[[Session], None]) -> None:
+    def __init__(self, limits: Limits, on_overflow: Callable[[Session], None],
+                 observe: Observer | None = None) -> None:
         self.limits = limits
+        self.observe = observe
         self.instance = secrets.token_hex(4)
         self.sessions: dict[str, Session] = {}
         self._by_key: dict[str, Session] = {}
@@ -129,7 +141,9 @@ class Router:
     def handle(self, session: Session, frame: dict[str, Any], size: int) -> None:
         """Apply one validated frame (of ``size`` bytes) from ``session``."""
         action = frame["action"]
-        if action == Action.MESSAGE:
+        if "channel" in frame and not session.may_use(frame["channel"]):
+            self._not_permitted(session, frame)
+        elif action == Action.MESSAGE:
             self._publish(session, frame, size)
         elif action == Action.PRESENCE:
             self._presence(session, frame, size)
@@ -150,6 +164,20 @@ class Router:
             return False
         session.last_serial = max(session.last_serial, serial)
         return True
+
+    def _not_permitted(self, session: Session, frame: dict[str, Any]) -> None:
+        """Refuse a frame for a channel this connection's grant does not cover."""
+        name, action = frame["channel"], frame["action"]
+        message = (f"client {session.client_id!r} may not use channel {name!r} (its token "
+                   "admits it to other channels only)")
+        if action in (Action.MESSAGE, Action.PRESENCE):
+            if self._check_serial(session, frame["msgSerial"]):
+                self._nack(session, frame["msgSerial"], message, NOT_PERMITTED)
+        elif action == Action.ATTACH:
+            self._send(session, encode({"action": Action.ERROR, "channel": name,
+                                        "error": error_info(message, NOT_PERMITTED)}))
+        else:
+            self._send(session, encode({"action": Action.DETACHED, "channel": name}))
 
     def _nack(self, session: Session, serial: int, message: str, code: int) -> None:
         self._send(session, encode(
@@ -207,6 +235,12 @@ class Router:
         touched[session.id] = session
         for sub in touched.values():
             self._wake(sub)
+        if self.observe is not None:
+            for item in items:
+                try:
+                    self.observe(session.client_id, channel.name, item)
+                except Exception:
+                    log.exception("the broker's message observer failed (ignored)")
 
     def _attach(self, session: Session, frame: dict[str, Any]) -> None:
         name = frame["channel"]

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,13 +38,27 @@ from .protocol import (
     error_info,
     parse_frame,
 )
-from .router import Router
+from .router import Observer, Router
 from .state import Session
 
 log = logging.getLogger("kachery_tasks.network.broker")
 
-Authorizer = Callable[[str], str]
-"""``authorize(token) -> client_id``; raises (or returns "") to deny the token."""
+
+@dataclass(frozen=True)
+class Grant:
+    """What an authorizer admits a token to: a client id, and the channels it may use.
+
+    ``channels`` None means any channel; otherwise the client may attach,
+    publish and enter presence only on those names and their sub-channels
+    (``name/...``): anything else is refused with Ably's error 40160.
+    """
+
+    client_id: str | None
+    channels: frozenset[str] | None = None
+
+
+Authorizer = Callable[[str], "str | Grant"]
+"""``authorize(token) -> client_id or Grant``; raises (or returns "") to deny the token."""
 
 
 class TokenExpired(Exception):
@@ -73,13 +88,16 @@ class Broker:
     def __init__(
         self, host: str = "127.0.0.1", port: int = 7654, *,
         authorize: Authorizer | None = None, limits: Limits | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.authorize = authorize
         self.limits = limits or Limits()
-        self.router = Router(self.limits, self._overflow)
+        self.router = Router(self.limits, self._overflow, observe)
         self.denials = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closers: set[asyncio.Future] = set()
         self._server: Any = None
         self._housekeeper: asyncio.Task | None = None
         self._ws_log = redact_logger("kachery_tasks.network.broker.websockets")
@@ -94,8 +112,13 @@ class Broker:
 
     async def start(self) -> None:
         """Listen (returns once the port is bound)."""
+        from websockets import http11
         from websockets.asyncio.server import serve
 
+        # The token rides in the request line (?accessToken=...); websockets reads
+        # at most MAX_LINE_LENGTH bytes of it (8 KiB by default), a module setting.
+        http11.MAX_LINE_LENGTH = max(http11.MAX_LINE_LENGTH, self.limits.max_request_line)
+        self._loop = asyncio.get_running_loop()
         try:
             self._server = await serve(
                 self._serve_connection, self.host, self.port, max_size=self.limits.max_frame_bytes,
@@ -140,6 +163,42 @@ class Broker:
                 count += 1
         return count
 
+    def disconnect(self, client_id: str, channel: str | None, reason: str) -> None:
+        """Close (for good) the connections of ``client_id`` whose grant covers ``channel``.
+
+        For an authorizer that learns a client is no longer admitted (a node
+        removed from a channel): each such connection gets ERROR 40101 with
+        ``reason`` (the SDK then fails without retrying) and is forgotten, so it
+        cannot be resumed. ``channel`` None closes every connection of the
+        client. Safe to call from any thread.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._disconnect, client_id, channel, reason)
+        except RuntimeError:  # the loop closed meanwhile: nobody is connected any more
+            pass
+
+    def _disconnect(self, client_id: str, channel: str | None, reason: str) -> None:
+        for session in list(self.router.sessions.values()):
+            if session.client_id != client_id or (
+                channel is not None and not session.may_use(channel)
+            ):
+                continue
+            ws, session.ws = session.ws, None  # its reader no longer keeps it resumable
+            pending = []  # what it was sent before (the notice that removed it, say)
+            while ws is not None and session.outbox:
+                pending.append(session.outbox.take())
+            self.router.close_session(session)
+            self.denials += 1
+            log.warning("closed connection %s of client %r: %s", session.id, client_id, reason)
+            if ws is not None:
+                task = asyncio.ensure_future(self._refuse(ws, reason, INVALID_CREDENTIALS,
+                                                          pending))
+                self._closers.add(task)
+                task.add_done_callback(self._closers.discard)
+
     def stats(self) -> dict[str, int]:
         """Counts for monitoring and tests: connections, channels, bytes waiting in outboxes."""
         sessions = self.router.sessions.values()
@@ -169,13 +228,14 @@ class Broker:
                                "with use_binary_protocol=False", BAD_REQUEST)
             return
         try:
-            client_id = await self._admit(param("accessToken") or param("key"), param("clientId"))
+            grant = await self._admit(param("accessToken") or param("key"), param("clientId"))
         except _Denied as e:
             self.denials += 1
             log.warning("denied a client from %s: %s", peer, e)
             await self._refuse(ws, str(e), e.code)
             return
-        session, error = self._open_session(param("resume"), client_id, param("echo") != "false")
+        client_id = grant.client_id
+        session, error = self._open_session(param("resume"), grant, param("echo") != "false")
         session.ws = ws
         session.wake = asyncio.Event()  # this transport's writer's own: an old writer may linger
         session.last_sent = time.monotonic()
@@ -219,14 +279,20 @@ class Broker:
                              self.limits.connection_ttl)
 
     def _open_session(
-        self, resume: str | None, client_id: str | None, echo: bool
+        self, resume: str | None, grant: Grant, echo: bool
     ) -> tuple[Session, dict | None]:
-        """The resumed session, or a new one and the error saying why it is new."""
+        """The resumed session, or a new one and the error saying why it is new.
+
+        A session is resumed only by the same client with the same grant: a
+        token for other channels starts afresh.
+        """
         error = None
+        client_id = grant.client_id
         if resume:
             prior = self.router.lookup(resume)
             superseded = prior.ws if prior is not None else None
-            session = self.router.resume(resume, client_id)
+            same_grant = prior is None or prior.channels_allowed == grant.channels
+            session = self.router.resume(resume, client_id) if same_grant else None
             if session is not None:
                 if superseded is not None:  # the client gave up on it; so do we
                     superseded.transport.abort()
@@ -236,7 +302,9 @@ class Broker:
             error = (error_info(reason, CONTINUITY_LOST) if reason else error_info(
                 "unable to recover the connection: its key is unknown or expired "
                 "(a new connection was opened)", UNABLE_TO_RECOVER))
-        return self.router.new_session(client_id, echo), error
+        session = self.router.new_session(client_id, echo)
+        session.channels_allowed = grant.channels
+        return session, error
 
     def _connected_frame(self, session: Session, error: dict | None) -> str:
         limits = self.limits
@@ -257,38 +325,47 @@ class Broker:
             frame["error"] = error
         return encode(frame)
 
-    async def _admit(self, token: str | None, requested: str | None) -> str | None:
-        """The clientId of a client presenting ``token``; raises _Denied."""
+    async def _admit(self, token: str | None, requested: str | None) -> Grant:
+        """What a client presenting ``token`` is admitted to; raises _Denied."""
         if self.authorize is None:
-            return requested
+            return Grant(requested)
         if not token:
             raise _Denied("no token: connect with a token provider (auth callback)",
                           INVALID_CREDENTIALS)
         try:
-            client_id = await asyncio.to_thread(self.authorize, token)
+            grant = await asyncio.to_thread(self.authorize, token)
         except TokenExpired as e:
             raise _Denied(f"token expired: {e}", TOKEN_EXPIRED) from None
         except Exception as e:
             raise _Denied(f"token refused: {e}", INVALID_CREDENTIALS) from None
-        if not client_id:
+        if not isinstance(grant, Grant):
+            grant = Grant(grant)
+        if not grant.client_id:
             raise _Denied("token refused", INVALID_CREDENTIALS)
-        if requested is not None and requested != client_id:
-            raise _Denied(f"the token is for client {client_id!r}, not {requested!r}",
+        if requested is not None and requested != grant.client_id:
+            raise _Denied(f"the token is for client {grant.client_id!r}, not {requested!r}",
                           INCOMPATIBLE_CREDENTIALS)
-        return client_id
+        return grant
 
     async def _reauthorize(self, session: Session, ws: Any, writer: asyncio.Task,
                            frame: dict) -> bool:
         """AUTH with a new token: CONNECTED again, or an error that ends the connection."""
         try:
-            client_id = await self._admit(frame["auth"]["accessToken"], session.client_id)
+            grant = await self._admit(frame["auth"]["accessToken"], session.client_id)
         except _Denied as e:
             self.denials += 1
             log.warning("connection %s: new token denied: %s", session.id, e)
             await self._finish(session, ws, writer,
                                {"action": Action.ERROR, "error": error_info(str(e), e.code)})
             return False
-        session.client_id = client_id
+        if grant.channels != session.channels_allowed:
+            self.denials += 1
+            message = "a new token must admit the client to the same channels as its first"
+            log.warning("connection %s: new token denied: %s", session.id, message)
+            await self._finish(session, ws, writer, {"action": Action.ERROR, "error": error_info(
+                message, INCOMPATIBLE_CREDENTIALS)})
+            return False
+        session.client_id = grant.client_id
         session.outbox.push_frame(self._connected_frame(session, None))
         session.wake.set()
         return True
@@ -319,11 +396,13 @@ class Broker:
             await ws.send(encode(frame))
             await ws.close()
 
-    async def _refuse(self, ws: Any, message: str, code: int) -> None:
-        """Send an ERROR and let the client close first, so it reads the error."""
+    async def _refuse(self, ws: Any, message: str, code: int, before: list[str] = ()) -> None:
+        """Send ``before``, then an ERROR, and let the client close first, so it reads it."""
         from websockets.exceptions import ConnectionClosed
 
         with contextlib.suppress(ConnectionClosed):
+            for frame in before:
+                await ws.send(frame)
             await ws.send(encode({"action": Action.ERROR, "error": error_info(message, code)}))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ws.wait_closed(), 2.0)

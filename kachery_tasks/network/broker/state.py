@@ -109,6 +109,7 @@ class Session:
     key: str
     client_id: str | None
     echo: bool = True
+    channels_allowed: frozenset[str] | None = None  # None: any channel (see Grant)
     ws: Any = None
     outbox: Outbox = field(default_factory=Outbox)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -118,6 +119,13 @@ class Session:
     last_sent: float = field(default_factory=time.monotonic)
     presence_timer: asyncio.TimerHandle | None = None
     expiry_timer: asyncio.TimerHandle | None = None
+
+    def may_use(self, channel: str) -> bool:
+        """Whether this connection's grant covers ``channel`` (a granted name or ``name/...``)."""
+        allowed = self.channels_allowed
+        if allowed is None or channel in allowed:
+            return True
+        return any(channel.startswith(name + "/") for name in allowed)
 
     def cancel_timers(self) -> None:
         for timer in (self.presence_timer, self.expiry_timer):

@@ -1,0 +1,176 @@
+"""kachery-tasks channel ...: create, invite, join, membership, ls, status (in-process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from kachery_tasks.config import node_dir
+from kachery_tasks.keys import node_keypair
+from kachery_tasks.network.channels import ChannelSession, ChannelStore, parse_invite
+from tests.cli.inprocess import assert_clean, run_main
+from tests.network.channels.conftest import broker_with_admission
+from tests.network.conftest import FAST
+
+SUBCOMMANDS = ("create", "invite", "join", "add-node", "remove-node", "set-permissions", "ls",
+               "status")
+
+
+class Nodes:
+    """Two node directories, 'owner' and 'member'; ``run(who, *argv)`` runs the CLI as one."""
+
+    def __init__(self, root, monkeypatch) -> None:
+        self.root, self.mp = root, monkeypatch
+
+    def use(self, who: str):
+        self.mp.setenv("KACHERY_TASKS_DIR", str(self.root / who))
+        return node_dir()
+
+    def run(self, who: str, *argv: str, ok: bool = True):
+        self.use(who)
+        r = run_main("channel", *argv)
+        assert_clean(r)
+        assert (r.status == 0) is ok, (r.status, r.stdout, r.stderr)
+        return r
+
+    def id(self, who: str) -> str:
+        return node_keypair(self.use(who)).public_hex
+
+
+@pytest.fixture
+def nodes(tmp_path, monkeypatch):
+    return Nodes(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def lab(nodes, tmp_path):
+    """Channel lab, created on 'owner' (pub/sub: a port nobody listens on); its invite."""
+    r = nodes.run("owner", "create", "lab", "--bucket", f"file://{tmp_path}/bucket",
+                  "--pubsub", "ws://127.0.0.1:9", "--label", "boss")
+    return r.stdout.decode().splitlines()[-1]
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS)
+def test_every_command_has_help_with_an_example(sub):
+    r = run_main("channel", sub, "--help")
+    out = r.stdout.decode()
+    assert r.status == 0 and "example:" in out and f"kachery-tasks channel {sub}" in out
+
+
+def test_the_invite_help_says_it_holds_no_secret():
+    assert "holds no secret" in run_main("channel", "invite", "--help").stdout.decode()
+
+
+def test_create_prints_the_invite_and_keeps_the_owner_key_private(nodes, lab, tmp_path):
+    invite = parse_invite(lab)
+    assert invite.name == "lab" and invite.bucket == f"file://{tmp_path}/bucket"
+    assert nodes.run("owner", "invite", "lab").stdout.decode().strip() == lab
+    channel = ChannelStore(nodes.use("owner")).find("lab")
+    assert stat.S_IMODE(os.stat(channel.path / "owner.key").st_mode) == 0o600
+    out = nodes.run("owner", "ls").stdout.decode()
+    assert out.startswith("lab  (") and "version 1, owner's node, member: download,upload," \
+        "request_tasks,process_tasks,read_feeds" in out
+    r = nodes.run("owner", "create", "lab", "--bucket", f"file://{tmp_path}/b2", "--pubsub",
+                  "ably:", ok=False)
+    assert "already owns a channel called lab" in r.stderr
+
+
+def test_join_add_and_remove_a_member(nodes, lab):
+    member = nodes.id("member")
+    out = nodes.run("member", "join", lab).stdout.decode()
+    assert "joined channel lab" in out and f"this node's id: {member}" in out
+    assert f"kachery-tasks channel add-node lab {member} --label NAME" in out
+
+    out = nodes.run("owner", "add-node", "lab", member, "--label", "alice", "--allow",
+                    "download,upload", "--offline").stdout.decode()
+    assert out.strip() == "channel lab: version 2 published to " + parse_invite(lab).bucket + \
+        " (added alice, allowed: download,upload)"
+    out = nodes.run("member", "join", lab).stdout.decode()
+    assert "already joined channel lab" in out and "version 2" in out
+    assert "this node is a member, allowed: download,upload" in out
+
+    nodes.run("owner", "set-permissions", "lab", member, "--allow", "read_feeds", "--offline")
+    status = json.loads(nodes.run("member", "status", "lab", "--json", "--offline").stdout)
+    assert status["version"] == 2  # --offline: what the node trusts, the bucket not asked
+    status = json.loads(nodes.run("member", "status", "lab", "--json").stdout)
+    assert status["version"] == 3
+    alice = next(m for m in status["members"] if m["node"] == member)
+    assert alice == {"node": member, "label": "alice", "permissions": ["read_feeds"],
+                     "online": None}
+    assert "no broker answered at ws://127.0.0.1:9" in status["online_unknown_because"]
+
+    nodes.run("owner", "remove-node", "lab", member, "--offline")
+    out = nodes.run("member", "ls").stdout.decode()
+    assert "version 3" in out and "member: read_feeds" in out  # not asked the bucket yet
+    out = nodes.run("member", "status", "lab").stdout.decode()
+    assert "version: 4" in out and "alice" not in out and "boss" in out
+
+
+def test_membership_changes_are_for_the_owners_node_only(nodes, lab):
+    nodes.run("member", "join", lab)
+    r = nodes.run("member", "add-node", "lab", "ab" * 32, "--allow", "all", "--offline",
+                  ok=False)
+    assert "only the owner's node can change channel lab" in r.stderr
+
+
+@pytest.mark.parametrize(("argv", "why"), [
+    (("join", "kachery-channel:AAAA"), "the invite is damaged"),
+    (("join", "lab"), "an invite starts with kachery-channel:"),
+    (("invite", "nope"), "has not joined a channel called 'nope'"),
+    (("status", "nope"), "has not joined a channel called 'nope'"),
+    (("add-node", "lab", "xyz", "--allow", "download"), "64 lowercase hex digits"),
+    (("add-node", "lab", "ab" * 32, "--allow", "root"), "unknown permission 'root'"),
+    (("add-node", "lab", "ab" * 32), "the following arguments are required: --allow"),
+    (("remove-node", "lab", "ab" * 32, "--offline"), "is not a member of lab"),
+    (("create", "a b", "--bucket", "gs://b/p", "--pubsub", "ably:"), "a channel name is"),
+    (("create", "x", "--bucket", "s3://b", "--pubsub", "ably:"), "a channel bucket is"),
+    (("create", "x", "--bucket", "gs://b/p", "--pubsub", "http://h"), "a pub/sub URL is"),
+])
+def test_mistakes_are_one_line_errors(nodes, lab, argv, why):
+    r = nodes.run("owner", *argv, ok=False)
+    assert why in r.stderr and r.stderr.startswith("error: ")
+
+
+def test_joining_a_channel_whose_bucket_has_no_config_records_nothing(nodes, lab, tmp_path):
+    invite = parse_invite(lab)
+    empty = str(type(invite)(invite.name, invite.owner, f"file://{tmp_path}/empty",
+                             invite.pubsub))
+    r = nodes.run("member", "join", empty, ok=False)
+    assert "no config of channel lab signed by its owner" in r.stderr
+    assert ChannelStore(nodes.use("member")).all() == []
+
+
+@pytest.fixture
+def broker():
+    with broker_with_admission() as (running, _):
+        yield running
+
+
+def test_status_shows_who_is_online(nodes, tmp_path, broker):
+    r = nodes.run("owner", "create", "lab", "--bucket", f"file://{tmp_path}/bucket",
+                  "--pubsub", broker.url, "--label", "boss")
+    invite = r.stdout.decode().splitlines()[-1]
+    member = nodes.id("member")
+    nodes.run("member", "join", invite)
+    out = nodes.run("owner", "add-node", "lab", member, "--label", "alice", "--allow",
+                    "download").stdout.decode()
+    assert f"members notified on {broker.url}" in out
+    channel = ChannelStore(nodes.use("member")).find("lab")
+    with ChannelSession(channel, node_keypair(nodes.use("member")), **FAST).start():
+        status = json.loads(nodes.run("owner", "status", "lab", "--json").stdout)
+        online = {m["label"]: m["online"] for m in status["members"]}
+        assert online == {"alice": True, "boss": False}  # status itself does not enter
+        text = nodes.run("owner", "status", "lab").stdout.decode()
+        assert "online" in text and "offline" in text and "[this node owns it]" in text
+
+
+def test_a_pubsub_that_cannot_be_reached_is_noted_in_one_line(nodes, lab, run_cli, tmp_path):
+    """In a real process: the SDK's failed close task leaves no traceback on stderr."""
+    r = run_cli("channel", "status", "lab", env={"KACHERY_TASKS_DIR": str(tmp_path / "owner")})
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "online:  unknown (no broker answered at ws://127.0.0.1:9" in out
+    assert err == ""
