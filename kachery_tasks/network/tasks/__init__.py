@@ -1,0 +1,9 @@
+"""Tasks between nodes of a channel.
+
+* :mod:`.registry` — :class:`Provided`: the tasks a provider runs for others,
+  imported from named modules and looked up by name; nothing else runs.
+"""
+
+from .registry import Provided
+
+__all__ = ["Provided"]
