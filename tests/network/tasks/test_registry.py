@@ -79,7 +79,7 @@ def test_only_registered_functions_run(provided):
         Call.from_bytes(call, lookup_task=provided.lookup)
     # a call naming any other importable function: nothing is imported from the wire
     forged = call.replace(H.encode() + b"unused", b"os.system")
-    with pytest.raises(CallRejectedError, match="os.system, which is not a task"):
+    with pytest.raises(CallRejectedError, match=r"os\.system, which is not a task"):
         Call.from_bytes(forged, lookup_task=provided.lookup)
 
 
