@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -51,3 +52,27 @@ def slow_renames(monkeypatch):
     from kachery_tasks.storage.buckets import local
 
     monkeypatch.setattr(local, "os", _SlowRenames())
+
+
+def _in_threads(action, n: int) -> list:
+    """``action(i)`` for i in range(n), all started at once; the results by i."""
+    start = threading.Barrier(n)
+    results: list = [None] * n
+
+    def run(i: int) -> None:
+        start.wait()
+        results[i] = action(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert None not in results, "a thread did not finish"
+    return results
+
+
+@pytest.fixture
+def in_threads():
+    """``in_threads(action, n)``: ``action(i)`` in n threads started at once; results by i."""
+    return _in_threads

@@ -68,24 +68,6 @@ def plant_expired(claims: Claims, task_id: str, signer: KeyPair) -> None:
     assert claims.read(task_id).node == signer.public_hex  # trusted, only expired
 
 
-def in_threads(action, n: int) -> list:
-    """``action(i)`` for i in range(n), all started at once; the results by i."""
-    start = threading.Barrier(n)
-    results: list = [None] * n
-
-    def run(i: int) -> None:
-        start.wait()
-        results[i] = action(i)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT)
-    assert None not in results
-    return results
-
-
 # ---------------------------------------------------------------- acquiring
 def test_the_first_claimant_holds_and_others_see_who_until_when(make, keys):
     a, b = make(0), make(1)
@@ -100,7 +82,7 @@ def test_the_first_claimant_holds_and_others_see_who_until_when(make, keys):
     assert b.read(tid()) == seen
 
 
-def test_racing_claimants_of_a_new_id_one_wins(make, keys):
+def test_racing_claimants_of_a_new_id_one_wins(make, keys, in_threads):
     for round_ in range(3):
         results = in_threads(lambda i, r=round_: make(i).acquire(tid(r), FN), 6)
         winners = [i for i, got in enumerate(results) if isinstance(got, Claim)]
@@ -109,7 +91,7 @@ def test_racing_claimants_of_a_new_id_one_wins(make, keys):
         assert others <= {keys[winners[0]].public_hex}
 
 
-def test_racing_takers_of_an_expired_claim_one_wins(make, keys, slow_renames):
+def test_racing_takers_of_an_expired_claim_one_wins(make, keys, slow_renames, in_threads):
     dead = keys[7]
     for round_ in range(3):
         plant_expired(make(), tid(round_), dead)

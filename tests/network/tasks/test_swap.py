@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from kachery_tasks.canonical import canonical_json
@@ -58,38 +56,19 @@ def test_remove_deletes_only_the_generation_read(bucket):
     assert list(bucket.list(TURNS)) == []
 
 
-def _race(bucket, action, writers: int) -> list[str]:
-    """``action(i)`` in ``writers`` threads at once; their results, by ``i``."""
-    start = threading.Barrier(writers)
-    results: list[str | None] = [None] * writers
-
-    def run(i: int) -> None:
-        start.wait()
-        results[i] = action(i)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert None not in results
-    return results
-
-
-@pytest.mark.parametrize("rounds", [3])
-def test_of_racing_writers_over_one_generation_exactly_one_writes(bucket, slow_renames, rounds):
-    for r in range(rounds):
+def test_of_racing_writers_over_one_generation_exactly_one_writes(bucket, slow_renames, in_threads):
+    for r in range(3):
         bucket.put(f"k{r}", b"old")
         generation = bucket.stat(f"k{r}").generation
-        results = _race(bucket, lambda i, r=r, g=generation: swap.swap(
-            bucket, f"k{r}", f"writer {i}".encode(), g, **options(f"w{i}")), writers=5)
+        results = in_threads(lambda i, r=r, g=generation: swap.swap(
+            bucket, f"k{r}", f"writer {i}".encode(), g, **options(f"w{i}")), 5)
         assert results.count(WRITTEN) == 1, results
         winner = results.index(WRITTEN)
         assert bucket.get(f"k{r}") == f"writer {winner}".encode()
         assert set(results) - {WRITTEN} <= {BUSY, CHANGED}
 
 
-def test_of_racing_removers_and_writers_exactly_one_acts(bucket, slow_renames):
+def test_of_racing_removers_and_writers_exactly_one_acts(bucket, slow_renames, in_threads):
     bucket.put("k", b"old")
     generation = bucket.stat("k").generation
 
@@ -98,7 +77,7 @@ def test_of_racing_removers_and_writers_exactly_one_acts(bucket, slow_renames):
             return swap.remove(bucket, "k", generation, **options(f"w{i}"))
         return swap.swap(bucket, "k", f"writer {i}".encode(), generation, **options(f"w{i}"))
 
-    results = _race(bucket, act, writers=4)
+    results = in_threads(act, 4)
     assert results.count(WRITTEN) == 1, results
 
 
