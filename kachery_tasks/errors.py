@@ -34,7 +34,13 @@ the class derives from it too, so generic handlers keep working.
     │   ├── TaskNotCachedError      (LookupError) no result recorded for a task id
     │   ├── UntrustedPickleError    a pickle from another node, not allowed
     │   ├── ExecutorError           the executor (e.g. a Dask cluster) failed
-    │   └── CallRejectedError       a call sent by another node does not match the task here
+    │   ├── CallRejectedError       a call sent by another node does not match the task here
+    │   ├── UnknownTaskError        (LookupError) a function this node does not provide
+    │   ├── TaskModuleError         a module named to provide tasks cannot be imported
+    │   └── ClaimError              a channel-wide claim on a task id (see docs/remote-tasks.md)
+    │       ├── ClaimHeldError          another node holds the claim
+    │       ├── ClaimLostError          another node took over this node's claim
+    │       └── ClaimTimeoutError       (TimeoutError) waiting for another node's claim ran out
     ├── PubSubError                 pub/sub: connect, publish (nack, timeout), presence
     │   └── PubSubAuthError         the broker refused this client's credentials
     └── ChannelError                channels: config, invite, token or message that is not valid
@@ -170,6 +176,34 @@ class ExecutorError(TaskError):
 
 class CallRejectedError(TaskError):
     """A call received from another node names a task, code or id this node does not match."""
+
+
+class UnknownTaskError(TaskError, LookupError):
+    """A call names a function that this node does not provide (not registered)."""
+
+
+class TaskModuleError(TaskError):
+    """A module named to provide tasks cannot be imported, or defines no task."""
+
+
+class ClaimError(TaskError):
+    """A channel-wide claim on a task id could not be taken, kept or used."""
+
+
+class ClaimHeldError(ClaimError):
+    """Another node holds the claim on the task id; ``holder`` says who and until when."""
+
+    def __init__(self, message: str, holder: object = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class ClaimLostError(ClaimError):
+    """This node's claim was taken over by another node (its renewals came too late)."""
+
+
+class ClaimTimeoutError(ClaimError, TimeoutError):
+    """Another node's claim was still held, and no result came, when the wait ended."""
 
 
 class PubSubError(KacheryError):
