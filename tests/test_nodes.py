@@ -193,7 +193,7 @@ def test_a_bad_listed_remote_is_a_clear_error(tmp_path):
     n = kachery.node(tmp_path / "e")
     (tmp_path / "e" / "remotes.txt").write_text("nosuch://x\n")
     with pytest.raises(ConfigError, match=r"remotes.txt: unknown remote 'nosuch://x'"):
-        n.remotes
+        assert n.remotes
 
 
 def test_content_found_nowhere_says_why_a_remote_could_not_help(tmp_path):
