@@ -11,3 +11,29 @@ def test_node_init_and_info(run_cli, tmp_path, node_path):
     info = json.loads(run_cli("node", "info", "--json").stdout)
     assert info["node_dir"] == str(node_path) and info["blobs"] == 0
     assert len(info["node_id"]) == 64
+
+
+def test_node_start_serves_until_sigterm_and_refuses_a_second_daemon(run_cli, node_path):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "kachery_tasks", "node", "start"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"node daemon of {node_path} running (pid {proc.pid}); "
+                               "channels: none yet"), (line, proc.stderr.read())
+        assert (node_path / "daemon" / "pid").read_text().strip() == str(proc.pid)
+        second = run_cli("node", "start")
+        assert second.returncode == 1
+        assert second.stderr.decode().strip() == (
+            f"error: a node daemon already serves {node_path} (pid {proc.pid}): stop it "
+            "first (Ctrl-C, or kill that pid)")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (node_path / "daemon" / "pid").exists()
+    assert "daemon started" in proc.stderr.read()
