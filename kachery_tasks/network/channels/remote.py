@@ -184,18 +184,19 @@ class ChannelRemote(Remote):
             content_sha256(uri)
         except InvalidURIError as e:
             raise ContentNotFoundError(str(e)) from None
+        channel_name = self.channel.name
         try:
             _, asker = self.session()
         except KacheryError as e:  # not a member, no broker reachable, ...
             raise ContentNotFoundError(
-                f"{uri} is not in the bucket of channel {self.name}, and its members cannot "
+                f"{uri} is not in the bucket of channel {channel_name}, and its members cannot "
                 f"be asked: {e}") from e
         try:
             return ask_for_file(asker, bucket, store, uri, timeout=self.timeout,
                                 progress=progress)
         except ChannelPermissionError as e:
             raise ContentNotFoundError(
-                f"{uri} is not in the bucket of channel {self.name}, and this node may not "
+                f"{uri} is not in the bucket of channel {channel_name}, and this node may not "
                 f"ask its members: {e}") from e
 
     def offer_content(
