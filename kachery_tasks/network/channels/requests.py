@@ -56,6 +56,9 @@ Events = Callable[[dict[str, Any]], None]
 ANSWER_RETRY_SECONDS = 60.0
 """How long a final answer or a decline is retried while the pub/sub is unreachable."""
 
+PROGRESS_TIMEOUT = 2.0
+"""Seconds a progress report waits for the broker's acknowledgement before it is given up."""
+
 REMEMBERED_ANSWERS = 10_000
 """Answers a responder keeps to send again when a request is repeated."""
 
@@ -277,14 +280,11 @@ class Incoming:
         self.answered: tuple[str, dict[str, Any]] | None = None
 
     def progress(self, body: dict[str, Any]) -> None:
-        """Publish a progress answer (best effort: a lost one only shortens the asker's
-        patience)."""
-        type = next(iter(sorted(self.responder.exchange.progress)))
+        """Report progress; returns at once. The responder's progress thread publishes
+        the latest report of each request (best effort: a lost one only shortens the
+        asker's patience), so a pub/sub that is away never slows the work down."""
         self.progress_now = {k: body[k] for k in ("bytes", "total") if k in body} or None
-        try:
-            self.responder.session.publish(type, self._addressed(body))
-        except KacheryError as e:
-            log.info("could not send %s for request %s...: %s", type, self.id[:8], e)
+        self.responder.send_progress(self, self._addressed(body))
         self.responder.changed(self)
 
     def answer(self, type: str, body: dict[str, Any], detail: str = "") -> None:
@@ -330,6 +330,9 @@ class Responder:
         self._serving: dict[tuple[str, str], Incoming] = {}
         self._done: OrderedDict[tuple[str, str], Incoming] = OrderedDict()
         self._closed = False
+        self._progress: dict[str, dict[str, Any]] = {}
+        self._progress_ready = threading.Condition(self._lock)
+        self._progress_thread: threading.Thread | None = None
         session.on(exchange.request, self._on_request)
 
     def _on_request(self, msg: ChannelMessage) -> None:
@@ -392,6 +395,31 @@ class Responder:
                          incoming.id[:8], e)
                 time.sleep(0.5)
 
+    def send_progress(self, incoming: Incoming, body: dict[str, Any]) -> None:
+        """Have the progress thread publish ``body`` (replacing a report not sent yet)."""
+        with self._lock:
+            self._progress[incoming.id] = body
+            if self._progress_thread is None:
+                self._progress_thread = threading.Thread(
+                    target=self._send_progress, name="kachery-progress", daemon=True)
+                self._progress_thread.start()
+            self._progress_ready.notify()
+
+    def _send_progress(self) -> None:
+        type = next(iter(sorted(self.exchange.progress)))
+        while True:
+            with self._lock:
+                while not self._progress and not self._closed:
+                    self._progress_ready.wait()
+                if self._closed:
+                    return
+                rid, body = next(iter(self._progress.items()))
+                del self._progress[rid]
+            try:
+                self.session.publish(type, body, timeout=PROGRESS_TIMEOUT)
+            except KacheryError as e:
+                log.info("could not send %s for request %s...: %s", type, rid[:8], e)
+
     def changed(self, incoming: Incoming) -> None:
         if self.events is not None:
             self.events({"type": "request", "request": incoming.to_status()})
@@ -404,5 +432,6 @@ class Responder:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._progress_ready.notify_all()
         self.session.off(self.exchange.request, self._on_request)
         self._pool.shutdown(wait=False, cancel_futures=True)

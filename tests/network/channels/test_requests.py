@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -174,3 +175,33 @@ def test_both_sides_keep_status_rows(sessions):
     assert served["to"] == b.node_id
     assert all(e["type"] == "request" for e in events)
     assert {e["request"]["status"] for e in events} >= {"waiting", "serving", "declined"}
+
+
+def test_progress_reports_never_hold_up_the_work():
+    """A broker that does not acknowledge progress reports does not stop the answer."""
+    release = threading.Event()
+    published = []
+
+    def publish(type, body, timeout=None):
+        if type == "file_upload_progress":
+            release.wait(30)  # the pub/sub is away
+        published.append((type, body.get("bytes")))
+
+    handlers = {}
+    session = SimpleNamespace(node_id="me", channel=SimpleNamespace(name="lab"),
+                              on=lambda t, h: handlers.setdefault(t, h),
+                              off=lambda t, h: None, publish=publish, pubsub=object())
+
+    def work(incoming):
+        for i in range(3):
+            incoming.progress({"sha256": "x", "bytes": i, "total": 3})
+        incoming.answer("file_uploaded", {"sha256": "x"})
+
+    responder = Responder(session, FILE, work)
+    msg = SimpleNamespace(type="request_file", sender="asker", body={"request": "ab" * 16})
+    handlers["request_file"](msg)
+    wait_for(lambda: ("file_uploaded", None) in published, what="the answer")
+    release.set()
+    wait_for(lambda: len(published) >= 2, what="a progress report")
+    assert published[0] == ("file_uploaded", None)
+    responder.close()
