@@ -15,7 +15,7 @@ from ..config import default_path, init_node_dir
 from ..nodes import current_node
 from ..sizes import format_size
 from . import command
-from .args import arg, file_path, json_flag
+from .args import arg, file_path, json_flag, size
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -61,7 +61,7 @@ def _start(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node = current_node()
-    daemon = NodeDaemon(node, label=args.label)
+    daemon = NodeDaemon(node, label=args.label, inline_max=args.inline_max)
     daemon.start()
     try:
         channels = ", ".join(s.channel.name for s in daemon.services.values()) or "none yet"
@@ -108,6 +108,9 @@ COMMANDS = (
                     arg("--label", help="how this node shows in presence (default: its label "
                                         "in each channel)"),
                     arg("--quiet", action="store_true", help="log warnings and errors only"),
+                    arg("--inline-max", type=size, default=None, metavar="SIZE",
+                        help="send content up to SIZE inside the answer to a request "
+                             "(default 32KiB, at most 40KiB; 0: always through the bucket)"),
                 ],
                 run=_start,
             ),

@@ -32,10 +32,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ChannelPermissionError, KacheryError
+from ..errors import ChannelPermissionError, InvalidValueError, KacheryError
 from ..nodes import Node
 from ..remotes import open_remote
 from ..remotes.bucket import BucketRemote
+from ..sizes import format_size
 from .pidfile import PidFile
 
 log = logging.getLogger("kachery_tasks.daemon")
@@ -192,8 +193,12 @@ class NodeDaemon:
     def __init__(self, node: Node, *, label: str | None = None,
                  session_options: dict[str, Any] | None = None,
                  inline_max: int | None = None, rescan_every: float = RESCAN_EVERY) -> None:
-        from ..network.channels.files import INLINE_MAX
+        from ..network.channels.files import INLINE_MAX, MAX_INLINE
 
+        if inline_max is not None and not 0 <= inline_max <= MAX_INLINE:
+            raise InvalidValueError(
+                f"content sent inline must be at most {format_size(MAX_INLINE)} (it travels in "
+                f"one pub/sub message), not {format_size(inline_max)}")
         self.node = node
         self.label = label
         self.session_options = dict(session_options or {})

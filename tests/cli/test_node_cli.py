@@ -37,3 +37,11 @@ def test_node_start_serves_until_sigterm_and_refuses_a_second_daemon(run_cli, no
             proc.kill()
     assert not (node_path / "daemon" / "pid").exists()
     assert "daemon started" in proc.stderr.read()
+
+
+def test_node_start_refuses_inline_answers_too_large_for_a_message(run_cli):
+    r = run_cli("node", "start", "--inline-max", "1MiB")
+    assert r.returncode == 1
+    assert r.stderr.decode().strip() == (
+        "error: content sent inline must be at most 40.0 KiB (it travels in one pub/sub "
+        "message), not 1.0 MiB")

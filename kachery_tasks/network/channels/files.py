@@ -55,6 +55,10 @@ INLINE_MAX = 32 * 1024
 """Content up to this size rides in the answer (base64: 43,692 characters, well inside a
 60 KiB message) instead of going through the bucket."""
 
+MAX_INLINE = 40 * 1024
+"""The most a node may send inline: base64 makes it 54,614 characters, which leaves room
+for the envelope within a 60 KiB message."""
+
 PROGRESS_EVERY = 0.5
 """Seconds between two ``file_upload_progress`` messages of one upload."""
 

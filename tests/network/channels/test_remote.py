@@ -324,3 +324,15 @@ def test_a_gap_in_announced_messages_is_filled_from_the_bucket(lab):
         assert [m.body for m in mine.read()] == [0, 1, 2, 3, 4, 5, 6]
     finally:
         follower.close()
+
+
+def test_the_largest_inline_answer_fits_in_one_message(lab):
+    from kachery_tasks.network.channels.files import MAX_INLINE
+
+    a = lab.add("a")
+    b = lab.add("b")
+    lab.daemon("a", inline_max=MAX_INLINE)
+    data = os.urandom(MAX_INLINE)
+    uri = a.store_bytes(data)
+    assert b.load_bytes(uri) == data
+    assert not lab.remote("b").has_content(uri[9:73])  # inline, not through the bucket
