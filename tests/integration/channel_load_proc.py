@@ -15,15 +15,7 @@ import logging
 import sys
 
 import kachery_tasks as kachery
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
-
-
-class Echo(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        say(f"log: {record.getMessage()}")
+from tests.integration.channel_node_proc import Echo, say
 
 
 def main() -> None:

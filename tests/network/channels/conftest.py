@@ -13,7 +13,13 @@ from kachery_tasks.config import NodeDir, init_node_dir
 from kachery_tasks.daemon.service import NodeDaemon
 from kachery_tasks.keys import KeyPair, node_keypair
 from kachery_tasks.network.broker import BrokerThread
-from kachery_tasks.network.channels import ChannelAdmission, ChannelStore, Invite, JoinedChannel
+from kachery_tasks.network.channels import (
+    ChannelAdmission,
+    ChannelSession,
+    ChannelStore,
+    Invite,
+    JoinedChannel,
+)
 from kachery_tasks.network.channels.config import (
     PERMISSIONS,
     ChannelConfig,
@@ -86,6 +92,7 @@ class Lab:
         self.owner: JoinedChannel | None = None
         self.nodes: dict[str, Node] = {}
         self.daemons: list[NodeDaemon] = []
+        self.sessions: list[ChannelSession] = []
 
     def add(self, name: str, permissions: frozenset[str] = ALL) -> Node:
         path = self.root / name
@@ -112,6 +119,17 @@ class Lab:
         self.daemons.append(daemon)
         return daemon
 
+    def session(self, name: str, *, daemon: bool = False, start: bool = True,
+                        ) -> ChannelSession:
+        """A session of node ``name`` (closed at the end); ``daemon=True``: present as a
+        daemon, which askers then expect answers from."""
+        node = self.nodes[name]
+        session = ChannelSession(ChannelStore(node.dir).find("lab"), node.key, **FAST_SESSION)
+        if daemon:
+            session.present(daemon=True)
+        self.sessions.append(session)
+        return session.start() if start else session
+
     def remote(self, name: str) -> ChannelRemote:
         remote = self.nodes[name].remotes[-1]
         assert isinstance(remote, ChannelRemote)
@@ -124,6 +142,8 @@ class Lab:
         return config
 
     def close(self) -> None:
+        for session in self.sessions:
+            session.close()
         for daemon in self.daemons:
             daemon.stop()
         for node in self.nodes.values():

@@ -21,7 +21,7 @@ from kachery_tasks.errors import (
     ContentNotFoundError,
     CorruptContentError,
 )
-from kachery_tasks.network.channels import ChannelSession, ChannelStore, parse_message
+from kachery_tasks.network.channels import ChannelStore, parse_message
 from kachery_tasks.network.channels.files import FILE
 from kachery_tasks.network.channels.livefeeds import FeedFollower
 from kachery_tasks.network.channels.membership import set_permissions
@@ -31,7 +31,7 @@ from kachery_tasks.nodes import Node
 from kachery_tasks.remotes.bucket import BucketRemote
 from kachery_tasks.storage.sync import in_bucket
 from kachery_tasks.testing.remotes import RemoteContract
-from tests.network.channels.conftest import ALL, FAST_SESSION, Lab, wait_for
+from tests.network.channels.conftest import ALL, Lab, wait_for
 
 
 class TestChannelRemote(RemoteContract):
@@ -135,55 +135,41 @@ def test_a_member_without_download_gets_a_clear_error_and_its_requests_are_dropp
             r"\(it lacks the download permission")):
         b.load_file(uri)
     # a request b signs and publishes anyway is dropped by a's daemon, unanswered
-    session = ChannelSession(ChannelStore(b.dir).find("lab"), b.key, **FAST_SESSION).start()
-    try:
-        answers = []
-        session.on("file_uploaded", answers.append)
-        with caplog.at_level(logging.WARNING, "kachery_tasks.network.channels"):
-            session.publish("request_file", {"uri": uri, "request": "12" * 16})
-            wait_for(lambda: "the sender lacks the download permission" in caplog.text)
-        time.sleep(0.3)
-        assert answers == []
-    finally:
-        session.close()
+    session = lab.session("b")
+    answers = []
+    session.on("file_uploaded", answers.append)
+    with caplog.at_level(logging.WARNING, "kachery_tasks.network.channels"):
+        session.publish("request_file", {"uri": uri, "request": "12" * 16})
+        wait_for(lambda: "the sender lacks the download permission" in caplog.text)
+    time.sleep(0.3)
+    assert answers == []
 
 
 def test_a_member_that_never_answers_makes_a_timeout_that_says_who_answered(lab):
     lab.add("a")
     b = lab.add("b")
-    c = lab.add("c")
+    lab.add("c")
     lab.daemon("a")
-    # c is present as a daemon but never answers
-    mute = ChannelSession(ChannelStore(c.dir).find("lab"), c.key, **FAST_SESSION)
-    mute.present(daemon=True)
-    mute.start()
-    try:
-        remote = lab.remote("b")
-        remote.timeout = 1.0
-        with pytest.raises(ChannelTimeoutError) as e:
-            b.load_file("sha256://" + "3" * 64)
-        assert str(e.value).startswith(
-            f"no member of channel lab answered the request for sha256://{'3' * 64} within "
-            "1 s: 2 members online, 2 of them may answer, 1 answered (1 file_absent)")
-    finally:
-        mute.close()
+    lab.session("c", daemon=True)  # present as a daemon, but never answers
+    lab.remote("b").timeout = 1.0
+    with pytest.raises(ChannelTimeoutError) as e:
+        b.load_file("sha256://" + "3" * 64)
+    assert str(e.value).startswith(
+        f"no member of channel lab answered the request for sha256://{'3' * 64} within "
+        "1 s: 2 members online, 2 of them may answer, 1 answered (1 file_absent)")
 
 
 def test_inline_bytes_that_do_not_match_their_id_are_refused(lab):
     lab.add("a")
     b = lab.add("b")
-    c = lab.add("c")
-    liar = ChannelSession(ChannelStore(c.dir).find("lab"), c.key, **FAST_SESSION)
-    liar.present(daemon=True)
+    lab.add("c")
+    liar = lab.session("c", daemon=True, start=False)
     Responder(liar, FILE, lambda i: i.answer("file_uploaded", {
         "sha256": "4" * 64, "size": 4, "data": base64.b64encode(b"fake").decode()}))
     liar.start()
-    try:
-        with pytest.raises(CorruptContentError, match="do not match its id; nothing was stored"):
-            b.load_file("sha256://" + "4" * 64)
-        assert not b.store.has("sha256://" + "4" * 64)
-    finally:
-        liar.close()
+    with pytest.raises(CorruptContentError, match="do not match its id; nothing was stored"):
+        b.load_file("sha256://" + "4" * 64)
+    assert not b.store.has("sha256://" + "4" * 64)
 
 
 def test_a_channel_left_is_no_longer_asked(lab):
@@ -278,7 +264,7 @@ def test_a_feed_followed_while_its_daemon_was_down_catches_up(lab):
 def test_forged_feed_lines_are_refused(lab, caplog):
     a = lab.add("a")
     b = lab.add("b")
-    c = lab.add("c")
+    lab.add("c")
     lab.daemon("b")
     feed = a.create_feed()
     feed.subfeed("s").append({"pay": 1})
@@ -288,14 +274,10 @@ def test_forged_feed_lines_are_refused(lab, caplog):
     line = next(feed.subfeed("s").export_lines(1, 2)).decode()
     forged = line.replace('"pay":2', '"pay":2000')  # c claims a wrote this
     assert forged != line
-    session = ChannelSession(ChannelStore(c.dir).find("lab"), c.key, **FAST_SESSION).start()
-    try:
-        with caplog.at_level(logging.WARNING, "kachery_tasks.network.channels"):
-            session.publish("feed_messages", {"feed": feed.id, "subfeed": "s", "start": 1,
-                                              "count": 1, "lines": [forged]})
-            wait_for(lambda: "refused feed messages from" in caplog.text)
-    finally:
-        session.close()
+    with caplog.at_level(logging.WARNING, "kachery_tasks.network.channels"):
+        lab.session("c").publish("feed_messages", {"feed": feed.id, "subfeed": "s",
+                                                   "start": 1, "count": 1, "lines": [forged]})
+        wait_for(lambda: "refused feed messages from" in caplog.text)
     assert [m.body for m in b.load_feed(feed.uri).subfeed("s").read()] == [{"pay": 1}]
 
 
