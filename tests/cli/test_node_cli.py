@@ -45,3 +45,36 @@ def test_node_start_refuses_inline_answers_too_large_for_a_message(run_cli):
     assert r.stderr.decode().strip() == (
         "error: content sent inline must be at most 40.0 KiB (it travels in one pub/sub "
         "message), not 1.0 MiB")
+
+
+def test_node_start_logs_what_it_serves_and_never_a_key_or_token(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from kachery_tasks.keys import signing_key_path
+    from tests.network.channels.conftest import Lab, broker_with_admission
+
+    with broker_with_admission() as (broker, _):
+        lab = Lab(tmp_path, broker.url)
+        a, b = lab.add("a"), lab.add("b")
+        env = {**os.environ, "KACHERY_TASKS_DIR": str(a.path)}
+        proc = subprocess.Popen([sys.executable, "-m", "kachery_tasks", "node", "start"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            assert proc.stdout.readline().endswith("channels: lab\n")
+            assert b.load_bytes(a.store_bytes(b"logged")) == b"logged"
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            lab.close()
+    log = proc.stderr.read()
+    assert "channel lab: serving as a (config version 2" in log
+    assert "channel lab: request_file sha256://" in log and "sent 6 B inline" in log
+    secrets = [signing_key_path(a.dir).read_text().strip(),
+               (a.path / "channels" / lab.owner.key / "owner.key").read_text().strip()]
+    assert all(secret not in log for secret in secrets)
+    assert "eyJ" not in log and "accessToken" not in log  # no token (base64 JSON) either
