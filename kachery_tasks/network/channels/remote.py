@@ -161,7 +161,7 @@ class ChannelRemote(Remote):
                                          **self._options).start()
                 self._session, self._asker = session, Asker(session)
                 if not self._closing_registered:
-                    atexit.register(self.close)
+                    atexit.register(self._close_at_exit)
                     self._closing_registered = True
             assert self._asker is not None
             return session, self._asker
@@ -283,6 +283,13 @@ class ChannelRemote(Remote):
         except (ChannelNotFoundError, ChannelError) as e:
             log.info("%s: %s", self.url, e)
             return None
+
+    def _close_at_exit(self) -> None:
+        """Say goodbye to the broker if it is there; a process exiting never waits for one
+        that went away (the broker notices the dropped connection by itself)."""
+        session = self._session
+        if session is not None and session.connected:
+            self.close()
 
     def close(self) -> None:
         with self._lock:
