@@ -43,9 +43,11 @@ the class derives from it too, so generic handlers keep working.
     │       └── ClaimTimeoutError       (TimeoutError) waiting for another node's claim ran out
     ├── PubSubError                 pub/sub: connect, publish (nack, timeout), presence
     │   └── PubSubAuthError         the broker refused this client's credentials
-    └── ChannelError                channels: config, invite, token or message that is not valid
-        ├── ChannelNotFoundError    (LookupError) this node has not joined that channel
-        └── ChannelPermissionError  not the owner's node, not a member, or a missing permission
+    ├── ChannelError                channels: config, invite, token or message that is not valid
+    │   ├── ChannelNotFoundError    (LookupError) this node has not joined that channel
+    │   ├── ChannelPermissionError  not the owner's node, not a member, or a missing permission
+    │   └── ChannelTimeoutError     (TimeoutError) members did not answer a request in time
+    └── DaemonError                 the node daemon cannot start (one is running already, ...)
 """
 
 from __future__ import annotations
@@ -233,3 +235,12 @@ class ChannelNotFoundError(ChannelError, LookupError):
 class ChannelPermissionError(ChannelError):
     """This node may not do that in the channel: not its owner's node, not a member, or
     a member without the permission the operation needs."""
+
+
+class ChannelTimeoutError(ChannelError, TimeoutError):
+    """A request sent to a channel's members got no final answer in time; the message
+    names the channel, how many members were online and how many answered."""
+
+
+class DaemonError(KacheryError):
+    """The node daemon cannot start or run: another one serves the node directory, ..."""

@@ -19,8 +19,11 @@ process; none of this reads or changes ``os.environ`` beyond finding the
 default node's directory.
 
 A node's remotes are given when it is opened (``kachery.node(path,
-remotes=[...])``), or come from its configuration: the bucket named by
-``$KACHERY_TASKS_BUCKET`` or ``[bucket] url`` in ``config.toml``.
+remotes=[...])``), or come from its directory: the bucket named by
+``$KACHERY_TASKS_BUCKET`` or ``[bucket] url`` in ``config.toml``, then the
+URLs listed in ``remotes.txt`` (one a line, in order; ``kachery-tasks channel
+join`` adds ``channel:<owner[:16]>-<name>`` there and ``channel leave``
+removes it).
 """
 
 from __future__ import annotations
@@ -34,17 +37,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ENV_DIR, NodeDir, default_path, node_dir
-from .errors import ContentNotFoundError, InvalidValueError
+from .errors import ConfigError, ContentNotFoundError, InvalidValueError
 from .feeds import feed as feed_mod
 from .feeds import transfer as feed_transfer
 from .feeds.bucket import FeedSyncReport
 from .feeds.store import FeedStore, get_feed_store
 from .feeds.uris import parse_feed_uri
-from .fsutil import os_error, temp_path
+from .fsutil import os_error, temp_path, write_atomic
 from .keys import KeyPair, node_keypair
 from .remotes import Remote, open_remote
 from .storage.buckets import configured_bucket_url
 from .storage.local import LocalStore, get_store
+from .storage.locks import hold
 from .storage.mutables import Mutables, get_mutables
 
 if TYPE_CHECKING:
@@ -52,6 +56,13 @@ if TYPE_CHECKING:
     from .feeds.transfer import ImportReport
     from .storage.local import FileInfo
     from .storage.sync import UploadReport
+
+REMOTES_FILE = "remotes.txt"
+_REMOTES_HEADER = (
+    "# Remotes this node asks (in order, after its configured bucket) for what it lacks.\n"
+    "# One URL a line; 'kachery-tasks channel join' adds channel:NAME, 'channel leave'\n"
+    "# removes it.\n"
+)
 
 
 class Node:
@@ -66,8 +77,9 @@ class Node:
         self.dir: NodeDir = node_dir(Path(path).expanduser() if path is not None else None)
         self._remotes: list[Remote] | None = (
             None if remotes is None
-            else [open_remote(r) if isinstance(r, str) else r for r in remotes]
+            else [open_remote(r, self) if isinstance(r, str) else r for r in remotes]
         )
+        self._listed: tuple[tuple[int, int] | None, list[str]] = (None, [])
         self._key: KeyPair | None = None
         self._key_lock = threading.Lock()
         self._tokens: threading.local = threading.local()
@@ -124,11 +136,62 @@ class Node:
 
     @property
     def remotes(self) -> list[Remote]:
-        """Where this node looks for what it lacks, in order."""
+        """Where this node looks for what it lacks, in order: the remotes it was opened
+        with, else its configured bucket and then the URLs in ``remotes.txt``."""
         if self._remotes is not None:
             return self._remotes
         url = configured_bucket_url(self.config.bucket_url)
-        return [open_remote(url)] if url else []
+        found = [open_remote(url)] if url else []
+        for listed in self.listed_remote_urls():
+            if listed == url:
+                continue
+            try:
+                found.append(open_remote(listed, self))
+            except InvalidValueError as e:
+                raise ConfigError(f"{self.sub(REMOTES_FILE)}: {e}") from e
+        return found
+
+    def listed_remote_urls(self) -> list[str]:
+        """The remote URLs in ``remotes.txt`` (re-read when the file changes)."""
+        path = self.sub(REMOTES_FILE)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise os_error(e, f"cannot read {path}") from e
+        stamp = (st.st_mtime_ns, st.st_size)
+        if self._listed[0] != stamp:
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                return []
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"cannot read {path}: {e}") from e
+            urls = [line.strip() for line in text.splitlines()]
+            self._listed = (stamp, [u for u in urls if u and not u.startswith("#")])
+        return list(self._listed[1])
+
+    def add_remote_url(self, url: str) -> bool:
+        """List ``url`` in ``remotes.txt`` (after those listed); False if it was there."""
+        return self._edit_listed(lambda urls: urls if url in urls else [*urls, url])
+
+    def remove_remote_url(self, url: str) -> bool:
+        """Take ``url`` out of ``remotes.txt``; False if it was not listed."""
+        return self._edit_listed(lambda urls: [u for u in urls if u != url])
+
+    def _edit_listed(self, change: Any) -> bool:
+        path = self.sub(REMOTES_FILE)
+        with hold(self.sub(f".{REMOTES_FILE}.lock")):
+            self._listed = (None, [])
+            before = self.listed_remote_urls()
+            after = change(before)
+            if after == before:
+                return False
+            text = "".join(f"{u}\n" for u in after)
+            write_atomic(path, (_REMOTES_HEADER + text).encode(), shared=self.shared)
+            self._listed = (None, [])
+        return True
 
     def remote_urls(self) -> list[str] | None:
         """The URLs of the remotes given when it was opened (None: from its configuration)."""
@@ -172,19 +235,20 @@ class Node:
         except ContentNotFoundError as e:
             missing = e
         asked = []
+        reasons = []
         for remote in self.remotes:
             try:
                 return remote.fetch_content(self.store, uri, progress=progress)
             except ContentNotFoundError as e:
                 asked.append(remote.url)
                 missing = e
-        if not asked:
-            raise missing
-        if len(asked) == 1:
+                if not str(e).startswith(f"{uri} is neither"):  # says more than "not there"
+                    reasons.append(str(e))
+        if len(asked) <= 1:
             raise missing
         raise ContentNotFoundError(
             f"{uri} is neither in this node's store nor in any of its remotes "
-            f"({', '.join(asked)})"
+            f"({', '.join(asked)})" + "".join(f"; {r}" for r in reasons)
         )
 
     def fetch_members(self, uri: str, progress: bool | None = None) -> int:

@@ -19,6 +19,7 @@ ROOT = Path(kachery_tasks.__file__).parent
 LAYERS = {
     "cli": 10, "__main__": 10, "testing": 10,  # testing: contract test suites for backends
     "__init__": 9,  # the public face: re-exports
+    "daemon": 9,  # the node daemon: serves channels (network) for the cli
     "network": 8,
     "runtime": 7,
     "files": 6, "feed_functions": 6, "zarr_arrays": 6,  # public functions on the current node

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kachery_tasks as kachery
-from kachery_tasks.errors import ContentNotFoundError, FeedNotFoundError
+from kachery_tasks.errors import ConfigError, ContentNotFoundError, FeedNotFoundError
 from kachery_tasks.nodes import Node, current_node, default_node
 from kachery_tasks.remotes.bucket import BucketRemote
 from kachery_tasks.storage.layout import result_key
@@ -170,3 +170,45 @@ def test_a_result_record_written_first_stays(two_nodes):
 def test_a_node_is_usable_as_a_remote_free_node_object():
     n = Node()
     assert n.path == default_node().path and n.remotes == []
+
+
+def test_remotes_listed_in_the_node_directory_follow_the_configured_bucket(tmp_path, monkeypatch):
+    n = kachery.node(tmp_path / "d")
+    monkeypatch.setenv("KACHERY_TASKS_BUCKET", f"file://{tmp_path}/configured")
+    assert n.add_remote_url(f"file://{tmp_path}/listed")
+    assert not n.add_remote_url(f"file://{tmp_path}/listed")  # listed once
+    assert n.add_remote_url(f"file://{tmp_path}/configured")  # already first: not twice
+    assert [r.url for r in n.remotes] == [f"file://{tmp_path}/configured",
+                                         f"file://{tmp_path}/listed"]
+    again = Node(tmp_path / "d")  # another process sees the same list
+    assert again.listed_remote_urls() == [f"file://{tmp_path}/listed",
+                                         f"file://{tmp_path}/configured"]
+    assert n.remove_remote_url(f"file://{tmp_path}/listed")
+    assert not n.remove_remote_url(f"file://{tmp_path}/listed")
+    assert [r.url for r in again.remotes] == [f"file://{tmp_path}/configured"]
+    assert (tmp_path / "d" / "remotes.txt").read_text().startswith("# Remotes this node")
+
+
+def test_a_bad_listed_remote_is_a_clear_error(tmp_path):
+    n = kachery.node(tmp_path / "e")
+    (tmp_path / "e" / "remotes.txt").write_text("nosuch://x\n")
+    with pytest.raises(ConfigError, match=r"remotes.txt: unknown remote 'nosuch://x'"):
+        assert n.remotes
+
+
+def test_content_found_nowhere_says_why_a_remote_could_not_help(tmp_path):
+    from kachery_tasks.remotes.base import Remote
+
+    class Explains(Remote):
+        url = "explains:"
+
+        def fetch_content(self, store, uri, progress=None):
+            raise ContentNotFoundError(f"{uri} cannot be asked here: no member is online")
+
+    n = Node(tmp_path / "f", remotes=[f"file://{tmp_path}/one", Explains()])
+    with pytest.raises(ContentNotFoundError) as e:
+        n.load_file("sha256://" + "0" * 64)
+    assert str(e.value) == (
+        f"sha256://{'0' * 64} is neither in this node's store nor in any of its remotes "
+        f"(file://{tmp_path}/one, explains:); sha256://{'0' * 64} cannot be asked here: no "
+        "member is online")

@@ -1,4 +1,4 @@
-"""Commands for channels: channel create, invite, join, add-node, remove-node,
+"""Commands for channels: channel create, invite, join, leave, add-node, remove-node,
 set-permissions, ls, status."""
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def _create(args: argparse.Namespace) -> int:
     channel = create_channel(current_node().dir, args.name, args.bucket, args.pubsub,
                              args.label or socket.gethostname())
     config = channel.trusted_config()
+    _use_as_remote(channel)
     print(f"created channel {channel.name} (owner key {channel.owner[:16]}..., kept in "
           f"{channel.path}), config version {config.version} in {config.bucket}")
     print("invite (give it to the nodes that should join; it holds no secret):")
@@ -83,6 +84,7 @@ def _join(args: argparse.Namespace) -> int:
     joined_before = store.get(invite) is not None
     channel = store.add(invite, config)
     config = channel.trusted_config()
+    _use_as_remote(channel)
     print(f"{'already joined' if joined_before else 'joined'} channel {channel.name} (owner "
           f"{channel.owner[:16]}...), config version {config.version}")
     print(f"this node's id: {me}")
@@ -92,6 +94,34 @@ def _join(args: argparse.Namespace) -> int:
         print("this node is not a member yet: ask the owner to run")
         print(f"  kachery-tasks channel add-node {channel.name} {me} --label NAME "
               "--allow download")
+    return 0
+
+
+def _use_as_remote(channel: Any) -> None:
+    """Make the channel one of this node's remotes (``remotes.txt``)."""
+    from ..network.channels.remote import channel_url
+
+    current_node().add_remote_url(channel_url(channel))
+
+
+def _leave(args: argparse.Namespace) -> int:
+    from ..network.channels import ChannelStore
+    from ..network.channels.remote import channel_url
+    from ..network.channels.session import refresh_config
+
+    channel = _find(args.name)
+    try:
+        config = refresh_config(channel)  # does the newest version list this node?
+    except KacheryError:
+        config = channel.trusted_config()
+    ChannelStore(current_node().dir).remove(channel)
+    current_node().remove_remote_url(channel_url(channel))
+    me = current_node().id
+    print(f"left channel {channel.name} (owner {channel.owner[:16]}...): this node no longer "
+          "asks it for files, feeds or results, and its daemon stops serving it")
+    if config is not None and me in config.members:
+        print(f"this node is still listed as a member until the owner runs "
+              f"'kachery-tasks channel remove-node {channel.name} {me}'")
     return 0
 
 
@@ -277,6 +307,16 @@ COMMANDS = (
                 "for the owner to add it with 'kachery-tasks channel add-node'.",
                 args=[arg("invite", help="the invite (kachery-channel:...)")],
                 run=_join,
+            ),
+            command(
+                "leave", "Stop using a channel on this node (its files are kept).",
+                "kachery-tasks channel leave lab",
+                "Forgets the channel on this node: it is no longer one of the node's remotes,\n"
+                "and a running daemon stops serving it. The node stays in the channel's\n"
+                "config until the owner removes it. Refused on the owner's node, which holds\n"
+                "the owner key: leaving would destroy it.",
+                args=[arg("name", help=_NAME_HELP)],
+                run=_leave,
             ),
             command(
                 "add-node", "Add a node to a channel (owner only).",

@@ -26,6 +26,7 @@ shared by the threads of the process under a lock.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -116,6 +117,7 @@ class FeedStore:
         # (seq, hash, signed bytes) of the head of each subfeed as this store last
         # signed or verified it: see append.
         self._trusted: dict[int, tuple[int, str, bytes]] = {}
+        self._listeners: list[Callable[[], None]] = []
 
     # ---------------------------------------------------------------- feeds
     def add_feed(self, feed: str, label: str | None = None) -> None:
@@ -228,6 +230,8 @@ class FeedStore:
                 raise
             if msgs:
                 self._trusted[sid] = (msgs[-1].seq, msgs[-1].hash, msgs[-1].data)
+        if msgs:
+            self._committed()
         return msgs
 
     def _unchanged(self, sid: int, head: tuple[int, str, bytes]) -> bool:
@@ -366,10 +370,36 @@ class FeedStore:
                 for key in created:
                     self._sub_ids.pop(key, None)
                 raise
+        if result.added:
+            self._committed()
         if error is not None:
             error.partial = result
             raise error
         return result
+
+    def on_commit(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after each write of this process that added messages.
+
+        Writes of other processes are seen through SQLite's ``PRAGMA data_version``
+        instead (the node daemon watches both). Returns the function that removes
+        the callback.
+        """
+        with self.lock:
+            self._listeners.append(callback)
+
+        def remove() -> None:
+            with self.lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return remove
+
+    def _committed(self) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:  # a listener's failure is not the writer's
+                logging.getLogger(__name__).exception("a feed store listener failed")
 
     # --------------------------------------------------------------- reading
     def rows(

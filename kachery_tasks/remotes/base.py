@@ -50,6 +50,9 @@ class Remote(ABC):  # noqa: B024 - every method has a default; a remote override
     """A source and destination of content, results and feeds; see the module docstring."""
 
     url: str = "?"
+    per_node: bool = False
+    """True for a remote that acts for one node (built as ``Class(url, node)``, see
+    :func:`kachery_tasks.remotes.open_remote`)."""
 
     # ------------------------------------------------------------- content
     def has_content(self, sha256: str) -> bool:

@@ -101,8 +101,13 @@ def in_bucket(bucket: Bucket, sha256: str) -> bool:
 def upload(
     store: LocalStore, bucket: Bucket, uri: str, progress: bool | None = None,
     threads: int | None = None, repair: bool = False,
+    on_progress: Callable[[int], None] | None = None,
 ) -> UploadReport:
     """Put the content ``uri`` names into ``bucket`` (create-only; skips what is there).
+
+    ``on_progress(n)`` is called (from the upload threads) as each blob or
+    chunk of ``n`` bytes is in the bucket, sent or found there: a node
+    answering a request reports its progress with it.
 
     A zarr array's index (see :mod:`.zarr_index`) goes up with every blob it
     names, the index last: a reader who finds the index finds its chunks.
@@ -122,12 +127,14 @@ def upload(
     keys = read_index_file(path, uri)  # a zarr array's index, however large: members first
     if keys is not None:
         members = sorted(set(keys.values()))
-        _upload_members(store, bucket, members, report, progress, threads, repair)
+        _upload_members(store, bucket, members, report, progress, threads, repair, on_progress)
     manifest = store.manifest(f"sha256://{sha256}")
     if manifest is None:
         size = os.path.getsize(path)
         read = lambda: _read_blob(store, sha256, path)  # noqa: E731
         report.add(_send(bucket, blob_key(sha256), sha256, size, read, repair), size)
+        if on_progress is not None:
+            on_progress(size)
         return report
     if (manifest.sha256, manifest.size) != (sha256, os.path.getsize(path)):
         raise _bad_manifest(sha256, "it describes other content")
@@ -143,6 +150,8 @@ def upload(
                 outcome = _send(bucket, chunk_key(c.sha256), c.sha256, c.size, read, repair)
                 if bar:
                     bar(c.size)
+                if on_progress is not None:
+                    on_progress(c.size)
                 return outcome, c.size
 
             for outcome, size in run_all(pool, send, range(len(manifest.chunks))):
@@ -218,6 +227,7 @@ def _bad_manifest(sha256: str, why: str) -> CorruptContentError:
 def _upload_members(
     store: LocalStore, bucket: Bucket, members: list[str], report: UploadReport,
     progress: bool | None, threads: int, repair: bool,
+    on_progress: Callable[[int], None] | None = None,
 ) -> None:
     """Upload the blobs a zarr index names, several at once, with one progress bar."""
     sizes = {h: os.path.getsize(store.load_file(f"sha256://{h}")) for h in members}
@@ -227,7 +237,8 @@ def _upload_members(
     ) as bar, ThreadPoolExecutor(threads, thread_name_prefix="kachery-up") as pool:
 
         def send(h: str) -> UploadReport:
-            r = upload(store, bucket, f"sha256://{h}", progress=False, threads=1, repair=repair)
+            r = upload(store, bucket, f"sha256://{h}", progress=False, threads=1, repair=repair,
+                       on_progress=on_progress)
             if bar:
                 bar(sizes[h])
             return r

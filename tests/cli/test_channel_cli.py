@@ -15,8 +15,8 @@ from tests.cli.inprocess import assert_clean, run_main
 from tests.network.channels.conftest import broker_with_admission
 from tests.network.conftest import FAST
 
-SUBCOMMANDS = ("create", "invite", "join", "add-node", "remove-node", "set-permissions", "ls",
-               "status")
+SUBCOMMANDS = ("create", "invite", "join", "leave", "add-node", "remove-node", "set-permissions",
+               "ls", "status")
 
 
 class Nodes:
@@ -174,3 +174,29 @@ def test_a_pubsub_that_cannot_be_reached_is_noted_in_one_line(nodes, lab, run_cl
     assert r.returncode == 0, err
     assert "online:  unknown (no broker answered at ws://127.0.0.1:9" in out
     assert err == ""
+
+
+def test_joining_makes_the_channel_a_remote_and_leaving_undoes_it(nodes, lab):
+    from kachery_tasks.nodes import Node
+
+    owner_dir = nodes.use("owner")
+    key = ChannelStore(owner_dir).find("lab").key
+    assert Node(owner_dir.path).listed_remote_urls() == [f"channel:{key}"]  # create did it
+    member = nodes.id("member")
+    nodes.run("member", "join", lab)
+    member_dir = nodes.use("member")
+    assert Node(member_dir.path).listed_remote_urls() == [f"channel:{key}"]
+    nodes.run("owner", "add-node", "lab", member, "--allow", "download", "--offline")
+    out = nodes.run("member", "leave", "lab").stdout.decode()
+    assert out.startswith("left channel lab (owner ")
+    assert f"until the owner runs 'kachery-tasks channel remove-node lab {member}'" in out
+    assert Node(member_dir.path).listed_remote_urls() == []
+    assert ChannelStore(member_dir).all() == []
+    r = nodes.run("member", "leave", "lab", ok=False)
+    assert "has not joined a channel called 'lab'" in r.stderr
+
+
+def test_the_owners_node_cannot_leave_and_destroy_the_owner_key(nodes, lab):
+    r = nodes.run("owner", "leave", "lab", ok=False)
+    assert "holds the owner key of channel lab" in r.stderr
+    assert ChannelStore(nodes.use("owner")).find("lab").is_owner

@@ -11,3 +11,70 @@ def test_node_init_and_info(run_cli, tmp_path, node_path):
     info = json.loads(run_cli("node", "info", "--json").stdout)
     assert info["node_dir"] == str(node_path) and info["blobs"] == 0
     assert len(info["node_id"]) == 64
+
+
+def test_node_start_serves_until_sigterm_and_refuses_a_second_daemon(run_cli, node_path):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "kachery_tasks", "node", "start"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"node daemon of {node_path} running (pid {proc.pid}); "
+                               "channels: none yet"), (line, proc.stderr.read())
+        assert (node_path / "daemon" / "pid").read_text().strip() == str(proc.pid)
+        second = run_cli("node", "start")
+        assert second.returncode == 1
+        assert second.stderr.decode().strip() == (
+            f"error: a node daemon already serves {node_path} (pid {proc.pid}): stop it "
+            "first (Ctrl-C, or kill that pid)")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (node_path / "daemon" / "pid").exists()
+    assert "daemon started" in proc.stderr.read()
+
+
+def test_node_start_refuses_inline_answers_too_large_for_a_message(run_cli):
+    r = run_cli("node", "start", "--inline-max", "1MiB")
+    assert r.returncode == 1
+    assert r.stderr.decode().strip() == (
+        "error: content sent inline must be at most 40.0 KiB (it travels in one pub/sub "
+        "message), not 1.0 MiB")
+
+
+def test_node_start_logs_what_it_serves_and_never_a_key_or_token(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from kachery_tasks.keys import signing_key_path
+    from tests.network.channels.conftest import Lab, broker_with_admission
+
+    with broker_with_admission() as (broker, _):
+        lab = Lab(tmp_path, broker.url)
+        a, b = lab.add("a"), lab.add("b")
+        env = {**os.environ, "KACHERY_TASKS_DIR": str(a.path)}
+        proc = subprocess.Popen([sys.executable, "-m", "kachery_tasks", "node", "start"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            assert proc.stdout.readline().endswith("channels: lab\n")
+            assert b.load_bytes(a.store_bytes(b"logged")) == b"logged"
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            lab.close()
+    log = proc.stderr.read()
+    assert "channel lab: serving as a (config version 2" in log
+    assert "channel lab: request_file sha256://" in log and "sent 6 B inline" in log
+    secrets = [signing_key_path(a.dir).read_text().strip(),
+               (a.path / "channels" / lab.owner.key / "owner.key").read_text().strip()]
+    assert all(secret not in log for secret in secrets)
+    assert "eyJ" not in log and "accessToken" not in log  # no token (base64 JSON) either

@@ -220,3 +220,19 @@ def test_a_damaged_feed_database_is_a_one_line_error_saying_what_to_do(store):
         FeedStore(current_node().dir).rows(feed.id, "main", 0, None, 1000, 1 << 30)
     assert f"database {store.path} is damaged" in str(e.value)
     assert "import the feeds again" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_writes_of_this_process_are_reported_to_listeners(store):
+    calls = []
+    remove = store.on_commit(lambda: calls.append(1))
+    feed = create_feed()
+    feed.subfeed("s").append(1)
+    feed.subfeed("s").append_many([2, 3])
+    assert len(calls) == 2
+    other = KeyPair.generate()
+    store.extend(_chain(other, 2))  # an import adds messages: reported
+    store.extend(_chain(other, 2))  # nothing new: not reported
+    assert len(calls) == 3
+    remove()
+    feed.subfeed("s").append(4)
+    assert len(calls) == 3

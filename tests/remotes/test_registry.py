@@ -60,3 +60,33 @@ def test_a_registered_bucket_scheme_is_a_remote(monkeypatch):
     buckets.register_bucket("mem", "tests.storage.buckets.memory:MemoryBucket")
     r = open_remote("mem://lab/share")
     assert isinstance(r, BucketRemote) and r.url == "mem://lab/share"
+
+
+class PerNode(Remote):
+    """A remote that acts for one node."""
+
+    per_node = True
+
+    def __init__(self, url: str, node) -> None:
+        self.url = url
+        self.node = node
+
+
+def test_a_remote_acting_for_a_node_is_kept_per_node_directory(tmp_path):
+    register_remote("pernode", f"{__name__}:PerNode")
+    a, b = kachery.node(tmp_path / "a"), kachery.node(tmp_path / "b")
+    ra = open_remote("pernode:x", a)
+    assert ra.node is a and open_remote("pernode:x", a) is ra
+    assert open_remote("pernode:x", b) is not ra
+    n = kachery.node(tmp_path / "a", remotes=["pernode:x"])
+    assert n.remotes == [ra]
+    with pytest.raises(InvalidValueError, match="acts for a node"):
+        open_remote("pernode:y")
+
+
+def test_channel_urls_are_channel_remotes(tmp_path):
+    from kachery_tasks.network.channels.remote import ChannelRemote
+
+    n = kachery.node(tmp_path / "n")
+    remote = open_remote("channel:lab", n)
+    assert isinstance(remote, ChannelRemote) and remote.node is n and remote.name == "lab"

@@ -339,3 +339,16 @@ def test_a_repair_never_clobbers_a_repair_that_came_first(tmp_path, bucket_url, 
     assert theirs[0].objects_repaired == 1 and mine.objects_repaired == 0
     assert bucket.stat(victim) == theirs[1]  # c's object, untouched
     assert hashlib.sha256(bucket.get(victim)).hexdigest() == victim.rsplit("/", 1)[1]
+
+
+def test_upload_reports_each_blob_and_chunk_as_it_is_in_the_bucket(tmp_path, bucket_url):
+    a = _node(tmp_path, "a")
+    bucket = open_bucket(bucket_url)
+    big = a.store_bytes(os.urandom(3 * 65536 + 5))
+    small = a.store_bytes(b"tiny")
+    seen: list[int] = []
+    upload(a, bucket, big, on_progress=seen.append, threads=2)
+    assert sorted(seen) == sorted(c.size for c in a.manifest(big).chunks)
+    seen.clear()
+    upload(a, bucket, small, on_progress=seen.append)
+    assert seen == [4]

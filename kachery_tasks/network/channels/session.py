@@ -30,7 +30,7 @@ from ...errors import ChannelError, ChannelPermissionError, KacheryError, PubSub
 from ...keys import KeyPair
 from ...storage.buckets import open_bucket
 from ..pubsub import PubSub, connect_pubsub
-from ..pubsub.base import Message
+from ..pubsub.base import Message, PresenceEvent
 from .bucket import latest_config
 from .config import ChannelConfig, open_config
 from .messages import ChannelMessage, MessageChecker, seal_message
@@ -106,17 +106,23 @@ class ChannelSession:
 
     ``with ChannelSession(channel, key).start() as s: ...``; ``options`` go to
     :func:`~kachery_tasks.network.pubsub.connect_pubsub` (timeouts, ...).
+    ``presence=False`` makes a session that does not enter presence until
+    :meth:`present` is called (a process that only asks, which others should
+    not count as a member online to answer them).
     """
 
     def __init__(self, channel: JoinedChannel, key: KeyPair, *, label: str | None = None,
-                 **options: Any) -> None:
+                 presence: bool = True, **options: Any) -> None:
         self.channel = channel
         self.key = key
         self.node_id = key.public_hex
         self._label = label
+        self._presence = presence
+        self._presence_extra: dict[str, Any] = {}
         self._options = options
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._config_handlers: list[Callable[[ChannelConfig], None]] = []
+        self._presence_handlers: list[Callable[[PresenceEvent], None]] = []
         self._lock = threading.Lock()
         self._config: ChannelConfig | None = None
         self.checker: MessageChecker | None = None
@@ -147,7 +153,10 @@ class ChannelSession:
                                              **{"echo": False, **self._options})
         try:
             self.pubsub.subscribe(self.pubsub_name, self._on_message)
-            self.pubsub.enter(self.pubsub_name, {"label": self.label, "node": self.node_id})
+            if self._presence_handlers:
+                self.pubsub.on_presence(self.pubsub_name, self._on_presence)
+            if self._presence:
+                self.pubsub.enter(self.pubsub_name, self.presence_data)
         except BaseException:
             self.close()
             raise
@@ -163,6 +172,45 @@ class ChannelSession:
         member = self._config.members.get(self.node_id) if self._config else None
         return member.label if member is not None else socket.gethostname()
 
+    @property
+    def presence_data(self) -> dict[str, Any]:
+        """What this session enters presence with: ``{"label", "node"}`` and what
+        :meth:`present` added."""
+        return {"label": self.label, "node": self.node_id, **self._presence_extra}
+
+    def present(self, **extra: Any) -> None:
+        """Enter presence (again) with ``extra`` added to the label and node id.
+
+        ``extra`` replaces what an earlier call added; the daemon says which feeds
+        its node follows this way (``watch=[feed ids]``). Entering again with other
+        data is one presence update for the others.
+        """
+        self._presence_extra = dict(extra)
+        self._presence = True
+        if self.pubsub is None:
+            return
+        self.pubsub.enter(self.pubsub_name, self.presence_data)
+
+    def absent(self) -> None:
+        """Leave presence (until :meth:`present` is called again)."""
+        self._presence = False
+        self._presence_extra = {}
+        if self.pubsub is not None:
+            self.pubsub.leave(self.pubsub_name)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the pub/sub connection is up now (it repairs itself when it is not)."""
+        pubsub = self.pubsub
+        return pubsub is not None and getattr(pubsub, "state", "connected") == "connected"
+
+    @property
+    def failed(self) -> bool:
+        """Whether the connection failed for good (the broker refused this node): only a
+        new session can connect again."""
+        pubsub = self.pubsub
+        return pubsub is not None and getattr(pubsub, "state", "") in ("failed", "closed")
+
     def on(self, type: str, handler: Handler) -> None:
         """Call ``handler(message)`` for each accepted message of ``type`` (callback thread)."""
         with self._lock:
@@ -172,6 +220,22 @@ class ChannelSession:
         with self._lock:
             if handler in self._handlers.get(type, []):
                 self._handlers[type].remove(handler)
+
+    def on_presence(self, handler: Callable[[PresenceEvent], None]) -> None:
+        """Call ``handler(event)`` for each change of who is present (callback thread).
+
+        Register before :meth:`start`."""
+        with self._lock:
+            self._presence_handlers.append(handler)
+
+    def _on_presence(self, event: PresenceEvent) -> None:
+        with self._lock:
+            handlers = list(self._presence_handlers)
+        for handler in handlers:
+            try:
+                handler(event)
+            except Exception:
+                log.exception("a presence handler of channel %s failed", self.channel.name)
 
     def on_config(self, handler: Callable[[ChannelConfig], None]) -> None:
         """Call ``handler(config)`` each time the session adopts a newer config."""
@@ -210,6 +274,13 @@ class ChannelSession:
         if self.pubsub is None:
             raise ChannelError(f"the session of {self.channel.name} is not started")
         return {m.client_id: m.data for m in self.pubsub.members(self.pubsub_name)}
+
+    def members(self) -> list[tuple[str, Any]]:
+        """Everyone present: (node id, presence data), one entry per connection (a node's
+        daemon and another of its processes are two)."""
+        if self.pubsub is None:
+            raise ChannelError(f"the session of {self.channel.name} is not started")
+        return [(m.client_id, m.data) for m in self.pubsub.members(self.pubsub_name)]
 
     def adopt(self, config: ChannelConfig) -> bool:
         """Use ``config`` from now on if it is newer than this session's; True if it was."""

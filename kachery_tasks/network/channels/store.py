@@ -162,6 +162,26 @@ class ChannelStore:
         path = self.root / invite.key
         return JoinedChannel(self.node, path, invite) if (path / "invite.txt").exists() else None
 
+    def remove(self, channel: JoinedChannel) -> None:
+        """Forget a joined channel (its directory goes, all at once).
+
+        Refused (ChannelPermissionError) on the owner's node: the directory holds
+        the owner key, and without it nobody can change the channel again.
+        """
+        if channel.is_owner:
+            raise ChannelPermissionError(
+                f"this node holds the owner key of channel {channel.name} "
+                f"({channel.path / 'owner.key'}): leaving would destroy it; move the key "
+                "somewhere safe first if you really mean to")
+        gone = self.root / f"{TMP_PREFIX}left-{channel.key}.{os.getpid()}"
+        try:
+            os.rename(channel.path, gone)
+        except FileNotFoundError:
+            raise ChannelNotFoundError(f"channel {channel.name} was left already") from None
+        except OSError as e:
+            raise os_error(e, f"cannot remove {channel.path}") from e
+        shutil.rmtree(gone, ignore_errors=True)
+
     def add(self, invite: Invite, config: ChannelConfig,
             owner_key: KeyPair | None = None) -> JoinedChannel:
         """Record a channel (its invite, first trusted config and maybe owner key), all or none.

@@ -1,0 +1,207 @@
+"""The request/answer plumbing: asking members, answering, progress, repeats, timeouts.
+
+Real sessions on the embedded broker (with channel admission), through the SDK.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from kachery_tasks.errors import ChannelTimeoutError
+from kachery_tasks.network.channels import ChannelSession
+from kachery_tasks.network.channels.files import FILE
+from kachery_tasks.network.channels.requests import Asker, Responder
+from kachery_tasks.testing.pubsub import Inbox
+from tests.network.channels.conftest import FAST_SESSION, wait_for
+
+
+@pytest.fixture
+def sessions(lab):
+    """Sessions of nodes a (the asker), b and c (answerers), all members with every
+    permission; closed after the test."""
+    opened = []
+
+    def start(name: str) -> ChannelSession:
+        node = lab.nodes[name] if name in lab.nodes else lab.add(name)
+        from kachery_tasks.network.channels import ChannelStore
+
+        channel = ChannelStore(node.dir).find("lab")
+        s = ChannelSession(channel, node.key, **FAST_SESSION).start()
+        opened.append(s)
+        return s
+
+    for name in ("a", "b", "c"):
+        lab.add(name)
+    yield start
+    for s in opened:
+        s.close()
+
+
+def answer_with(type: str, extra: dict | None = None, delay: float = 0.0):
+    def handler(incoming):
+        time.sleep(delay)
+        incoming.answer(type, {"sha256": "x", **(extra or {})})
+    return handler
+
+
+def test_a_final_answer_ends_the_wait(sessions):
+    a, b = sessions("a"), sessions("b")
+    Responder(b, FILE, answer_with("file_uploaded", {"size": 3}))
+    pending = Asker(a).ask(FILE, {"uri": "u"}, asked={b.node_id}, online=1, timeout=5,
+                           what="the test request")
+    assert pending.status == "done"
+    assert pending.final.type == "file_uploaded" and pending.final.sender == b.node_id
+    assert pending.final.body["to"] == a.node_id and pending.final.body["size"] == 3
+
+
+def test_when_every_member_asked_declines_the_request_ends_at_once(sessions):
+    a, b, c = sessions("a"), sessions("b"), sessions("c")
+    Responder(b, FILE, answer_with("file_absent"))
+    Responder(c, FILE, answer_with("file_absent", delay=0.2))
+    started = time.monotonic()
+    pending = Asker(a).ask(FILE, {"uri": "u"}, asked={b.node_id, c.node_id}, online=2,
+                           timeout=30, what="the test request")
+    assert pending.status == "declined"
+    assert pending.answers == {b.node_id: "file_absent", c.node_id: "file_absent"}
+    assert time.monotonic() - started < 30  # not a timeout (a guard, not a measurement)
+
+
+def test_progress_extends_the_wait_beyond_the_timeout(sessions):
+    a, b = sessions("a"), sessions("b")
+
+    def slow(incoming):
+        for i in range(6):  # 1.2 s of work, with a timeout of 0.6 s
+            incoming.progress({"sha256": "x", "bytes": i, "total": 6})
+            time.sleep(0.2)
+        incoming.answer("file_uploaded", {"sha256": "x"})
+
+    Responder(b, FILE, slow)
+    seen = []
+    pending = Asker(a).ask(FILE, {"uri": "u"}, asked={b.node_id}, online=1, timeout=0.6,
+                           what="the test request",
+                           on_progress=lambda p, m: seen.append(m.body["bytes"]))
+    assert pending.status == "done" and seen == [0, 1, 2, 3, 4, 5]
+    assert pending.progress == {"bytes": 5, "total": 6}
+
+
+def test_a_timeout_names_the_channel_who_was_online_and_who_answered(sessions):
+    a, b, c = sessions("a"), sessions("b"), sessions("c")
+    Responder(b, FILE, answer_with("file_absent"))  # c never answers
+    with pytest.raises(ChannelTimeoutError) as e:
+        Asker(a).ask(FILE, {"uri": "u"}, asked={b.node_id, c.node_id}, online=3, timeout=0.8,
+                     what="the request for sha256://abc", repeat_after=10)
+    assert str(e.value).startswith(
+        "no member of channel lab answered the request for sha256://abc within 0.8 s: "
+        "3 members online, 2 of them may answer, 1 answered (1 file_absent)")
+
+
+def test_a_request_is_repeated_when_nothing_is_heard(sessions):
+    a, b = sessions("a"), sessions("b")
+    asker = Asker(a)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(p=asker.ask(
+        FILE, {"uri": "u"}, asked={b.node_id}, online=1, timeout=10, what="the test request",
+        repeat_after=0.3)))
+    thread.start()
+    time.sleep(0.5)  # the first request went by before b listened: as if the broker lost it
+    calls = []
+    Responder(b, FILE, lambda i: (calls.append(i.id), i.answer("file_uploaded", {})))
+    thread.join(15)
+    assert result["p"].status == "done" and len(calls) == 1
+
+
+def test_a_repeat_is_served_once_and_answered_again(sessions):
+    a, b = sessions("a"), sessions("b")
+    calls = []
+    Responder(b, FILE, lambda i: (calls.append(i.id), i.answer("file_absent", {"sha256": "x"})))
+    answers = Inbox()
+    a.on("file_absent", answers)
+    body = {"uri": "u", "request": "ab" * 16}
+    a.publish("request_file", body)
+    answers.wait_for(1)
+    a.publish("request_file", body)  # the asker did not hear the answer: it asks again
+    got = answers.wait_for(2)
+    assert calls == ["ab" * 16]
+    assert [m.body for m in got] == [{"sha256": "x", "request": "ab" * 16, "to": a.node_id}] * 2
+
+
+def test_requests_from_this_node_and_malformed_ones_are_not_served(sessions, lab):
+    a, b = sessions("a"), sessions("b")
+    other_b = sessions("b")  # another process of node b
+    calls = []
+    Responder(b, FILE, lambda i: calls.append(i.id))
+    other_b.publish("request_file", {"uri": "u", "request": "cd" * 16})
+    a.publish("request_file", {"uri": "u", "request": "not an id"})
+    a.publish("request_file", {"uri": "u", "request": "ef" * 16})
+    wait_for(lambda: calls, what="the request from a")
+    time.sleep(0.2)
+    assert calls == ["ef" * 16]
+
+
+def test_answers_to_another_node_are_ignored(sessions):
+    a, b, c = sessions("a"), sessions("b"), sessions("c")
+    asker = Asker(a)
+    rid = []
+
+    def misdirected(incoming):  # answers a request of a, addressed to c
+        rid.append(incoming.id)
+        b.publish("file_uploaded", {"request": incoming.id, "to": c.node_id})
+
+    Responder(b, FILE, misdirected)
+    with pytest.raises(ChannelTimeoutError, match="0 answered"):
+        asker.ask(FILE, {"uri": "u"}, asked={b.node_id}, online=1, timeout=0.8,
+                  what="the test request", repeat_after=10)
+    assert rid
+
+
+def test_both_sides_keep_status_rows(sessions):
+    a, b = sessions("a"), sessions("b")
+    events = []
+    responder = Responder(b, FILE, answer_with("file_absent"), events=events.append)
+    asker = Asker(a, events=events.append)
+    pending = asker.ask(FILE, {"uri": "u"}, asked={b.node_id}, online=1, timeout=5,
+                        what="the test request")
+    [asked] = asker.status()
+    assert asked == {"id": pending.id, "type": "request_file", "channel": "lab",
+                     "from": a.node_id, "to": [b.node_id], "status": "declined",
+                     "started": pytest.approx(time.time(), abs=60), "progress": None,
+                     "detail": "declined by all 1 asked"}
+    [served] = wait_for(lambda: [r for r in responder.status() if r["status"] == "declined"])
+    assert served["id"] == pending.id and served["from"] == a.node_id
+    assert served["to"] == b.node_id
+    assert all(e["type"] == "request" for e in events)
+    assert {e["request"]["status"] for e in events} >= {"waiting", "serving", "declined"}
+
+
+def test_progress_reports_never_hold_up_the_work():
+    """A broker that does not acknowledge progress reports does not stop the answer."""
+    release = threading.Event()
+    published = []
+
+    def publish(type, body, timeout=None):
+        if type == "file_upload_progress":
+            release.wait(30)  # the pub/sub is away
+        published.append((type, body.get("bytes")))
+
+    handlers = {}
+    session = SimpleNamespace(node_id="me", channel=SimpleNamespace(name="lab"),
+                              on=lambda t, h: handlers.setdefault(t, h),
+                              off=lambda t, h: None, publish=publish, pubsub=object())
+
+    def work(incoming):
+        for i in range(3):
+            incoming.progress({"sha256": "x", "bytes": i, "total": 3})
+        incoming.answer("file_uploaded", {"sha256": "x"})
+
+    responder = Responder(session, FILE, work)
+    msg = SimpleNamespace(type="request_file", sender="asker", body={"request": "ab" * 16})
+    handlers["request_file"](msg)
+    wait_for(lambda: ("file_uploaded", None) in published, what="the answer")
+    release.set()
+    wait_for(lambda: len(published) >= 2, what="a progress report")
+    assert published[0] == ("file_uploaded", None)
+    responder.close()
