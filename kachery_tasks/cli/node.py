@@ -1,12 +1,14 @@
-"""Commands about the node itself: node init, node info."""
+"""Commands about the node itself: node init, node info, node start, node url."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..config import default_path, init_node_dir
+from ..errors import KacheryError
 from ..nodes import current_node
 from ..sizes import format_size
 from . import command
@@ -40,6 +42,54 @@ def _info(args: argparse.Namespace) -> int:
     print(f"config:         {info['config']}")
     print(f"chunk size:     {format_size(node.config.chunk_size)}")
     print(f"store:          {count} blobs, {format_size(total)}")
+    api = _running_api(node)
+    print(f"HTTP API:       {api['url'] if api else 'not running (kachery-tasks node start)'}")
+    return 0
+
+
+def _running_api(node) -> dict | None:
+    try:
+        from ..daemon.http import running_api
+    except ImportError:  # the daemon extra is not installed
+        return None
+    return running_api(node)
+
+
+_LISTEN_WARNING = """\
+warning: the HTTP API is open to the network at {where}. Anyone who can reach it and
+holds the token can use this node, and over plain HTTP the token can be read on the
+way: put a TLS reverse proxy in front of it (see docs/daemon.md)."""
+
+
+def _start(args: argparse.Namespace) -> int:
+    from ..daemon.http import HttpServer, wait_for_stop
+
+    node = current_node()
+    with HttpServer(node, daemon=None, listen=args.listen) as http:
+        if http.open_to_network:
+            print(_LISTEN_WARNING.format(where=f"{http.host}:{http.port}"), file=sys.stderr)
+        print(f"node {node.id[:16]}... serving {node.path}")
+        print(f"HTTP API and hub: {http.url}  (API docs: {http.url}/docs)")
+        print("open the hub with the link 'kachery-tasks node url --login' prints; "
+              "stop with Ctrl-C", flush=True)
+        wait_for_stop()
+    print("stopped")
+    return 0
+
+
+def _url(args: argparse.Namespace) -> int:
+    from ..daemon.http import daemon_dir, running_api
+
+    node = current_node()
+    api = running_api(node)
+    if api is None:
+        raise KacheryError(f"no daemon serves {node.path}: start one with "
+                           "'kachery-tasks node start'")
+    if not args.login:
+        print(api["url"])
+        return 0
+    token = (daemon_dir(node) / "token").read_text().strip()
+    print(f"{api['url']}/#token={token}")
     return 0
 
 
@@ -62,6 +112,28 @@ COMMANDS = (
             command(
                 "info", "Show where the node lives and what it holds.",
                 "kachery-tasks node info --json", args=[json_flag()], run=_info,
+            ),
+            command(
+                "start", "Run the node daemon: the HTTP API and the hub page, until Ctrl-C.",
+                "kachery-tasks node start --listen 0.0.0.0:7660",
+                "The API listens on 127.0.0.1 on a free port unless --listen says otherwise;\n"
+                "where is written to <node>/daemon/http.json, and a new token (mode 0600)\n"
+                "to <node>/daemon/token. 'kachery-tasks node url' prints the address.\n"
+                "Needs the daemon extra: pip install 'kachery-tasks[daemon]'.",
+                args=[arg("--listen", metavar="ADDR[:PORT]", help=(
+                    "where the API listens (default 127.0.0.1, a free port); another\n"
+                    "address opens it to the network: put TLS in front"))],
+                run=_start,
+            ),
+            command(
+                "url", "Print the address of this node's running HTTP API and hub.",
+                "kachery-tasks node url --login",
+                "--login prints a link that logs the hub page in: the token rides in the\n"
+                "URL fragment (after #), which browsers do not send to the server. It is\n"
+                "a credential: do not paste it where others can read it.",
+                args=[arg("--login", action="store_true",
+                          help="a link with the token, to open the hub logged in")],
+                run=_url,
             ),
         ],
     ),
