@@ -44,8 +44,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, last = m.group(1), m.group(2)
     if first == "":  # the last n bytes
         n = int(last)
-        if n == 0:
-            raise RangeNotSatisfiable("Range bytes=-0 asks for no bytes", size)
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable(f"Range {text[:80]!r} asks for no bytes (the content is "
+                                      f"{size} bytes)", size)
         return max(0, size - n), size
     start = int(first)
     end = size if last == "" else min(int(last) + 1, size)

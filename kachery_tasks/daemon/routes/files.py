@@ -52,7 +52,7 @@ async def upload(request: Request,
 
 
 @router.get("/files/{sha256}", summary="The content's bytes; one HTTP Range at a time",
-            response_class=BlobResponse, response_model=None,
+            response_class=BlobResponse, response_model=None, status_code=200,
             responses={200: {"content": {"application/octet-stream": {}}},
                        206: {"description": "the requested range",
                              "content": {"application/octet-stream": {}}}})
