@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("fastapi")  # the daemon extra; installed by the dev extra
 
-import kachery_tasks as kachery  # noqa: E402
-from kachery_tasks.daemon.api import create_app  # noqa: E402
-from kachery_tasks.daemon.http import HttpServer  # noqa: E402
+import kachery_tasks as kachery
+from kachery_tasks.daemon.api import create_app
+from kachery_tasks.daemon.http import HttpServer
 
 TOKEN = "test-token-" + "x" * 32
 
@@ -107,3 +107,27 @@ def served(node, daemon) -> Iterator[HttpServer]:
 
 def token_of(server: HttpServer) -> str:
     return (server.node.path / "daemon" / "token").read_text()
+
+
+def sse_events(response: Any) -> Iterator[tuple[str, Any]]:
+    """(event name, decoded data) for each server-sent event of a streaming httpx response."""
+    import json
+
+    event, data = "message", []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def api_client(server: HttpServer, **kw: Any) -> Any:
+    """An httpx client of a served API, sending its token."""
+    import httpx
+
+    return httpx.Client(base_url=server.url, timeout=kw.pop("timeout", 20),
+                        headers={"Authorization": f"Bearer {token_of(server)}"}, **kw)
