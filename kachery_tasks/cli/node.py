@@ -62,17 +62,18 @@ way: put a TLS reverse proxy in front of it (see docs/daemon.md)."""
 
 
 def _start(args: argparse.Namespace) -> int:
-    from ..daemon.http import HttpServer, wait_for_stop
+    from ..daemon.http import HttpServer, stop_signals
 
     node = current_node()
-    with HttpServer(node, daemon=None, listen=args.listen) as http:
+    with stop_signals() as stop, HttpServer(node, daemon=None, listen=args.listen) as http:
         if http.open_to_network:
             print(_LISTEN_WARNING.format(where=f"{http.host}:{http.port}"), file=sys.stderr)
         print(f"node {node.id[:16]}... serving {node.path}")
         print(f"HTTP API and hub: {http.url}  (API docs: {http.url}/docs)")
         print("open the hub with the link 'kachery-tasks node url --login' prints; "
               "stop with Ctrl-C", flush=True)
-        wait_for_stop()
+        while not stop.wait(1.0):
+            pass
     print("stopped")
     return 0
 

@@ -14,12 +14,14 @@ request. Both files are removed when the server stops.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,14 +167,16 @@ class HttpServer:
         self.stop()
 
 
-def wait_for_stop() -> None:
-    """Block until SIGINT or SIGTERM (the daemon then shuts down and exits 0)."""
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM while the block runs (the daemon then stops and
+    exits 0); the handlers are in place from the start of the block, so a signal that
+    comes early is not lost."""
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT,
                                                                       signal.SIGTERM)}
     try:
-        while not stop.wait(1.0):
-            pass
+        yield stop
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
