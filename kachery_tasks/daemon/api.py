@@ -60,7 +60,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, what in [
         (400, "bad request"), (401, "no valid token or session"), (403, "not allowed"),
         (404, "not found"), (409, "conflict (damaged or changed content)"), (410, "gone"),
-        (416, "range not satisfiable"), (422, "the request does not match the API"),
+        (415, "a body of another content type is wanted"), (416, "range not satisfiable"),
+        (422, "the request does not match the API"),
         (502, "a bucket or pub/sub failed"), (503, "the node cannot do it now"),
         (507, "no space left"),
     ]
@@ -118,16 +119,31 @@ def create_app(node: Node, daemon: Any | None = None, token: str | None = None,
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        headers = {k.lower(): v for k, v in (getattr(e, "headers", None) or {}).items()}
+        if e.status_code == 405:  # every method of the path, not only the first route's
+            headers["allow"] = ", ".join(_methods_of(app, request))
         return JSONResponse(error_body(str(e.detail)), status_code=e.status_code,
-                            headers=getattr(e, "headers", None))
+                            headers=headers or None)
 
     protected = [Depends(require_auth)]
-    app.include_router(info.public)
+    app.include_router(info.public, responses=ERRORS)
     for module in (info, files, mutables, feeds, tasks, channels):
         app.include_router(module.router, prefix="/api", dependencies=protected,
                            responses=ERRORS)
     _add_pages(app)
     return app
+
+
+def _methods_of(app: FastAPI, request: Request) -> list[str]:
+    """The methods some route takes at the request's path."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def _validation_message(e: RequestValidationError) -> str:

@@ -43,14 +43,19 @@ class EventHub:
             except RuntimeError:  # its loop is closed: the server is stopping
                 pass
 
-    async def stream(self) -> AsyncIterator[dict[str, Any]]:
-        """Every event published from now on, until the client goes away or overflows."""
+    async def stream(self, idle: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
+        """Every event published from now on, until the client goes away or overflows;
+        None after each ``idle`` seconds without one (time for a keep-alive)."""
         queue: asyncio.Queue = asyncio.Queue(QUEUE_LIMIT)
         with self._lock:
             self._subs[queue] = asyncio.get_running_loop()
         try:
             while True:
-                event = await queue.get()
+                try:
+                    event = await asyncio.wait_for(queue.get(), idle)
+                except TimeoutError:
+                    yield None
+                    continue
                 if event is _CLOSED:
                     yield {"type": "overflow", "detail": "events came faster than this client "
                            "read them; reconnect and reload"}

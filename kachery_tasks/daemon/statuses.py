@@ -72,3 +72,10 @@ class NotFound(e.KacheryError, LookupError):
 
 
 STATUS[NotFound] = 404
+
+
+class UnsupportedMediaType(e.KacheryError, ValueError):
+    """A request body of a type the operation does not take (answered 415)."""
+
+
+STATUS[UnsupportedMediaType] = 415

@@ -25,7 +25,7 @@ def resolve_function(records: Records, name: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise InvalidValueError(
+        raise TaskNotCachedError(
             f"no runs of a function named {name!r} on this node; 'kachery-tasks tasks ls' "
             "lists the recorded ones"
         )

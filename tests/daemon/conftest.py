@@ -87,6 +87,7 @@ def daemon(node) -> FakeDaemon:
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OCTETS = {"Content-Type": "application/octet-stream"}
 
 
 @pytest.fixture

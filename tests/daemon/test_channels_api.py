@@ -70,8 +70,8 @@ def test_the_owner_adds_changes_and_removes_a_node(client, lab, daemon):
 
 
 @pytest.mark.parametrize(("method", "path", "payload", "status", "why"), [
-    ("post", "/api/channels/lab/members", {"node": X, "permissions": ["fly"]}, 400,
-     "unknown permission"),
+    ("post", "/api/channels/lab/members", {"node": X, "permissions": ["fly"]}, 422,
+     "permissions"),
     ("post", "/api/channels/nope/members", {"node": X, "permissions": []}, 404,
      "has not joined a channel"),
     ("delete", f"/api/channels/lab/members/{X}", None, 400, "is not a member"),
@@ -109,8 +109,10 @@ def test_create_a_channel(client, tmp_path, daemon, node):
     again = client.post("/api/channels", json={"name": "lab2", "bucket": f"file://{tmp_path}/b2",
                                                "pubsub": "ws://127.0.0.1:9"})
     assert again.status_code == 400 and "already owns" in again.json()["error"]
-    bad = client.post("/api/channels", json={"name": "-x", "bucket": "s3://x", "pubsub": "?"})
-    assert bad.status_code == 400
+    bad = client.post("/api/channels", json={"name": "x", "bucket": "s3://x", "pubsub": "?"})
+    assert bad.status_code == 400 and "bucket" in bad.json()["error"]
+    assert client.post("/api/channels", json={"name": "-x", "bucket": "s3://x",
+                                              "pubsub": "?"}).status_code == 422
 
 
 def test_requests_in_flight_come_from_the_channel_services(client, daemon):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from kachery_tasks.daemon.events import EventHub, RunWatcher
-from tests.daemon.conftest import api_client, sse_events
+from tests.daemon.conftest import OCTETS, api_client, sse_events
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 import task_defs
@@ -50,7 +50,7 @@ def test_new_runs_and_stored_files_are_events(served, node):
         assert run["function"] == "task_defs.add" and run["task_id"] == \
             task_defs.add.task_id(5, 6)
         with api_client(served) as other:
-            uri = other.post("/api/files", content=b"x").json()["uri"]
+            uri = other.post("/api/files", content=b"x", headers=OCTETS).json()["uri"]
         assert _first(events, "file") == {"type": "file", "uri": uri}
 
 

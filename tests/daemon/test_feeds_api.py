@@ -43,7 +43,7 @@ def test_errors_are_4xx_with_the_reason(client, feed, node):
     r = client.get("/api/feeds/" + "ab" * 32)
     assert r.status_code == 404 and "error" in r.json()
     r = client.post(f"/api/feeds/{feed['feed_id']}/bad name!/messages", json={"body": 1})
-    assert r.status_code == 400 and "subfeed" in r.json()["error"]
+    assert r.status_code == 422 and "subfeed" in r.json()["error"]
     other = node.create_feed()
     node.feeds.key_path(other.id).unlink()  # a feed this node can read but not append to
     r = client.post(f"/api/feeds/{other.id}/main/messages", json={"body": 1})

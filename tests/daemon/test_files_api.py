@@ -10,11 +10,12 @@ import time
 import httpx
 import pytest
 
-from tests.daemon.conftest import token_of
+from tests.daemon.conftest import OCTETS, token_of
 
 
 def _store(client, data: bytes, label: str | None = None) -> str:
-    r = client.post("/api/files", content=data, params={"label": label} if label else None)
+    r = client.post("/api/files", content=data, headers=OCTETS,
+                    params={"label": label} if label else None)
     assert r.status_code == 200, r.text
     return r.json()["uri"]
 
@@ -91,9 +92,23 @@ def test_list_and_search_by_label(client):
 
 
 def test_a_bad_label_is_refused_before_anything_is_stored(client, node):
-    r = client.post("/api/files", params={"label": "x" * 1001}, content=b"data")
+    r = client.post("/api/files", params={"label": "x" * 1001}, content=b"data",
+                    headers=OCTETS)
     assert r.status_code == 422 and "label" in r.json()["error"]
     assert list(node.store.list()) == [] and _incoming(node) == []
+
+
+@pytest.mark.parametrize("kind", [None, "application/json", "text/plain"])
+def test_an_upload_of_another_content_type_is_415(client, node, kind):
+    r = client.post("/api/files", content=b"data",
+                    headers={"Content-Type": kind} if kind else {})
+    assert r.status_code == 415 and "application/octet-stream" in r.json()["error"]
+    assert list(node.store.list()) == []
+
+
+def test_an_empty_file_is_content_too(client):
+    uri = _store(client, b"")
+    assert uri.startswith("sha256://e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b")
 
 
 def _incoming(node) -> list[str]:
@@ -121,7 +136,7 @@ def test_an_upload_is_written_to_disk_as_it_arrives(served):
         yield rest
 
     r = httpx.post(f"{served.url}/api/files", content=body(), timeout=30,
-                   headers={"Authorization": f"Bearer {token_of(served)}"})
+                   headers={**OCTETS, "Authorization": f"Bearer {token_of(served)}"})
     assert r.status_code == 200, r.text
     assert seen and seen[0] < len(first) + len(rest)
     assert node.load_bytes(r.json()["uri"]) == first + rest
@@ -146,7 +161,7 @@ def test_an_upload_cut_short_leaves_nothing(served):
 
     with pytest.raises(Cut):
         httpx.post(f"{served.url}/api/files", content=body(), timeout=30,
-                   headers={"Authorization": f"Bearer {token_of(served)}"})
+                   headers={**OCTETS, "Authorization": f"Bearer {token_of(served)}"})
     deadline = time.monotonic() + 10
     while _incoming(node):
         assert time.monotonic() < deadline, "the partial upload was left in incoming/"

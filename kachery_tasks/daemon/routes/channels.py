@@ -8,7 +8,7 @@ the broker's admission) use it at once, and the channel services reload.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
@@ -19,14 +19,22 @@ from . import daemon_of, node_of
 
 router = APIRouter(tags=["channels"])
 
-NAME = Annotated[str, Path(max_length=200, description=(
+NAME = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,81}$", description=(
     "the channel's name, or <owner hex[:16]>-<name> when two joined channels share it"))]
 NODE = Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="a node id (64 hex digits)")]
+CHANNEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Permission = Literal[PERMISSIONS]  # type: ignore[valid-type]
+
+
+def _permission_list() -> Any:
+    return Field(max_length=len(PERMISSIONS), json_schema_extra={"uniqueItems": True})
+
+
 NOTICE_OPTIONS = {"connect_timeout": 5.0, "request_timeout": 5.0, "retry_interval": 0.5}
 
 
 class NewChannel(BaseModel):
-    name: str = Field(max_length=200)
+    name: str = Field(pattern=CHANNEL_NAME)
     bucket: str = Field(max_length=2000, description="gs://bucket/prefix or file:///path")
     pubsub: str = Field(max_length=2000, description="ws://HOST:PORT or ably:")
     label: str | None = Field(None, max_length=200, description="this node's label in it")
@@ -35,11 +43,11 @@ class NewChannel(BaseModel):
 class NewMember(BaseModel):
     node: str = Field(pattern="^[0-9a-f]{64}$")
     label: str | None = Field(None, max_length=200)
-    permissions: list[str] = Field(max_length=len(PERMISSIONS) + 1)
+    permissions: list[Permission] = _permission_list()
 
 
 class Permissions(BaseModel):
-    permissions: list[str] = Field(max_length=len(PERMISSIONS) + 1)
+    permissions: list[Permission] = _permission_list()
     label: str | None = Field(None, max_length=200)
 
 

@@ -20,7 +20,8 @@ from . import node_of
 router = APIRouter(tags=["feeds"])
 
 FEED = Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="the feed id (hex)")]
-SUBFEED = Annotated[str, Path(description="the subfeed's name ('main' by default)")]
+SUBFEED = Annotated[str, Path(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$",
+                               description="the subfeed's name ('main' by default)")]
 START = Annotated[int | None, Query(ge=0, le=2**53, description=(
     "the first seq wanted (default: the next message appended)"))]
 MAX_LONG_POLL = 60.0

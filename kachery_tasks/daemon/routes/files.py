@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from ...canonical import check_text
 from ..blobs import BlobResponse, content_headers, receive_upload
 from ..ranges import parse_range
+from ..statuses import UnsupportedMediaType
 from . import node_of
 
 router = APIRouter(tags=["files"])
@@ -45,6 +46,11 @@ async def upload(request: Request,
                  label: Annotated[str | None, Query(max_length=1000)] = None) -> dict:
     if label is not None:
         check_text(label, "a label")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/octet-stream":
+        raise UnsupportedMediaType(
+            f"send the file's bytes as the body with 'Content-Type: application/octet-stream', "
+            f"not {kind or 'no content type'}")
     store = node_of(request).store
     uri = await receive_upload(store, request.stream(), label or None)
     request.app.state.events.publish({"type": "file", "uri": uri})

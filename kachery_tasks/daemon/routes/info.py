@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import AsyncIterator
 
@@ -11,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from ..auth import COOKIE
-from ..events import KEEPALIVE, sse
+from ..events import KEEPALIVE, EventHub, sse
 from . import daemon_of, node_of
 
 router = APIRouter(tags=["node"])
@@ -65,25 +64,7 @@ async def events(request: Request) -> StreamingResponse:
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
-async def _event_stream(hub) -> AsyncIterator[bytes]:
+async def _event_stream(hub: EventHub) -> AsyncIterator[bytes]:
     yield sse({"type": "hello"}, event="hello")
-    stream = hub.stream().__aiter__()
-    pending = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(stream.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
-            if not done:
-                yield KEEPALIVE
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
-                return
-            pending = None
-            yield sse(event, event=str(event.get("type", "message")))
-    finally:
-        if pending is not None:
-            pending.cancel()
-        await stream.aclose()
+    async for event in hub.stream(idle=KEEPALIVE_SECONDS):
+        yield KEEPALIVE if event is None else sse(event, event=str(event.get("type", "message")))
