@@ -264,8 +264,10 @@ async function showTask(taskId) {
   }
   detail.append(el("h4", {}, `Runs (${t.runs.length})`), el("ul", {}, t.runs.map((r) =>
     el("li", {}, `${when(r.started)}: ${r.status}` + (r.error ? ` — ${r.error}` : "")))));
-  $("#task-called").replaceChildren(el("ul", {}, g.called.children.map(tree)));
-  $("#task-callers").replaceChildren(el("ul", {}, g.called_by.children.map(tree)));
+  const graph = (root) => (root.children.length ? el("ul", {}, root.children.map(tree))
+    : el("p", {}, "nothing"));
+  $("#task-called").replaceChildren(graph(g.called));
+  $("#task-callers").replaceChildren(graph(g.called_by));
 }
 
 // --------------------------------------------------------------- requests
