@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ...canonical import check_text
+from ...errors import ContentNotFoundError
 from ..blobs import BlobResponse, content_headers, receive_upload
 from ..ranges import parse_range
 from ..statuses import UnsupportedMediaType
@@ -66,7 +67,10 @@ async def download(request: Request, sha256: SHA256,
                    range: Annotated[str | None, Header()] = None) -> BlobResponse:
     node = node_of(request)
     uri = f"sha256://{sha256}"
-    path = await run_in_threadpool(node.local_path, uri)
+    try:  # here: a stat, done at once; else fetched through the remotes, on a thread
+        path = node.store.load_file(uri)
+    except ContentNotFoundError:
+        path = await run_in_threadpool(node.local_path, uri)
     size = os.path.getsize(path)
     span = parse_range(range, size)
     row = node.store.index.get(sha256)
