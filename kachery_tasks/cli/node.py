@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -64,6 +65,10 @@ way: put a TLS reverse proxy in front of it (see docs/daemon.md)."""
 def _start(args: argparse.Namespace) -> int:
     from ..daemon.http import HttpServer, stop_signals
 
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     node = current_node()
     with stop_signals() as stop, HttpServer(node, daemon=None, listen=args.listen) as http:
         if http.open_to_network:
@@ -123,7 +128,9 @@ COMMANDS = (
                 "Needs the daemon extra: pip install 'kachery-tasks[daemon]'.",
                 args=[arg("--listen", metavar="ADDR[:PORT]", help=(
                     "where the API listens (default 127.0.0.1, a free port); another\n"
-                    "address opens it to the network: put TLS in front"))],
+                    "address opens it to the network: put TLS in front")),
+                      arg("--quiet", action="store_true",
+                          help="log warnings only (not each request) on stderr")],
                 run=_start,
             ),
             command(

@@ -131,4 +131,5 @@ def test_node_start_prints_no_token(tmp_path):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert token not in out.decode() + err.decode()
+    assert "GET /api/node" in err.decode()  # the access log went to stderr, token-free
     assert url in out.decode() and token not in url

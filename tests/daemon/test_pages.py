@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,9 +37,29 @@ def test_the_hub_uses_no_outside_resource(client):
 
 
 def test_import_kachery_tasks_does_not_import_the_web_stack():
-    code = ("import sys, kachery_tasks, kachery_tasks.cli; "
+    code = ("import sys, kachery_tasks, kachery_tasks.cli; kachery_tasks.cli.build_parser(); "
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'pydantic') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_only_the_daemon_imports_web_code():
+    import ast
+
+    import kachery_tasks
+
+    root = Path(kachery_tasks.__file__).parent
+    web = {"fastapi", "uvicorn", "starlette", "pydantic", "anyio"}
+    offenders = []
+    for f in root.rglob("*.py"):
+        if f.relative_to(root).parts[0] == "daemon":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            offenders += [f"{f.relative_to(root)}: {n}" for n in names
+                          if n.split(".")[0] in web]
+    assert offenders == []
