@@ -1,4 +1,4 @@
-"""Commands about the node itself: node init, node info, node start."""
+"""Commands about the node itself: node init, node info, node start, node url."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from ..config import default_path, init_node_dir
+from ..errors import KacheryError
 from ..nodes import current_node
 from ..sizes import format_size
 from . import command
@@ -45,32 +44,73 @@ def _info(args: argparse.Namespace) -> int:
     print(f"config:         {info['config']}")
     print(f"chunk size:     {format_size(node.config.chunk_size)}")
     print(f"store:          {count} blobs, {format_size(total)}")
+    api = _running_api(node)
+    print(f"HTTP API:       {api['url'] if api else 'not running (kachery-tasks node start)'}")
     return 0
 
 
+def _running_api(node) -> dict | None:
+    try:
+        from ..daemon.http import running_api
+    except ImportError:  # the daemon extra is not installed
+        return None
+    return running_api(node)
+
+
+_LISTEN_WARNING = """\
+warning: the HTTP API is open to the network at {where}. Anyone who can reach it and
+holds the token can use this node, and over plain HTTP the token can be read on the
+way: put a TLS reverse proxy in front of it (see docs/daemon.md)."""
+
+
 def _start(args: argparse.Namespace) -> int:
+    from ..daemon.http import HttpServer, stop_signals
     from ..daemon.service import NodeDaemon
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    for name in ("kachery_tasks.daemon", "kachery_tasks.network"):
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Our loggers and the web server's only: the pub/sub SDK's own logs may carry tokens.
+    for name in ("kachery_tasks", "uvicorn"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        logger.propagate = False
     node = current_node()
-    daemon = NodeDaemon(node, label=args.label, inline_max=args.inline_max)
-    daemon.start()
-    try:
-        channels = ", ".join(s.channel.name for s in daemon.services.values()) or "none yet"
-        print(f"node daemon of {node.path} running (pid {os.getpid()}); channels: {channels}",
-              flush=True)
-        while not stop.wait(3600):
-            pass
-    finally:
-        daemon.stop()
+    with stop_signals() as stop:
+        daemon = NodeDaemon(node, label=args.label, inline_max=args.inline_max)
+        daemon.start()
+        try:
+            with HttpServer(node, daemon=daemon, listen=args.listen) as http:
+                if http.open_to_network:
+                    print(_LISTEN_WARNING.format(where=f"{http.host}:{http.port}"),
+                          file=sys.stderr)
+                channels = ", ".join(s.channel.name for s in daemon.services.values())
+                print(f"node daemon of {node.path} running (pid {os.getpid()}); "
+                      f"channels: {channels or 'none yet'}")
+                print(f"HTTP API and hub: {http.url}  (API docs: {http.url}/docs)")
+                print("open the hub with the link 'kachery-tasks node url --login' prints; "
+                      "stop with Ctrl-C", flush=True)
+                while not stop.wait(1.0):
+                    pass
+        finally:
+            daemon.stop()
+    print("stopped")
+    return 0
+
+
+def _url(args: argparse.Namespace) -> int:
+    from ..daemon.http import daemon_dir, running_api
+
+    node = current_node()
+    api = running_api(node)
+    if api is None:
+        raise KacheryError(f"no daemon serves {node.path}: start one with "
+                           "'kachery-tasks node start'")
+    if not args.login:
+        print(api["url"])
+        return 0
+    token = (daemon_dir(node) / "token").read_text().strip()
+    print(f"{api['url']}/#token={token}")
     return 0
 
 
@@ -95,24 +135,42 @@ COMMANDS = (
                 "kachery-tasks node info --json", args=[json_flag()], run=_info,
             ),
             command(
-                "start", "Serve this node's channels until Ctrl-C or SIGTERM.",
-                "kachery-tasks node start",
+                "start", "Run the node daemon until Ctrl-C or SIGTERM: channels, HTTP API, hub.",
+                "kachery-tasks node start --listen 0.0.0.0:7660",
                 "Connects to every channel this node joined and is a member of, shows it\n"
                 "online there, answers members' requests for files this node holds (when it\n"
                 "may upload), sends its feeds' new messages to the members following them\n"
                 "and imports the new messages of the feeds it follows. Channels joined or\n"
                 "left while it runs are picked up within seconds; after a broker restart it\n"
                 "reconnects by itself. Writes <node>/daemon/pid; a second daemon on the same\n"
-                "node directory refuses to start. Logs to stderr (never a key or token).",
+                "node directory refuses to start. Logs to stderr (never a key or token).\n\n"
+                "It also serves the HTTP API and the hub page, on 127.0.0.1 on a free port\n"
+                "unless --listen says otherwise; where is written to <node>/daemon/http.json,\n"
+                "and a new token (mode 0600) to <node>/daemon/token. 'kachery-tasks node url'\n"
+                "prints the address. Needs the daemon extra: pip install 'kachery-tasks[daemon]'.",
                 args=[
+                    arg("--listen", metavar="ADDR[:PORT]", help=(
+                        "where the API listens (default 127.0.0.1, a free port); another\n"
+                        "address opens it to the network: put TLS in front")),
                     arg("--label", help="how this node shows in presence (default: its label "
                                         "in each channel)"),
-                    arg("--quiet", action="store_true", help="log warnings and errors only"),
+                    arg("--quiet", action="store_true",
+                        help="log warnings and errors only (not each request) on stderr"),
                     arg("--inline-max", type=size, default=None, metavar="SIZE",
                         help="send content up to SIZE inside the answer to a request "
                              "(default 32KiB, at most 40KiB; 0: always through the bucket)"),
                 ],
                 run=_start,
+            ),
+            command(
+                "url", "Print the address of this node's running HTTP API and hub.",
+                "kachery-tasks node url --login",
+                "--login prints a link that logs the hub page in: the token rides in the\n"
+                "URL fragment (after #), which browsers do not send to the server. It is\n"
+                "a credential: do not paste it where others can read it.",
+                args=[arg("--login", action="store_true",
+                          help="a link with the token, to open the hub logged in")],
+                run=_url,
             ),
         ],
     ),

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from ..errors import InvalidValueError, TaskNotCachedError
+from ..runtime.provenance import resolve_function, resolve_task_id, run_dict, show
 from . import command
 from .args import arg, json_flag, whole_number
 
@@ -15,37 +15,6 @@ def _records():
     from ..runtime import cache
 
     return cache.current().records
-
-
-def _resolve_function(records, name: str) -> str:
-    names = records.functions()
-    if name in names:
-        return name
-    matches = [n for n in names if n.rsplit(".", 1)[-1] == name or n.endswith("." + name)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise InvalidValueError(
-            f"no runs of a function named {name!r} on this node; 'kachery-tasks tasks ls' "
-            "lists the recorded ones"
-        )
-    raise InvalidValueError(f"{name!r} is ambiguous: {', '.join(sorted(matches))}")
-
-
-def _resolve_id(records, prefix: str) -> str:
-    prefix = prefix.strip()
-    matches = records.task_ids_with_prefix(prefix)
-    if not matches:
-        raise TaskNotCachedError(
-            f"no task with id {prefix} is recorded on this node; 'kachery-tasks tasks ls' "
-            "lists them"
-        )
-    if len(matches) > 1:
-        raise InvalidValueError(
-            f"{prefix} matches several tasks ({', '.join(m[:19] for m in matches)}...); "
-            "give more digits"
-        )
-    return matches[0]
 
 
 def _t(t: float | None) -> str:
@@ -60,10 +29,10 @@ def _dur(d: float | None) -> str:
 
 def _ls(args: argparse.Namespace) -> int:
     records = _records()
-    function = _resolve_function(records, args.function) if args.function else None
+    function = resolve_function(records, args.function) if args.function else None
     runs = records.latest_runs(function=function, limit=args.limit)
     if args.json:
-        print(json.dumps([_run_dict(r) for r in runs], indent=2))
+        print(json.dumps([run_dict(r) for r in runs], indent=2))
         return 0
     if not runs:
         print("no task runs recorded on this node")
@@ -75,29 +44,14 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_dict(r) -> dict:
-    return {
-        "task_id": r.task_id, "kind": r.kind, "function": r.function, "version": r.version,
-        "code_hash": r.code_hash, "args": r.args, "inputs": r.inputs, "result_uri": r.result_uri,
-        "codec": r.codec, "node": r.node, "host": r.host, "pid": r.pid, "started": r.started,
-        "finished": r.finished, "duration": r.duration, "status": r.effective_status(),
-        "error": r.error, "reason": r.reason, "components": r.components,
-    }
-
-
 def _show(args: argparse.Namespace) -> int:
     records = _records()
-    tid = _resolve_id(records, args.task_id)
+    tid = resolve_task_id(records, args.task_id)
     runs = records.runs(task_id=tid)
     served = records.result(tid)
     children, parents = records.children(tid), records.parents(tid)
-    info = {
-        "task_id": tid,
-        "served_result": served.result_uri if served else None,
-        "runs": [_run_dict(r) for r in runs],
-        "called": [{"task_id": c, "function": records.function_of(c)} for c in children],
-        "called_by": [{"task_id": p, "function": records.function_of(p)} for p in parents],
-    }
+    info = show(records, tid)
+    info.pop("served", None)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -144,7 +98,7 @@ def _why(args: argparse.Namespace) -> int:
     from ..runtime.records import why
 
     records = _records()
-    function = _resolve_function(records, args.function)
+    function = resolve_function(records, args.function)
     report = why(records, function)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -160,7 +114,7 @@ def _why(args: argparse.Namespace) -> int:
 
 def _forget(args: argparse.Namespace) -> int:
     records = _records()
-    tid = _resolve_id(records, args.task_id)
+    tid = resolve_task_id(records, args.task_id)
     dropped = records.forget(tid)
     if dropped:
         from ..runtime import cache

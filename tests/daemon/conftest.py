@@ -1,3 +1,136 @@
-"""The channel fixtures (a broker with channel admission, a lab of member nodes)."""
+"""Fixtures for the daemon: a node, a fake of the channel services, the app, a server; the
+channel fixtures (a broker with channel admission, a lab of member nodes)."""
 
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")  # the daemon extra; installed by the dev extra
+
+import kachery_tasks as kachery
+from kachery_tasks.daemon.api import create_app
+from kachery_tasks.daemon.http import HttpServer
 from tests.network.channels.conftest import admitting_broker, lab  # noqa: F401
+
+TOKEN = "test-token-" + "x" * 32
+
+
+class FakeDaemon:
+    """What the API uses of NodeDaemon (the channel services), driven by the test."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.online: set[str] = set()
+        self.connected = True
+        self.requests: list[dict] = []
+        self.reloads = 0
+        self._subs: list[Callable[[dict], None]] = []
+        self._lock = threading.Lock()
+
+    def status(self) -> dict:
+        from kachery_tasks.network.channels import ChannelStore
+
+        channels = []
+        for c in ChannelStore(self.node.dir).all():
+            config = c.trusted_config()
+            channels.append({
+                "name": c.name, "owner": c.owner, "version": config.version,
+                "pubsub": config.pubsub, "bucket": config.bucket, "connected": self.connected,
+                "members": [{"node": n, "label": m.label, "permissions": sorted(m.permissions),
+                             "online": n in self.online} for n, m in config.members.items()],
+            })
+        return {"node": {"id": self.node.id, "label": "fake-daemon", "path": str(self.node.path)},
+                "channels": channels, "requests": list(self.requests)}
+
+    def subscribe(self, callback: Callable[[dict], None]) -> Callable[[], None]:
+        with self._lock:
+            self._subs.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subs:
+                    self._subs.remove(callback)
+
+        return unsubscribe
+
+    @property
+    def subscribers(self) -> int:
+        with self._lock:
+            return len(self._subs)
+
+    def emit(self, event: dict) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for callback in subs:
+            callback(event)
+
+    def reload_channels(self) -> None:
+        self.reloads += 1
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture
+def node(node_path):
+    return kachery.node(node_path)
+
+
+@pytest.fixture
+def daemon(node) -> FakeDaemon:
+    return FakeDaemon(node)
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+@pytest.fixture
+def client(node, daemon) -> Iterator[Any]:
+    """A TestClient of the node's API (lifespan running), sending the token."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(node, daemon, TOKEN, run_poll=0.05), headers=AUTH) as c:
+        yield c
+
+
+@pytest.fixture
+def served(node, daemon) -> Iterator[HttpServer]:
+    """The API served for real on 127.0.0.1 (uvicorn on a thread)."""
+    with HttpServer(node, daemon) as server:
+        yield server
+
+
+def token_of(server: HttpServer) -> str:
+    return (server.node.path / "daemon" / "token").read_text()
+
+
+def sse_events(response: Any) -> Iterator[tuple[str, Any]]:
+    """(event name, decoded data) for each server-sent event of a streaming httpx response."""
+    import json
+
+    event, data = "message", []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def api_client(server: HttpServer, **kw: Any) -> Any:
+    """An httpx client of a served API, sending its token."""
+    import httpx
+
+    return httpx.Client(base_url=server.url, timeout=kw.pop("timeout", 20),
+                        headers={"Authorization": f"Bearer {token_of(server)}"}, **kw)
