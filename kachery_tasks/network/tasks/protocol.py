@@ -1,0 +1,99 @@
+"""Tasks asked of a channel's providers: ``request_task`` and its answers.
+
+A requester publishes one request per call, addressed to one provider it
+chose from presence (a member allowed to ``process_tasks`` whose daemon
+announces the function, see :data:`PRESENCE_KEY`)::
+
+    request_task {"request", "provider", "call", "mode"}
+
+``call`` is :meth:`~kachery_tasks.runtime.call.Call.to_bytes` decoded as
+UTF-8 (canonical JSON); values too large for a message were put in the
+requester's store and uploaded to the channel's bucket before the request
+was sent, so the provider fetches them through its channel remote.
+``mode`` is ``call`` (serve what is recorded), ``force`` (compute a pure
+call again) or ``again`` (run an action again). Members other than
+``provider`` ignore the request.
+
+The provider answers, addressed to the requester (``"to"``), always naming
+``task_id``:
+
+* ``task_status {"status", "detail"}`` (progress; each one extends the
+  requester's wait): ``queued``, ``running``, ``waiting`` (another provider
+  holds the claim: ``detail`` names it), ``progress``;
+* ``task_finished {"kind", "result_uri", "codec", "record"}`` (final): the
+  outcome is in the channel's bucket as content ``result_uri`` (``codec``
+  says how it decodes; ``result_uri`` is None for an action or query that
+  returned None). ``record`` is the signed result-record envelope (text) of
+  a pure result, which the requester checks as it checks one read from the
+  bucket (signer a member allowed to ``process_tasks``), else None;
+* ``task_failed {"error": {"type", "message", "traceback", "provider",
+  "label"}}`` (final): the task raised; the requester raises an error with
+  that type name, message, the remote traceback text and the provider's
+  label;
+* ``task_declined {"reason", "code"}`` (decline): the provider will not run
+  it. ``code`` is one of :data:`DECLINE_CODES`; ``reason`` is the sentence
+  shown to the user (for ``code_hash``, it names both hashes and both nodes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..channels.requests import Exchange
+
+TASK = Exchange(
+    "request_task",
+    final=frozenset({"task_finished", "task_failed"}),
+    progress=frozenset({"task_status"}),
+    decline=frozenset({"task_declined"}),
+    answerer_needs="process_tasks",
+)
+
+REQUESTER_NEEDS = "request_tasks"
+"""The permission a member needs for a provider to take its request."""
+
+PRESENCE_KEY = "provides"
+"""Presence data of a provider's daemon: ``{"provides": [{"name", "kind", "version",
+"code_hash"}, ...]}`` (:meth:`~kachery_tasks.network.tasks.registry.Provided.describe`)."""
+
+MODES = frozenset({"call", "force", "again"})
+STATUSES = frozenset({"queued", "running", "waiting", "progress"})
+DECLINE_CODES = frozenset({
+    "not_allowed",    # the requester lacks request_tasks
+    "unknown",        # the function is not registered on this provider
+    "code_hash",      # registered, with other code (or another version)
+    "rejected",       # the call does not check (task id mismatch, malformed arguments)
+    "busy",           # the provider is shutting down or over its limit: ask another
+})
+
+
+def request_body(provider: str, call_bytes: bytes, mode: str = "call") -> dict[str, Any]:
+    """The body of a ``request_task`` (the plumbing adds ``request``)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, not {mode!r}")
+    return {"provider": provider, "call": call_bytes.decode("utf-8"), "mode": mode}
+
+
+def finished_body(task_id: str, kind: str, result_uri: str | None, codec: str | None,
+                  record: str | None) -> dict[str, Any]:
+    return {"task_id": task_id, "kind": kind, "result_uri": result_uri, "codec": codec,
+            "record": record}
+
+
+def failed_body(task_id: str, *, type: str, message: str, traceback: str, provider: str,
+                label: str) -> dict[str, Any]:
+    return {"task_id": task_id, "error": {"type": type, "message": message,
+                                          "traceback": traceback, "provider": provider,
+                                          "label": label}}
+
+
+def status_body(task_id: str, status: str, detail: str = "") -> dict[str, Any]:
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {sorted(STATUSES)}, not {status!r}")
+    return {"task_id": task_id, "status": status, "detail": detail}
+
+
+def declined_body(task_id: str | None, code: str, reason: str) -> dict[str, Any]:
+    if code not in DECLINE_CODES:
+        raise ValueError(f"code must be one of {sorted(DECLINE_CODES)}, not {code!r}")
+    return {"task_id": task_id, "code": code, "reason": reason}
