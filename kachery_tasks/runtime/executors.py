@@ -57,7 +57,8 @@ from .call import Call, encode_result
 from .context import current_executor, use_executor
 from .tasks import Task
 
-__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "TaskFuture", "current_executor", "dask",
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "TaskFuture", "connect",
+           "current_executor", "dask",
            "dask_key", "gather", "nested_runner", "use_executor"]
 
 _NOTHING = object()
@@ -175,6 +176,7 @@ class DaskExecutor(Executor):
         self.client = client
         self.share_node_dir = share_node_dir
         self.cluster = cluster
+        self.owns_client = False  # connect() sets it: close() ends a client it made
 
     def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
         return self._submit_many(task, [(tuple(args), dict(kwargs))], mode)[0]
@@ -417,6 +419,53 @@ def _is_local_address(address: str) -> bool:
     ) or address.startswith("inproc://")
 
 
+def connect(
+    address: str | None = None,
+    *,
+    n_workers: int = 2,
+    threads_per_worker: int = 1,
+    client: Any = None,
+    share_node_dir: bool | None = None,
+    timeout: float = 10.0,
+    node_path: Any = None,
+    **cluster_kwargs: Any,
+) -> DaskExecutor:
+    """A :class:`DaskExecutor` (see :func:`dask`, which takes the same arguments); close it.
+
+    ``node_path`` is the node directory workers of a new LocalCluster serve
+    (default: the current node's).
+    """
+    try:
+        import distributed
+    except ImportError as e:
+        raise ExecutorError(
+            "Dask is not installed; install it with: pip install 'kachery-tasks[dask]'"
+        ) from e
+    cluster = None
+    own_client = client is None
+    node = node_path if node_path is not None else cache_mod.current().node.path
+    try:
+        if client is None and address is not None:
+            client = distributed.Client(address, timeout=timeout)
+        elif client is None:  # no cluster given: start one here
+            cluster = distributed.LocalCluster(
+                n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                dashboard_address=None, env={ENV_DIR: str(node)}, **cluster_kwargs,
+            )
+            client = distributed.Client(cluster)
+    except (OSError, TimeoutError) as e:
+        where = address or "a new LocalCluster"
+        raise ExecutorError(
+            f"cannot reach the Dask scheduler at {where}: {e}. Start it (dask scheduler) or "
+            "check the address"
+        ) from e
+    if share_node_dir is None:
+        share_node_dir = cluster is not None or _is_local_address(client.scheduler.address)
+    executor = DaskExecutor(client, share_node_dir=share_node_dir, cluster=cluster)
+    executor.owns_client = own_client
+    return executor
+
+
 @contextlib.contextmanager
 def dask(
     address: str | None = None,
@@ -437,36 +486,12 @@ def dask(
     True for a local cluster or a loopback address); workers elsewhere keep
     results in their own node directories.
     """
-    try:
-        import distributed
-    except ImportError as e:
-        raise ExecutorError(
-            "Dask is not installed; install it with: pip install 'kachery-tasks[dask]'"
-        ) from e
-    cluster = None
-    own_client = client is None
-    node = cache_mod.current().node.path
-    try:
-        if client is None and address is not None:
-            client = distributed.Client(address, timeout=timeout)
-        elif client is None:  # no cluster given: start one here
-            cluster = distributed.LocalCluster(
-                n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                dashboard_address=None, env={ENV_DIR: str(node)}, **cluster_kwargs,
-            )
-            client = distributed.Client(cluster)
-    except (OSError, TimeoutError) as e:
-        where = address or "a new LocalCluster"
-        raise ExecutorError(
-            f"cannot reach the Dask scheduler at {where}: {e}. Start it (dask scheduler) or "
-            "check the address"
-        ) from e
-    if share_node_dir is None:
-        share_node_dir = cluster is not None or _is_local_address(client.scheduler.address)
-    executor = DaskExecutor(client, share_node_dir=share_node_dir, cluster=cluster)
+    executor = connect(address, n_workers=n_workers, threads_per_worker=threads_per_worker,
+                       client=client, share_node_dir=share_node_dir, timeout=timeout,
+                       **cluster_kwargs)
     try:
         with use_executor(executor):
             yield executor
     finally:
-        if own_client:
+        if executor.owns_client:
             executor.close()
