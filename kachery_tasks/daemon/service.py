@@ -54,19 +54,6 @@ SESSION_OPTIONS = {"request_timeout": 10.0, "connect_timeout": 10.0, "retry_inte
 Event = dict[str, Any]
 
 
-def provides_of(presence: Any) -> list[dict[str, Any]]:
-    """What a member's presence data says it provides: ``[{name, kind, version,
-    code_hash}]`` (well-formed entries only; [] for a member that provides nothing)."""
-    from ..network.tasks.protocol import PRESENCE_KEY
-
-    found = presence.get(PRESENCE_KEY) if isinstance(presence, dict) else None
-    if not isinstance(found, list):
-        return []
-    keys = ("name", "kind", "version", "code_hash")
-    return [{k: f.get(k) for k in keys} for f in found
-            if isinstance(f, dict) and isinstance(f.get("name"), str)]
-
-
 class ChannelService:
     """One joined channel as the daemon serves it."""
 
@@ -211,6 +198,7 @@ class ChannelService:
         members = []
         if config is not None:
             from ..network.channels.config import PERMISSIONS
+            from ..network.tasks.presence import provides_of
 
             for node, m in sorted(config.members.items(), key=lambda kv: kv[1].label):
                 members.append({"node": node, "label": m.label,
@@ -255,8 +243,8 @@ class NodeDaemon:
                  inline_max: int | None = None, rescan_every: float = RESCAN_EVERY,
                  provided: Any = None, executor: Any = None,
                  claim_ttl: float | None = None) -> None:
-        from ..network.tasks.claims import DEFAULT_TTL
         from ..network.channels.files import INLINE_MAX, MAX_INLINE
+        from ..network.tasks.claims import DEFAULT_TTL
 
         if inline_max is not None and not 0 <= inline_max <= MAX_INLINE:
             raise InvalidValueError(

@@ -159,7 +159,7 @@ def test_a_providing_daemon_announces_its_tasks_and_serves_them(lab):
     from tests.network.tasks.remote_tasks import square
 
     a = lab.add("a")
-    b = lab.add("b")
+    lab.add("b")
     c = lab.add("c", frozenset({"download", "request_tasks"}))  # may not process tasks
     provided = Provided.from_modules(["tests.network.tasks.remote_tasks"])
     lab.daemon("a", provided=provided)

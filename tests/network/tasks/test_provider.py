@@ -12,7 +12,6 @@ from kachery_tasks.network.channels.requests import Asker
 from kachery_tasks.network.tasks import Provided, protocol
 from kachery_tasks.network.tasks.provider import TaskProvider
 from kachery_tasks.runtime import shared
-from tests.network.channels.conftest import admitting_broker, lab  # noqa: F401 - fixtures
 from tests.network.tasks import remote_tasks
 from tests.network.tasks.remote_tasks import RAN, clock, fails, nested, notify, square
 
@@ -29,7 +28,7 @@ def fresh_counts():
     RAN.clear()
 
 
-def start_provider(lab, name, provided, **options):  # noqa: F811
+def start_provider(lab, name, provided, **options):
     session = lab.session(name, daemon=True)
     provider = TaskProvider(session, lab.nodes[name], provided, **options)
     lab.providers = [*getattr(lab, "providers", []), provider]
@@ -37,7 +36,7 @@ def start_provider(lab, name, provided, **options):  # noqa: F811
 
 
 @pytest.fixture
-def two(lab, provided):  # noqa: F811
+def two(lab, provided):
     """Channel lab: prov (a provider), prov2 (not started), requesters req and req2, and
     viewer (a member without request_tasks)."""
     for name in ("prov", "req", "req2", "prov2"):
@@ -49,7 +48,7 @@ def two(lab, provided):  # noqa: F811
         p.close()
 
 
-def ask(lab, requester, provider_name, call, mode="call", timeout=20.0, statuses=None):  # noqa: F811
+def ask(lab, requester, provider_name, call, mode="call", timeout=20.0, statuses=None):
     """Ask provider ``provider_name`` for ``call`` from node ``requester``: the Pending."""
     session = lab.session(requester)
     asker = Asker(session)
@@ -195,7 +194,7 @@ def _declined(pending):
     return pending
 
 
-def ask_declined(lab, requester, call_bytes):  # noqa: F811
+def ask_declined(lab, requester, call_bytes):
     session = lab.session(requester)
     asker = Asker(session)
     provider_id = lab.nodes["prov"].id
@@ -264,7 +263,7 @@ def test_a_member_without_request_tasks_is_declined_not_allowed(two):
     assert RAN["square"] == 0
 
 
-def test_over_its_limit_a_provider_declines_busy(lab, provided):  # noqa: F811
+def test_over_its_limit_a_provider_declines_busy(lab, provided):
     lab.add("prov")
     lab.add("req")
     lab.add("req2")
