@@ -317,3 +317,36 @@ def test_a_member_whose_permission_is_withdrawn_is_declined(two):
     except Exception as e:
         assert "answered" in str(e)
     assert RAN["square"] == 0
+
+
+def test_many_concurrent_requests_are_all_answered_each_id_computed_once(lab, provided):
+    """More requests than job threads: the queued ones hear ``queued`` and are answered."""
+    for name in ("prov", "req", "req2"):
+        lab.add(name)
+    try:
+        start_provider(lab, "prov", provided, workers=1, status_every=0.3)
+        askers = {name: Asker(lab.session(name)) for name in ("req", "req2")}
+        pid = lab.nodes["prov"].id
+        # one job thread, 10 ids of 0.4 s: the last waits ~4 s in the queue, longer than the
+        # requesters' patience (1.5 s) without the repeated status
+        calls = [remote_tasks.slow_square.prepare(i % 10, 0.4) for i in range(60)]
+        answers: list = [None] * len(calls)
+
+        def one(i: int) -> None:
+            asker = askers["req" if i % 2 else "req2"]
+            data = calls[i].to_bytes()
+            answers[i] = asker.ask(protocol.TASK, protocol.request_body(pid, data),
+                                   asked={pid}, online=1, timeout=1.5, what="a call").final
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert all(a is not None and a.type == "task_finished" for a in answers)
+        assert RAN["slow_square"] == 10
+        for call, answer in zip(calls, answers):
+            assert answer.body["task_id"] == call.task_id
+    finally:
+        for p in lab.providers:
+            p.close()
