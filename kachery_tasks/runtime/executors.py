@@ -467,28 +467,18 @@ def connect(
 
 
 @contextlib.contextmanager
-def dask(
-    address: str | None = None,
-    *,
-    n_workers: int = 2,
-    threads_per_worker: int = 1,
-    client: Any = None,
-    share_node_dir: bool | None = None,
-    timeout: float = 10.0,
-    **cluster_kwargs: Any,
-) -> Iterator[DaskExecutor]:
+def dask(address: str | None = None, **options: Any) -> Iterator[DaskExecutor]:
     """Run ``submit`` and ``map`` on Dask inside the block.
 
     Without arguments a ``LocalCluster`` of worker processes is started (and
-    closed at the end); ``address="tcp://host:8786"`` connects to a running
-    scheduler; ``client=`` uses an existing ``distributed.Client``. Workers
-    on this machine share this node directory (``share_node_dir`` defaults to
-    True for a local cluster or a loopback address); workers elsewhere keep
-    results in their own node directories.
+    closed at the end; ``n_workers=2``, ``threads_per_worker=1`` and other
+    ``LocalCluster`` options); ``address="tcp://host:8786"`` connects to a
+    running scheduler (``timeout=10.0`` seconds); ``client=`` uses an existing
+    ``distributed.Client``. Workers on this machine share this node directory
+    (``share_node_dir`` defaults to True for a local cluster or a loopback
+    address); workers elsewhere keep results in their own node directories.
     """
-    executor = connect(address, n_workers=n_workers, threads_per_worker=threads_per_worker,
-                       client=client, share_node_dir=share_node_dir, timeout=timeout,
-                       **cluster_kwargs)
+    executor = connect(address, **options)
     try:
         with use_executor(executor):
             yield executor

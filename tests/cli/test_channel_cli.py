@@ -149,14 +149,19 @@ def broker():
         yield running
 
 
-def test_status_shows_who_is_online(nodes, tmp_path, broker):
+def owner_and_alice(nodes, tmp_path, broker, allow: str) -> str:
+    """Channel lab of node owner ("boss") on ``broker``, which member joined as alice,
+    allowed ``allow``; the output of add-node."""
     r = nodes.run("owner", "create", "lab", "--bucket", f"file://{tmp_path}/bucket",
                   "--pubsub", broker.url, "--label", "boss")
     invite = r.stdout.decode().splitlines()[-1]
-    member = nodes.id("member")
     nodes.run("member", "join", invite)
-    out = nodes.run("owner", "add-node", "lab", member, "--label", "alice", "--allow",
-                    "download").stdout.decode()
+    return nodes.run("owner", "add-node", "lab", nodes.id("member"), "--label", "alice",
+                     "--allow", allow).stdout.decode()
+
+
+def test_status_shows_who_is_online(nodes, tmp_path, broker):
+    out = owner_and_alice(nodes, tmp_path, broker, "download")
     assert f"members notified on {broker.url}" in out
     channel = ChannelStore(nodes.use("member")).find("lab")
     with ChannelSession(channel, node_keypair(nodes.use("member")), **FAST).start():
@@ -206,13 +211,7 @@ def test_status_shows_what_each_online_member_provides(nodes, tmp_path, broker):
     from kachery_tasks.network.tasks import Provided
     from tests.network.tasks.remote_tasks import square
 
-    r = nodes.run("owner", "create", "lab", "--bucket", f"file://{tmp_path}/bucket",
-                  "--pubsub", broker.url, "--label", "boss")
-    invite = r.stdout.decode().splitlines()[-1]
-    member = nodes.id("member")
-    nodes.run("member", "join", invite)
-    nodes.run("owner", "add-node", "lab", member, "--label", "alice", "--allow",
-              "process_tasks")
+    owner_and_alice(nodes, tmp_path, broker, "process_tasks")
     provides = Provided.from_modules(["tests.network.tasks.remote_tasks"]).describe()
     channel = ChannelStore(nodes.use("member")).find("lab")
     session = ChannelSession(channel, node_keypair(nodes.use("member")), **FAST)
