@@ -305,6 +305,8 @@ class TaskProvider:
 
     # ------------------------------------------------------------ running
     def _run_job(self, job: _Job) -> None:
+        if job.answer is not None:  # declined while it was queued (the provider closed)
+            return
         try:
             with self.node:
                 self._run(job)
@@ -491,11 +493,18 @@ class TaskProvider:
             return self._accepted
 
     def close(self) -> None:
-        """Stop taking requests (later ones are not heard); running calls are abandoned."""
+        """Stop taking requests. Calls still queued are declined ``busy`` (their requesters
+        ask another provider); running ones are abandoned (their claims expire)."""
         self._closed = True
         self._stop.set()
-        self.responder.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            queued = [job for job in self._jobs.values() if job.status == "queued"]
+        for job in queued:
+            self._finish(job, "task_declined", protocol.declined_body(
+                job.call.task_id, "busy", f"{self._label_of(self.me)} is shutting down; ask "
+                "another provider"), "declined busy")
+        self.responder.close()
 
 
 def _with_channel_remote(node: Node, url: str) -> Node:

@@ -350,3 +350,31 @@ def test_many_concurrent_requests_are_all_answered_each_id_computed_once(lab, pr
     finally:
         for p in lab.providers:
             p.close()
+
+
+def test_calls_still_queued_when_the_provider_closes_are_declined_busy(lab, provided):
+    for name in ("prov", "req", "req2"):
+        lab.add(name)
+    provider = start_provider(lab, "prov", provided, workers=1)
+    from tests.network.channels.conftest import wait_for
+
+    got: dict = {}
+
+    def ask_into(key, requester, call, timeout):
+        try:
+            got[key] = ask(lab, requester, "prov", call, timeout=timeout)
+        except Exception as e:
+            got[key] = e
+
+    running = threading.Thread(target=ask_into, args=(
+        "running", "req", remote_tasks.slow_square.prepare(1, 1.0), 2.0))
+    running.start()
+    wait_for(lambda: RAN["slow_square"] == 1, what="the first call running")
+    queued = threading.Thread(target=ask_into, args=("queued", "req2", square.prepare(2), 20.0))
+    queued.start()
+    wait_for(lambda: provider.in_progress() == 2, what="the second call queued")
+    provider.close()
+    queued.join(30)
+    running.join(30)
+    assert got["queued"].status == "declined"
+    assert RAN["square"] == 0
