@@ -211,12 +211,15 @@ def _status(args: argparse.Namespace) -> int:
     if config is None:
         raise ChannelError(f"this node trusts no config of {channel.name} yet: run without "
                            "--offline to read it from the bucket")
-    online: set[str] | None = None
+    from ..network.tasks.presence import provides_of, short
+
+    online: dict[str, list[dict]] | None = None  # node -> what it provides
     why = "--offline"
     if not args.offline:
         try:
             with connect_channel_pubsub(key, lambda: config, **_PUBSUB_OPTIONS) as pubsub:
-                online = {m.client_id for m in pubsub.members(config.pubsub_name)}
+                online = {m.client_id: provides_of(m.data)
+                          for m in pubsub.members(config.pubsub_name)}
         except PubSubError as e:
             why = str(e)
     info = {
@@ -226,7 +229,8 @@ def _status(args: argparse.Namespace) -> int:
         "online_unknown_because": None if online is not None else why,
         "members": [
             {"node": node, "label": m.label, "permissions": _perm_list(m.permissions),
-             "online": None if online is None else node in online}
+             "online": None if online is None else node in online,
+             "provides": (online or {}).get(node, [])}
             for node, m in sorted(config.members.items(), key=lambda kv: kv[1].label)
         ],
     }
@@ -248,6 +252,8 @@ def _status(args: argparse.Namespace) -> int:
         mine = "  (this node)" if m["node"] == key.public_hex else ""
         print(f"  {m['label']:<20} {m['node']}  {_perms(frozenset(m['permissions']))}"
               f"{state}{mine}")
+        if m["provides"]:
+            print(f"  {'':<20} provides: {', '.join(short(p) for p in m['provides'])}")
     return 0
 
 

@@ -14,7 +14,7 @@ from ..errors import KacheryError
 from ..nodes import current_node
 from ..sizes import format_size
 from . import command
-from .args import arg, file_path, json_flag, size
+from .args import arg, file_path, json_flag, size, whole_number
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -76,9 +76,16 @@ def _start(args: argparse.Namespace) -> int:
         logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
         logger.propagate = False
     node = current_node()
+    provided, executor = _provider_parts(args, node)
     with stop_signals() as stop:
-        daemon = NodeDaemon(node, label=args.label, inline_max=args.inline_max)
-        daemon.start()
+        daemon = NodeDaemon(node, label=args.label, inline_max=args.inline_max,
+                            provided=provided, executor=executor, claim_ttl=args.claim_ttl)
+        try:
+            daemon.start()
+        except BaseException:
+            if executor is not None:
+                executor.close()
+            raise
         try:
             with HttpServer(node, daemon=daemon, listen=args.listen) as http:
                 if http.open_to_network:
@@ -87,6 +94,10 @@ def _start(args: argparse.Namespace) -> int:
                 channels = ", ".join(s.channel.name for s in daemon.services.values())
                 print(f"node daemon of {node.path} running (pid {os.getpid()}); "
                       f"channels: {channels or 'none yet'}")
+                if provided is not None:
+                    where = _executor_name(args)
+                    print(f"providing {len(provided)} task(s) from "
+                          f"{', '.join(provided.modules)}, run {where}")
                 print(f"HTTP API and hub: {http.url}  (API docs: {http.url}/docs)")
                 print("open the hub with the link 'kachery-tasks node url --login' prints; "
                       "stop with Ctrl-C", flush=True)
@@ -96,6 +107,54 @@ def _start(args: argparse.Namespace) -> int:
             daemon.stop()
     print("stopped")
     return 0
+
+
+def _provider_parts(args: argparse.Namespace, node) -> tuple:
+    """The registry of ``--provide`` and the executor of ``--dask``/``--workers``.
+
+    A module that cannot be imported is a TaskModuleError now, before anything
+    starts. The current directory is looked in first, as ``python -m`` does.
+    """
+    from ..errors import InvalidValueError
+
+    if args.dask and args.workers:
+        raise InvalidValueError("give --dask ADDR (a running scheduler) or --workers N (a "
+                                "LocalCluster started here), not both")
+    if not args.provide:
+        if args.dask or args.workers:
+            raise InvalidValueError("--dask and --workers say where provided tasks run: give "
+                                    "the modules with --provide MODULE too")
+        return None, None
+    from ..network.tasks import Provided
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    provided = Provided.from_modules(args.provide)
+    if not args.dask and not args.workers:
+        return provided, None
+    from ..runtime.executors import connect
+
+    with node:
+        executor = connect(args.dask, n_workers=args.workers or 1, node_path=node.path)
+    return provided, executor
+
+
+def _executor_name(args: argparse.Namespace) -> str:
+    if args.dask:
+        return f"on the Dask cluster at {args.dask}"
+    if args.workers:
+        return f"on a LocalCluster of {args.workers} worker(s)"
+    return "in this process"
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be seconds from 0 to 86400, not {text!r}")
+    return value
 
 
 def _url(args: argparse.Namespace) -> int:
@@ -147,7 +206,15 @@ COMMANDS = (
                 "It also serves the HTTP API and the hub page, on 127.0.0.1 on a free port\n"
                 "unless --listen says otherwise; where is written to <node>/daemon/http.json,\n"
                 "and a new token (mode 0600) to <node>/daemon/token. 'kachery-tasks node url'\n"
-                "prints the address. Needs the daemon extra: pip install 'kachery-tasks[daemon]'.",
+                "prints the address. Needs the daemon extra: pip install "
+                "'kachery-tasks[daemon]'.\n\n"
+                "--provide MODULE... makes the node a provider: it imports the modules (the\n"
+                "current directory is searched first) and, in each channel where it may\n"
+                "process_tasks, runs their tasks (and the tasks they call) when members ask,\n"
+                "once per task id in the whole channel; presence tells members what it\n"
+                "provides ('kachery-tasks channel status NAME'). Tasks run in this process,\n"
+                "on the Dask scheduler of --dask ADDR, or on a LocalCluster of --workers N\n"
+                "processes (the modules must be importable there too). See docs/remote-tasks.md.",
                 args=[
                     arg("--listen", metavar="ADDR[:PORT]", help=(
                         "where the API listens (default 127.0.0.1, a free port); another\n"
@@ -159,6 +226,16 @@ COMMANDS = (
                     arg("--inline-max", type=size, default=None, metavar="SIZE",
                         help="send content up to SIZE inside the answer to a request "
                              "(default 32KiB, at most 40KiB; 0: always through the bucket)"),
+                    arg("--provide", nargs="+", metavar="MODULE", default=None,
+                        help="run the tasks of these Python modules for the channels' members"),
+                    arg("--dask", metavar="ADDR", default=None,
+                        help="run provided tasks on this Dask scheduler (tcp://host:8786)"),
+                    arg("--workers", type=whole_number(1), metavar="N", default=None,
+                        help="run provided tasks on a LocalCluster of N worker processes"),
+                    arg("--claim-ttl", type=_seconds, metavar="SECONDS", default=None,
+                        help="seconds a claim on a task lives without renewal (default 60): "
+                             "how long another provider waits before taking over the task "
+                             "of one that died"),
                 ],
                 run=_start,
             ),

@@ -85,6 +85,9 @@ def _show(args: argparse.Namespace) -> int:
         print(line + (f"  [{r.reason}]" if r.reason not in ("miss",) else ""))
         if r.error:
             print(f"    error: {r.error}")
+    for asked in info["asked_by"]:
+        print(f"asked by:  {asked['label'] or '?'} ({asked['requester'][:16]}...) on channel "
+              f"{asked['channel']} at {_t(asked['received'])}: {asked['outcome']}")
     print("called:" if children else "called:    nothing")
     for c in info["called"]:
         print(f"  {c['task_id']}  {c['function'] or '?'}")

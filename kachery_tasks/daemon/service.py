@@ -12,6 +12,11 @@ While it runs, a node serves every channel it joined and is a member of:
   (:mod:`kachery_tasks.network.channels.files`);
 * its own feeds' new messages announced to the members watching them, and
   the announced messages of feeds it follows imported (verified);
+* ``request_task`` (``node start --provide MODULE...``): in each channel
+  where this node may ``process_tasks``, a
+  :class:`~kachery_tasks.network.tasks.provider.TaskProvider` runs the
+  registered tasks for the members, and presence carries what it provides
+  (``"provides"``: name, kind, version and code hash of each function);
 * config notices adopted (by the session); a channel joined or left while it
   runs is picked up within :data:`RESCAN_EVERY` seconds (or at once through
   :meth:`NodeDaemon.reload_channels`); a session whose connection failed for
@@ -57,6 +62,7 @@ class ChannelService:
         self.channel = channel
         self.session: Any = None
         self.responder: Any = None
+        self.provider: Any = None
         self.announcer: Any = None
         self.detail = "starting"
         self._next_try = 0.0
@@ -75,6 +81,11 @@ class ChannelService:
         """Start the session if it is not running (or failed for good); quiet between tries."""
         session = self.session
         if session is not None and not session.failed:
+            try:  # a config that granted or withdrew process_tasks since the last look
+                self._provide()
+            except KacheryError as e:
+                log.warning("channel %s: could not change what this node provides: %s",
+                            self.channel.name, e)
             return
         if time.monotonic() < self._next_try:
             return
@@ -112,6 +123,7 @@ class ChannelService:
         self.responder = Responder(session, FILE, self._serve_file, events=daemon.emit)
         try:
             session.start()
+            self._provide()
         except BaseException:
             self.stop()
             raise
@@ -123,6 +135,34 @@ class ChannelService:
         daemon.emit({"type": "channel", "name": config.name, "connected": True,
                      "version": config.version})
         daemon.poller.poke()
+
+    def presence(self) -> dict[str, Any]:
+        """What this channel's session adds to its presence data (see the daemon's)."""
+        return self.daemon.presence_extra(provides=self.provider is not None)
+
+    def _provide(self) -> None:
+        """Serve ``request_task`` while this node may process tasks here (and provides some);
+        presence says what it provides from the moment requests are served."""
+        from ..network.tasks.provider import TaskProvider
+
+        daemon, session = self.daemon, self.session
+        if session is None or daemon.provided is None:
+            return
+        allowed = "process_tasks" in session.config.permissions_of(session.node_id)
+        if allowed == (self.provider is not None):
+            return
+        if allowed:
+            self.provider = TaskProvider(session, daemon.node, daemon.provided,
+                                         executor=daemon.executor, claim_ttl=daemon.claim_ttl,
+                                         events=daemon.emit)
+            log.info("channel %s: providing %d task(s) from %s", session.channel.name,
+                     len(daemon.provided), ", ".join(daemon.provided.modules))
+        else:
+            provider, self.provider = self.provider, None
+            provider.close()
+            log.info("channel %s: no longer providing tasks (this node lost process_tasks)",
+                     session.channel.name)
+        session.present(**self.presence())
 
     def _presence_changed(self) -> None:
         if self.announcer is not None:
@@ -148,21 +188,23 @@ class ChannelService:
         if session is not None and session.checker is not None:
             config = session.config
         config = config or self.channel.trusted_config()
-        online: set[str] = set()
+        online: dict[str, Any] = {}
         connected = session is not None and session.connected
         if connected:
             try:
-                online = {n for n, _ in session.members()}
+                online = dict(session.members())
             except KacheryError:
                 connected = False
         members = []
         if config is not None:
             from ..network.channels.config import PERMISSIONS
+            from ..network.tasks.presence import provides_of
 
             for node, m in sorted(config.members.items(), key=lambda kv: kv[1].label):
                 members.append({"node": node, "label": m.label,
                                 "permissions": [p for p in PERMISSIONS if p in m.permissions],
-                                "online": node in online})
+                                "online": node in online,
+                                "provides": provides_of(online.get(node))})
         return {"name": self.channel.name, "key": self.key, "owner": self.channel.owner,
                 "version": config.version if config else None,
                 "pubsub": config.pubsub if config else self.channel.invite.pubsub,
@@ -170,6 +212,9 @@ class ChannelService:
                 "connected": connected, "detail": self.detail, "members": members}
 
     def stop(self) -> None:
+        provider, self.provider = self.provider, None
+        if provider is not None:
+            provider.close()
         responder, self.responder = self.responder, None
         announcer, self.announcer = self.announcer, None
         session, self.session = self.session, None
@@ -187,13 +232,19 @@ class NodeDaemon:
     ``label`` is how the node shows in presence (default: its label in each
     channel's config); ``session_options`` go to each channel's pub/sub
     client (timeouts); ``inline_max`` is the largest content sent inline in an
-    answer.
+    answer. ``provided`` (a :class:`~kachery_tasks.network.tasks.Provided`)
+    makes the node a provider of those tasks, run on ``executor`` (default
+    in-process; the daemon closes it when it stops) with claims of
+    ``claim_ttl`` seconds.
     """
 
     def __init__(self, node: Node, *, label: str | None = None,
                  session_options: dict[str, Any] | None = None,
-                 inline_max: int | None = None, rescan_every: float = RESCAN_EVERY) -> None:
+                 inline_max: int | None = None, rescan_every: float = RESCAN_EVERY,
+                 provided: Any = None, executor: Any = None,
+                 claim_ttl: float | None = None) -> None:
         from ..network.channels.files import INLINE_MAX, MAX_INLINE
+        from ..network.tasks.claims import DEFAULT_TTL
 
         if inline_max is not None and not 0 <= inline_max <= MAX_INLINE:
             raise InvalidValueError(
@@ -204,6 +255,9 @@ class NodeDaemon:
         self.session_options = dict(session_options or {})
         self.inline_max = INLINE_MAX if inline_max is None else inline_max
         self.rescan_every = rescan_every
+        self.provided = provided
+        self.executor = executor
+        self.claim_ttl = DEFAULT_TTL if claim_ttl is None else claim_ttl
         self.services: dict[str, ChannelService] = {}
         self.poller: Any = None
         self.follower: Any = None
@@ -271,17 +325,25 @@ class NodeDaemon:
             self.poller.stop()
         if self.follower is not None:
             self.follower.close()
+        executor, self.executor = self.executor, None
+        if executor is not None:
+            executor.close()
         self._pidfile.release()
         if self.started is not None:
             log.info("node %s...: daemon stopped", self.node.id[:16])
             self.started = None
 
     # --------------------------------------------------------------- feeds
-    def presence_extra(self) -> dict[str, Any]:
-        """What the daemon adds to its presence data: that it serves, and what it follows."""
+    def presence_extra(self, provides: bool = False) -> dict[str, Any]:
+        """What the daemon adds to its presence data: that it serves, what it follows and,
+        where it serves ``request_task`` (``provides``), the tasks it provides."""
+        from ..network.tasks.protocol import PRESENCE_KEY
+
         extra: dict[str, Any] = {"daemon": True}
         if self._followed:
             extra["watch"] = list(self._followed)
+        if provides and self.provided is not None:
+            extra[PRESENCE_KEY] = self.provided.describe()
         return extra
 
     def _follows(self, feed: str) -> bool:
@@ -302,7 +364,7 @@ class NodeDaemon:
             for service in services:
                 if service.session is not None and service.session.pubsub is not None:
                     try:
-                        service.session.present(**self.presence_extra())
+                        service.session.present(**service.presence())
                     except KacheryError as e:
                         log.info("channel %s: could not update presence: %s",
                                  service.channel.name, e)
@@ -342,6 +404,8 @@ class NodeDaemon:
         for service in services:
             if service.responder is not None:
                 requests.extend(service.responder.status())
+            if service.provider is not None:
+                requests.extend(service.provider.status())
         label = self.label
         if label is None:
             labels = [s.session.label for s in services if s.session is not None]

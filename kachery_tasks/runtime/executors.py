@@ -57,7 +57,8 @@ from .call import Call, encode_result
 from .context import current_executor, use_executor
 from .tasks import Task
 
-__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "TaskFuture", "current_executor", "dask",
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "TaskFuture", "connect",
+           "current_executor", "dask",
            "dask_key", "gather", "nested_runner", "use_executor"]
 
 _NOTHING = object()
@@ -175,6 +176,7 @@ class DaskExecutor(Executor):
         self.client = client
         self.share_node_dir = share_node_dir
         self.cluster = cluster
+        self.owns_client = False  # connect() sets it: close() ends a client it made
 
     def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
         return self._submit_many(task, [(tuple(args), dict(kwargs))], mode)[0]
@@ -417,8 +419,7 @@ def _is_local_address(address: str) -> bool:
     ) or address.startswith("inproc://")
 
 
-@contextlib.contextmanager
-def dask(
+def connect(
     address: str | None = None,
     *,
     n_workers: int = 2,
@@ -426,16 +427,13 @@ def dask(
     client: Any = None,
     share_node_dir: bool | None = None,
     timeout: float = 10.0,
+    node_path: Any = None,
     **cluster_kwargs: Any,
-) -> Iterator[DaskExecutor]:
-    """Run ``submit`` and ``map`` on Dask inside the block.
+) -> DaskExecutor:
+    """A :class:`DaskExecutor` (see :func:`dask`, which takes the same arguments); close it.
 
-    Without arguments a ``LocalCluster`` of worker processes is started (and
-    closed at the end); ``address="tcp://host:8786"`` connects to a running
-    scheduler; ``client=`` uses an existing ``distributed.Client``. Workers
-    on this machine share this node directory (``share_node_dir`` defaults to
-    True for a local cluster or a loopback address); workers elsewhere keep
-    results in their own node directories.
+    ``node_path`` is the node directory workers of a new LocalCluster serve
+    (default: the current node's).
     """
     try:
         import distributed
@@ -445,7 +443,7 @@ def dask(
         ) from e
     cluster = None
     own_client = client is None
-    node = cache_mod.current().node.path
+    node = node_path if node_path is not None else cache_mod.current().node.path
     try:
         if client is None and address is not None:
             client = distributed.Client(address, timeout=timeout)
@@ -464,9 +462,26 @@ def dask(
     if share_node_dir is None:
         share_node_dir = cluster is not None or _is_local_address(client.scheduler.address)
     executor = DaskExecutor(client, share_node_dir=share_node_dir, cluster=cluster)
+    executor.owns_client = own_client
+    return executor
+
+
+@contextlib.contextmanager
+def dask(address: str | None = None, **options: Any) -> Iterator[DaskExecutor]:
+    """Run ``submit`` and ``map`` on Dask inside the block.
+
+    Without arguments a ``LocalCluster`` of worker processes is started (and
+    closed at the end; ``n_workers=2``, ``threads_per_worker=1`` and other
+    ``LocalCluster`` options); ``address="tcp://host:8786"`` connects to a
+    running scheduler (``timeout=10.0`` seconds); ``client=`` uses an existing
+    ``distributed.Client``. Workers on this machine share this node directory
+    (``share_node_dir`` defaults to True for a local cluster or a loopback
+    address); workers elsewhere keep results in their own node directories.
+    """
+    executor = connect(address, **options)
     try:
         with use_executor(executor):
             yield executor
     finally:
-        if own_client:
+        if executor.owns_client:
             executor.close()

@@ -61,7 +61,8 @@ def run_dict(r: Run) -> dict[str, Any]:
 
 
 def show(records: Records, task_id: str) -> dict[str, Any]:
-    """Everything recorded about one task id: its runs, served result, callees and callers."""
+    """Everything recorded about one task id: its runs, served result, callees and callers,
+    and the channel members that asked this node for it (as a provider)."""
     served = records.result(task_id)
     info: dict[str, Any] = {
         "task_id": task_id,
@@ -71,6 +72,7 @@ def show(records: Records, task_id: str) -> dict[str, Any]:
                    for c in records.children(task_id)],
         "called_by": [{"task_id": p, "function": records.function_of(p)}
                       for p in records.parents(task_id)],
+        "asked_by": records.requests_of(task_id),
     }
     if served is not None:
         info["served"] = {"status": served.status, "codec": served.codec, "node": served.node,

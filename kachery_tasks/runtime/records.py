@@ -18,6 +18,10 @@ Tables:
 * ``damaged``: task ids whose served result was found damaged and dropped
   (see ``NodeCache.load``), until the run that computes them again records
   it as its reason (``damaged: <what was wrong>``).
+* ``requests``: calls this node ran or served for other nodes of a channel
+  (a provider, ``node start --provide``): task id, the requester's node id
+  and label, the channel, when, and how it ended. A table of its own, made
+  on open: node directories from before it read and write as they did.
 * ``leases``: see :mod:`.leases`.
 
 Invariants: a ``results`` row is written only after its result blob is in
@@ -89,6 +93,15 @@ CREATE TABLE IF NOT EXISTS edges (
     PRIMARY KEY (parent, child)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS edges_child ON edges(child);
+CREATE TABLE IF NOT EXISTS requests (
+    task_id   TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    label     TEXT NOT NULL,
+    channel   TEXT NOT NULL,
+    received  REAL NOT NULL,
+    outcome   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_task ON requests(task_id, received);
 CREATE TABLE IF NOT EXISTS damaged (
     task_id TEXT PRIMARY KEY,
     detail  TEXT NOT NULL,
@@ -464,6 +477,24 @@ class Records:
         with self.lock:
             return [r[0] for r in self.conn.execute(
                 "SELECT parent FROM edges WHERE child=? ORDER BY parent", (task_id,))]
+
+    def note_request(self, task_id: str, requester: str, label: str, channel: str,
+                     outcome: str) -> None:
+        """Note that node ``requester`` (``label``) asked for ``task_id`` through ``channel``
+        and how the request ended (``computed``, ``served the shared result``, ...)."""
+        with self._write():
+            self.conn.execute(
+                "INSERT INTO requests (task_id, requester, label, channel, received, outcome) "
+                "VALUES (?,?,?,?,?,?)", (task_id, requester, label, channel, time.time(), outcome))
+
+    def requests_of(self, task_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Who asked this node for ``task_id`` (the latest ``limit`` requests, oldest first)."""
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT requester, label, channel, received, outcome FROM requests "
+                "WHERE task_id=? ORDER BY received DESC LIMIT ?", (task_id, limit)).fetchall()
+        return [{"requester": r[0], "label": r[1], "channel": r[2], "received": r[3],
+                 "outcome": r[4]} for r in reversed(rows)]
 
     def function_of(self, task_id: str) -> str | None:
         with self.lock:

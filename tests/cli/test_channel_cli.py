@@ -99,7 +99,7 @@ def test_join_add_and_remove_a_member(nodes, lab):
     assert status["version"] == 3
     alice = next(m for m in status["members"] if m["node"] == member)
     assert alice == {"node": member, "label": "alice", "permissions": ["read_feeds"],
-                     "online": None}
+                     "online": None, "provides": []}
     assert "no broker answered at ws://127.0.0.1:9" in status["online_unknown_because"]
 
     nodes.run("owner", "remove-node", "lab", member, "--offline")
@@ -149,14 +149,19 @@ def broker():
         yield running
 
 
-def test_status_shows_who_is_online(nodes, tmp_path, broker):
+def owner_and_alice(nodes, tmp_path, broker, allow: str) -> str:
+    """Channel lab of node owner ("boss") on ``broker``, which member joined as alice,
+    allowed ``allow``; the output of add-node."""
     r = nodes.run("owner", "create", "lab", "--bucket", f"file://{tmp_path}/bucket",
                   "--pubsub", broker.url, "--label", "boss")
     invite = r.stdout.decode().splitlines()[-1]
-    member = nodes.id("member")
     nodes.run("member", "join", invite)
-    out = nodes.run("owner", "add-node", "lab", member, "--label", "alice", "--allow",
-                    "download").stdout.decode()
+    return nodes.run("owner", "add-node", "lab", nodes.id("member"), "--label", "alice",
+                     "--allow", allow).stdout.decode()
+
+
+def test_status_shows_who_is_online(nodes, tmp_path, broker):
+    out = owner_and_alice(nodes, tmp_path, broker, "download")
     assert f"members notified on {broker.url}" in out
     channel = ChannelStore(nodes.use("member")).find("lab")
     with ChannelSession(channel, node_keypair(nodes.use("member")), **FAST).start():
@@ -200,3 +205,20 @@ def test_the_owners_node_cannot_leave_and_destroy_the_owner_key(nodes, lab):
     r = nodes.run("owner", "leave", "lab", ok=False)
     assert "holds the owner key of channel lab" in r.stderr
     assert ChannelStore(nodes.use("owner")).find("lab").is_owner
+
+
+def test_status_shows_what_each_online_member_provides(nodes, tmp_path, broker):
+    from kachery_tasks.network.tasks import Provided
+    from tests.network.tasks.remote_tasks import square
+
+    owner_and_alice(nodes, tmp_path, broker, "process_tasks")
+    provides = Provided.from_modules(["tests.network.tasks.remote_tasks"]).describe()
+    channel = ChannelStore(nodes.use("member")).find("lab")
+    session = ChannelSession(channel, node_keypair(nodes.use("member")), **FAST)
+    session.present(daemon=True, provides=provides)  # as a providing daemon does
+    with session.start():
+        status = json.loads(nodes.run("owner", "status", "lab", "--json").stdout)
+        by_label = {m["label"]: m["provides"] for m in status["members"]}
+        assert by_label == {"alice": provides, "boss": []}
+        text = nodes.run("owner", "status", "lab").stdout.decode()
+        assert f"{square.name} ({square.code_hash[:8]})" in text

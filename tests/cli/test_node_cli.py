@@ -78,3 +78,20 @@ def test_node_start_logs_what_it_serves_and_never_a_key_or_token(tmp_path):
                (a.path / "channels" / lab.owner.key / "owner.key").read_text().strip()]
     assert all(secret not in log for secret in secrets)
     assert "eyJ" not in log and "accessToken" not in log  # no token (base64 JSON) either
+
+
+def test_node_start_refuses_a_module_it_cannot_import(run_cli, node_path):
+    r = run_cli("node", "start", "--provide", "no_such_lab.pipelines")
+    assert r.returncode == 1
+    assert r.stderr.decode().strip() == (
+        "error: no module named no_such_lab.pipelines (no no_such_lab); install the package "
+        "that provides it or fix the name")
+    assert not (node_path / "daemon" / "pid").exists()  # nothing was started
+
+
+def test_node_start_takes_dask_or_workers_only_for_provided_tasks(run_cli):
+    r = run_cli("node", "start", "--workers", "2")
+    assert r.returncode == 1 and b"--provide MODULE" in r.stderr
+    r = run_cli("node", "start", "--provide", "tests.network.tasks.remote_tasks", "--workers",
+                "2", "--dask", "tcp://127.0.0.1:9")
+    assert r.returncode == 1 and b"not both" in r.stderr

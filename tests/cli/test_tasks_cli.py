@@ -106,3 +106,21 @@ def test_ls_limit_up_to_the_largest(history):
     assert r.status == 0 and json.loads(r.stdout) == every and len(every) > 1
     r = run_main("tasks", "ls", "--limit", "1", "--json")
     assert r.status == 0 and len(json.loads(r.stdout)) == 1
+
+
+def test_show_names_who_asked_a_provider_for_the_task(run_cli, history):
+    from kachery_tasks.runtime import cache
+
+    asker = "ab" * 32
+    cache.current().records.note_request(history["total"], asker, "bob", "lab", "computed")
+    r = run_cli("tasks", "show", history["total"])
+    assert r.returncode == 0, r.stderr
+    assert f"asked by:  bob ({asker[:16]}...) on channel lab at " in r.stdout.decode()
+    assert r.stdout.decode().rstrip().count("asked by:") == 1
+    info = json.loads(run_cli("tasks", "show", history["total"], "--json").stdout)
+    [asked] = info["asked_by"]
+    assert (asked["requester"], asked["label"], asked["channel"], asked["outcome"]) == (
+        asker, "bob", "lab", "computed")
+    assert info["asked_by"] and not json.loads(
+        run_cli("tasks", "show", history["child"], "--json").stdout)["asked_by"]
+

@@ -25,6 +25,7 @@ class FakeDaemon:
     def __init__(self, node: Any) -> None:
         self.node = node
         self.online: set[str] = set()
+        self.provides: dict[str, list[dict]] = {}  # node id -> what its presence announces
         self.connected = True
         self.requests: list[dict] = []
         self.reloads = 0
@@ -41,7 +42,8 @@ class FakeDaemon:
                 "name": c.name, "owner": c.owner, "version": config.version,
                 "pubsub": config.pubsub, "bucket": config.bucket, "connected": self.connected,
                 "members": [{"node": n, "label": m.label, "permissions": sorted(m.permissions),
-                             "online": n in self.online} for n, m in config.members.items()],
+                             "online": n in self.online, "provides": self.provides.get(n, [])}
+                            for n, m in config.members.items()],
             })
         return {"node": {"id": self.node.id, "label": "fake-daemon", "path": str(self.node.path)},
                 "channels": channels, "requests": list(self.requests)}

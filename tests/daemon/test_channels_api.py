@@ -27,6 +27,8 @@ def lab(node, tmp_path):
 
 def test_status_shows_members_permissions_and_who_is_online(client, lab, node, daemon):
     daemon.online = {node.id}
+    square = {"name": "mylab.square", "kind": "pure", "version": None, "code_hash": "ab" * 32}
+    daemon.provides = {node.id: [square]}
     r = client.get("/api/channels").json()
     assert r["permissions"] == ["download", "upload", "request_tasks", "process_tasks",
                                 "read_feeds"]
@@ -34,7 +36,8 @@ def test_status_shows_members_permissions_and_who_is_online(client, lab, node, d
     assert (c["name"], c["version"], c["owner_node"], c["member"], c["connected"]) == (
         "lab", 1, True, True, True)
     assert c["members"] == [{"node": node.id, "label": "owner-host", "permissions":
-                             r["permissions"], "online": True, "this_node": True}]
+                             r["permissions"], "online": True, "this_node": True,
+                             "provides": [square]}]
     assert c["invite"] == str(lab.invite)
     assert client.get("/api/channels/lab").json() == c
 

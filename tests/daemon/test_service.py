@@ -34,8 +34,10 @@ def test_status_says_who_this_node_is_what_it_serves_and_who_is_online(lab):
         "pubsub": config.pubsub, "bucket": config.bucket, "connected": True,
         "detail": "connected",
         "members": [
-            {"node": a.id, "label": "a", "permissions": list(ALL_ORDERED), "online": True},
-            {"node": b.id, "label": "b", "permissions": ["download"], "online": True},
+            {"node": a.id, "label": "a", "permissions": list(ALL_ORDERED), "online": True,
+             "provides": []},
+            {"node": b.id, "label": "b", "permissions": ["download"], "online": True,
+             "provides": []},
         ]}
     [request] = status["requests"]
     assert request["type"] == "request_file" and request["from"] == b.id
@@ -142,3 +144,35 @@ def _loads(node, uri) -> bool:
         return node.load_bytes(uri) == b"after the restart"
     except KacheryError:
         return False
+
+
+def _provides(daemon, node_id):
+    for member in daemon.status()["channels"][0]["members"]:
+        if member["node"] == node_id and member["online"]:
+            return member["provides"]
+    return None
+
+
+def test_a_providing_daemon_announces_its_tasks_and_serves_them(lab):
+    from kachery_tasks.network.channels.requests import Asker
+    from kachery_tasks.network.tasks import Provided, protocol
+    from tests.network.tasks.remote_tasks import square
+
+    a = lab.add("a")
+    lab.add("b")
+    c = lab.add("c", frozenset({"download", "request_tasks"}))  # may not process tasks
+    provided = Provided.from_modules(["tests.network.tasks.remote_tasks"])
+    lab.daemon("a", provided=provided)
+    lab.daemon("c", provided=provided)
+    watcher = lab.daemon("b")
+    provides = wait_for(lambda: _provides(watcher, a.id), what="a announcing its tasks")
+    assert {p["name"]: p["code_hash"] for p in provides}[square.name] == square.code_hash
+    assert provides == provided.describe()
+    wait_for(lambda: _provides(watcher, c.id) is not None, what="c online")
+    assert _provides(watcher, c.id) == []  # without process_tasks it provides nothing
+    session = lab.session("b")
+    pending = Asker(session).ask(
+        protocol.TASK, protocol.request_body(a.id, square.prepare(12).to_bytes()),
+        asked={a.id}, online=2, timeout=20, what="square(12)")
+    assert pending.final.type == "task_finished"
+    assert lab.remote("b").bucket.has_result_record(square.task_id(12))

@@ -291,3 +291,15 @@ def test_a_result_reference_needs_a_task_id():
     data = canonical_json(doc)
     with pytest.raises(WireError, match="not a task id"):
         reprepared(data, results=lambda tid: ResultRef(tid, lambda t: 0))
+
+
+@kachery.query
+def no_arguments():
+    return 42
+
+
+def test_a_task_without_parameters_is_described_and_runs():
+    call = no_arguments.prepare()
+    assert call.components() == {}
+    assert call.start("query", "node").components == {"args": {}}
+    assert no_arguments() == 42

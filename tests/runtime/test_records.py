@@ -172,3 +172,25 @@ def test_discarding_a_damaged_result_drops_only_the_row_as_it_was_read():
     task_defs.pair.forget("discard", 1)
     task_defs.pair("discard", 1)  # and only that one
     assert records.runs(task_id=tid)[0].reason == "miss"
+
+
+def test_a_records_database_from_before_the_requests_table_opens(tmp_path):
+    """Node directories made before requests were noted keep working: the table is made."""
+    import re
+    import sqlite3
+
+    from kachery_tasks.runtime import records as records_mod
+
+    before = re.sub(r"CREATE TABLE IF NOT EXISTS requests \(.*?\);\s*CREATE INDEX IF NOT EXISTS "
+                    r"requests_task[^;]*;", "", records_mod.SCHEMA, flags=re.S)
+    assert "requests" not in before
+    path = tmp_path / "records.db"
+    old = sqlite3.connect(path)
+    old.executescript(before)
+    old.close()
+    records = records_mod.Records(path)
+    tid = "sha256:" + "0" * 64
+    records.note_request(tid, "cd" * 32, "carol", "lab", "computed")
+    assert [(r["label"], r["outcome"]) for r in records.requests_of(tid)] == [
+        ("carol", "computed")]
+    records.close()

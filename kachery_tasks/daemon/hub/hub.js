@@ -109,12 +109,19 @@ async function ownerChange(method, path, body) {
   await loadChannels();
 }
 
+function providesLine(provides) {
+  // what the member's daemon runs for others (node start --provide): name, short code hash
+  if (!provides || !provides.length) return null;
+  const names = provides.map((p) => `${p.name} (${p.version ? "v" + p.version : (p.code_hash || "").slice(0, 8)})`);
+  return el("div", { class: "provides", title: names.join("\n") }, "provides " + names.join(", "));
+}
+
 function memberRow(c, m) {
   const boxes = el("span", { class: "perms" }, permissionBoxes(m.permissions, !c.owner_node));
   const row = el("tr", { "data-node": m.node },
     el("td", {}, el("span", { class: "dot" + (m.online ? " online" : ""),
       title: m.online === null ? "presence unknown" : (m.online ? "online" : "offline") })),
-    el("td", {}, m.label + (m.this_node ? " (this node)" : "")),
+    el("td", {}, m.label + (m.this_node ? " (this node)" : ""), providesLine(m.provides)),
     el("td", { class: "mono", title: m.node }, m.node.slice(0, 16) + "…"),
     el("td", {}, boxes));
   if (c.owner_node) {

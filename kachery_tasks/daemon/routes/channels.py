@@ -57,18 +57,21 @@ def _live(request: Request) -> list[dict[str, Any]]:
 
 
 def _view(channel: JoinedChannel, me: str, live: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the hub shows of a channel: the trusted config, and who is online if known."""
+    """What the hub shows of a channel: the trusted config, who is online if known, and
+    what each online member provides (``node start --provide``)."""
     config = channel.trusted_config()
     now = next((c for c in live if c.get("name") == channel.name
                 and c.get("owner") == channel.owner), None)
     online = {m.get("node"): m.get("online") for m in (now or {}).get("members", [])}
+    provides = {m.get("node"): m.get("provides") or [] for m in (now or {}).get("members", [])}
     members = []
     if config is not None:
         for node, m in sorted(config.members.items(), key=lambda kv: kv[1].label):
             members.append({"node": node, "label": m.label,
                             "permissions": [p for p in PERMISSIONS if p in m.permissions],
                             "online": online.get(node) if now is not None else None,
-                            "this_node": node == me})
+                            "this_node": node == me,
+                            "provides": provides.get(node, [])})
     return {
         "name": channel.name, "key": channel.key, "owner": channel.owner,
         "owner_node": channel.is_owner,

@@ -58,12 +58,17 @@ REQUIRED_PERMISSION: Mapping[str, str | None] = {
     "file_absent": "upload",
     "feed_messages": None,
     "channel_config": None,
-    "request_task": "request_tasks",
+    "request_task": None,
     "task_status": "process_tasks",
     "task_finished": "process_tasks",
-    "task_error": "process_tasks",
+    "task_failed": "process_tasks",
+    "task_declined": "process_tasks",
 }
 """Each message type and the permission its sender needs (None: any member).
+
+``request_task`` passes from any member: the provider checks
+``request_tasks`` itself and declines ``not_allowed``, so a member without it
+gets a clear answer instead of silence.
 
 ``feed_messages`` is sent by the node that owns the feed (any member; the
 receivers asked for it with ``read_feeds``). ``channel_config`` carries a

@@ -10,6 +10,7 @@ import pytest
 
 from kachery_tasks.keys import KeyPair
 from kachery_tasks.storage.buckets import open_bucket
+from tests.network.channels.conftest import admitting_broker, lab  # noqa: F401 - fixtures
 
 
 @pytest.fixture(params=["file", "gs"])

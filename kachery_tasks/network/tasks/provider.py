@@ -1,0 +1,541 @@
+"""The provider's side of ``request_task``: :class:`TaskProvider` runs calls for a channel.
+
+A node started with ``kachery-tasks node start --provide MODULE...`` serves,
+in each channel where it may ``process_tasks``, the requests addressed to it
+(``body["provider"]`` is its node id; others are ignored). For each one:
+
+1. **Checks.** The sender must be a member allowed to ``request_tasks``
+   (else ``task_declined not_allowed``). The call is rebuilt with
+   :meth:`Call.from_bytes <kachery_tasks.runtime.call.Call.from_bytes>`
+   against the :class:`~.registry.Provided` registry, its large arguments
+   fetched through the channel: a function not registered is declined
+   ``unknown``; another version or code hash ``code_hash`` (the reason names
+   both hashes and both nodes); a task id that does not match the arguments,
+   or a malformed call, ``rejected``. No code travels with a call.
+2. **Once in the channel.** The provider answers ``task_status queued``. A
+   pure call whose signed result record is already in the channel's bucket
+   is answered ``task_finished`` at once. Otherwise pure calls and actions
+   are claimed (:class:`~.claims.Claims` under ``channels/<owner>/<name>/
+   claims/`` in the channel's bucket); queries take no claim. When another
+   provider holds the claim, the requester hears ``task_status waiting``
+   (naming the holder) and this provider waits for the record (pure) or the
+   outcome (action), or takes the claim over when its holder died.
+   Identical requests arriving here while a call is in progress join it.
+3. **Running.** On the provider's executor (in-process, or a Dask cluster:
+   the task id stays the Dask key), as the node of the daemon whose remotes
+   include the channel, so nested pure calls are cached and shared as
+   everywhere. Every request in progress hears a ``task_status`` (queued,
+   waiting or running) at least every :data:`STATUS_EVERY` seconds, which
+   extends the requester's wait for long tasks.
+4. **Answer.** A pure result is published to the channel's bucket (content,
+   then the signed record) and answered ``task_finished`` with the record;
+   an action's or query's result content is put in the bucket and answered.
+   A task that raised is answered ``task_failed`` (type, message, traceback
+   text, this node's id and label); an action's failure is its recorded
+   outcome, also kept in its claim.
+5. **Who asked.** Each answered request is noted in the node's records
+   (``requests`` table: task id, requester node and label, channel, outcome),
+   shown by ``kachery-tasks tasks show``.
+
+**Threads.** The session's :class:`~kachery_tasks.network.channels.requests.
+Responder` threads only check and accept requests. Accepted calls queue for
+``workers`` job threads (default :data:`DEFAULT_WORKERS`); a job waiting for
+another provider's claim holds one of them (claims are taken only by running
+jobs, so waiters always wait on work in progress: no deadlock). At most
+``max_accepted`` calls are accepted at a time; beyond that requests are
+declined ``busy`` (the requester asks another provider), as they are while
+the provider shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...canonical import parse_json
+from ...errors import CallRejectedError, ClaimLostError, InvalidValueError, KacheryError
+from ...nodes import Node
+from ...remotes.bucket import BucketRemote
+from ...runtime import cache as cache_mod
+from ...runtime import shared
+from ...runtime.call import Call, ResultRef
+from ...runtime.context import Submitter
+from ...runtime.executors import LOCAL
+from ..channels.remote import channel_url
+from ..channels.requests import Incoming, Responder
+from ..channels.session import ChannelSession
+from . import protocol
+from .claims import DEFAULT_TTL, Claim, Claims, Holder, runs_once
+from .registry import Provided
+
+log = logging.getLogger("kachery_tasks.network.tasks")
+
+STATUS_EVERY = 3.0
+"""Seconds between two status messages to a request in progress (each extends its wait)."""
+
+DEFAULT_WORKERS = 16
+"""Job threads: calls computed or waited for at once (more queue, hearing ``queued``)."""
+
+MAX_ACCEPTED = 10_000
+"""Calls accepted at a time (queued, waiting or running); more are declined ``busy``."""
+
+WAIT_TIMEOUT = 24 * 3600.0
+"""Seconds a job waits for another provider's claim before giving up (``task_failed``)."""
+
+RESPONDER_WORKERS = 8
+"""Threads that check incoming requests (decoding a call may fetch its arguments)."""
+
+TRACEBACK_MAX = 16_000
+"""Characters of a remote traceback sent (its end: where it was raised)."""
+
+
+def claims_prefix(owner: str, name: str) -> str:
+    """Where the claims of channel ``name`` of ``owner`` live in its bucket."""
+    return f"channels/{owner}/{name}/claims/"
+
+
+class _Decline(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+@dataclass
+class _Job:
+    """One call accepted here, and the requests waiting for its answer."""
+
+    call: Call
+    mode: str
+    key: tuple
+    incomings: list[Incoming] = field(default_factory=list)
+    status: str = "queued"
+    detail: str = ""
+    answer: tuple[str, dict[str, Any], str] | None = None  # type, body, how it ended
+
+
+class TaskProvider:
+    """Serves ``request_task`` on one channel session (see the module docstring).
+
+    ``node`` is the providing node (its key signs claims and records);
+    ``provided`` the registry; ``executor`` where calls run (in-process by
+    default, a :class:`~kachery_tasks.runtime.executors.DaskExecutor` for a
+    cluster); ``claim_ttl`` the seconds a claim lives without renewal.
+    """
+
+    def __init__(self, session: ChannelSession, node: Node, provided: Provided, *,
+                 executor: Submitter | None = None, claim_ttl: float = DEFAULT_TTL,
+                 workers: int = DEFAULT_WORKERS, max_accepted: int = MAX_ACCEPTED,
+                 status_every: float = STATUS_EVERY, wait_timeout: float = WAIT_TIMEOUT,
+                 events: Callable[[dict[str, Any]], None] | None = None) -> None:
+        if workers < 1 or max_accepted < 1:
+            raise InvalidValueError("a task provider needs at least one worker and one "
+                                    "accepted call")
+        self.session = session
+        self.provided = provided
+        self.executor: Submitter = executor if executor is not None else LOCAL
+        self.status_every = status_every
+        self.wait_timeout = wait_timeout
+        self.max_accepted = max_accepted
+        self.me = session.node_id
+        self.node = _with_channel_remote(node, channel_url(session.channel))
+        self.channel_name = session.channel.name
+        channel = session.channel
+        self.claims = Claims(self._bucket().bucket, node.key, ttl=claim_ttl, trusts=self._trusted,
+                             prefix=claims_prefix(channel.owner, channel.name))
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple, _Job] = {}
+        self._accepted = 0
+        self._closed = False
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="kachery-provide")
+        self._ticker = threading.Thread(target=self._tick, name="kachery-provide-status",
+                                        daemon=True)
+        self._ticker.start()
+        self.responder = Responder(session, protocol.TASK, self._serve,
+                                   workers=RESPONDER_WORKERS, events=events)
+
+    # ------------------------------------------------------------ parts
+    def _bucket(self) -> BucketRemote:
+        from ...remotes import open_remote
+
+        remote = open_remote(self.session.config.bucket)
+        assert isinstance(remote, BucketRemote)
+        return remote
+
+    def _trusted(self, node_id: str) -> bool:
+        return protocol.TASK.answerer_needs in self.session.config.permissions_of(node_id)
+
+    def _label_of(self, node_id: str | None) -> str:
+        """``label (16 hex...)`` of a node, as the trusted config names it."""
+        if not node_id:
+            return "another node"
+        if node_id == self.me:
+            return f"{self.session.label} ({node_id[:16]}...)"
+        member = self.session.config.members.get(node_id)
+        label = member.label if member is not None else "a non-member"
+        return f"{label} ({node_id[:16]}...)"
+
+    # ------------------------------------------------------------ accepting
+    def _serve(self, incoming: Incoming) -> None:
+        """A Responder thread: check the request, then accept it (or decline)."""
+        body = incoming.body
+        if body.get("provider") != self.me:
+            incoming.status, incoming.detail = "ignored", "addressed to another provider"
+            return
+        try:
+            call, mode = self._check(incoming)
+            self._accept(call, mode, incoming)
+        except _Decline as d:
+            self._note(None, incoming, f"declined {d.code}")
+            incoming.answer("task_declined", protocol.declined_body(
+                _sent_task_id(body), d.code, d.reason), f"declined: {d.code}")
+            log.info("channel %s: declined a request_task from %s: %s", self.channel_name,
+                     self._label_of(incoming.sender), d.reason)
+
+    def _check(self, incoming: Incoming) -> tuple[Call, str]:
+        body, sender = incoming.body, incoming.sender
+        config = self.session.config
+        if protocol.REQUESTER_NEEDS not in config.permissions_of(sender):
+            raise _Decline("not_allowed", (
+                f"{self._label_of(sender)} may not ask for tasks in channel {config.name} (it "
+                f"lacks {protocol.REQUESTER_NEEDS} in config version {config.version}); ask the "
+                f"owner to allow it"))
+        if self._closed:
+            raise _Decline("busy", f"{self._label_of(self.me)} is shutting down; ask another "
+                                   "provider")
+        mode = body.get("mode", "call")
+        text = body.get("call")
+        if mode not in protocol.MODES or not isinstance(text, str):
+            raise _Decline("rejected", "the request is malformed (mode or call)")
+        data = text.encode("utf-8")
+        self._check_identity(data, sender)
+        try:
+            call = Call.from_bytes(data, self.provided.lookup, load_path=self._load_path,
+                                   results=self._result_ref)
+        except (CallRejectedError, KacheryError) as e:  # WireError, content not found, ...
+            raise _Decline("rejected", str(e)) from None
+        return call, mode
+
+    def _check_identity(self, data: bytes, sender: str) -> None:
+        """Decline ``unknown`` or ``code_hash`` before rebuilding any argument."""
+        try:
+            doc = parse_json(data, "received call")
+        except KacheryError as e:
+            raise _Decline("rejected", str(e)) from None
+        if type(doc) is not dict:
+            raise _Decline("rejected", "received call is not a JSON object")
+        function = doc.get("function")
+        if not isinstance(function, str):
+            raise _Decline("rejected", "received call is malformed: function")
+        if function not in self.provided:
+            try:
+                self.provided.lookup(function)
+            except LookupError as e:
+                raise _Decline("unknown", f"{self._label_of(self.me)}: {e}") from None
+        task = self.provided.lookup(function)
+        theirs = (doc.get("version"), doc.get("code_hash"))
+        ours = (task.version, task.code_hash)
+        if theirs != ours:
+            raise _Decline("code_hash", (
+                f"{function} differs: {self._label_of(sender)} calls "
+                f"{_identity(*theirs)}, but provider {self._label_of(self.me)} runs "
+                f"{_identity(*ours)}; the two nodes run different code, so the call is refused "
+                "(update the code on one side)"))
+
+    def _load_path(self, uri: str) -> str:
+        return self.node.local_path(uri)
+
+    def _result_ref(self, task_id: str) -> ResultRef:
+        def load(tid: str) -> Any:
+            c = cache_mod.for_node(self.node)
+            value = c.get(tid)
+            if value is cache_mod.MISS and shared.fetch(c, tid):
+                value = c.load(c.records.result(tid))
+            if value is cache_mod.MISS:
+                raise CallRejectedError(f"the result of {tid}, an argument of the call, is "
+                                        f"neither on this node nor in channel "
+                                        f"{self.channel_name}'s bucket")
+            return value
+
+        return ResultRef(task_id, load)
+
+    def _accept(self, call: Call, mode: str, incoming: Incoming) -> None:
+        key: tuple = (call.task_id, mode) if runs_once(call.kind) else (call.task_id, id(incoming))
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None:
+                if self._accepted >= self.max_accepted:
+                    raise _Decline("busy", (
+                        f"{self._label_of(self.me)} has {self._accepted} calls in progress, its "
+                        f"limit; ask another provider or later"))
+                job = self._jobs[key] = _Job(call, mode, key)
+                self._accepted += 1
+                new = True
+            else:
+                new = False
+            job.incomings.append(incoming)
+            status, detail = job.status, job.detail
+        incoming.progress(protocol.status_body(call.task_id, status, detail))
+        if new:
+            self._pool.submit(self._run_job, job)
+
+    # ------------------------------------------------------------ statuses
+    def _set_status(self, job: _Job, status: str, detail: str = "") -> None:
+        with self._lock:
+            job.status, job.detail = status, detail
+            incomings = list(job.incomings)
+        body = protocol.status_body(job.call.task_id, status, detail)
+        for incoming in incomings:
+            incoming.progress(body)
+
+    def _tick(self) -> None:
+        """Repeat each request's status, so that the requester keeps waiting."""
+        while not self._stop.wait(self.status_every):
+            with self._lock:
+                todo = [(job, list(job.incomings)) for job in self._jobs.values()]
+            for job, incomings in todo:
+                body = protocol.status_body(job.call.task_id, job.status, job.detail)
+                for incoming in incomings:
+                    incoming.progress(body)
+
+    # ------------------------------------------------------------ running
+    def _run_job(self, job: _Job) -> None:
+        if job.answer is not None:  # declined while it was queued (the provider closed)
+            return
+        try:
+            with self.node:
+                self._run(job)
+        except BaseException as e:  # a failure of the provider itself (bucket, executor)
+            log.exception("channel %s: serving %s %s failed", self.channel_name,
+                          job.call.function, job.call.task_id)
+            self._finish(job, "task_failed", self._failure(job, e), "failed here")
+        finally:
+            if job.answer is None:  # pragma: no cover - _finish always answers
+                self._finish(job, "task_failed", self._failure(
+                    job, RuntimeError("the provider stopped")), "failed here")
+
+    def _run(self, job: _Job) -> None:
+        call = job.call
+        if not runs_once(call.kind):
+            self._compute(job, None)
+            return
+        pure = call.kind == "pure"
+        if pure and job.mode == "call":
+            record = self._record(call.task_id)
+            if record is not None:
+                self._finished_pure(job, record, "served the shared result")
+                return
+        again = call.kind == "action" and job.mode == "again"
+        for _ in range(3):  # the claim may change hands between two looks
+            got: Claim | Holder | None = self.claims.acquire(call.task_id, call.function,
+                                                            again=again)
+            if isinstance(got, Holder):
+                if got.done:
+                    self._from_outcome(job, got)
+                    return
+                self._set_status(job, "waiting", f"{self._label_of(got.node)}: "
+                                                 f"{got.describe()}")
+                got = self.claims.wait(
+                    call.task_id, call.function,
+                    (lambda: self._has_record(call.task_id)) if pure else (lambda: False),
+                    self.wait_timeout)
+            if isinstance(got, Claim):
+                self._compute(job, got)
+                return
+            if pure:  # the other provider published it
+                record = self._record(call.task_id)
+                if record is not None:
+                    self._finished_pure(job, record, "served what another provider computed")
+                    return
+            else:
+                holder = self.claims.read(call.task_id)
+                if holder is not None and holder.done:
+                    self._from_outcome(job, holder)
+                    return
+            again = False
+        raise KacheryError(f"the claim on {call.task_id} kept changing hands; ask again")
+
+    def _compute(self, job: _Job, claim: Claim | None) -> None:
+        """Run the call here (holding ``claim`` for pure calls and actions) and answer."""
+        call = job.call
+        if claim is not None:
+            claim.start_renewing()
+        try:
+            self._set_status(job, "running", f"on {self._label_of(self.me)}")
+            try:
+                self.executor.submit(call.task, call.args, call.kwargs, job.mode).result()
+            except Exception as e:
+                failure = self._failure(job, e)
+                if claim is not None:
+                    try:
+                        claim.release(_failure_outcome(failure) if call.kind == "action"
+                                      else None)
+                    except ClaimLostError as lost:
+                        log.warning("channel %s: %s", self.channel_name, lost)
+                self._finish(job, "task_failed", failure, "the task failed")
+                return
+            c = cache_mod.for_node(self.node)
+            bucket = self._bucket()
+            if call.kind == "pure":
+                shared.publish(c, call.task_id, [bucket])
+                record = self._record(call.task_id)
+                if record is None:
+                    raise KacheryError(f"the result of {call.task_id} could not be published "
+                                       f"to {bucket.url}")
+                if claim is not None:
+                    claim.release()
+                self._finished_pure(job, record, "computed")
+                return
+            row = c.records.result(call.task_id)
+            uri = c.materialize(call.task_id) if row is not None else None
+            if uri is not None:
+                bucket.offer_content(c.store, uri, progress=False)
+            codec = row.codec if row is not None and uri is not None else None
+            if claim is not None:
+                try:
+                    claim.release({"status": "success", "result_uri": uri, "codec": codec})
+                except ClaimLostError as e:  # it ran here; say so in the log
+                    log.warning("channel %s: %s", self.channel_name, e)
+            self._finish(job, "task_finished", protocol.finished_body(
+                call.task_id, call.kind, uri, codec, None), "computed")
+        finally:
+            if claim is not None and not claim.released:
+                claim.release()  # a failure of the provider: free the id for another try
+
+    def _record(self, task_id: str) -> str | None:
+        """The signed result record of ``task_id`` in the channel's bucket (text), or None."""
+        data = self._bucket().get_result_records([task_id]).get(task_id)
+        if data is None:
+            return None
+        try:
+            body = shared.read_record(data, task_id, f"the result record of {task_id}")
+        except KacheryError as e:
+            log.warning("channel %s: ignoring %s", self.channel_name, e)
+            return None
+        if not self._trusted(body["node"]) and body["node"] != self.me:
+            return None
+        return data.decode("utf-8")
+
+    def _has_record(self, task_id: str) -> bool:
+        return self._bucket().has_result_record(task_id)
+
+    def _finished_pure(self, job: _Job, record: str, how: str) -> None:
+        body = shared.read_record(record.encode("utf-8"), job.call.task_id, "result record")
+        self._finish(job, "task_finished", protocol.finished_body(
+            job.call.task_id, "pure", body["result_uri"], body["codec"], record), how)
+
+    def _from_outcome(self, job: _Job, holder: Holder) -> None:
+        """Answer an action that already ran in the channel from its claim's outcome."""
+        outcome = holder.outcome or {}
+        how = f"recorded by {self._label_of(holder.node)}"
+        if outcome.get("status") == "error" and isinstance(outcome.get("error"), dict):
+            error = outcome["error"]
+            self._finish(job, "task_failed", {"task_id": job.call.task_id, "error": error},
+                         f"failure {how}")
+            return
+        self._finish(job, "task_finished", protocol.finished_body(
+            job.call.task_id, job.call.kind, outcome.get("result_uri"), outcome.get("codec"),
+            None), f"outcome {how}")
+
+    def _failure(self, job: _Job, e: BaseException) -> dict[str, Any]:
+        text = "".join(traceback.format_exception(e))
+        if len(text) > TRACEBACK_MAX:
+            text = "...\n" + text[-TRACEBACK_MAX:]
+        return protocol.failed_body(job.call.task_id, type=type(e).__name__,
+                                    message=str(e)[:4000], traceback=text, provider=self.me,
+                                    label=self.session.label)
+
+    def _finish(self, job: _Job, type: str, body: dict[str, Any], how: str) -> None:
+        """Answer every request of ``job`` (and note who asked)."""
+        with self._lock:
+            if job.answer is not None:
+                return
+            job.answer = (type, body, how)
+            if self._jobs.get(job.key) is job:
+                del self._jobs[job.key]
+            self._accepted -= 1
+            incomings = list(job.incomings)
+        for incoming in incomings:
+            self._note(job.call.task_id, incoming, how)
+            try:
+                incoming.answer(type, body, how)
+            except KacheryError as e:
+                log.warning("channel %s: could not answer %s: %s", self.channel_name,
+                            incoming.id[:8], e)
+        log.info("channel %s: %s %s for %d request(s): %s", self.channel_name,
+                 job.call.function, job.call.task_id[:19], len(incomings), how)
+
+    def _note(self, task_id: str | None, incoming: Incoming, outcome: str) -> None:
+        """Note in the records who asked for ``task_id`` (a failure to note is logged)."""
+        tid = task_id or _sent_task_id(incoming.body)
+        if tid is None:
+            return
+        member = self.session.config.members.get(incoming.sender)
+        try:
+            cache_mod.for_node(self.node).records.note_request(
+                tid, incoming.sender, member.label if member is not None else "",
+                self.channel_name, outcome)
+        except KacheryError as e:
+            log.warning("could not note the request for %s: %s", tid, e)
+
+    # ------------------------------------------------------------ status
+    def status(self) -> list[dict[str, Any]]:
+        """The requests served and in progress, as the Responder's status rows."""
+        return self.responder.status()
+
+    def in_progress(self) -> int:
+        with self._lock:
+            return self._accepted
+
+    def close(self) -> None:
+        """Stop taking requests. Calls still queued are declined ``busy`` (their requesters
+        ask another provider); running ones are abandoned (their claims expire)."""
+        self._closed = True
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            queued = [job for job in self._jobs.values() if job.status == "queued"]
+        for job in queued:
+            self._finish(job, "task_declined", protocol.declined_body(
+                job.call.task_id, "busy", f"{self._label_of(self.me)} is shutting down; ask "
+                "another provider"), "declined busy")
+        self.responder.close()
+
+
+def _with_channel_remote(node: Node, url: str) -> Node:
+    """``node``, or a Node of the same directory whose remotes end with the channel."""
+    urls = [r.url for r in node.remotes]
+    if url in urls:
+        return node
+    return Node(node.path, remotes=[*urls, url])
+
+
+def _identity(version: str | None, code_hash: str | None) -> str:
+    if version is not None:
+        return f"version {version!r}"
+    return f"code hash {code_hash}"
+
+
+def _sent_task_id(body: dict[str, Any]) -> str | None:
+    """The task id a request's call names (for the decline), if it can be read."""
+    try:
+        doc = parse_json(str(body.get("call", "")).encode("utf-8"), "received call")
+    except (KacheryError, ValueError):
+        return None
+    tid = doc.get("task_id") if isinstance(doc, dict) else None
+    return tid if isinstance(tid, str) and len(tid) == 71 else None
+
+
+def _failure_outcome(failure: dict[str, Any]) -> dict[str, Any]:
+    """An action's failure as its claim records it (within the claim's size limit)."""
+    error = dict(failure["error"])
+    error["traceback"] = error["traceback"][-8000:]
+    return {"status": "error", "error": error}
+
+
+__all__ = ["DEFAULT_WORKERS", "MAX_ACCEPTED", "STATUS_EVERY", "TaskProvider", "claims_prefix"]

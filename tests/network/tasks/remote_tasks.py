@@ -1,0 +1,58 @@
+"""Tasks a provider serves in the provider tests (``--provide tests.network.tasks.remote_tasks``).
+
+``RAN`` counts the runs of each function in this process (untracked: it is
+not part of any task id); ``KACHERY_TEST_RUNS_DIR``, when set, gets one file
+per run, so that tests with provider processes count runs across them.
+"""
+
+import collections
+import os
+import time
+import uuid
+
+import kachery_tasks as kachery
+
+RAN = kachery.untracked(collections.Counter())
+
+
+def _ran(name):
+    RAN[name] += 1
+    where = os.environ.get("KACHERY_TEST_RUNS_DIR")
+    if where:
+        with open(os.path.join(where, f"{name}-{os.getpid()}-{uuid.uuid4().hex}"), "w") as f:
+            f.write(str(os.getpid()))
+
+
+@kachery.pure
+def square(x):
+    _ran("square")
+    return x * x
+
+
+@kachery.pure
+def slow_square(x, seconds):
+    _ran("slow_square")
+    time.sleep(seconds)
+    return x * x
+
+
+@kachery.pure
+def fails(x):
+    _ran("fails")
+    raise ValueError(f"cannot take {x}")
+
+
+@kachery.action
+def notify(text):
+    _ran("notify")
+
+
+@kachery.query
+def clock():
+    _ran("clock")
+    return RAN["clock"]
+
+
+@kachery.pure
+def nested(x):
+    return square(x) + 1

@@ -1,0 +1,380 @@
+"""TaskProvider: request_task served on a channel (real broker, real ably SDK, file:// bucket)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kachery_tasks.network.channels.config import PERMISSIONS
+from kachery_tasks.network.channels.membership import set_permissions
+from kachery_tasks.network.channels.requests import Asker
+from kachery_tasks.network.tasks import Provided, protocol
+from kachery_tasks.network.tasks.provider import TaskProvider
+from kachery_tasks.runtime import shared
+from tests.network.tasks import remote_tasks
+from tests.network.tasks.remote_tasks import RAN, clock, fails, nested, notify, square
+
+MODULE = "tests.network.tasks.remote_tasks"
+
+
+@pytest.fixture
+def provided():
+    return Provided.from_modules([MODULE])
+
+
+@pytest.fixture(autouse=True)
+def fresh_counts():
+    RAN.clear()
+
+
+def start_provider(lab, name, provided, **options):
+    session = lab.session(name, daemon=True)
+    provider = TaskProvider(session, lab.nodes[name], provided, **options)
+    lab.providers = [*getattr(lab, "providers", []), provider]
+    return provider
+
+
+@pytest.fixture
+def two(lab, provided):
+    """Channel lab: prov (a provider), prov2 (not started), requesters req and req2, and
+    viewer (a member without request_tasks)."""
+    for name in ("prov", "req", "req2", "prov2"):
+        lab.add(name)
+    lab.add("viewer", frozenset(PERMISSIONS) - {"request_tasks"})
+    provider = start_provider(lab, "prov", provided)
+    yield lab, provider
+    for p in lab.providers:
+        p.close()
+
+
+def ask(lab, requester, provider_name, call, mode="call", timeout=20.0, statuses=None):
+    """Ask provider ``provider_name`` for ``call`` from node ``requester``: the Pending."""
+    session = lab.session(requester)
+    asker = Asker(session)
+    provider_id = lab.nodes[provider_name].id
+    data = call.to_bytes(lab.nodes[requester].store.store_bytes)
+
+    def seen(pending, msg):
+        if statuses is not None:
+            statuses.append(msg.body["status"])
+
+    return asker.ask(protocol.TASK, protocol.request_body(provider_id, data, mode),
+                     asked={provider_id}, online=1, timeout=timeout,
+                     what=f"the call of {call.function}", on_progress=seen)
+
+
+def test_a_pure_call_is_computed_published_and_answered(two):
+    lab, _ = two
+    statuses = []
+    pending = ask(lab, "req", "prov", square.prepare(7), statuses=statuses)
+    assert pending.status == "done"
+    answer = pending.final
+    assert answer.type == "task_finished"
+    body = answer.body
+    tid = square.task_id(7)
+    assert body["task_id"] == tid and body["kind"] == "pure"
+    record = shared.read_record(body["record"].encode(), tid, "answer")
+    assert record["node"] == lab.nodes["prov"].id
+    assert record["result_uri"] == body["result_uri"]
+    bucket = lab.remote("req").bucket
+    assert bucket.get_result_records([tid])[tid].decode() == body["record"]
+    assert "queued" in statuses and "running" in statuses
+    assert RAN["square"] == 1
+    # asked again: served from the shared record, not computed again
+    again = ask(lab, "req", "prov", square.prepare(7))
+    assert again.final.type == "task_finished" and again.final.body["record"] == body["record"]
+    assert RAN["square"] == 1
+
+
+def test_the_provider_records_who_asked(two):
+    lab, _ = two
+    ask(lab, "req", "prov", square.prepare(3))
+    from kachery_tasks.runtime import cache
+
+    asked = cache.for_node(lab.nodes["prov"]).records.requests_of(square.task_id(3))
+    assert [(a["requester"], a["label"], a["channel"], a["outcome"]) for a in asked] == [
+        (lab.nodes["req"].id, "req", "lab", "computed")]
+
+
+def _in_threads(*actions):
+    results = [None] * len(actions)
+    errors = []
+
+    def run(i, action):
+        try:
+            results[i] = action()
+        except BaseException as e:  # pragma: no cover - shown by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return results
+
+
+def test_two_requesters_of_one_provider_join_one_computation(two):
+    lab, _ = two
+    call = remote_tasks.slow_square.prepare(4, 0.5)
+    a, b = _in_threads(lambda: ask(lab, "req", "prov", call),
+                       lambda: ask(lab, "req2", "prov", call))
+    assert a.final.type == b.final.type == "task_finished"
+    assert a.final.body["record"] == b.final.body["record"]
+    assert RAN["slow_square"] == 1
+
+
+def test_two_providers_asked_the_same_id_compute_it_once(two, provided):
+    lab, _ = two
+    start_provider(lab, "prov2", provided)
+    call = remote_tasks.slow_square.prepare(5, 1.0)
+    statuses: list[str] = []
+    a, b = _in_threads(lambda: ask(lab, "req", "prov", call),
+                       lambda: ask(lab, "req2", "prov2", call, statuses=statuses))
+    assert a.final.type == b.final.type == "task_finished"
+    assert a.final.body["record"] == b.final.body["record"]
+    assert RAN["slow_square"] == 1
+
+
+def test_a_raising_task_is_answered_task_failed_with_its_traceback(two):
+    lab, _ = two
+    pending = ask(lab, "req", "prov", fails.prepare(3))
+    assert pending.final.type == "task_failed"
+    error = pending.final.body["error"]
+    assert error["type"] == "ValueError"
+    assert error["message"] == "cannot take 3"
+    assert "raise ValueError" in error["traceback"] and "remote_tasks.py" in error["traceback"]
+    assert error["provider"] == lab.nodes["prov"].id and error["label"] == "prov"
+    bucket = lab.remote("req").bucket
+    assert not bucket.has_result_record(fails.task_id(3))  # failures are not results
+
+
+def test_an_action_runs_once_in_the_channel_and_again_when_asked_again(two, provided):
+    lab, _ = two
+    start_provider(lab, "prov2", provided)
+    first = ask(lab, "req", "prov", notify.prepare("hello"))
+    second = ask(lab, "req2", "prov2", notify.prepare("hello"))  # another provider: not again
+    assert first.final.type == second.final.type == "task_finished"
+    assert first.final.body["kind"] == "action"
+    assert RAN["notify"] == 1
+    third = ask(lab, "req", "prov", notify.prepare("hello"), mode="again")
+    assert third.final.type == "task_finished"
+    assert RAN["notify"] == 2
+
+
+def test_a_query_runs_each_time_and_its_result_is_in_the_bucket(two):
+    lab, _ = two
+    first = ask(lab, "req", "prov", clock.prepare())
+    second = ask(lab, "req", "prov", clock.prepare())
+    assert RAN["clock"] == 2
+    bucket = lab.remote("req").bucket
+    for answer in (first.final, second.final):
+        assert answer.type == "task_finished" and answer.body["kind"] == "query"
+        assert answer.body["record"] is None
+        uri = answer.body["result_uri"]
+        assert bucket.has_content(uri.split("://")[1].split("?")[0])
+    assert first.final.body["result_uri"] != second.final.body["result_uri"]
+
+
+def test_nested_pure_calls_are_cached_and_shared(two):
+    lab, _ = two
+    pending = ask(lab, "req", "prov", nested.prepare(6))
+    assert pending.final.type == "task_finished"
+    bucket = lab.remote("req").bucket
+    assert bucket.has_result_record(square.task_id(6))  # the inner call, shared too
+
+
+# ------------------------------------------------------------------ declines
+def _declined(pending):
+    assert pending.status == "declined", pending.status
+    (answer,) = [a for a in pending.answers.values()]
+    assert answer == "task_declined"
+    return pending
+
+
+def ask_declined(lab, requester, call_bytes):
+    session = lab.session(requester)
+    asker = Asker(session)
+    provider_id = lab.nodes["prov"].id
+    got = {}
+
+    def on(msg):
+        if msg.body.get("to") == session.node_id:
+            got["body"] = msg.body
+
+    session.on("task_declined", on)
+    pending = asker.ask(protocol.TASK, protocol.request_body(provider_id, call_bytes),
+                        asked={provider_id}, online=1, timeout=20, what="the call")
+    _declined(pending)
+    return got["body"]
+
+
+def test_a_function_not_provided_is_declined_unknown(two):
+    lab, _ = two
+    from kachery_tasks import pure
+
+    @pure(name="tests.network.tasks.elsewhere.other")
+    def other(x):
+        return x
+
+    body = ask_declined(lab, "req", other.prepare(1).to_bytes())
+    assert body["code"] == "unknown"
+    assert "does not provide 'tests.network.tasks.elsewhere.other'" in body["reason"]
+    assert body["task_id"] == other.task_id(1)
+
+
+def test_edited_code_is_declined_code_hash_naming_both_hashes_and_nodes(two):
+    lab, _ = two
+    from kachery_tasks import pure
+
+    @pure(name=square.name)
+    def edited(x):
+        return x * x + 0  # another body: another code hash
+
+    assert edited.code_hash != square.code_hash
+    body = ask_declined(lab, "req", edited.prepare(2).to_bytes())
+    assert body["code"] == "code_hash"
+    reason = body["reason"]
+    assert edited.code_hash in reason and square.code_hash in reason
+    assert f"req ({lab.nodes['req'].id[:16]}...)" in reason
+    assert f"prov ({lab.nodes['prov'].id[:16]}...)" in reason
+    assert RAN["square"] == 0
+
+
+def test_a_tampered_task_id_is_declined_rejected(two):
+    lab, _ = two
+    import json
+
+    doc = json.loads(square.prepare(2).to_bytes())
+    doc["task_id"] = square.task_id(3)  # the id of another call
+    body = ask_declined(lab, "req", json.dumps(doc).encode())
+    assert body["code"] == "rejected"
+    assert "task id" in body["reason"]
+    assert RAN["square"] == 0
+
+
+def test_a_member_without_request_tasks_is_declined_not_allowed(two):
+    lab, _ = two
+    body = ask_declined(lab, "viewer", square.prepare(2).to_bytes())
+    assert body["code"] == "not_allowed"
+    assert "viewer" in body["reason"] and "request_tasks" in body["reason"]
+    assert RAN["square"] == 0
+
+
+def test_over_its_limit_a_provider_declines_busy(lab, provided):
+    lab.add("prov")
+    lab.add("req")
+    lab.add("req2")
+    try:
+        start_provider(lab, "prov", provided, max_accepted=1, workers=1)
+        slow = remote_tasks.slow_square.prepare(9, 2.0)
+        result = {}
+        t = threading.Thread(target=lambda: result.setdefault("a", ask(lab, "req", "prov", slow)))
+        t.start()
+        from tests.network.channels.conftest import wait_for
+
+        wait_for(lambda: lab.providers[0].in_progress() == 1, what="the first call accepted")
+        body = ask_declined(lab, "req2", square.prepare(1).to_bytes())
+        assert body["code"] == "busy"
+        t.join(30)
+        assert result["a"].final.type == "task_finished"
+    finally:
+        for p in lab.providers:
+            p.close()
+
+
+def test_requests_for_another_provider_are_ignored(two, provided):
+    lab, _ = two
+    # prov2 is asked but does not run: prov (which hears the request too) must not answer
+    session = lab.session("req")
+    asker = Asker(session)
+    target = lab.nodes["prov2"].id
+    with pytest.raises(Exception, match="no member of channel lab answered"):
+        asker.ask(protocol.TASK, protocol.request_body(target, square.prepare(1).to_bytes()),
+                  asked={target}, online=2, timeout=1.5, what="the call")
+    assert RAN["square"] == 0
+
+
+def test_a_member_whose_permission_is_withdrawn_is_declined(two):
+    lab, _ = two
+    lab.change(set_permissions(lab.nodes["req"].id, frozenset({"download"})))
+    from tests.network.channels.conftest import wait_for
+
+    provider = lab.providers[0]
+    wait_for(lambda: "request_tasks" not in provider.session.config.permissions_of(
+        lab.nodes["req"].id), what="the provider adopting the new config")
+    # the message checker may drop the request of a member without request_tasks: either
+    # way it is not run
+    session = lab.session("req")
+    asker = Asker(session)
+    pid = lab.nodes["prov"].id
+    try:
+        pending = asker.ask(protocol.TASK, protocol.request_body(pid, square.prepare(1).to_bytes()),
+                            asked={pid}, online=1, timeout=2, what="the call")
+        assert pending.status == "declined"
+    except Exception as e:
+        assert "answered" in str(e)
+    assert RAN["square"] == 0
+
+
+def test_many_concurrent_requests_are_all_answered_each_id_computed_once(lab, provided):
+    """More requests than job threads: the queued ones hear ``queued`` and are answered."""
+    for name in ("prov", "req", "req2"):
+        lab.add(name)
+    try:
+        start_provider(lab, "prov", provided, workers=1, status_every=0.3)
+        askers = {name: Asker(lab.session(name)) for name in ("req", "req2")}
+        pid = lab.nodes["prov"].id
+        # one job thread, 10 ids of 0.4 s: the last waits ~4 s in the queue, longer than the
+        # requesters' patience (1.5 s) without the repeated status
+        calls = [remote_tasks.slow_square.prepare(i % 10, 0.4) for i in range(60)]
+        answers: list = [None] * len(calls)
+
+        def one(i: int) -> None:
+            asker = askers["req" if i % 2 else "req2"]
+            data = calls[i].to_bytes()
+            answers[i] = asker.ask(protocol.TASK, protocol.request_body(pid, data),
+                                   asked={pid}, online=1, timeout=1.5, what="a call").final
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert all(a is not None and a.type == "task_finished" for a in answers)
+        assert RAN["slow_square"] == 10
+        for call, answer in zip(calls, answers):
+            assert answer.body["task_id"] == call.task_id
+    finally:
+        for p in lab.providers:
+            p.close()
+
+
+def test_calls_still_queued_when_the_provider_closes_are_declined_busy(lab, provided):
+    for name in ("prov", "req", "req2"):
+        lab.add(name)
+    provider = start_provider(lab, "prov", provided, workers=1)
+    from tests.network.channels.conftest import wait_for
+
+    got: dict = {}
+
+    def ask_into(key, requester, call, timeout):
+        try:
+            got[key] = ask(lab, requester, "prov", call, timeout=timeout)
+        except Exception as e:
+            got[key] = e
+
+    running = threading.Thread(target=ask_into, args=(
+        "running", "req", remote_tasks.slow_square.prepare(1, 1.0), 2.0))
+    running.start()
+    wait_for(lambda: RAN["slow_square"] == 1, what="the first call running")
+    queued = threading.Thread(target=ask_into, args=("queued", "req2", square.prepare(2), 20.0))
+    queued.start()
+    wait_for(lambda: provider.in_progress() == 2, what="the second call queued")
+    provider.close()
+    queued.join(30)
+    running.join(30)
+    assert got["queued"].status == "declined"
+    assert RAN["square"] == 0
