@@ -107,6 +107,8 @@ class Call:
 
     def _components(self, names: list[str]) -> dict[str, str]:
         parts, marks = self.parts, self.marks
+        if not marks:  # a task without parameters
+            return {}
         ends = [m - 1 for m in marks[1:]] + [len(parts)]
         return {
             name: _sha256(b"".join(parts[m:end])).hexdigest()
