@@ -61,7 +61,8 @@ REQUIRED_PERMISSION: Mapping[str, str | None] = {
     "request_task": "request_tasks",
     "task_status": "process_tasks",
     "task_finished": "process_tasks",
-    "task_error": "process_tasks",
+    "task_failed": "process_tasks",
+    "task_declined": "process_tasks",
 }
 """Each message type and the permission its sender needs (None: any member).
 
