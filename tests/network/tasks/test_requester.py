@@ -6,6 +6,7 @@ fake_provider.py (the real provider is tested with its own module).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import kachery_tasks as kachery
@@ -208,3 +209,11 @@ def test_a_query_runs_remotely_each_time_and_falls_back_when_unreachable(labs):
     with labs.nodes["alice"], kachery.channel("lab", timeout=20), \
             pytest.warns(kachery.StaleResultWarning, match="no provider of .*count"):
         assert rt.count() == b
+
+
+def test_large_arguments_travel_through_the_bucket(labs):
+    bob = provider(labs)
+    big = np.arange(20_000, dtype=np.float64)  # 160 kB: too large for the message
+    with labs.nodes["alice"], kachery.channel("lab", timeout=20):
+        assert np.array_equal(rt.double(big), 2 * big)
+    assert len(bob.requests) == 1 and '"$content"' in bob.requests[0]["call"]
