@@ -217,3 +217,31 @@ def test_large_arguments_travel_through_the_bucket(labs):
     with labs.nodes["alice"], kachery.channel("lab", timeout=20):
         assert np.array_equal(rt.double(big), 2 * big)
     assert len(bob.requests) == 1 and '"$content"' in bob.requests[0]["call"]
+
+
+def test_providers_with_the_callers_code_hash_are_asked_first(labs):
+    from kachery_tasks.network.tasks import Provided
+
+    other_code = [{**entry, "code_hash": "0" * 64} for entry in Provided(ALL_TASKS).describe()]
+    bob = provider(labs, "bob", announce=other_code)
+    carol = provider(labs, "carol")
+    with labs.nodes["alice"], kachery.channel("lab", timeout=20):
+        assert [rt.double(i) for i in range(100, 106)] == [2 * i for i in range(100, 106)]
+    assert bob.requests == [] and len(carol.requests) == 6
+
+
+def test_calls_are_spread_over_providers_by_task_id(labs):
+    bob, carol = provider(labs, "bob"), provider(labs, "carol")
+    with labs.nodes["alice"], kachery.channel("lab", timeout=20):
+        kachery.gather(rt.double.map(range(200, 220)))
+    assert bob.requests and carol.requests  # both got some: 20 ids all on one: 2 ** -19
+    assert len(bob.requests) + len(carol.requests) == 20
+
+
+def test_a_member_without_request_tasks_may_not_ask(labs):
+    labs.add("dave", permissions=frozenset({"download", "upload"}))
+    bob = provider(labs)
+    with labs.nodes["dave"], kachery.channel("lab", timeout=20), \
+            pytest.raises(ChannelPermissionError, match="lacks the request_tasks permission"):
+        rt.double(300)
+    assert bob.requests == []
