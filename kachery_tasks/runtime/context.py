@@ -61,13 +61,18 @@ def current_executor() -> Submitter:
 
 
 @contextlib.contextmanager
-def use_executor(executor: Submitter) -> Iterator[Submitter]:
-    """Send ``submit``/``map`` to ``executor`` inside the block."""
-    token = _current.set(executor)
+def _setting(var: contextvars.ContextVar, value: Any) -> Iterator[Any]:
+    """``var`` set to ``value`` inside the block, restored after it."""
+    token = var.set(value)
     try:
-        yield executor
+        yield value
     finally:
-        _current.reset(token)
+        var.reset(token)
+
+
+def use_executor(executor: Submitter) -> contextlib.AbstractContextManager[Submitter]:
+    """Send ``submit``/``map`` to ``executor`` inside the block."""
+    return _setting(_current, executor)
 
 
 class RemoteRunner(Protocol):
@@ -84,14 +89,10 @@ _remote: contextvars.ContextVar[RemoteRunner | None] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
-def use_remote_runner(runner: RemoteRunner) -> Iterator[RemoteRunner]:
-    """Send the calls that must run (see the module docstring) to ``runner`` in the block."""
-    token = _remote.set(runner)
-    try:
-        yield runner
-    finally:
-        _remote.reset(token)
+def use_remote_runner(runner: RemoteRunner | None) -> contextlib.AbstractContextManager[Any]:
+    """Send the calls that must run (see the module docstring) to ``runner`` in the block;
+    None: run them here (a runner running a call locally sets it)."""
+    return _setting(_remote, runner)
 
 
 def remote_runner() -> RemoteRunner | None:

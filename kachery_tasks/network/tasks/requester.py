@@ -249,7 +249,7 @@ class ChannelTasks:
         except NoProviderError:
             if self.fallback != "local":
                 raise
-            with context.use_remote_runner(None):  # type: ignore[arg-type]
+            with context.use_remote_runner(None):
                 return call.task.outcome(call, mode)
         data = self._call_bytes(c, call)
         online = len({n for n, _ in members})
