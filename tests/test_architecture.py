@@ -18,8 +18,8 @@ ROOT = Path(kachery_tasks.__file__).parent
 # Layers from the top; a module may import from its own layer or any below.
 LAYERS = {
     "cli": 11, "__main__": 11, "testing": 11,  # testing: contract test suites for backends
+    "daemon": 10,  # the long-running node: HTTP API, hub page, channel services
     "__init__": 9,  # the public face: re-exports
-    "daemon": 9,  # the node daemon: serves channels (network) for the cli
     "network": 8,
     "runtime": 7,
     "files": 6, "feed_functions": 6, "zarr_arrays": 6,  # public functions on the current node

@@ -34,7 +34,7 @@ def _leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 # Options that would wait forever, print progress bars or change how errors are shown.
 _SKIPPED_OPTIONS = {"--follow", "-f", "--help", "-h", "--debug", "--progress"}
 # Commands that serve until stopped; their bad input is tested in their own tests.
-_SERVERS = {("broker", "start")}
+_SERVERS = {("broker", "start"), ("node", "start")}
 _COMMANDS = [c for c in _leaf_commands(build_parser()) if c[0] not in _SERVERS]
 
 HEX = st.text(alphabet="0123456789abcdef", min_size=0, max_size=70)
