@@ -92,6 +92,15 @@ from .storage.local import FileInfo
 from .uris import format_uri, parse_uri
 from .zarr_arrays import load_zarr, store_zarr
 
+
+def channel(name: str, *, fallback: str | None = None, timeout: float = 60.0):
+    """``with kachery.channel("lab"):`` sends the calls that must run to the providers of
+    channel ``name`` (``fallback="local"``: run here when nobody provides the function);
+    see docs/remote-tasks.md. The network layer is imported only when this is called."""
+    from .network.tasks.requester import ChannelTasks
+
+    return ChannelTasks(name, fallback=fallback, timeout=timeout)
+
 __all__ = [
     "ActionOutcome",
     "BucketRemote",
@@ -138,6 +147,7 @@ __all__ = [
     "action",
     "again",
     "allow_pickles_from",
+    "channel",
     "compute_task_id",
     "create_feed",
     "current_executor",

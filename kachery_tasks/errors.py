@@ -208,6 +208,36 @@ class ClaimTimeoutError(ClaimError, TimeoutError):
     """Another node's claim was still held, and no result came, when the wait ended."""
 
 
+class NoProviderError(TaskError, LookupError):
+    """No member online in the channel provides the function a call needs (``kachery.channel``
+    without ``fallback="local"``); the message names the channel and what is provided."""
+
+
+class RemoteTaskError(TaskError):
+    """A task asked of a channel's provider raised there.
+
+    ``remote_type`` and ``remote_message`` are the remote exception's type name
+    and message, ``provider`` and ``label`` the node that ran it, and
+    ``remote_traceback`` the traceback text it sent (shown by ``str()``).
+    """
+
+    def __init__(self, message: str, *, remote_type: str = "", remote_message: str = "",
+                 remote_traceback: str = "", provider: str = "", label: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.provider = provider
+        self.label = label
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if not self.remote_traceback:
+            return text
+        return f"{text}\n\nremote traceback (on {self.label or self.provider[:16]}):\n" \
+               f"{self.remote_traceback.rstrip()}"
+
+
 class PubSubError(KacheryError):
     """A pub/sub operation failed: no connection, a nack, or no acknowledgement in time.
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 
+from ..errors import KacheryError
 from ..runtime.provenance import resolve_function, resolve_task_id, run_dict, show
 from . import command
 from .args import arg, json_flag, whole_number
@@ -52,6 +53,12 @@ def _show(args: argparse.Namespace) -> int:
     children, parents = records.children(tid), records.parents(tid)
     info = show(records, tid)
     info.pop("served", None)
+    label = None
+    if served is not None:
+        from ..runtime import cache
+
+        label = member_label(cache.current().node, served.node)
+        info["signer_label"] = label
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -68,14 +75,19 @@ def _show(args: argparse.Namespace) -> int:
             print("inputs:")
             for uri in last.inputs:
                 print(f"  {uri}")
+    elif served is not None:  # computed elsewhere: no run here
+        print(f"function:  {served.function} ({served.kind})")
     if served is not None:
         what = served.result_uri or f"outcome {served.status}"
         print(f"result:    {what}" + (f" ({served.codec})" if served.codec else ""))
         from ..runtime import cache
 
-        here = served.node == cache.current().node_id
-        print(f"signer:    node {served.node}" + (" (this node)" if here else
-                                                   " (a collaborator; signed record)"))
+        if served.node == cache.current().node_id:
+            whose = "this node"
+        else:
+            whose = "a collaborator" + (f": {label}" if label else "") + (
+                "; signed record" if served.kind == "pure" else "; sent by the provider")
+        print(f"signer:    node {served.node} ({whose})")
     else:
         print("result:    none served (never succeeded, or forgotten)")
     print(f"runs:      {len(runs)}")
@@ -95,6 +107,22 @@ def _show(args: argparse.Namespace) -> int:
     for p in info["called_by"]:
         print(f"  {p['task_id']}  {p['function'] or '?'}")
     return 0
+
+
+def member_label(node, member: str) -> str | None:
+    """``<label> in channel <name>`` for ``member`` in the first joined channel of ``node``
+    whose trusted config lists it; None when no such channel does."""
+    from ..network.channels.store import ChannelStore
+
+    for joined in ChannelStore(node.dir).all():
+        try:
+            config = joined.trusted_config()
+        except KacheryError:
+            continue
+        info = config.members.get(member) if config is not None else None
+        if info is not None:
+            return f"{info.label} in channel {config.name}"
+    return None
 
 
 def _why(args: argparse.Namespace) -> int:

@@ -47,6 +47,8 @@ STATUS: dict[type[e.KacheryError], int] = {
     e.ClaimHeldError: 409,
     e.ClaimLostError: 409,
     e.ClaimTimeoutError: 504,
+    e.NoProviderError: 503,  # nobody online provides the function: try later
+    e.RemoteTaskError: 502,  # the task raised on the provider that ran it
     e.ExecutorError: 502,
     e.PubSubError: 502,
     e.PubSubAuthError: 403,

@@ -1,4 +1,5 @@
-"""Where a task call goes from here: the current executor and the nested-call hook.
+"""Where a task call goes from here: the current executor, the nested-call hook and the
+remote runner.
 
 This module sits below both :mod:`.tasks` and :mod:`.executors`, so that
 neither imports the other in both directions: executors import tasks (they
@@ -7,6 +8,12 @@ run them), and tasks find the executor of ``submit``/``map`` here.
 ``kachery_tasks.runtime`` package always imports it), the in-process default
 executor and the hook that sends calls made inside a task on a Dask worker
 through the cluster.
+
+A **remote runner** (``use_remote_runner``; ``kachery.channel("lab")`` installs
+one) is where a call made at the top level (not inside a running task) goes
+when it must run: a pure call that misses here and in the shared records, an
+action with no recorded outcome, every query. This module knows only its
+shape (:class:`RemoteRunner`); the network layer provides it.
 """
 
 from __future__ import annotations
@@ -54,13 +61,43 @@ def current_executor() -> Submitter:
 
 
 @contextlib.contextmanager
-def use_executor(executor: Submitter) -> Iterator[Submitter]:
-    """Send ``submit``/``map`` to ``executor`` inside the block."""
-    token = _current.set(executor)
+def _setting(var: contextvars.ContextVar, value: Any) -> Iterator[Any]:
+    """``var`` set to ``value`` inside the block, restored after it."""
+    token = var.set(value)
     try:
-        yield executor
+        yield value
     finally:
-        _current.reset(token)
+        var.reset(token)
+
+
+def use_executor(executor: Submitter) -> contextlib.AbstractContextManager[Submitter]:
+    """Send ``submit``/``map`` to ``executor`` inside the block."""
+    return _setting(_current, executor)
+
+
+class RemoteRunner(Protocol):
+    """Runs a call elsewhere (a channel's providers) instead of here."""
+
+    def run_call(self, call: Any, mode: str) -> Any:
+        """Run ``call`` (a :class:`~.call.Call`) in ``mode``; the kind's outcome: the value
+        of a pure task (then recorded here), a QueryResult, an ActionOutcome."""
+        ...
+
+
+_remote: contextvars.ContextVar[RemoteRunner | None] = contextvars.ContextVar(
+    "kachery_remote_runner", default=None
+)
+
+
+def use_remote_runner(runner: RemoteRunner | None) -> contextlib.AbstractContextManager[Any]:
+    """Send the calls that must run (see the module docstring) to ``runner`` in the block;
+    None: run them here (a runner running a call locally sets it)."""
+    return _setting(_remote, runner)
+
+
+def remote_runner() -> RemoteRunner | None:
+    """The innermost ``use_remote_runner`` block's runner, or None."""
+    return _remote.get()
 
 
 def set_nested_runner(hook: Callable[[], Callable[..., Any] | None]) -> None:

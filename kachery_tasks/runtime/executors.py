@@ -45,12 +45,14 @@ import contextvars
 import dataclasses
 import secrets
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .. import nodes as node_mod
 from ..config import ENV_DIR, default_path
 from ..errors import ExecutorError
+from ..progress import progress_bar
 from . import cache as cache_mod
 from . import context, encoders, shared
 from .call import Call, encode_result
@@ -86,6 +88,16 @@ class TaskFuture:
         if self._dask is not None:
             return self._dask.done()
         return True
+
+    @property
+    def status(self) -> str:
+        """``queued``, ``running``, ``finished`` or ``error`` (Dask's state, when on Dask)."""
+        if self._error is not None:
+            return "error"
+        if self._value is not _NOTHING or self._dask is None:
+            return "finished"
+        return {"pending": "running", "finished": "finished", "error": "error",
+                "cancelled": "error", "lost": "error"}.get(self._dask.status, "running")
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's result; raises the task's exception, or ExecutorError for the cluster's."""
@@ -160,6 +172,49 @@ LOCAL = LocalExecutor()
 context.set_default_executor(LOCAL)
 
 
+def serve_recorded(c: cache_mod.NodeCache, task: Task, prepared: list[Call],
+                   mode: str) -> list[TaskFuture | None]:
+    """Finished futures for the calls that need no run (``None`` for the others).
+
+    In mode ``call``, what is cached or recorded is served; for a pure task the
+    misses are then looked up in the shared records in one batch
+    (:func:`.shared.fetch_many`), and what collaborators computed is served too.
+    """
+    out: list[TaskFuture | None] = [None] * len(prepared)
+    policy = task.policy
+    if policy.check_cached(mode):
+        _serve_cached(c, task, prepared, out)
+        missing = [prepared[i].task_id for i, f in enumerate(out) if f is None]
+        if policy.deterministic and missing and shared.fetch_many(c, missing):
+            _serve_cached(c, task, prepared, out)  # what collaborators computed
+    return out
+
+
+def _serve_cached(c: cache_mod.NodeCache, task: Task, prepared: list[Call], out: list) -> None:
+    """Fill ``out`` with finished futures for calls that are cached (no submission)."""
+    policy = task.policy
+    if policy.deterministic:
+        for i, call in enumerate(prepared):
+            v = c.get(call.task_id)
+            if v is not cache_mod.MISS:
+                out[i] = TaskFuture(task, call.task_id, value=v)
+    rest = [call.task_id for i, call in enumerate(prepared) if out[i] is None]
+    if not rest:
+        return
+    rows = c.records.results_many(rest)
+    for i, call in enumerate(prepared):
+        row = rows.get(call.task_id)
+        if out[i] is not None or row is None:
+            continue
+        try:
+            v = policy.served(task, row, c.load)
+        except Exception as e:  # a failed action, an untrusted pickle: seen on result()
+            out[i] = TaskFuture(task, call.task_id, error=e)
+            continue
+        if v is not cache_mod.MISS:
+            out[i] = TaskFuture(task, call.task_id, value=v)
+
+
 # ------------------------------------------------------------------ Dask
 def dask_key(task: Task, task_id: str, mode: str) -> str:
     """The Dask key of a call (see the module docstring)."""
@@ -190,12 +245,7 @@ class DaskExecutor(Executor):
         c = cache_mod.current()
         policy = task.policy
         prepared = [task.prepare(*args, **kwargs) for args, kwargs in calls]
-        out: list[TaskFuture | None] = [None] * len(prepared)
-        if policy.check_cached(mode):
-            self._serve_cached(c, task, prepared, out)
-            missing = [prepared[i].task_id for i, f in enumerate(out) if f is None]
-            if policy.deterministic and missing and shared.fetch_many(c, missing):
-                self._serve_cached(c, task, prepared, out)  # what collaborators computed
+        out = serve_recorded(c, task, prepared, mode)
         todo = [i for i, f in enumerate(out) if f is None]
         if not todo:
             return out  # type: ignore[return-value]
@@ -240,31 +290,6 @@ class DaskExecutor(Executor):
     def _erred(self, key: str) -> bool:
         state = getattr(self.client, "futures", {}).get(key)
         return state is not None and getattr(state, "status", None) == "error"
-
-    def _serve_cached(self, c: cache_mod.NodeCache, task: Task, prepared: list[Call],
-                      out: list) -> None:
-        """Fill ``out`` with finished futures for calls that are cached (no submission)."""
-        policy = task.policy
-        if policy.deterministic:
-            for i, call in enumerate(prepared):
-                v = c.get(call.task_id)
-                if v is not cache_mod.MISS:
-                    out[i] = TaskFuture(task, call.task_id, value=v)
-        rest = [call.task_id for i, call in enumerate(prepared) if out[i] is None]
-        if not rest:
-            return
-        rows = c.records.results_many(rest)
-        for i, call in enumerate(prepared):
-            row = rows.get(call.task_id)
-            if out[i] is not None or row is None:
-                continue
-            try:
-                v = policy.served(task, row, c.load)
-            except Exception as e:  # a failed action, an untrusted pickle: seen on result()
-                out[i] = TaskFuture(task, call.task_id, error=e)
-                continue
-            if v is not cache_mod.MISS:
-                out[i] = TaskFuture(task, call.task_id, value=v)
 
     def _to_dask(self, value: Any) -> Any:
         """Replace TaskFutures in an argument structure by what Dask can resolve."""
@@ -397,12 +422,23 @@ context.set_nested_runner(nested_runner)
 
 
 # -------------------------------------------------------------- public
+GATHER_PROGRESS_MIN = 20
+"""``gather`` shows a progress bar (on a terminal) for at least this many futures."""
+
+
 def gather(futures: Iterable[TaskFuture], timeout: float | None = None) -> list[Any]:
-    """The results of ``futures``, in order; Dask futures are fetched in one round trip."""
+    """The results of ``futures``, in order; Dask futures are fetched in one round trip.
+
+    With many futures not done yet and standard error a terminal, a progress
+    bar counts them as they finish (``KACHERY_TASKS_PROGRESS=1`` forces it).
+    """
     futures = list(futures)
     for f in futures:
         if not isinstance(f, TaskFuture):
             raise TypeError(f"kachery.gather takes TaskFutures (from submit or map), not {f!r}")
+    with progress_bar(len(futures), "tasks", GATHER_PROGRESS_MIN, unit="tasks") as bar:
+        if bar is not None:
+            _count_done(futures, bar, timeout)
     groups: dict[int, tuple[Executor, list[TaskFuture]]] = {}
     for f in futures:
         if f._dask is not None and f._executor is not None:
@@ -410,6 +446,23 @@ def gather(futures: Iterable[TaskFuture], timeout: float | None = None) -> list[
     for executor, fs in groups.values():
         executor.gather(fs, timeout=timeout)
     return [f.result() for f in futures]
+
+
+def _count_done(futures: list[TaskFuture], bar: Callable[[int], None],
+                timeout: float | None) -> None:
+    """Wait until every future is done (or ``timeout``), telling ``bar`` how many finished."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = list({id(f): f for f in futures}.values())
+    seen = len(futures)
+    while True:
+        pending = [f for f in pending if not f.done()]
+        left = sum(1 for f in futures if not f.done()) if pending else 0
+        if seen - left:
+            bar(seen - left)
+            seen = left
+        if not pending or (deadline is not None and time.monotonic() >= deadline):
+            return
+        time.sleep(0.05)
 
 
 def _is_local_address(address: str) -> bool:

@@ -277,15 +277,17 @@ class Records:
         return dropped
 
     def import_result(
-        self, task_id: str, kind: str, function: str, result_uri: str, codec: str, node: str,
-        finished: float | None = None,
+        self, task_id: str, kind: str, function: str, result_uri: str | None,
+        codec: str | None, node: str, finished: float | None = None, *,
+        status: str = "success", error: str | None = None,
     ) -> None:
-        """Record a result computed elsewhere (fetched from a bucket) as served."""
+        """Record an outcome computed elsewhere (fetched from a bucket, or sent by the
+        channel provider that ran it) as served, naming ``node`` as its producer."""
         with self._write():
             self.conn.execute(
                 f"INSERT OR REPLACE INTO results ({_RESULT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (task_id, None, kind, function, "success", result_uri, codec, node,
-                 finished or time.time(), None, None),
+                (task_id, None, kind, function, status, result_uri, codec, node,
+                 finished or time.time(), error, None),
             )
 
     # ----------------------------------------------------------------- runs

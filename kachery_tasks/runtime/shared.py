@@ -89,7 +89,7 @@ def fetch_many(c: NodeCache, task_ids: Iterable[str], threads: int | None = None
 
     def one(item: tuple[str, list[tuple[Remote, bytes]]]) -> bool:
         tid, candidates = item
-        return any(_import(c, tid, remote, data) for remote, data in candidates)
+        return any(import_record(c, tid, remote, data) for remote, data in candidates)
 
     if threads <= 1:
         ok = [one(item) for item in todo]
@@ -119,8 +119,13 @@ def read_record(data: bytes, task_id: str, source: str) -> dict[str, Any]:
     return body
 
 
-def _import(c: NodeCache, task_id: str, remote: Remote, data: bytes) -> bool:
-    where = f"the published result of {task_id} in {remote.url}"
+def import_record(c: NodeCache, task_id: str, remote: Remote, data: bytes,
+                  where: str | None = None) -> bool:
+    """Check a result record for ``task_id`` that came through ``remote`` (read from its
+    bucket, or sent by a provider in a ``task_finished``) and, when it verifies and
+    ``remote`` trusts its signer, fetch its result and record it here as computed by
+    that node; True then. Anything else is logged and ignored (False)."""
+    where = where or f"the published result of {task_id} in {remote.url}"
     try:
         body = read_record(data, task_id, where)
     except EnvelopeError as e:

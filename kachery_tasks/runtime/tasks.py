@@ -277,8 +277,7 @@ class Task:
             else:
                 c.invalidate(tid)
             return self._pure(c, call, mode)
-        start = call.start(p.reason(mode), c.node_id)
-        outcome = self._started(c, start, call.args, call.kwargs, mode)
+        outcome = self._outcome(c, call, mode)
         return p.returned(self, outcome, mode, stacklevel=4)  # the caller of __call__ or run
 
     def fetch(self, *args: Any, **kwargs: Any) -> QueryResult:
@@ -286,9 +285,7 @@ class Task:
         p = self.policy
         if not p.stale_fallback:
             raise TaskError(f"fetch is for queries; {self.name} is a {self.kind} task")
-        call = self.prepare(*args, **kwargs)
-        c = cache_mod.current()
-        return self._started(c, call.start(p.reason("call"), c.node_id), args, kwargs, "call")
+        return self._outcome(cache_mod.current(), self.prepare(*args, **kwargs), "call")
 
     def is_cached(self, *args: Any, **kwargs: Any) -> bool:
         """True when this call has a recorded outcome that would be served (no computation)."""
@@ -344,8 +341,12 @@ class Task:
             value = c.load(c.records.result(tid))  # computed by a collaborator
             if value is not _MISS:
                 return value
-        start = call.start(self.policy.reason(mode), c.node_id)
         runner = context.nested_runner()
+        if runner is None:
+            remote = context.remote_runner()
+            if remote is not None and not getattr(_local, "stack", None):
+                return remote.run_call(call, mode)  # recorded here as the provider's result
+        start = call.start(self.policy.reason(mode), c.node_id)
         if runner is not None:
             value = runner(self, start, call.args, call.kwargs, "force" if force else "call")
         else:
@@ -364,6 +365,34 @@ class Task:
         """
         return self.policy.value(self._started(c, start, args, kwargs, mode))
 
+    def outcome(self, call: Call, mode: str = "call") -> Any:
+        """Run a prepared call like :meth:`run`, but return the kind's outcome: the value of
+        a pure task, a :class:`QueryResult` (never warns), an :class:`ActionOutcome`."""
+        if call.task is not self:
+            raise TaskError(f"{self.name} cannot run a call of {call.function}; use its task")
+        if self.policy.deterministic:
+            return self._run(call, mode)
+        return self._outcome(cache_mod.current(), call, mode)
+
+    def _outcome(self, c: cache_mod.NodeCache, call: Call, mode: str) -> Any:
+        """Run (or serve) a query or an action: the kind's outcome. At the top level of a
+        ``use_remote_runner`` block (``kachery.channel``) it runs on the remote runner."""
+        remote = context.remote_runner()
+        if remote is None or getattr(_local, "stack", None):  # nested calls run here
+            start = call.start(self.policy.reason(mode), c.node_id)
+            return self._started(c, start, call.args, call.kwargs, mode)
+        p = self.policy
+        if p.check_cached(mode):  # an action's recorded outcome: served, not sent
+            row = c.records.result(call.task_id)
+            if row is not None:
+                served = p.served(self, row, c.load)
+                if served is not _MISS:
+                    return served
+        try:
+            return remote.run_call(call, mode)
+        except Exception as e:
+            return self._stale_or_raise(c, call.task_id, e)
+
     def _started(self, c: cache_mod.NodeCache, start: RunStart, args: tuple, kwargs: dict,
                  mode: str) -> Any:
         """Run (or serve) a call whose start is described: the kind's outcome."""
@@ -371,13 +400,19 @@ class Task:
         try:
             return self._execute(c, start, args, kwargs, p.lease, p.check_cached(mode))
         except Exception as e:
-            if not p.stale_fallback:
-                raise
-            row = c.records.result(start.task_id)
-            value = c.load(row) if row is not None else _MISS
-            if value is _MISS:
-                raise
-            return p.stale(value, _describe(e), row.finished)
+            return self._stale_or_raise(c, start.task_id, e)
+
+    def _stale_or_raise(self, c: cache_mod.NodeCache, task_id: str, e: Exception) -> Any:
+        """A query's last recorded result, marked stale, after its run raised ``e``;
+        anything else (and a query with no usable result) raises ``e`` again."""
+        p = self.policy
+        if not p.stale_fallback:
+            raise e
+        row = c.records.result(task_id)
+        value = c.load(row) if row is not None else _MISS
+        if value is _MISS:
+            raise e
+        return p.stale(value, _describe(e), row.finished)
 
     def _execute(
         self, c: cache_mod.NodeCache, start: RunStart, args: tuple, kwargs: dict,

@@ -124,3 +124,25 @@ def test_show_names_who_asked_a_provider_for_the_task(run_cli, history):
     assert info["asked_by"] and not json.loads(
         run_cli("tasks", "show", history["child"], "--json").stdout)["asked_by"]
 
+
+def test_show_names_the_channel_member_that_computed_an_imported_result(tmp_path, run_cli):
+    from kachery_tasks.runtime import cache
+    from tests.network.channels.conftest import Lab
+
+    lab = Lab(tmp_path, "ws://127.0.0.1:9")  # no broker needed: only the config is read
+    alice, bob = lab.add("alice"), lab.add("bob-the-provider")
+    tid = task_defs.add.task_id(40, 2)
+    try:
+        with alice:
+            cache.current().records.import_result(
+                tid, "pure", "task_defs.add", "sha256://" + "ab" * 32, "json", bob.id)
+    finally:
+        lab.close()
+    env = {"KACHERY_TASKS_DIR": str(alice.path)}
+    r = run_cli("tasks", "show", tid, env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert f"node {bob.id} (a collaborator: bob-the-provider in channel lab;" in out
+    assert "function:  task_defs.add (pure)" in out
+    r = run_cli("tasks", "show", tid, "--json", env=env)
+    assert json.loads(r.stdout)["signer_label"] == "bob-the-provider in channel lab"

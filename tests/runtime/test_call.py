@@ -101,6 +101,17 @@ def test_start_describes_the_call_for_the_records():
     assert start.components == {"args": call.components()}
 
 
+@kachery.query
+def no_parameters():
+    return 7
+
+
+def test_a_task_without_parameters_runs_and_describes_its_call():
+    call = no_parameters.prepare()
+    assert call.components() == {} and call.start("query", "node-1").components == {"args": {}}
+    assert no_parameters() == 7
+
+
 def test_run_runs_a_prepared_call_like_a_direct_call():
     call = blend.prepare(1, b=5)
     assert blend.run(call) == [1, 5, [], 1.0, []]

@@ -210,3 +210,15 @@ def test_dask_context_starts_and_stops_a_local_cluster():
         assert task_defs.add.submit(80, 1).result() == 81
     assert cluster.status.name in ("closed", "closing")
     assert task_defs.add.is_cached(80, 1)
+
+
+def test_gather_of_many_futures_shows_a_progress_bar_on_a_terminal(monkeypatch, capfd):
+    futures = [LocalExecutor().submit(task_defs.add, (i, 1), {}) for i in range(25)]
+    assert {f.status for f in futures} == {"finished"}
+    monkeypatch.setenv("KACHERY_TASKS_PROGRESS", "1")  # as on a terminal
+    assert kachery.gather(futures) == [i + 1 for i in range(25)]
+    err = capfd.readouterr().err
+    assert "tasks" in err and "100.0%" in err
+    monkeypatch.setenv("KACHERY_TASKS_PROGRESS", "0")  # as in a pipe
+    kachery.gather(futures)
+    assert capfd.readouterr().err == ""

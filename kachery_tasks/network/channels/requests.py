@@ -102,6 +102,7 @@ class Pending:
     status: str = "waiting"  # waiting, progress, done, declined, timeout, failed
     answers: dict[str, str] = field(default_factory=dict)  # node -> the last answer type
     final: ChannelMessage | None = None
+    declines: dict[str, ChannelMessage] = field(default_factory=dict)  # node -> its decline
     outcome: Any = None  # what poll() found, when it ended the wait
     progress: dict[str, Any] | None = None
     detail: str = ""
@@ -233,6 +234,8 @@ class Asker:
             exchange = pending.exchange
             if msg.type in exchange.final and pending.final is None:
                 pending.final = msg
+            elif msg.type in exchange.decline:
+                pending.declines[msg.sender] = msg
             elif msg.type in exchange.progress:
                 pending.deadline = time.monotonic() + pending.timeout
                 pending.status = "progress"

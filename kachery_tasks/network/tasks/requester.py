@@ -1,0 +1,482 @@
+"""Asking a channel's providers to run tasks: ``kachery.channel("lab")``.
+
+Inside ``with kachery.channel("lab"):`` (a :class:`ChannelTasks`), a call made
+at the top level that must run -- a pure call found neither here nor in the
+shared records, an action with no recorded outcome, every query -- is sent to
+one of the channel's providers as a ``request_task``
+(:mod:`.protocol`) instead of being computed here; ``submit`` and ``map`` return
+:class:`ChannelFuture` objects computed the same way in a thread pool. Calls
+made inside a running task are not sent: they run where their parent runs.
+
+**Choosing a provider.** From presence: the members online (other than this
+node) allowed to ``process_tasks`` whose presence data lists the function
+(:data:`~.protocol.PRESENCE_KEY`). Those announcing the caller's code hash and
+version come first; among them the order is fixed per task id (rendezvous
+hashing), so the same call always goes to the same provider and identical
+requests join one computation. A provider that declines (any code) or does not
+answer in time is passed over for the next one.
+
+**Arguments.** The call is sent as :meth:`Call.to_bytes
+<kachery_tasks.runtime.call.Call.to_bytes>`; large values go to this node's
+store, and every content URI the call needs (those, and the File and content
+URI arguments held here) is uploaded to the channel's bucket first. Results of
+other tasks named by the call that this node computed are published there too.
+
+**Answers.** ``task_status`` updates the future's ``status`` and extends the
+wait. ``task_finished`` of a pure call: its signed result record (sent inline,
+else read from the bucket) is checked exactly as records read from a bucket are
+(:func:`kachery_tasks.runtime.shared.import_record`: the signer must be a member
+allowed to ``process_tasks``) and the result is then served from this node's
+records. Of an action or a query: the outcome is loaded from the bucket and
+recorded here as the provider's. ``task_failed`` raises
+:class:`~kachery_tasks.errors.RemoteTaskError`.
+
+**Errors.** Nobody provides the function: :class:`NoProviderError` at once
+(with ``fallback="local"`` the call runs here instead). Every provider
+declined: :class:`CallRejectedError` (ChannelPermissionError when they all said
+this node may not ask), each reason in the message. None answered in time:
+ChannelTimeoutError naming who was asked and who answered.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import contextvars
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ...errors import (
+    CallRejectedError,
+    ChannelPermissionError,
+    ChannelTimeoutError,
+    InvalidValueError,
+    NoProviderError,
+    RemoteTaskError,
+    TaskError,
+)
+from ...remotes import open_remote
+from ...runtime import cache as cache_mod
+from ...runtime import context, encoders, results, shared
+from ...runtime.call import Call, encode_result, inputs
+from ...runtime.executors import TaskFuture, serve_recorded
+from ...runtime.policies import ActionOutcome, QueryResult
+from ...uris import is_content_uri
+from ..channels.messages import ChannelMessage
+from ..channels.remote import ChannelRemote, channel_url
+from ..channels.requests import Pending
+from ..channels.store import ChannelStore
+from . import protocol
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds a provider may stay silent (no status message) before the next one is asked."""
+
+THREADS = 64
+"""Calls of ``submit``/``map`` in flight at once (each waits on its provider)."""
+
+POLL_EVERY = 1.0
+"""Seconds between two looks in the bucket for a pure call's record while waiting."""
+
+_status_sink: contextvars.ContextVar[Callable[[str, str], None] | None] = \
+    contextvars.ContextVar("kachery_channel_status", default=None)
+
+
+class ChannelFuture(TaskFuture):
+    """A call submitted inside ``kachery.channel(...)``: ``status`` says where it is
+    (``queued``, ``running``, ``waiting``, ``finished``, ``error``), ``detail`` what the
+    provider last said, ``provider`` the label of the provider that answered."""
+
+    __slots__ = ("_future", "_status", "detail", "provider")
+
+    def __init__(self, task: Any, task_id: str, future: concurrent.futures.Future) -> None:
+        super().__init__(task, task_id)
+        self._future = future
+        self._status = "queued"
+        self.detail = ""
+        self.provider = ""
+        future.add_done_callback(self._ended)
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def _set_status(self, status: str, detail: str) -> None:
+        if not self._future.done():
+            self._status, self.detail = status, detail
+
+    def _ended(self, future: concurrent.futures.Future) -> None:
+        self._status = "error" if future.exception() is not None else "finished"
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's result (waiting up to ``timeout`` seconds); raises what the call raised."""
+        try:
+            return self._future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise ChannelTimeoutError(
+                f"{self.task.name} ({self.task_id[:19]}...) is not done after {timeout:g} s "
+                f"(status {self._status}); wait longer, or look at it later") from None
+
+    def __repr__(self) -> str:
+        return f"<ChannelFuture {self.task.name} {self.task_id[:19]}... {self._status}>"
+
+
+encoders.register_special(ChannelFuture, encode_result)  # an argument: the producer's id
+
+
+class ChannelTasks:
+    """Calls that must run go to the providers of channel ``name`` inside the block (see the
+    module docstring); ``submit``/``map`` run there through a thread pool."""
+
+    def __init__(self, name: str, *, fallback: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, threads: int = THREADS) -> None:
+        if fallback not in (None, "local"):
+            raise InvalidValueError(f"fallback is None or 'local', not {fallback!r}")
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise InvalidValueError(f"timeout is a number of seconds above 0, not {timeout!r}")
+        self.name = name
+        self.fallback = fallback
+        self.timeout = float(timeout)
+        self.threads = threads
+        self.remote: ChannelRemote | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._stack: contextlib.ExitStack | None = None
+
+    # ----------------------------------------------------------------- block
+    def __enter__(self) -> ChannelTasks:
+        node = cache_mod.current().node
+        joined = ChannelStore(node.dir).find(self.name)  # ChannelNotFoundError
+        remote = open_remote(channel_url(joined), node)
+        assert isinstance(remote, ChannelRemote)
+        self.remote = remote
+        stack = contextlib.ExitStack()
+        stack.enter_context(context.use_remote_runner(self))
+        stack.enter_context(context.use_executor(self))
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)  # calls in flight finish; their futures stay valid
+
+    # --------------------------------------------------------------- executor
+    def submit(self, task: Any, args: tuple, kwargs: dict, mode: str = "call") -> ChannelFuture:
+        """Run ``task(*args, **kwargs)`` as a call inside the block would; a future."""
+        call = task.prepare(*args, **kwargs)
+        return self._start(call, lambda: task.run(call, mode))
+
+    def map(self, task: Any, items: Iterable[Any], args: tuple = (),
+            kwargs: dict | None = None) -> list[TaskFuture]:
+        """``submit(task, (item, *args), kwargs)`` for every item, in order. What is recorded
+        here or in the shared records is served at once (looked up in one batch); each
+        distinct miss becomes one request."""
+        kw = dict(kwargs or {})
+        prepared = [task.prepare(item, *args, **kw) for item in items]
+        out: list[TaskFuture | None] = list(serve_recorded(cache_mod.current(), task,
+                                                           prepared, "call"))
+        started: dict[str, ChannelFuture] = {}
+        for i, call in enumerate(prepared):
+            if out[i] is not None:
+                continue
+            if task.policy.deterministic:  # looked up already: straight to the providers
+                fut = started.get(call.task_id)
+                if fut is None:
+                    fut = started[call.task_id] = self._start(
+                        call, lambda call=call: self.run_call(call, "call"))
+                out[i] = fut
+            else:
+                out[i] = self._start(call, lambda call=call: task.run(call, "call"))
+        return out  # type: ignore[return-value]
+
+    def gather(self, futures: list[TaskFuture], timeout: float | None = None) -> list[Any]:
+        return [f.result(timeout) for f in futures]
+
+    def _start(self, call: Call, run: Callable[[], Any]) -> ChannelFuture:
+        cf: concurrent.futures.Future = concurrent.futures.Future()
+        fut = ChannelFuture(call.task, call.task_id, cf)
+        ctx = contextvars.copy_context()
+
+        def job() -> None:
+            if not cf.set_running_or_notify_cancel():
+                return
+            _status_sink.set(fut._set_status)
+            try:
+                value = run()
+            except BaseException as e:
+                cf.set_exception(e)
+            else:
+                cf.set_result(value)
+
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.threads, thread_name_prefix=f"kachery-channel-{self.name}")
+            self._pool.submit(ctx.run, job)
+        return fut
+
+    # ----------------------------------------------------------------- runner
+    def run_call(self, call: Call, mode: str) -> Any:
+        """Run ``call`` on a provider (the remote runner's job, see
+        :class:`~kachery_tasks.runtime.context.RemoteRunner`): the kind's outcome."""
+        c = cache_mod.current()
+        remote = self._remote()
+        if call.kind == "pure" and mode == "call" and remote not in c.node.remotes:
+            value = self._from_bucket(c, call.task_id)  # node.remotes were looked at already
+            if value is not cache_mod.MISS:
+                return value
+        session, asker = remote.session()
+        config, me = session.config, session.node_id
+        if protocol.REQUESTER_NEEDS not in config.permissions_of(me):
+            need = protocol.REQUESTER_NEEDS
+            raise ChannelPermissionError(
+                f"this node may not ask channel {config.name} to run tasks (it lacks the "
+                f"{need} permission): ask the owner to run 'kachery-tasks channel "
+                f"set-permissions {config.name} {me} --allow {need},...'")
+        members = [(n, d) for n, d in session.members() if n != me]
+        try:
+            providers = choose_providers(call, members, config)
+        except NoProviderError:
+            if self.fallback != "local":
+                raise
+            with context.use_remote_runner(None):
+                return call.task.outcome(call, mode)
+        data = self._call_bytes(c, call)
+        online = len({n for n, _ in members})
+        pending, provider = self._ask(asker, call, data, mode, providers, online)
+        return self._outcome(c, call, pending, provider)
+
+    def _remote(self) -> ChannelRemote:
+        if self.remote is None:
+            raise TaskError(f"kachery.channel({self.name!r}) is used outside its with block")
+        return self.remote
+
+    def _label(self, node: str) -> str:
+        member = self._remote().config().members.get(node)
+        return f"{member.label} ({node[:12]}...)" if member else f"{node[:12]}..."
+
+    def _call_bytes(self, c: cache_mod.NodeCache, call: Call) -> bytes:
+        """The call's wire form, with every content it needs in the channel's bucket."""
+        stored: list[str] = []
+
+        def store_bytes(data: bytes, label: str) -> str:
+            uri = c.store.store_bytes(data, label=label)
+            stored.append(uri)
+            return uri
+
+        data = call.to_bytes(store_bytes=store_bytes)
+        remote = self._remote()
+        needed = list(stored)
+        for ref in inputs(call.arguments().values()):
+            if is_content_uri(ref):
+                if c.store.has(ref):
+                    needed.append(ref)
+            else:  # a task id: the result of another task, published if computed here
+                shared.publish(c, ref, [remote])
+        if needed:
+            bucket = remote.bucket
+            for uri in dict.fromkeys(needed):
+                bucket.offer_content(c.store, uri, progress=False)
+        return data
+
+    def _ask(self, asker: Any, call: Call, data: bytes, mode: str, providers: list[str],
+             online: int) -> tuple[Pending, str]:
+        """Ask ``providers`` in turn until one finishes or fails the call."""
+        tid = call.task_id
+        remote = self._remote()
+        sink = _status_sink.get()
+        heard: dict[str, str] = {}
+        declined: dict[str, tuple[str, str]] = {}
+        silent: list[str] = []
+        what = f"the request to run {call.function} ({tid[:19]}...)"
+        poll = None
+        if call.kind == "pure" and mode == "call":
+            def poll() -> bool | None:  # a record published while its answer got lost
+                return True if remote.has_result_record(tid) else None
+        for provider in providers:
+            def on_progress(pending: Pending, msg: ChannelMessage, provider: str = provider
+                            ) -> None:
+                body = msg.body
+                status = str(body.get("status", ""))
+                heard[provider] = status
+                if sink is not None:
+                    sink("running" if status == "progress" else status,
+                         str(body.get("detail", ""))[:200])
+
+            if sink is not None:
+                sink("queued", f"asking {self._label(provider)}")
+            try:
+                pending = asker.ask(protocol.TASK, protocol.request_body(provider, data, mode),
+                                    asked={provider}, online=online, timeout=self.timeout,
+                                    what=what, poll=poll, poll_every=POLL_EVERY,
+                                    on_progress=on_progress)
+            except ChannelTimeoutError:
+                silent.append(provider)
+                continue
+            if pending.status == "done":
+                return pending, provider
+            msg = pending.declines.get(provider)
+            body = msg.body if msg is not None and isinstance(msg.body, dict) else {}
+            declined[provider] = (str(body.get("code", "")), str(body.get("reason", ""))[:500])
+        raise self._all_failed(call, providers, heard, declined, silent)
+
+    def _all_failed(self, call: Call, providers: list[str], heard: dict[str, str],
+                    declined: dict[str, tuple[str, str]], silent: list[str]) -> Exception:
+        name = self._remote().channel.name
+        reasons = "; ".join(f"{self._label(n)}: {reason or code}"
+                            for n, (code, reason) in declined.items())
+        if declined and not silent:
+            if all(code == "not_allowed" for code, _ in declined.values()):
+                return ChannelPermissionError(
+                    f"the providers of {call.function} in channel {name} refused this node: "
+                    f"{reasons}")
+            return CallRejectedError(
+                f"every provider of {call.function} in channel {name} declined the call: "
+                f"{reasons}")
+        answered = [f"{self._label(n)} said {heard[n]!r}" for n in silent if n in heard]
+        answered += [f"{self._label(n)} declined ({code})" for n, (code, _) in declined.items()]
+        quiet = [self._label(n) for n in silent if n not in heard]
+        return ChannelTimeoutError(
+            f"no provider of channel {name} finished {call.function} ({call.task_id[:19]}...) "
+            f"within {self.timeout:g} s of its last sign of life: asked "
+            f"{', '.join(self._label(n) for n in providers)}; answered: "
+            f"{', '.join(answered) or 'none'}; silent: {', '.join(quiet) or 'none'}. Try "
+            f"again, or pass a longer timeout to kachery.channel({name!r}, timeout=...)")
+
+    # --------------------------------------------------------------- outcome
+    def _outcome(self, c: cache_mod.NodeCache, call: Call, pending: Pending,
+                 provider: str) -> Any:
+        msg = pending.final
+        label = self._label(provider)
+        if msg is None:  # the record turned up in the bucket (poll)
+            return self._pure_result(c, call, None, label)
+        body = msg.body if isinstance(msg.body, dict) else {}
+        if msg.type == "task_failed":
+            raise self._failed(c, call, body, provider, label)
+        if call.kind == "pure":
+            return self._pure_result(c, call, body.get("record"), label)
+        return self._recorded(c, call, body, provider, label)
+
+    def _pure_result(self, c: cache_mod.NodeCache, call: Call, record: Any, label: str) -> Any:
+        tid = call.task_id
+        remote = self._remote()
+        ok = isinstance(record, str) and shared.import_record(
+            c, tid, remote, record.encode("utf-8"),
+            where=f"the result record of {tid} sent by provider {label}")
+        value = self._load(c, tid) if ok else self._from_bucket(c, tid)
+        if value is cache_mod.MISS:
+            raise TaskError(
+                f"provider {label} said {call.function} ({tid[:19]}...) finished, but no result "
+                f"record signed by a member allowed to process tasks was sent or is in the "
+                f"bucket of channel {remote.channel.name}; nothing was recorded (see the log, "
+                "and ask the channel's owner who may process tasks)")
+        return value
+
+    def _from_bucket(self, c: cache_mod.NodeCache, task_id: str) -> Any:
+        """The pure result of ``task_id`` published in the channel's bucket, or MISS."""
+        remote = self._remote()
+        data = remote.get_result_records([task_id]).get(task_id)
+        if data is None or not shared.import_record(c, task_id, remote, data):
+            return cache_mod.MISS
+        return self._load(c, task_id)
+
+    @staticmethod
+    def _load(c: cache_mod.NodeCache, task_id: str) -> Any:
+        row = c.records.result(task_id)
+        return cache_mod.MISS if row is None else c.load(row)
+
+    def _recorded(self, c: cache_mod.NodeCache, call: Call, body: dict, provider: str,
+                  label: str) -> Any:
+        """An action's or a query's outcome from the provider, recorded here as its."""
+        tid, now = call.task_id, time.time()
+        if call.kind == "action":
+            c.records.import_result(tid, "action", call.function, None, None, provider, now)
+            return ActionOutcome(tid, call.function, True, True, None, now)
+        uri, codec = body.get("result_uri"), body.get("codec")
+        if uri is None:  # the query returned None
+            codec_obj, data = results.encode(None)
+            uri = c.store.store_bytes(bytes(data), label=f"{call.task.__name__}.none")
+            codec = codec_obj.name
+        else:
+            if not isinstance(uri, str) or not isinstance(codec, str):
+                raise TaskError(f"provider {label} answered {call.function} with a malformed "
+                                "task_finished (result_uri and codec must be text)")
+            self._remote().fetch_content(c.store, uri, progress=False)  # verified
+        c.records.import_result(tid, "query", call.function, uri, codec, provider, now)
+        value = self._load(c, tid)
+        if value is cache_mod.MISS:
+            raise TaskError(f"the result provider {label} sent for {call.function} "
+                            f"({tid[:19]}...) cannot be read here")
+        return QueryResult(value, False, None, now)
+
+    def _failed(self, c: cache_mod.NodeCache, call: Call, body: dict, provider: str,
+                label: str) -> RemoteTaskError:
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        rtype = str(error.get("type") or "Exception")[:200]
+        message = str(error.get("message") or "")[:2000]
+        where = str(error.get("label") or "") or label
+        if call.kind == "action":  # a failed action's outcome is served, like a local one
+            c.records.import_result(call.task_id, "action", call.function, None, None,
+                                    provider, time.time(), status="error",
+                                    error=f"{rtype}: {message} (on {where})")
+        first = message.splitlines()[0] if message else ""
+        return RemoteTaskError(
+            f"{call.function} ({call.task_id[:19]}...) failed on provider {where} "
+            f"in channel {self._remote().channel.name}: {rtype}: {first}",
+            remote_type=rtype, remote_message=message,
+            remote_traceback=str(error.get("traceback") or ""), provider=provider, label=where)
+
+
+def choose_providers(call: Call, members: list[tuple[str, Any]], config: Any) -> list[str]:
+    """The providers to ask for ``call``, in order (see the module docstring); raises
+    NoProviderError when none of ``members`` (``(node, presence data)``) provides it."""
+    found: dict[str, bool] = {}
+    offered: dict[str, set[str]] = {}
+    for node, data in members:
+        if not isinstance(data, dict) or "process_tasks" not in config.permissions_of(node):
+            continue
+        entries = data.get(protocol.PRESENCE_KEY)
+        if not isinstance(entries, list):
+            continue
+        label = config.members[node].label
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            offered.setdefault(label, set()).add(str(entry.get("name")))
+            if entry.get("name") == call.function:
+                same = (entry.get("code_hash") == call.code_hash
+                        and entry.get("version") == call.version
+                        and entry.get("kind") == call.kind)
+                found[node] = found.get(node, False) or same
+    if not found:
+        if offered:
+            what = "; ".join(f"{label} provides {', '.join(sorted(names)[:10])}"
+                             + (" ..." if len(names) > 10 else "")
+                             for label, names in sorted(offered.items()))
+        else:
+            what = "no member online provides tasks"
+        raise NoProviderError(
+            f"no provider of {call.function} is online in channel {config.name} ({what}); "
+            f"start one with 'kachery-tasks node start --provide MODULE', or use "
+            f"kachery.channel({config.name!r}, fallback='local') to run it here")
+
+    def spread(node: str) -> tuple[bool, str]:
+        return (not found[node], hashlib.sha256(f"{call.task_id}{node}".encode()).hexdigest())
+
+    return sorted(found, key=spread)
+
+
+def channel(name: str, *, fallback: str | None = None,
+            timeout: float = DEFAULT_TIMEOUT) -> ChannelTasks:
+    """``with kachery.channel("lab"):`` -- see :class:`ChannelTasks`."""
+    return ChannelTasks(name, fallback=fallback, timeout=timeout)

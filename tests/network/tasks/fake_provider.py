@@ -1,0 +1,109 @@
+"""TEST DOUBLE of a task provider, for the requester tests only.
+
+The real provider (``kachery_tasks/network/tasks/provider.py``, served by
+``node start --provide``) is built and tested separately. This one is the
+smallest thing that speaks :mod:`kachery_tasks.network.tasks.protocol`: a
+:class:`Responder` on ``request_task`` that rebuilds the call with
+``Call.from_bytes`` from a registry, runs it on its own node, publishes a pure
+result to the channel's bucket and answers. No claims, no Dask. Switches make
+it misbehave the ways the tests need (decline, stay silent, forge a record).
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+
+from kachery_tasks.envelopes import seal
+from kachery_tasks.keys import KeyPair
+from kachery_tasks.network.channels import ChannelSession, ChannelStore
+from kachery_tasks.network.channels.requests import Incoming, Responder
+from kachery_tasks.network.tasks import Provided, protocol
+from kachery_tasks.runtime import Call, cache, results, shared
+
+from ..channels.conftest import FAST_SESSION, Lab
+
+
+class FakeProvider:
+    """Serves ``request_task`` for node ``name`` of ``lab`` with ``tasks`` (a test double)."""
+
+    def __init__(self, lab: Lab, name: str, tasks, *, decline: tuple[str, str] | None = None,
+                 silent: bool = False, stall: bool = False, forge: bool = False,
+                 announce=None) -> None:
+        self.node = lab.nodes[name]
+        self.provided = Provided(tasks)
+        self.decline, self.silent, self.stall, self.forge = decline, silent, stall, forge
+        self.requests: list[dict] = []
+        self.release = threading.Event()
+        session = ChannelSession(ChannelStore(self.node.dir).find("lab"), self.node.key,
+                                 **FAST_SESSION)
+        session.present(daemon=True, **{protocol.PRESENCE_KEY: announce if announce is not None
+                                        else self.provided.describe()})
+        lab.sessions.append(session)
+        self.session = session.start()
+        self.responder = Responder(session, protocol.TASK, self._serve, workers=8)
+
+    def close(self) -> None:
+        self.release.set()
+        self.responder.close()
+        self.session.close()
+
+    def _serve(self, incoming: Incoming) -> None:
+        body = incoming.body
+        if body.get("provider") != self.node.id:
+            return
+        self.requests.append(body)
+        if self.silent:
+            return
+        if self.decline is not None:
+            code, reason = self.decline
+            incoming.answer("task_declined", protocol.declined_body(None, code, reason))
+            return
+        with self.node:
+            call = Call.from_bytes(body["call"].encode(), self.provided.lookup,
+                                   load_path=self.node.local_path)
+            tid = call.task_id
+            incoming.progress(protocol.status_body(tid, "running", "on the test provider"))
+            if self.stall:
+                self.release.wait(30)
+                return
+            if self.forge:  # a result signed by a stranger, never published
+                incoming.answer("task_finished", self._forged(call))
+                return
+            try:
+                call.task.outcome(call, body["mode"])
+            except Exception as e:
+                incoming.answer("task_failed", protocol.failed_body(
+                    tid, type=type(e).__name__, message=str(e),
+                    traceback=traceback.format_exc(), provider=self.node.id,
+                    label="test-provider"))
+                return
+            incoming.answer("task_finished", self._finished(call))
+
+    def _finished(self, call: Call) -> dict:
+        c = cache.current()
+        tid = call.task_id
+        row = c.records.result(tid)
+        if call.kind == "action" or row is None:
+            return protocol.finished_body(tid, call.kind, None, None, None)
+        uri = c.materialize(tid)
+        remote = self.node.remotes[-1]
+        if call.kind != "pure":
+            remote.offer_content(c.store, uri, progress=False)
+            return protocol.finished_body(tid, call.kind, uri, row.codec, None)
+        shared.publish(c, tid, [remote])
+        record = remote.get_result_records([tid])[tid]
+        return protocol.finished_body(tid, "pure", uri, row.codec, record.decode())
+
+    def _forged(self, call: Call) -> dict:
+        """A right result in the bucket, with a record signed by a stranger (not a member)."""
+        c = cache.current()
+        codec, data = results.encode(call.task.func(*call.args, **call.kwargs))
+        uri = c.store.store_bytes(bytes(data), label="forged")
+        self.node.remotes[-1].offer_content(c.store, uri, progress=False)
+        stranger = KeyPair.generate()
+        record = seal(shared.KIND, {
+            "task_id": call.task_id, "kind": "pure", "function": call.function,
+            "result_uri": uri, "codec": codec.name, "node": stranger.public_hex,
+            "finished": 1767000000.0}, stranger).to_bytes()
+        return protocol.finished_body(call.task_id, "pure", uri, codec.name, record.decode())
