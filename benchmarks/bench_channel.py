@@ -61,8 +61,9 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
-def make_lab(root: Path, url: str, bucket_url: str):
-    """Channel lab owned by node a, with node b a member; both with every permission."""
+def make_lab(root: Path, url: str, bucket_url: str, names: tuple[str, ...] = ("a", "b")):
+    """Channel lab owned by the first node named, the others members; every node with every
+    permission and the channel as its remote. Returns the nodes, in order."""
     from kachery_tasks.config import init_node_dir
     from kachery_tasks.keys import node_keypair
     from kachery_tasks.network.channels import ChannelStore, Invite
@@ -71,15 +72,18 @@ def make_lab(root: Path, url: str, bucket_url: str):
     from kachery_tasks.network.channels.remote import channel_url
     from kachery_tasks.nodes import Node
 
-    a_dir, b_dir = init_node_dir(root / "a"), init_node_dir(root / "b")
-    lab = create_channel(a_dir, "lab", bucket_url, url, "a")
-    config = change_members(lab, add_node(node_keypair(b_dir).public_hex, "b",
-                                          frozenset(PERMISSIONS)))
-    joined = ChannelStore(b_dir).add(Invite.of(config), config)
-    a, b = Node(root / "a"), Node(root / "b")
-    a.add_remote_url(channel_url(lab))
-    b.add_remote_url(channel_url(joined))
-    return a, b
+    owner_dir = init_node_dir(root / names[0])
+    lab = create_channel(owner_dir, "lab", bucket_url, url, names[0])
+    nodes = [Node(root / names[0])]
+    nodes[0].add_remote_url(channel_url(lab))
+    for name in names[1:]:
+        node_dir = init_node_dir(root / name)
+        config = change_members(lab, add_node(node_keypair(node_dir).public_hex, name,
+                                              frozenset(PERMISSIONS)))
+        joined = ChannelStore(node_dir).add(Invite.of(config), config)
+        nodes.append(Node(root / name))
+        nodes[-1].add_remote_url(channel_url(joined))
+    return nodes
 
 
 def summary(times: list[float]) -> str:

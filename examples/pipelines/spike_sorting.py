@@ -142,12 +142,14 @@ def cluster(features: np.ndarray, k: int, seed: int) -> np.ndarray:
 def run_pipeline(duration_s: float = 20.0, n_channels: int = 8, seed: int = 0) -> dict:
     """Run every step; report how many were computed and how many came from the cache."""
     steps = []
+    ids = {}  # step name -> task id (where its result came from is in the records)
 
     def step(task, *args):
         cached = task.is_cached(*args)
         t0 = time.perf_counter()
         value = task(*args)
         steps.append((task.name.rsplit(".", 1)[-1], cached, time.perf_counter() - t0))
+        ids[steps[-1][0]] = task.task_id(*args)
         return value
 
     recording = step(synthesize_recording, duration_s, n_channels, seed)
@@ -161,6 +163,7 @@ def run_pipeline(duration_s: float = 20.0, n_channels: int = 8, seed: int = 0) -
         "labels": labels,
         "accuracy": accuracy(truth, spikes, labels),
         "steps": steps,
+        "ids": ids,
     }
 
 
