@@ -106,9 +106,14 @@ class HttpServer:
     def start(self) -> HttpServer:
         """Write a new token, start serving, write ``http.json``; DaemonRunningError when
         another process serves the node."""
-        import uvicorn
+        try:
+            import uvicorn
 
-        from .api import create_app
+            from .api import create_app
+        except ImportError as e:
+            raise KacheryError(
+                f"the HTTP API needs the daemon extra ({e.name} is missing): "
+                "pip install 'kachery-tasks[daemon]'") from None
 
         other = running_api(self.node)
         if other is not None and other["pid"] != os.getpid():

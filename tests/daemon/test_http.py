@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kachery_tasks.daemon.http import DaemonRunningError, HttpServer, parse_listen, running_api
-from kachery_tasks.errors import InvalidValueError
+from kachery_tasks.errors import InvalidValueError, KacheryError
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -101,3 +101,10 @@ def test_node_url_without_a_daemon_says_how_to_start_one(run_cli):
     assert r.returncode == 1 and b"kachery-tasks node start" in r.stderr
     r = run_cli("node", "info")
     assert b"HTTP API:       not running" in r.stdout
+
+
+def test_without_the_daemon_extra_the_error_says_what_to_install(node, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if it were not installed
+    with pytest.raises(KacheryError, match=r"uvicorn is missing.*kachery-tasks\[daemon\]"):
+        HttpServer(node).start()
+    assert running_api(node) is None
