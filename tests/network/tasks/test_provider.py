@@ -327,16 +327,16 @@ def test_many_concurrent_requests_are_all_answered_each_id_computed_once(lab, pr
         start_provider(lab, "prov", provided, workers=1, status_every=0.3)
         askers = {name: Asker(lab.session(name)) for name in ("req", "req2")}
         pid = lab.nodes["prov"].id
-        # one job thread, 10 ids of 0.4 s: the last waits ~4 s in the queue, longer than the
-        # requesters' patience (1.5 s) without the repeated status
-        calls = [remote_tasks.slow_square.prepare(i % 10, 0.4) for i in range(60)]
+        # one job thread, 10 ids of 0.8 s: the last waits ~8 s in the queue, far longer than
+        # the requesters' patience (3 s, room for a loaded machine) without the repeated status
+        calls = [remote_tasks.slow_square.prepare(i % 10, 0.8) for i in range(60)]
         answers: list = [None] * len(calls)
 
         def one(i: int) -> None:
             asker = askers["req" if i % 2 else "req2"]
             data = calls[i].to_bytes()
             answers[i] = asker.ask(protocol.TASK, protocol.request_body(pid, data),
-                                   asked={pid}, online=1, timeout=1.5, what="a call").final
+                                   asked={pid}, online=1, timeout=3.0, what="a call").final
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
         for t in threads:
