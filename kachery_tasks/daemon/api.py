@@ -32,6 +32,7 @@ from ..errors import KacheryError
 from ..nodes import Node
 from .auth import COOKIE, Auth, new_token
 from .events import EventHub, RunWatcher
+from .requested import TaskRequests
 from .statuses import error_body, status_of
 
 HUB = Path(__file__).parent / "hub"
@@ -103,6 +104,7 @@ def create_app(node: Node, daemon: Any | None = None, token: str | None = None,
     app.state.daemon = daemon
     app.state.auth = Auth(token or new_token())
     app.state.events = hub
+    app.state.task_requests = TaskRequests(node, daemon, events=hub.publish)
 
     @app.exception_handler(KacheryError)
     async def kachery_error(request: Request, e: KacheryError) -> JSONResponse:

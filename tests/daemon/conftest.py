@@ -29,6 +29,8 @@ class FakeDaemon:
         self.connected = True
         self.requests: list[dict] = []
         self.reloads = 0
+        self.provided: Any = None  # a Provided registry, as node start --provide gives
+        self.executor: Any = None  # where provided tasks run (None: in-process)
         self._subs: list[Callable[[dict], None]] = []
         self._lock = threading.Lock()
 

@@ -22,7 +22,13 @@ CONFIG = {"checks": {"positive_data_acceptance": {"expected-statuses": [
 
 @pytest.fixture
 def api_schema(node):
-    app = create_app(node, FakeDaemon(node), TOKEN)
+    from kachery_tasks.network.tasks import Provided
+    from tests.daemon import requestable_tasks
+
+    requestable_tasks.GATE.set()  # POST /api/tasks/request may name any of its tasks
+    daemon = FakeDaemon(node)
+    daemon.provided = Provided.from_modules([requestable_tasks.__name__])
+    app = create_app(node, daemon, TOKEN)
     config = schemathesis.config.SchemathesisConfig.from_dict(CONFIG)
     return schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
 
@@ -47,6 +53,7 @@ def test_the_spec_names_every_route(node):
     paths = set(spec["paths"])
     assert {"/api/files", "/api/files/{sha256}", "/api/mutables/{key}", "/api/feeds",
             "/api/feeds/{feed_id}/{subfeed}/events", "/api/tasks/{task_id}/graph",
+            "/api/tasks/request",
             "/api/channels/{name}/members/{node}", "/api/requests", "/api/login",
             "/api/events"} <= paths
     assert set(spec["components"]["securitySchemes"]) == {"token", "hub-session"}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 import task_defs
@@ -78,3 +81,236 @@ def test_the_call_tree_stops_at_a_cycle_and_at_the_limit():
         "task_id": "a", "function": "f.a", "children": [], "cycle": True}
     small = call_tree(Records(), "a", depth=5, limit=2)
     assert small["children"][0].get("truncated") is True
+
+
+# ------------------------------------------------------- POST /api/tasks/request
+MODULE = "tests.daemon.requestable_tasks"
+ADD = f"{MODULE}.add"
+
+
+@pytest.fixture
+def requestable(daemon):
+    from kachery_tasks.network.tasks import Provided
+    from tests.daemon import requestable_tasks
+
+    requestable_tasks.RAN.clear()
+    requestable_tasks.GATE.clear()
+    daemon.provided = Provided.from_modules([MODULE])
+    yield requestable_tasks
+    requestable_tasks.GATE.set()  # a test that failed midway leaves no thread waiting
+
+
+def request(client, function, args=None, **options):
+    return client.post("/api/tasks/request", json={"function": function, "args": args or {},
+                                                   **options})
+
+
+def test_a_provided_task_runs_here_and_its_cached_result_is_served(client, node, requestable):
+    r = request(client, ADD, {"a": 1, "b": 2})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["status"] == "finished" and answer["result"] == 3
+    assert answer["task_id"] == requestable.add.task_id(1, 2)
+    assert answer["computed_by"] == node.id and answer["error"] is None
+    again = request(client, "add", {"a": 1, "b": 2}).json()  # the last part of the name will do
+    assert again["result"] == 3 and again["task_id"] == answer["task_id"]
+    assert requestable.RAN["add"] == 1  # served from the cache, not run again
+    assert request(client, "add", {"a": 1}).json()["result"] == 11  # the default of b
+
+
+def test_a_function_not_provided_is_404_listing_what_is(client, daemon, requestable):
+    r = request(client, "nothing.here", {})
+    assert r.status_code == 404
+    assert "no task named 'nothing.here'" in r.json()["error"] and ADD in r.json()["error"]
+    daemon.provided = None
+    r = request(client, ADD, {"a": 1})
+    assert r.status_code == 404 and "provides no tasks" in r.json()["error"]
+
+
+def test_arguments_are_bound_by_name_and_a_bad_one_is_named(client, requestable):
+    r = request(client, ADD, {"a": 1, "c": 2})
+    assert r.status_code == 400 and "no parameter 'c'" in r.json()["error"]
+    r = request(client, ADD, {"b": 2})
+    assert r.status_code == 400 and "needs parameter 'a'" in r.json()["error"]
+    assert request(client, "power", {"base": 3}).json()["result"] == 9  # positional-only
+    assert request(client, "power", {"base": 3, "exp": 3}).json()["result"] == 27
+    assert requestable.RAN["add"] == 0
+
+
+def test_an_array_result_is_answered_as_a_summary_with_its_content_uri(client, requestable):
+    answer = request(client, "ramp", {"n": 5}).json()
+    result = answer["result"]
+    assert result["codec"] == "npy" and result["summary"] == "ndarray(float64, shape=(5,))"
+    assert result["uri"].startswith("sha256://")
+    sha = result["uri"].removeprefix("sha256://").split("?")[0]
+    assert client.get(f"/api/files/{sha}").status_code == 200  # the content is in the store
+
+
+def test_a_task_that_raises_is_answered_error_and_recorded(client, requestable):
+    r = request(client, "fails", {"x": 4})
+    assert r.status_code == 200
+    answer = r.json()
+    assert answer["status"] == "error" and answer["result"] is None
+    assert answer["error"] == "ValueError: cannot take 4"
+    runs = client.get(f"/api/tasks/{answer['task_id']}").json()["runs"]
+    assert runs[0]["status"] == "error"
+
+
+def test_an_action_answers_its_outcome_and_runs_once(client, requestable):
+    first = request(client, "note", {"text": "hi"}).json()
+    assert first["result"]["ok"] is True and first["result"]["ran"] is True
+    second = request(client, "note", {"text": "hi"}).json()
+    assert second["result"]["ran"] is False and requestable.RAN["note"] == 1
+
+
+def test_provided_tasks_run_on_the_daemons_executor(client, daemon, requestable):
+    from kachery_tasks.runtime.executors import LOCAL
+
+    class Recording:
+        def __init__(self):
+            self.calls = []
+
+        def submit(self, task, args, kwargs, mode="call"):
+            self.calls.append((task.name, args, kwargs))
+            return LOCAL.submit(task, args, kwargs, mode)
+
+    daemon.executor = Recording()
+    assert request(client, ADD, {"a": 5}).json()["result"] == 15
+    assert daemon.executor.calls == [(ADD, (), {"a": 5})]
+
+
+def test_a_long_run_is_202_running_and_shown_when_done(client, requestable):
+    r = request(client, "gated", {"x": 2}, wait=0.2)
+    assert r.status_code == 202
+    answer = r.json()
+    assert answer["status"] == "running" and answer["result"] is None
+    tid = answer["task_id"]
+    rows = client.get("/api/requests").json()["requests"]
+    mine = [q for q in rows if q["id"] == answer["request"]]
+    assert mine and mine[0]["status"] == "running" and mine[0]["type"] == "request_task"
+    assert "gated" in mine[0]["detail"]
+    requestable.GATE.set()
+    deadline = time.monotonic() + 20
+    while client.get(f"/api/tasks/{tid}").json().get("served", {}).get("value") != 6:
+        assert time.monotonic() < deadline, "the requested task never finished"
+        time.sleep(0.05)
+    wait_until_row(client, answer["request"], "finished")
+
+
+def wait_until_row(client, request_id, status):
+    deadline = time.monotonic() + 20
+    while True:
+        rows = client.get("/api/requests").json()["requests"]
+        if any(q["id"] == request_id and q["status"] == status for q in rows):
+            return
+        assert time.monotonic() < deadline, f"request {request_id} never became {status}"
+        time.sleep(0.05)
+
+
+def test_requests_are_live_events(served, daemon, requestable):
+    from tests.daemon.conftest import api_client, sse_events
+
+    with api_client(served) as c, c.stream("GET", "/api/events") as r:
+        events = sse_events(r)
+        assert next(events)[0] == "hello"
+        answer = c.post("/api/tasks/request",
+                        json={"function": ADD, "args": {"a": 7}}).json()
+        daemon.emit({"type": "presence", "end": True})  # after the request's events
+        seen = []
+        for name, data in events:
+            if name == "request" and data["request"]["id"] == answer["request"]:
+                seen.append(data["request"]["status"])
+            if name == "presence":
+                break
+        assert seen == ["running", "finished"]
+
+
+def test_a_channel_not_joined_is_404(client, requestable):
+    r = request(client, ADD, {"a": 1}, channel="nowhere")
+    assert r.status_code == 404 and "nowhere" in r.json()["error"]
+
+
+def test_the_wait_is_bounded(client, requestable):
+    assert request(client, ADD, {"a": 1}, wait=-1).status_code == 422
+    assert request(client, ADD, {"a": 1}, wait=10_000).status_code == 422
+
+
+# ----------------------------------------- a real NodeDaemon serving --provide, a channel
+@pytest.fixture
+def providing_lab(lab):
+    """Channel lab: prov's NodeDaemon provides MODULE; req's NodeDaemon provides nothing."""
+    from kachery_tasks.network.tasks import Provided
+    from tests.network.channels.conftest import wait_for
+
+    for name in ("prov", "req"):
+        lab.add(name)
+    prov = lab.daemon("prov", provided=Provided.from_modules([MODULE]))
+    req = lab.daemon("req")
+    session, _ = lab.remote("req").session()
+    wait_for(lambda: any(isinstance(d, dict) and d.get("provides")
+                         for n, d in session.members() if n == lab.nodes["prov"].id),
+             what="prov's presence announcing what it provides")
+    return lab, prov, req
+
+
+def api_of(node, daemon):
+    from fastapi.testclient import TestClient
+
+    from kachery_tasks.daemon.api import create_app
+    from tests.daemon.conftest import AUTH, TOKEN
+
+    return TestClient(create_app(node, daemon, TOKEN), headers=AUTH)
+
+
+def test_a_real_daemon_runs_what_it_provides(providing_lab):
+    lab, prov, _ = providing_lab
+    with api_of(lab.nodes["prov"], prov) as c:
+        answer = request(c, ADD, {"a": 20, "b": 1}).json()
+        assert answer["status"] == "finished" and answer["result"] == 21
+        assert answer["computed_by"] == lab.nodes["prov"].id
+
+
+def test_a_channel_request_is_computed_by_a_provider(providing_lab):
+    lab, _, req = providing_lab
+    with api_of(lab.nodes["req"], req) as c:
+        r = request(c, ADD, {"a": 30}, channel="lab")
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["status"] == "finished" and answer["result"] == 40
+        assert answer["computed_by"] == lab.nodes["prov"].id and answer["channel"] == "lab"
+        shown = c.get(f"/api/tasks/{answer['task_id']}").json()  # recorded here as prov's
+        assert shown["served"]["node"] == lab.nodes["prov"].id
+        failed = request(c, "tests.daemon.requestable_tasks.fails", {"x": 1},
+                         channel="lab").json()
+        assert failed["status"] == "error" and "cannot take 1" in failed["error"]
+        assert failed["computed_by"] == lab.nodes["prov"].id  # where it raised
+        r = request(c, "tests.network.tasks.remote_tasks.square", {"x": 2}, channel="lab")
+        assert r.status_code == 503 and "no provider of" in r.json()["error"]
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                           max_leaves=5)
+
+
+@given(st.dictionaries(st.sampled_from(["a", "b", "base", "exp", "x", ""]), json_values,
+                       max_size=4), st.sampled_from(["add", "power"]))
+def test_binding_takes_exactly_the_signatures_parameters(args, name):
+    from kachery_tasks.daemon.requested import bind
+    from kachery_tasks.errors import InvalidValueError
+    from tests.daemon import requestable_tasks
+
+    task = getattr(requestable_tasks, name)
+    params = task.signature.parameters
+    required = {n for n, p in params.items() if p.default is p.empty}
+    try:
+        positional, keyword = bind(task, args)
+    except InvalidValueError as e:
+        bad = (set(args) - set(params)) | (required - set(args))
+        assert any(f"parameter {n!r}" in str(e) for n in bad)
+        return
+    assert set(args) <= set(params) and required <= set(args)
+    bound = task.signature.bind(*positional, **keyword)
+    bound.apply_defaults()
+    assert {n: bound.arguments[n] for n in args} == args

@@ -139,10 +139,12 @@ def remove_member(request: Request, name: NAME, node: NODE) -> dict:
     return _change(request, name, remove_node(node))
 
 
-@router.get("/requests", summary="Requests in flight through the channels, with their status")
+@router.get("/requests", summary="Requests in flight through the channels and the tasks "
+            "requested through this API, with their status")
 def requests(request: Request) -> dict:
     daemon = daemon_of(request)
-    return {"requests": daemon.status().get("requests", []) if daemon is not None else [],
+    rows = daemon.status().get("requests", []) if daemon is not None else []
+    return {"requests": [*rows, *request.app.state.task_requests.status()],
             "channel_services": daemon is not None}
 
 

@@ -1,17 +1,19 @@
-"""Task records: recent runs, one task's runs, result and provenance, why it ran.
-
-Asking the node to *run* a registered task over HTTP is not offered: there is
-no registry of tasks a node serves yet.
+"""Task records: recent runs, one task's runs, result and provenance, why it ran; and
+requesting a task: run here (a task this daemon provides) or asked of a channel's providers
+(see :mod:`kachery_tasks.daemon.requested`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from ...runtime.provenance import call_tree, resolve_function, resolve_task_id, run_dict, show
 from ...runtime.records import Records, why
+from ..requested import DEFAULT_WAIT, MAX_WAIT, TaskRequests
 from . import node_of
 
 router = APIRouter(tags=["tasks"])
@@ -34,6 +36,49 @@ def runs(request: Request, function: Annotated[str | None, Query(max_length=1000
     records = _records(request)
     name = resolve_function(records, function) if function else None
     return {"runs": [run_dict(r) for r in records.latest_runs(function=name, limit=limit)]}
+
+
+class TaskRequest(BaseModel):
+    function: str = Field(min_length=1, max_length=1000, description=(
+        "module.qualname of the task, or its last part"))
+    args: dict[str, Any] = Field(default_factory=dict, description=(
+        "the arguments by parameter name, as JSON values"))
+    channel: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,81}$",
+                                description=(
+        "ask this joined channel's providers; without it, the task runs on this daemon, "
+        "which must provide it (node start --provide)"))
+    wait: float = Field(DEFAULT_WAIT, ge=0, le=MAX_WAIT, description=(
+        "seconds to wait for the answer; after them the answer is 202, status running"))
+
+
+class TaskAnswer(BaseModel):
+    request: str = Field(description="the request's id (its row in GET /api/requests)")
+    task_id: str
+    function: str
+    channel: str | None
+    status: str = Field(description="finished, error (the task raised) or running")
+    result: Any = Field(description=(
+        "the result when it is JSON of at most 64 KiB, else {uri, codec, summary}; "
+        "for an action {ok, ran, error, finished}"))
+    computed_by: str | None = Field(description="the node id that computed the result")
+    error: str | None = Field(description="what the task raised (status error)")
+
+
+def task_requests(request: Request) -> TaskRequests:
+    """The app's requested tasks (made by create_app)."""
+    return request.app.state.task_requests
+
+
+@router.post("/tasks/request", response_model=TaskAnswer,
+             summary="Run a task this daemon provides, or ask a channel's providers for it",
+             responses={202: {"model": TaskAnswer,
+                              "description": "still running after wait seconds: "
+                                             "GET /api/tasks/{task_id} shows it when done"}})
+def request_task(request: Request, body: TaskRequest) -> Any:
+    req = task_requests(request).start(body.function, body.args, body.channel)
+    req.done.wait(body.wait)
+    answer = req.answer()
+    return JSONResponse(answer, status_code=202) if answer["status"] == "running" else answer
 
 
 @router.get("/tasks/why", summary="Why the last call of a function missed the cache")
