@@ -56,6 +56,23 @@ def test_a_forged_record_is_ignored(shared):
     assert not _served_after_tampering(shared, 5, 6, tamper)  # computed here instead
 
 
+@pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
+def test_a_forged_record_is_replaced_by_the_node_that_computes_the_result(shared):
+    use, bucket = shared
+
+    def tamper(doc):
+        doc["body"]["finished"] += 1
+
+    assert not _served_after_tampering(shared, 9, 10, tamper)  # b computed it...
+    tid = task_defs.add.task_id(9, 10)
+    doc = json.loads(bucket.get(result_key(tid)))
+    assert doc["signer"] == cache_mod.current().node_id  # ...and its record replaced the forgery
+    use("c")
+    before = task_defs.calls["add"]
+    assert task_defs.add(9, 10) == 19
+    assert task_defs.calls["add"] == before  # so c is served b's result
+
+
 @pytest.mark.parametrize("shared", ["file"], indirect=True)
 def test_a_record_signed_by_another_key_than_its_node_is_ignored(shared):
     def tamper(doc):
