@@ -21,7 +21,8 @@ every kind):
   bytes. :meth:`get_result_records` answers many task ids at once (a
   ``map`` over a thousand items must not cost a thousand round trips in
   sequence); :meth:`put_result_record` is create-only: the first record
-  published for an id stays.
+  published for an id stays, unless the publisher finds it ``replaceable``
+  (a record it would never serve, e.g. planted by a non-member).
 * **Feeds.** :meth:`pull_feed` imports what the remote has of a feed that the
   caller's feed store lacks (every message verified on import);
   :meth:`push_feed` sends what the remote lacks.
@@ -34,7 +35,7 @@ every kind):
 from __future__ import annotations
 
 from abc import ABC
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import ContentNotFoundError
@@ -106,8 +107,16 @@ class Remote(ABC):  # noqa: B024 - every method has a default; a remote override
         """The published result records (signed envelope bytes) this remote has, by task id."""
         return {}
 
-    def put_result_record(self, task_id: str, data: bytes) -> bool:
-        """Publish a result record unless one is there; True if this call wrote it."""
+    def put_result_record(self, task_id: str, data: bytes,
+                          replaceable: Callable[[bytes], bool] | None = None) -> bool:
+        """Publish a result record unless one is there; True if this call wrote it.
+
+        With ``replaceable``, a record already there for which
+        ``replaceable(its bytes)`` is true (one the caller would never serve:
+        garbled, or signed by a node it does not trust) is replaced, over that
+        very object only: a record written meanwhile by someone else is
+        judged in turn, never overwritten unseen.
+        """
         return False
 
     # --------------------------------------------------------------- feeds

@@ -5,13 +5,15 @@ how content moves is :mod:`kachery_tasks.storage.sync` (verified chunks,
 create-only writes, resumable downloads); feeds travel as append-only
 segments (:mod:`kachery_tasks.feeds.bucket`). Result records are the objects
 ``results/<task id hex>.json``, written create-only: the first record
-published for an id stays.
+published for an id stays, unless its publisher finds it ``replaceable`` (a
+record it would never serve): then it is replaced with
+:meth:`Bucket.replace` over the generation that was judged.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import ContentNotFoundError, KacheryError
@@ -27,6 +29,7 @@ from .base import Remote
 log = logging.getLogger(__name__)
 
 _LOOKUP_THREADS = 8  # result records looked up at once
+_REPLACE_ATTEMPTS = 5  # a record that keeps changing under a publisher is left alone
 
 
 class BucketRemote(Remote):
@@ -77,8 +80,31 @@ class BucketRemote(Remote):
                 found = list(pool.map(get, ids))
         return {tid: data for tid, data in zip(ids, found) if data is not None}
 
-    def put_result_record(self, task_id: str, data: bytes) -> bool:
-        return self.bucket.put(result_key(task_id), data)
+    def put_result_record(self, task_id: str, data: bytes,
+                          replaceable: Callable[[bytes], bool] | None = None) -> bool:
+        key = result_key(task_id)
+        if self.bucket.put(key, data):
+            return True
+        for _ in range(_REPLACE_ATTEMPTS if replaceable is not None else 0):
+            info = self.bucket.stat(key)  # the generation, then its bytes (or later ones)
+            if info is None:  # removed meanwhile
+                if self.bucket.put(key, data):
+                    return True
+                continue
+            try:
+                old = self.bucket.get(key)
+            except ContentNotFoundError:
+                continue
+            if not replaceable(old):
+                return False
+            # written only while the object still is the one judged: when it changed
+            # meanwhile, the loop judges what is there now
+            if self.bucket.replace(key, data, info.generation):
+                log.warning("replaced the result record of %s in %s: the one there was "
+                            "garbled or signed by a node that may not publish results there",
+                            task_id, self.url)
+                return True
+        return False
 
     # --------------------------------------------------------------- feeds
     def pull_feed(self, feeds: FeedStore, feed_id: str) -> FeedSyncReport:

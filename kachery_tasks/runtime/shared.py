@@ -10,7 +10,12 @@ kind ``result-record`` whose body is::
 signed by the node that computed it (``signer`` equals ``node``). The record
 is written last and create-only, so its presence means its result is there;
 the first node to publish an id wins (pure results of one id are
-interchangeable).
+interchangeable). The one exception: a record the remote would not serve
+(garbled, or signed by a node the remote does not trust, such as a
+non-member with write access to a channel's bucket) blocks nobody. A node
+publishing that id writes its record over that very object (a generation
+precondition, :meth:`Remote.put_result_record`), so a planted record cannot
+keep a channel's members from sharing a result.
 
 On a pure miss, a node asks its remotes for records before computing
 (:func:`fetch_many` asks for a whole batch at once: a ``map`` over a thousand
@@ -31,7 +36,7 @@ through the client's remotes, signed by the worker's node.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +53,14 @@ KIND = "result-record"
 _FIELDS = ("task_id", "kind", "function", "result_uri", "codec", "node", "finished")
 
 
-def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None) -> bool:
+def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None,
+            trusts: Callable[[str], bool] | None = None) -> bool:
     """Publish the pure result of ``task_id`` to the node's remotes; True if a record was
-    written. Only the node that computed a result signs it."""
+    written. Only the node that computed a result signs it.
+
+    A record already there stays when it verifies and its signer is trusted
+    (``trusts``, by default each remote's :meth:`Remote.trusts_result_signer`);
+    any other record is replaced by this node's."""
     row = c.records.result(task_id)
     if row is None or row.kind != "pure" or row.result_uri is None:
         return False
@@ -59,7 +69,14 @@ def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None)
     wrote = False
     uri: str | None = None
     for remote in c.node.remotes if remotes is None else remotes:
-        if remote.has_result_record(task_id):
+        where = f"the published result of {task_id} in {remote.url}"
+
+        def replaceable(data: bytes, remote: Remote = remote, where: str = where) -> bool:
+            return trusted_record(data, task_id, trusts or remote.trusts_result_signer,
+                                  where) is None
+
+        existing = remote.get_result_records([task_id]).get(task_id)
+        if existing is not None and not replaceable(existing):
             continue  # the first one wins
         uri = uri or c.materialize(task_id)
         if remote.offer_content(c.store, uri, progress=False) is None:
@@ -67,7 +84,8 @@ def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None)
         body = {"task_id": task_id, "kind": row.kind, "function": row.function,
                 "result_uri": uri, "codec": row.codec, "node": row.node,
                 "finished": row.finished}
-        wrote |= remote.put_result_record(task_id, seal(KIND, body, c.node.key).to_bytes())
+        wrote |= remote.put_result_record(task_id, seal(KIND, body, c.node.key).to_bytes(),
+                                          replaceable=replaceable)
     return wrote
 
 
@@ -119,6 +137,22 @@ def read_record(data: bytes, task_id: str, source: str) -> dict[str, Any]:
     return body
 
 
+def trusted_record(data: bytes, task_id: str, trusts: Callable[[str], bool],
+                   where: str) -> dict[str, Any] | None:
+    """The body of the result record ``data`` for ``task_id`` when it verifies and
+    ``trusts`` its signer; None otherwise (logged: such a record is never served)."""
+    try:
+        body = read_record(data, task_id, where)
+    except EnvelopeError as e:
+        log.warning("ignoring %s", e)
+        return None
+    if not trusts(body["node"]):
+        log.warning("ignoring %s: its signer %s... may not publish results there",
+                    where, body["node"][:16])
+        return None
+    return body
+
+
 def import_record(c: NodeCache, task_id: str, remote: Remote, data: bytes,
                   where: str | None = None) -> bool:
     """Check a result record for ``task_id`` that came through ``remote`` (read from its
@@ -126,14 +160,8 @@ def import_record(c: NodeCache, task_id: str, remote: Remote, data: bytes,
     ``remote`` trusts its signer, fetch its result and record it here as computed by
     that node; True then. Anything else is logged and ignored (False)."""
     where = where or f"the published result of {task_id} in {remote.url}"
-    try:
-        body = read_record(data, task_id, where)
-    except EnvelopeError as e:
-        log.warning("ignoring %s", e)
-        return False
-    if not remote.trusts_result_signer(body["node"]):
-        log.warning("ignoring %s: its signer %s... may not publish results there",
-                    where, body["node"][:16])
+    body = trusted_record(data, task_id, remote.trusts_result_signer, where)
+    if body is None:
         return False
     try:
         c.node.local_path(body["result_uri"])  # fetched (verified) through the remotes

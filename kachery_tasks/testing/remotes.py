@@ -94,6 +94,32 @@ class RemoteContract:
         assert remote.get_result_records(ids) == docs  # absent ones left out
         assert remote.has_result_record(ids[0]) and not remote.has_result_record(ids[4])
 
+    def test_a_record_the_publisher_finds_replaceable_is_replaced(self, remote):
+        tid = f"sha256:{9:064x}"
+        assert remote.put_result_record(tid, b"planted")
+        assert not remote.put_result_record(tid, b"mine", replaceable=lambda old: False)
+        assert remote.get_result_records([tid]) == {tid: b"planted"}
+        judged: list[bytes] = []
+        assert remote.put_result_record(tid, b"mine",
+                                        replaceable=lambda old: judged.append(old) or True)
+        assert judged == [b"planted"]
+        assert remote.get_result_records([tid]) == {tid: b"mine"}
+
+    def test_a_record_written_while_the_old_one_is_judged_is_judged_in_turn(self, remote):
+        tid = f"sha256:{10:064x}"
+        assert remote.put_result_record(tid, b"planted")
+        judged: list[bytes] = []
+
+        def replaceable(old: bytes) -> bool:
+            judged.append(old)
+            if old == b"planted" and len(judged) == 1:  # another publisher, meanwhile
+                assert remote.put_result_record(tid, b"good", replaceable=lambda o: True)
+            return old == b"planted"
+
+        assert not remote.put_result_record(tid, b"mine", replaceable=replaceable)
+        assert judged == [b"planted", b"good"]
+        assert remote.get_result_records([tid]) == {tid: b"good"}  # never overwritten unseen
+
     # --------------------------------------------------------------- feeds
     def test_a_pushed_feed_is_pulled_and_verified_by_another_node(self, remote, nodes):
         offering, asking = nodes

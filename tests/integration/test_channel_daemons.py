@@ -206,6 +206,8 @@ def test_a_record_planted_by_a_non_member_is_ignored_and_a_members_is_used(
     assert run_task(tmp_path / "eve", "add(2, 3)", KACHERY_TASKS_BUCKET=bucket_url) == "5 1"
     assert list((tmp_path / "bucket" / "results").iterdir())
     assert run_task(paths["c"], "add(2, 3)") == "5 1"  # computed: eve's record was ignored
+    signer = json.loads(next((tmp_path / "bucket" / "results").iterdir()).read_text())["signer"]
+    assert signer == Node(paths["c"]).id  # c's record replaced eve's
     assert run_task(paths["a"], "add(4, 5)") == "9 1"  # a member allowed to process tasks
     assert run_task(paths["c"], "add(4, 5)") == "9 0"  # served from a's record
 

@@ -8,6 +8,7 @@ running node within seconds, without a restart.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,8 +90,9 @@ def env_for(node_path: Path | None = None) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def procs():
+@contextlib.contextmanager
+def started_procs() -> Iterator[Callable[..., Proc]]:
+    """``start(args, env, stdin=False)``: a Proc, stopped when the block ends."""
     started: list[Proc] = []
 
     def start(args, env, stdin=False) -> Proc:
@@ -97,9 +100,17 @@ def procs():
         started.append(p)
         return p
 
-    yield start
-    for p in started:
-        p.stop()
+    try:
+        yield start
+    finally:
+        for p in started:
+            p.stop()
+
+
+@pytest.fixture
+def procs():
+    with started_procs() as start:
+        yield start
 
 
 @pytest.fixture

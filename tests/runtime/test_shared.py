@@ -8,8 +8,11 @@ import task_defs
 
 from kachery_tasks.envelopes import seal
 from kachery_tasks.keys import KeyPair
+from kachery_tasks.remotes.bucket import BucketRemote
 from kachery_tasks.runtime import cache as cache_mod
+from kachery_tasks.runtime import shared as shared_mod
 from kachery_tasks.storage.layout import result_key
+from tests.network.tasks.planted import plant_record
 
 
 @pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
@@ -54,6 +57,38 @@ def test_a_forged_record_is_ignored(shared):
         doc["body"]["finished"] += 1  # tampered after signing: only the signature can tell
 
     assert not _served_after_tampering(shared, 5, 6, tamper)  # computed here instead
+
+
+@pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
+def test_a_forged_record_is_replaced_by_the_node_that_computes_the_result(shared):
+    use, bucket = shared
+
+    def tamper(doc):
+        doc["body"]["finished"] += 1
+
+    assert not _served_after_tampering(shared, 9, 10, tamper)  # b computed it...
+    tid = task_defs.add.task_id(9, 10)
+    doc = json.loads(bucket.get(result_key(tid)))
+    assert doc["signer"] == cache_mod.current().node_id  # ...and its record replaced the forgery
+    use("c")
+    before = task_defs.calls["add"]
+    assert task_defs.add(9, 10) == 19
+    assert task_defs.calls["add"] == before  # so c is served b's result
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_publish_replaces_a_record_whose_signer_the_caller_does_not_trust(shared):
+    use, bucket = shared
+    use("a")
+    task_defs.add(11, 12)
+    tid = task_defs.add.task_id(11, 12)
+    bucket.delete(result_key(tid))
+    plant_record(bucket, tid, task_defs.add.name, 0)  # well formed and validly signed
+    c = cache_mod.current()
+    remote = BucketRemote(bucket)
+    assert not shared_mod.publish(c, tid, [remote])  # a plain bucket serves any signer
+    assert shared_mod.publish(c, tid, [remote], trusts=lambda node: node == c.node_id)
+    assert json.loads(bucket.get(result_key(tid)))["signer"] == c.node_id
 
 
 @pytest.mark.parametrize("shared", ["file"], indirect=True)

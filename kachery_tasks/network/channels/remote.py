@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ...errors import (
@@ -227,8 +227,9 @@ class ChannelRemote(Remote):
         bucket = self._bucket_or_none()
         return {} if bucket is None else bucket.get_result_records(task_ids)
 
-    def put_result_record(self, task_id: str, data: bytes) -> bool:
-        return self.bucket.put_result_record(task_id, data)
+    def put_result_record(self, task_id: str, data: bytes,
+                          replaceable: Callable[[bytes], bool] | None = None) -> bool:
+        return self.bucket.put_result_record(task_id, data, replaceable)
 
     # --------------------------------------------------------------- feeds
     def pull_feed(self, feeds: FeedStore, feed_id: str) -> FeedSyncReport | None:

@@ -51,6 +51,9 @@ from .session import ChannelSession
 
 log = logging.getLogger("kachery_tasks.network.channels")
 
+_ENDED = frozenset({"done", "declined", "timeout", "failed"})
+"""Statuses of a :class:`Pending` whose wait is over."""
+
 Events = Callable[[dict[str, Any]], None]
 
 ANSWER_RETRY_SECONDS = 60.0
@@ -217,7 +220,8 @@ class Asker:
             "daemon ('kachery-tasks node start')")
 
     def _end(self, pending: Pending, status: str, detail: str) -> Pending:
-        pending.status, pending.detail = status, detail
+        with self._cond:
+            pending.status, pending.detail = status, detail
         self._changed(pending)
         return pending
 
@@ -228,7 +232,8 @@ class Asker:
             return
         with self._cond:
             pending = self._pending.get(rid)
-            if pending is None or msg.type not in pending.exchange.answers:
+            if pending is None or msg.type not in pending.exchange.answers \
+                    or pending.status in _ENDED:  # it ended: a late answer changes nothing
                 return
             pending.answers[msg.sender] = msg.type
             exchange = pending.exchange

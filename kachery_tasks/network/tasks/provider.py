@@ -382,7 +382,7 @@ class TaskProvider:
             c = cache_mod.for_node(self.node)
             bucket = self._bucket()
             if call.kind == "pure":
-                shared.publish(c, call.task_id, [bucket])
+                shared.publish(c, call.task_id, [bucket], trusts=self._serves_signer)
                 record = self._record(call.task_id)
                 if record is None:
                     raise KacheryError(f"the result of {call.task_id} could not be published "
@@ -407,22 +407,24 @@ class TaskProvider:
             if claim is not None and not claim.released:
                 claim.release()  # a failure of the provider: free the id for another try
 
+    def _serves_signer(self, node_id: str) -> bool:
+        """Whether a result record signed by ``node_id`` is served: this node's, a member's
+        allowed to process tasks; a record signed by anyone else is replaced on publishing."""
+        return node_id == self.me or self._trusted(node_id)
+
     def _record(self, task_id: str) -> str | None:
-        """The signed result record of ``task_id`` in the channel's bucket (text), or None."""
+        """The signed result record of ``task_id`` in the channel's bucket (text), or None
+        (also when the record there is one this provider would not serve)."""
         data = self._bucket().get_result_records([task_id]).get(task_id)
-        if data is None:
-            return None
-        try:
-            body = shared.read_record(data, task_id, f"the result record of {task_id}")
-        except KacheryError as e:
-            log.warning("channel %s: ignoring %s", self.channel_name, e)
-            return None
-        if not self._trusted(body["node"]) and body["node"] != self.me:
+        if data is None or shared.trusted_record(
+                data, task_id, self._serves_signer,
+                f"the result record of {task_id} in channel {self.channel_name}") is None:
             return None
         return data.decode("utf-8")
 
     def _has_record(self, task_id: str) -> bool:
-        return self._bucket().has_result_record(task_id)
+        """Whether a record this provider serves is in the bucket (a planted one is not)."""
+        return self._record(task_id) is not None
 
     def _finished_pure(self, job: _Job, record: str, how: str) -> None:
         body = shared.read_record(record.encode("utf-8"), job.call.task_id, "result record")

@@ -302,7 +302,10 @@ class ChannelTasks:
         poll = None
         if call.kind == "pure" and mode == "call":
             def poll() -> bool | None:  # a record published while its answer got lost
-                return True if remote.has_result_record(tid) else None
+                data = remote.get_result_records([tid]).get(tid)  # (not a planted one)
+                return True if data is not None and shared.trusted_record(
+                    data, tid, remote.trusts_result_signer,
+                    f"the result record of {tid} in {remote.url}") is not None else None
         for provider in providers:
             def on_progress(pending: Pending, msg: ChannelMessage, provider: str = provider
                             ) -> None:

@@ -52,10 +52,10 @@ class Bucket(ABC):
     def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:
         """Write ``data`` over object ``key`` if it still is ``generation``; True if written.
 
-        For repairs only: the caller found the object of that generation
-        damaged (its bytes do not match its name) and holds verified bytes.
-        When the object was replaced or removed meanwhile nothing is written
-        and False is returned.
+        For repairs: the caller found the object of that generation damaged
+        (its bytes do not match its name, or a result record it would never
+        serve) and holds bytes it verified. When the object was replaced or
+        removed meanwhile nothing is written and False is returned.
         """
 
     @abstractmethod

@@ -205,3 +205,24 @@ def test_progress_reports_never_hold_up_the_work():
     wait_for(lambda: len(published) >= 2, what="a progress report")
     assert published[0] == ("file_uploaded", None)
     responder.close()
+
+
+def test_an_answer_heard_after_the_wait_ended_does_not_change_its_outcome(sessions):
+    """A progress report that lands between the end of the wait (here: ``poll`` found the
+    outcome) and the asker forgetting the request leaves the request done."""
+    a, b = sessions("a"), sessions("b")
+    late: list[str] = []
+
+    def events(event):
+        row = event["request"]
+        if row["status"] == "done" and not late:  # the wait just ended: b's report lands
+            late.append(row["id"])
+            asker._on_answer(SimpleNamespace(
+                type="file_upload_progress", sender=b.node_id,
+                body={"request": row["id"], "to": a.node_id, "sha256": "x", "bytes": 1}))
+
+    asker = Asker(a, events=events)
+    pending = asker.ask(FILE, {"uri": "u"}, asked={b.node_id}, online=1, timeout=5,
+                        what="the test request", poll=lambda: "in the bucket", poll_every=0.05)
+    assert late == [pending.id]
+    assert pending.status == "done" and pending.outcome == "in the bucket"

@@ -13,6 +13,7 @@ from kachery_tasks.network.tasks import Provided, protocol
 from kachery_tasks.network.tasks.provider import TaskProvider
 from kachery_tasks.runtime import shared
 from tests.network.tasks import remote_tasks
+from tests.network.tasks.planted import plant_record
 from tests.network.tasks.remote_tasks import RAN, clock, fails, nested, notify, square
 
 MODULE = "tests.network.tasks.remote_tasks"
@@ -135,6 +136,27 @@ def test_two_providers_asked_the_same_id_compute_it_once(two, provided):
                        lambda: ask(lab, "req2", "prov2", call, statuses=statuses))
     assert a.final.type == b.final.type == "task_finished"
     assert a.final.body["record"] == b.final.body["record"]
+    assert RAN["slow_square"] == 1
+
+
+def test_a_record_planted_by_a_non_member_is_replaced_and_does_not_end_a_wait(two, provided):
+    """One provider computes (its record replaces the planted one); the other, asked
+    meanwhile, waits for its claim: the planted record is not the result it waits for."""
+    lab, _ = two
+    start_provider(lab, "prov2", provided)
+    call = remote_tasks.slow_square.prepare(6, 1.0)
+    bucket = lab.remote("req").bucket
+    plant_record(bucket.bucket, call.task_id, call.function, 35)
+    heard: tuple[list, list] = ([], [])
+    a, b = _in_threads(lambda: ask(lab, "req", "prov", call, statuses=heard[0]),
+                       lambda: ask(lab, "req2", "prov2", call, statuses=heard[1]))
+    assert a.final.type == b.final.type == "task_finished", (a.final.body, b.final.body)
+    assert a.final.body["record"] == b.final.body["record"]
+    record = shared.read_record(a.final.body["record"].encode(), call.task_id, "answer")
+    assert record["node"] in (lab.nodes["prov"].id, lab.nodes["prov2"].id)
+    assert bucket.get_result_records([call.task_id])[call.task_id].decode() == \
+        a.final.body["record"]  # the planted record was replaced
+    assert any("waiting" in h for h in heard)  # one provider waited for the other's claim
     assert RAN["slow_square"] == 1
 
 
