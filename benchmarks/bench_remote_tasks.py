@@ -78,6 +78,26 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     return out
 
 
+class MessageCount:
+    """Counts the channel messages of each type this node's session accepts, by status."""
+
+    TYPES = ("request_task", "task_status", "task_finished", "task_failed", "task_declined")
+
+    def __init__(self, node) -> None:
+        self.session, _ = node.remotes[-1].session()
+        self.counts: collections.Counter = collections.Counter()
+        for type in self.TYPES:
+            self.session.on(type, self._seen)
+
+    def _seen(self, msg) -> None:
+        status = msg.body.get("status") if isinstance(msg.body, dict) else None
+        self.counts[f"{msg.type} {status}" if status else msg.type] += 1
+
+    def close(self) -> None:
+        for type in self.TYPES:
+            self.session.off(type, self._seen)
+
+
 def runs_of(runs: Path, xs: range) -> collections.Counter:
     """How many times each argument in ``xs`` was computed."""
     counts: collections.Counter = collections.Counter()
@@ -198,8 +218,10 @@ def main() -> None:
                 "provider daemons": [d.pid for d in daemons], "broker": [broker.pid],
                 "Dask workers": list(client.run(os.getpid).values())}
         with alice:
+            seen = MessageCount(alice)
             t_remote, t_plain, cpu_remote, cpu_plain = concurrent(
                 client, tiny, tiny_plain, cxs, plain_cxs, pids)
+            seen.close()
         counts = runs_of(runs, cxs)
         twice = sum(1 for c in counts.values() if c > 1)
         print(f"{m} requests at once to 2 providers (kachery.gather(tiny.map(...))):")
@@ -208,6 +230,8 @@ def main() -> None:
               f"{len(counts)} distinct, {twice} computed twice")
         print(f"  plain client.map+gather   {t_plain:6.2f} s  {m / t_plain:7.0f} tasks/s; "
               f"channel {t_remote / t_plain:.1f}x the time of plain")
+        print("  messages the requester received per call: " + ", ".join(
+            f"{what} {n / m:.1f}" for what, n in sorted(seen.counts.items())))
         for what, used in (("across the channel", cpu_remote), ("plain", cpu_plain)):
             print(f"  CPU per task, {what}: {sum(used.values()) / m * 1e3:.1f} ms (" + ", ".join(
                 f"{role} {used[role] / m * 1e3:.1f}" for role in pids) + ")")
