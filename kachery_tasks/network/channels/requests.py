@@ -110,6 +110,9 @@ class Pending:
     progress: dict[str, Any] | None = None
     detail: str = ""
     deadline: float = 0.0  # monotonic
+    wake: threading.Condition | None = field(default=None, repr=False, compare=False)
+    """Notified when something arrives for this request (its asker's lock), so an answer
+    wakes only the thread waiting on it, not every thread waiting on the session."""
 
     @property
     def declined_by_all(self) -> bool:
@@ -134,11 +137,12 @@ class Asker:
         self.events = events
         self._pending: dict[str, Pending] = {}
         self._recent: OrderedDict[str, Pending] = OrderedDict()
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()  # each Pending's ``wake`` is a condition on it; _end
+        # takes it again inside a wait
         self._routed: set[str] = set()
 
     def _route(self, exchange: Exchange) -> None:
-        with self._cond:
+        with self._lock:
             todo = exchange.answers - self._routed
             self._routed |= todo
         for type in sorted(todo):
@@ -160,8 +164,9 @@ class Asker:
         pending = Pending(rid, exchange, self.session.channel.name, {**body, "request": rid},
                           frozenset(asked), online, timeout)
         pending.deadline = time.monotonic() + timeout
+        pending.wake = threading.Condition(self._lock)
         pending._on_progress = on_progress  # type: ignore[attr-defined]
-        with self._cond:
+        with self._lock:
             self._pending[rid] = pending
         try:
             if not pending.asked:
@@ -171,7 +176,7 @@ class Asker:
             self._changed(pending)
             return self._wait(pending, what, repeat_after, poll, poll_every)
         finally:
-            with self._cond:
+            with self._lock:
                 self._pending.pop(rid, None)
                 self._recent[rid] = pending
                 while len(self._recent) > 100:
@@ -180,8 +185,10 @@ class Asker:
     def _wait(self, pending: Pending, what: str, repeat_after: float,
               poll: Callable[[], Any] | None, poll_every: float) -> Pending:
         last_sent = last_poll = time.monotonic()
+        wake = pending.wake
+        assert wake is not None
         while True:
-            with self._cond:
+            with wake:
                 now = time.monotonic()
                 if pending.final is not None:
                     return self._end(pending, "done", f"answered by {pending.final.sender[:16]}")
@@ -193,7 +200,7 @@ class Asker:
                 waits = [pending.deadline - now, last_sent + repeat_after - now]
                 if poll is not None:
                     waits.append(last_poll + poll_every - now)
-                self._cond.wait(max(0.0, min(waits)))
+                wake.wait(max(0.0, min(waits)))
                 now = time.monotonic()
                 quiet = now - max(last_sent, pending.deadline - pending.timeout)
             if poll is not None and now - last_poll >= poll_every:
@@ -220,7 +227,7 @@ class Asker:
             "daemon ('kachery-tasks node start')")
 
     def _end(self, pending: Pending, status: str, detail: str) -> Pending:
-        with self._cond:
+        with self._lock:
             pending.status, pending.detail = status, detail
         self._changed(pending)
         return pending
@@ -230,7 +237,7 @@ class Asker:
         rid = body.get("request")
         if body.get("to") != self.session.node_id or not _is_request_id(rid):
             return
-        with self._cond:
+        with self._lock:
             pending = self._pending.get(rid)
             if pending is None or msg.type not in pending.exchange.answers \
                     or pending.status in _ENDED:  # it ended: a late answer changes nothing
@@ -245,7 +252,8 @@ class Asker:
                 pending.deadline = time.monotonic() + pending.timeout
                 pending.status = "progress"
                 pending.progress = {k: body[k] for k in ("bytes", "total") if k in body} or None
-            self._cond.notify_all()
+            if pending.wake is not None:
+                pending.wake.notify_all()
         if msg.type in exchange.progress:
             callback = getattr(pending, "_on_progress", None)
             if callback is not None:
@@ -258,7 +266,7 @@ class Asker:
 
     def status(self) -> list[dict[str, Any]]:
         """The requests in flight and the last ones that ended, as status rows."""
-        with self._cond:
+        with self._lock:
             rows = [*self._recent.values(), *self._pending.values()]
         return [p.to_status(self.session.node_id) for p in rows]
 

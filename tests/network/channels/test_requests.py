@@ -226,3 +226,50 @@ def test_an_answer_heard_after_the_wait_ended_does_not_change_its_outcome(sessio
                         what="the test request", poll=lambda: "in the bucket", poll_every=0.05)
     assert late == [pending.id]
     assert pending.status == "done" and pending.outcome == "in the bucket"
+
+
+def test_an_answer_wakes_only_the_thread_waiting_for_it(sessions, monkeypatch):
+    """Many requests wait at once (a map sent to providers): a message for one of them
+    must not wake the others, else every message costs a wake-up of every waiting thread."""
+    from kachery_tasks.network.channels import requests
+
+    woken: dict[str, int] = {}
+
+    class Counting(threading.Condition):
+        def wait(self, timeout=None):
+            notified = super().wait(timeout)
+            if notified:
+                name = threading.current_thread().name
+                woken[name] = woken.get(name, 0) + 1
+            return notified
+
+    monkeypatch.setattr(requests.threading, "Condition", Counting)
+    a, b = sessions("a"), sessions("b")
+    asker = Asker(a)
+    busy = threading.Event()
+
+    def serve(incoming):
+        if incoming.body["uri"] == "quiet":  # answered at the end, without progress
+            busy.wait(15)
+            incoming.answer("file_uploaded", {"sha256": "x"})
+            return
+        for i in range(30):
+            incoming.progress({"sha256": "x", "bytes": i, "total": 30})
+            time.sleep(0.01)
+        incoming.answer("file_uploaded", {"sha256": "x"})
+        busy.set()
+
+    Responder(b, FILE, serve)
+    results = {}
+
+    def ask(uri):
+        results[uri] = asker.ask(FILE, {"uri": uri}, asked={b.node_id}, online=1, timeout=10,
+                                 what="the test request", repeat_after=10)
+
+    quiet = threading.Thread(target=ask, args=("quiet",), name="quiet-waiter")
+    quiet.start()
+    time.sleep(0.2)
+    ask("chatty")
+    quiet.join(15)
+    assert results["quiet"].status == results["chatty"].status == "done"
+    assert woken.get("quiet-waiter", 0) <= 2  # its own answer (and no other request's news)

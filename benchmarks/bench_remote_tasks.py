@@ -1,0 +1,266 @@
+"""Remote tasks across a channel: a tiny task asked of two providers, beside plain Dask.
+
+Everything runs on this machine, each part as it would in a lab: the broker
+(``bench_broker.start_broker``) in its own process; one Dask scheduler with 2
+worker processes x 2 threads (a ``LocalCluster`` started here); two provider
+daemons (``kachery-tasks node start --provide _bench_remote_defs --dask
+ADDR``), each a process, both running their tasks on that one scheduler; the
+requester in this process (``with kachery.channel("lab"):``); the channel's
+bucket a file:// directory. Prints, each beside plain ``distributed`` on the
+same scheduler in the same run:
+
+* latency of one tiny pure task with a fresh id, asked across the channel
+  (request, claim, run on Dask, publish the signed record, answer, import),
+  one call at a time: median and p90, beside ``Client.submit(...).result()``;
+  the overhead (difference of medians; target under 30 ms) and the ratio;
+* ``--concurrent`` (1,000) requests at once (``kachery.gather(tiny.map(...))``)
+  spread over the 2 providers: all answered, each id computed once (runs are
+  counted by files the task leaves in ``$KT_BENCH_RUNS``), tasks/s (target at
+  least 200), beside ``client.gather(client.map(...))``, with the CPU time
+  per task of each group of processes (requester, providers, broker,
+  workers: where the time goes);
+* a shared hit: a second requester node of the lab calling ids the first one
+  got computed, served from the signed records in the channel's bucket
+  (target: median under 5 ms), beside a hit in the first node's own records.
+
+    python benchmarks/bench_remote_tasks.py [--requests N] [--concurrent N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO))
+
+import bench_broker  # noqa: E402
+from bench_channel import make_lab, start_daemon, stop, summary  # noqa: E402
+
+PROVIDERS = ("p1", "p2")
+NODES = (*PROVIDERS, "alice", "bob")  # p1 owns the channel; alice and bob request
+
+
+def wait_for_providers(node, providers: list, timeout: float = 120.0) -> None:
+    """Until ``providers`` are online in ``node``'s session and announce what they provide."""
+    session, _ = node.remotes[-1].session()
+    want = {p.id for p in providers}
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = {n for n, data in session.members()
+                 if isinstance(data, dict) and data.get("provides")}
+        if want <= ready:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the providers did not come online within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU time (user + system) used so far by each group of processes."""
+    import psutil
+
+    out = {}
+    for role, group in pids.items():
+        times = [psutil.Process(pid).cpu_times() for pid in group]
+        out[role] = sum(t.user + t.system for t in times)
+    return out
+
+
+class MessageCount:
+    """Counts the channel messages of each type this node's session accepts, by status."""
+
+    TYPES = ("request_task", "task_status", "task_finished", "task_failed", "task_declined")
+
+    def __init__(self, node) -> None:
+        self.session, _ = node.remotes[-1].session()
+        self.counts: collections.Counter = collections.Counter()
+        for type in self.TYPES:
+            self.session.on(type, self._seen)
+
+    def _seen(self, msg) -> None:
+        status = msg.body.get("status") if isinstance(msg.body, dict) else None
+        self.counts[f"{msg.type} {status}" if status else msg.type] += 1
+
+    def close(self) -> None:
+        for type in self.TYPES:
+            self.session.off(type, self._seen)
+
+
+def runs_of(runs: Path, xs: range) -> collections.Counter:
+    """How many times each argument in ``xs`` was computed."""
+    counts: collections.Counter = collections.Counter()
+    for name in os.listdir(runs):
+        x = int(name.split(".", 1)[0])
+        if x in xs:
+            counts[x] += 1
+    return counts
+
+
+def latency(client, tiny, tiny_plain, xs: range, plain_xs: range) -> tuple[list, list]:
+    """Per call: across the channel (fresh ids) and through the plain client."""
+    import kachery_tasks as kachery
+
+    remote_times, plain_times = [], []
+    with kachery.channel("lab"):
+        for x, px in zip(xs, plain_xs, strict=True):  # interleaved: the same load on both
+            t0 = time.perf_counter()
+            assert tiny(x) == x + 1
+            remote_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert client.submit(tiny_plain, px, pure=False).result() == px + 1
+            plain_times.append(time.perf_counter() - t0)
+    return remote_times, plain_times
+
+
+def concurrent(client, tiny, tiny_plain, xs: range, plain_xs: range,
+               pids: dict[str, list[int]]) -> tuple[float, float, dict, dict]:
+    """Seconds for all of ``xs`` at once across the channel, and for ``plain_xs`` on Dask;
+    the CPU seconds each group of ``pids`` used in each."""
+    import kachery_tasks as kachery
+
+    cpu0 = cpu_seconds(pids)
+    with kachery.channel("lab"):
+        t0 = time.perf_counter()
+        got = kachery.gather(tiny.map(xs))
+        t_remote = time.perf_counter() - t0
+    cpu1 = cpu_seconds(pids)
+    assert got == [x + 1 for x in xs]
+    t0 = time.perf_counter()
+    plain = client.gather(client.map(tiny_plain, plain_xs, pure=False))
+    t_plain = time.perf_counter() - t0
+    cpu2 = cpu_seconds(pids)
+    assert plain == [x + 1 for x in plain_xs]
+    return (t_remote, t_plain, {k: cpu1[k] - cpu0[k] for k in pids},
+            {k: cpu2[k] - cpu1[k] for k in pids})
+
+
+def hits(tiny, xs: range) -> list[float]:
+    """Per call of ids computed before, inside the channel block of the current node."""
+    import kachery_tasks as kachery
+
+    times = []
+    with kachery.channel("lab"):
+        for x in xs:
+            t0 = time.perf_counter()
+            assert tiny(x) == x + 1
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200,
+                        help="calls one at a time (fresh ids), and shared hits of them")
+    parser.add_argument("--concurrent", type=int, default=1000, help="requests at once")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    runs = root / "runs"
+    runs.mkdir()
+    os.environ["KACHERY_TASKS_PROGRESS"] = "0"
+    os.environ["KT_BENCH_RUNS"] = str(runs)  # inherited by the Dask workers
+    os.environ["PYTHONPATH"] = os.pathsep.join(  # workers and daemons import the task module
+        p for p in (str(BENCH), str(REPO), os.environ.get("PYTHONPATH")) if p)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+    import distributed
+    from _bench_remote_defs import tiny, tiny_plain
+
+    broker, url = bench_broker.start_broker()
+    daemons: list[subprocess.Popen] = []
+    cluster = client = None
+    nodes: list = []
+    try:
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
+                                           dashboard_address=":0",
+                                           silence_logs=logging.CRITICAL)
+        client = distributed.Client(cluster)
+        addr = cluster.scheduler_address
+        print(f"broker {url} (own process); Dask scheduler {addr}, 2 worker processes x 2 "
+              f"threads (distributed {distributed.__version__}); {os.cpu_count()} CPUs; "
+              f"bucket file://; load average {os.getloadavg()[0]:.1f}")
+        nodes = make_lab(root, url, f"file://{root}/bucket", names=NODES)
+        p1, p2, alice, bob = nodes
+        for name in PROVIDERS:
+            daemons.append(start_daemon(root / name, "--provide", "_bench_remote_defs",
+                                        "--dask", addr))
+        with alice:  # bob needs no session: his calls are served from the bucket
+            wait_for_providers(alice, [p1, p2])
+        client.gather(client.map(tiny_plain, range(-100, -50), pure=False))  # warm up
+        with alice:
+            latency(client, tiny, tiny_plain, range(10_000, 10_020), range(-200, -180))
+
+        n = args.requests
+        xs, plain_xs = range(100_000, 100_000 + n), range(-100_000 - n, -100_000)
+        with alice:
+            remote_t, plain_t = latency(client, tiny, tiny_plain, xs, plain_xs)
+        overhead = statistics.median(remote_t) - statistics.median(plain_t)
+        print(f"one tiny pure task at a time, fresh ids (n={n}):")
+        print(f"  across the channel        {summary(remote_t)}")
+        print(f"  plain Client.submit       {summary(plain_t)}")
+        print(f"  overhead {overhead * 1e3:.1f} ms (target < 30 ms), "
+              f"{statistics.median(remote_t) / statistics.median(plain_t):.1f}x plain")
+
+        m = args.concurrent
+        cxs, plain_cxs = range(1_000_000, 1_000_000 + m), range(-1_000_000 - m, -1_000_000)
+        pids = {"this process (requester, Dask scheduler)": [os.getpid()],
+                "provider daemons": [d.pid for d in daemons], "broker": [broker.pid],
+                "Dask workers": list(client.run(os.getpid).values())}
+        with alice:
+            seen = MessageCount(alice)
+            t_remote, t_plain, cpu_remote, cpu_plain = concurrent(
+                client, tiny, tiny_plain, cxs, plain_cxs, pids)
+            seen.close()
+        counts = runs_of(runs, cxs)
+        twice = sum(1 for c in counts.values() if c > 1)
+        print(f"{m} requests at once to 2 providers (kachery.gather(tiny.map(...))):")
+        print(f"  across the channel        {t_remote:6.2f} s  {m / t_remote:7.0f} tasks/s "
+              f"(target >= 200); all {m} answered; computed {sum(counts.values())} times, "
+              f"{len(counts)} distinct, {twice} computed twice")
+        print(f"  plain client.map+gather   {t_plain:6.2f} s  {m / t_plain:7.0f} tasks/s; "
+              f"channel {t_remote / t_plain:.1f}x the time of plain")
+        print("  messages the requester received per call: " + ", ".join(
+            f"{what} {n / m:.1f}" for what, n in sorted(seen.counts.items())))
+        for what, used in (("across the channel", cpu_remote), ("plain", cpu_plain)):
+            print(f"  CPU per task, {what}: {sum(used.values()) / m * 1e3:.1f} ms (" + ", ".join(
+                f"{role} {used[role] / m * 1e3:.1f}" for role in pids) + ")")
+
+        with bob:
+            shared = hits(tiny, xs)
+            again = hits(tiny, xs)
+        with alice:
+            local = hits(tiny, xs)
+        counts = runs_of(runs, xs)
+        print(f"ids alice got computed, called again (n={n}):")
+        print(f"  by bob, shared hit        {summary(shared)} (target median < 5 ms)")
+        print(f"  by bob, again (now local) {summary(again)}")
+        print(f"  by alice, local hit       {summary(local)}")
+        print(f"  computed {sum(counts.values())} times for {len(counts)} distinct ids")
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    finally:
+        for node in nodes:  # their sessions, before the broker goes
+            node.close()
+        for d in daemons:
+            stop(d)
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+        broker.terminate()
+        broker.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
