@@ -350,26 +350,45 @@ def summarize(v: Any, limit: int = 80) -> str:
     return text
 
 
+def _leaves(values: Iterable[Any], depth: int = 0) -> Iterable[Any]:
+    """The values of an argument list, with containers opened three levels deep."""
+    for v in values:
+        t = type(v)
+        if depth < 3 and t in (list, tuple, set, frozenset):
+            yield from _leaves(v, depth + 1)
+        elif depth < 3 and t is dict:
+            yield from _leaves(v.values(), depth + 1)
+        else:
+            yield v
+
+
 def inputs(values: Iterable[Any]) -> list[str]:
     """Content URIs and task ids an argument list refers to."""
     found: list[str] = []
-
-    def visit(v: Any, depth: int) -> None:
-        t = type(v)
-        if t is str:
+    for v in _leaves(values):
+        if type(v) is str:
             if v.startswith("sha256://") and is_content_uri(v):
                 found.append(v)
         elif isinstance(v, File):
             found.append(v.uri)
         elif is_future(v):
             found.append(v.task_id)
-        elif depth < 3 and t in (list, tuple, set, frozenset):
-            for x in v:
-                visit(x, depth + 1)
-        elif depth < 3 and t is dict:
-            for x in v.values():
-                visit(x, depth + 1)
-
-    for v in values:
-        visit(v, 0)
     return list(dict.fromkeys(found))
+
+
+def travelling_content(values: Iterable[Any]) -> dict[str, Any]:
+    """Content an argument list names that a receiver fetches by URI: ``{uri: path}`` for
+    each ``kachery.File`` (the file it was made from, which may not be in the store) and
+    ``{uri: None}`` for each content URI and zarr array from ``kachery.load_zarr``."""
+    found: dict[str, Any] = {}
+    for v in _leaves(values):
+        if type(v) is str:
+            if v.startswith("sha256://") and is_content_uri(v):
+                found.setdefault(v, None)
+        elif isinstance(v, File):
+            found[v.uri] = v.path
+        elif type(v).__module__.startswith("zarr"):
+            uri = getattr(getattr(v, "store", None), "uri", None)
+            if isinstance(uri, str) and is_content_uri(uri):
+                found.setdefault(uri, None)
+    return found

@@ -287,13 +287,16 @@ class _Decoder:
     def zarr(self, p: Any, depth: int) -> Any:
         import zarr
 
+        from ..nodes import current_node
         from ..storage.zarr_store import ContentStore
 
         uri, path = p
         self.fetch(uri)
         if type(path) is not str:
             raise self.bad("a zarr path is a string")
-        return zarr.open_array(ContentStore.from_uri(uri), mode="r", path=path, zarr_format=3)
+        # chunks are read lazily, through the current node's store and remotes
+        store = ContentStore.from_uri(uri, current_node())
+        return zarr.open_array(store, mode="r", path=path, zarr_format=3)
 
     def dataclass_(self, p: Any, depth: int) -> Any:
         name, fields = p

@@ -215,8 +215,9 @@ class TaskProvider:
         data = text.encode("utf-8")
         self._check_identity(data, sender)
         try:
-            call = Call.from_bytes(data, self.provided.lookup, load_path=self._load_path,
-                                   results=self._result_ref)
+            with self.node:  # a zarr argument reads its chunks through this node's remotes
+                call = Call.from_bytes(data, self.provided.lookup, load_path=self._load_path,
+                                       results=self._result_ref)
         except (CallRejectedError, KacheryError) as e:  # WireError, content not found, ...
             raise _Decline("rejected", str(e)) from None
         return call, mode

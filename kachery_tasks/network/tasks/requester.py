@@ -61,7 +61,7 @@ from ...errors import (
 from ...remotes import open_remote
 from ...runtime import cache as cache_mod
 from ...runtime import context, encoders, results, shared
-from ...runtime.call import Call, encode_result, inputs
+from ...runtime.call import Call, encode_result, inputs, travelling_content
 from ...runtime.executors import TaskFuture, serve_recorded
 from ...runtime.policies import ActionOutcome, QueryResult
 from ...uris import is_content_uri
@@ -277,11 +277,14 @@ class ChannelTasks:
         data = call.to_bytes(store_bytes=store_bytes)
         remote = self._remote()
         needed = list(stored)
-        for ref in inputs(call.arguments().values()):
-            if is_content_uri(ref):
-                if c.store.has(ref):
-                    needed.append(ref)
-            else:  # a task id: the result of another task, published if computed here
+        arguments = call.arguments().values()
+        for uri, path in travelling_content(arguments).items():
+            if not c.store.has(uri) and path is not None:  # a File: its content goes along
+                c.store.store_file(path, progress=False)
+            if c.store.has(uri):
+                needed.append(uri)
+        for ref in inputs(arguments):
+            if not is_content_uri(ref):  # a task id: its result, published if computed here
                 shared.publish(c, ref, [remote])
         if needed:
             bucket = remote.bucket
