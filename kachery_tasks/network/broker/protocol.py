@@ -73,6 +73,8 @@ CLIENT_ACTIONS = frozenset(
      Action.MESSAGE, Action.AUTH, Action.DISCONNECT}
 )
 ACKED_ACTIONS = frozenset({Action.MESSAGE, Action.PRESENCE})
+# Actions whose frames name a channel (a string, checked by parse_frame).
+CHANNEL_ACTIONS = frozenset({Action.ATTACH, Action.DETACH, Action.MESSAGE, Action.PRESENCE})
 
 MAX_CHANNEL_NAME = 512
 MAX_ID = 256
@@ -124,7 +126,7 @@ def parse_frame(raw: str | bytes) -> dict[str, Any]:
     if type(action) is not int or action not in CLIENT_ACTIONS:
         raise ProtocolError(f"unsupported action {action!r}")
     action = frame["action"] = Action(action)
-    if action in (Action.ATTACH, Action.DETACH, Action.MESSAGE, Action.PRESENCE):
+    if action in CHANNEL_ACTIONS:
         check_channel_name(frame.get("channel"))
     if action in ACKED_ACTIONS:
         serial = frame.get("msgSerial")
@@ -151,9 +153,13 @@ def parse_frame(raw: str | bytes) -> dict[str, Any]:
 
 
 def check_channel_name(name: object) -> str:
-    """``name`` if it is a usable channel name, else ProtocolError."""
-    if not isinstance(name, str) or not name or len(name) > MAX_CHANNEL_NAME:
-        raise ProtocolError(f"channel must be a string of 1 to {MAX_CHANNEL_NAME} characters")
+    """``name`` if it is a non-empty string, else ProtocolError.
+
+    A name longer than MAX_CHANNEL_NAME is well-formed: the router refuses
+    that one operation (NACK or channel ERROR), not the whole connection.
+    """
+    if not isinstance(name, str) or not name:
+        raise ProtocolError("channel must be a non-empty string")
     return name
 
 

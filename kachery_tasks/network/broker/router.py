@@ -22,9 +22,12 @@ from typing import Any
 from .limits import Limits
 from .protocol import (
     ALL_MODES,
+    BAD_REQUEST,
+    CHANNEL_ACTIONS,
     CHANNEL_OPERATION_FAILED,
     HAS_PRESENCE,
     INVALID_CLIENT_ID,
+    MAX_CHANNEL_NAME,
     MESSAGE_TOO_LARGE,
     NOT_PERMITTED,
     RESUMED,
@@ -141,8 +144,15 @@ class Router:
     def handle(self, session: Session, frame: dict[str, Any], size: int) -> None:
         """Apply one validated frame (of ``size`` bytes) from ``session``."""
         action = frame["action"]
-        if "channel" in frame and not session.may_use(frame["channel"]):
-            self._not_permitted(session, frame)
+        name = frame["channel"] if action in CHANNEL_ACTIONS else None
+        if name is not None and len(name) > MAX_CHANNEL_NAME:
+            self._refuse_channel(session, frame, f"channel name of {len(name)} characters is "
+                                 f"longer than the broker's limit of {MAX_CHANNEL_NAME}",
+                                 BAD_REQUEST)
+        elif name is not None and not session.may_use(name):
+            self._refuse_channel(session, frame, f"client {session.client_id!r} may not use "
+                                 f"channel {name!r} (its token admits it to other channels "
+                                 "only)", NOT_PERMITTED)
         elif action == Action.MESSAGE:
             self._publish(session, frame, size)
         elif action == Action.PRESENCE:
@@ -150,7 +160,6 @@ class Router:
         elif action == Action.ATTACH:
             self._attach(session, frame)
         elif action == Action.DETACH:
-            name = frame["channel"]
             self._detach(session, name)
             self._send(session, encode({"action": Action.DETACHED, "channel": name}))
         elif action == Action.HEARTBEAT and frame.get("id") is not None:
@@ -165,17 +174,16 @@ class Router:
         session.last_serial = max(session.last_serial, serial)
         return True
 
-    def _not_permitted(self, session: Session, frame: dict[str, Any]) -> None:
-        """Refuse a frame for a channel this connection's grant does not cover."""
+    def _refuse_channel(self, session: Session, frame: dict[str, Any], message: str,
+                        code: int) -> None:
+        """Refuse one frame for a channel (not granted, name too long); the connection goes on."""
         name, action = frame["channel"], frame["action"]
-        message = (f"client {session.client_id!r} may not use channel {name!r} (its token "
-                   "admits it to other channels only)")
         if action in (Action.MESSAGE, Action.PRESENCE):
             if self._check_serial(session, frame["msgSerial"]):
-                self._nack(session, frame["msgSerial"], message, NOT_PERMITTED)
+                self._nack(session, frame["msgSerial"], message, code)
         elif action == Action.ATTACH:
             self._send(session, encode({"action": Action.ERROR, "channel": name,
-                                        "error": error_info(message, NOT_PERMITTED)}))
+                                        "error": error_info(message, code)}))
         else:
             self._send(session, encode({"action": Action.DETACHED, "channel": name}))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ...errors import PubSubError
+from ..pubsub.threads import LoopThread
 from ..redact import redact_logger
 from .limits import Limits
 from .protocol import (
@@ -452,17 +452,19 @@ class BrokerThread:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> None:
         self.broker = Broker(host, port, **kwargs)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="kachery-broker", daemon=True)
+        self._loop: LoopThread | None = None
 
     @property
     def url(self) -> str:
         return self.broker.url
 
     def start(self) -> BrokerThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.broker.start(), self._loop).result(30)
+        self._loop = LoopThread("kachery-broker")
+        try:
+            self._loop.run(self.broker.start(), 30)
+        except BaseException:
+            self._loop.stop()
+            raise
         return self
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -471,15 +473,13 @@ class BrokerThread:
         async def run() -> Any:
             return fn(*args)
 
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
+        return self._loop.run(run(), 30)
 
     def stop(self) -> None:
-        if not self._thread.is_alive():
+        if self._loop is None or not self._loop.thread.is_alive():
             return
-        asyncio.run_coroutine_threadsafe(self.broker.close(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-        self._loop.close()
+        self._loop.run(self.broker.close(), 30)
+        self._loop.stop()
 
     def __enter__(self) -> BrokerThread:
         return self.start()

@@ -41,9 +41,6 @@ class Outbox:
     def __bool__(self) -> bool:
         return bool(self._items)
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def push_message(self, channel_json: str, serial_json: str, message_json: str) -> None:
         """Queue one message (already JSON) of the channel whose name is ``channel_json``."""
         self._items.append([_MSG, channel_json, serial_json, message_json])

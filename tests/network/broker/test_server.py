@@ -443,3 +443,16 @@ def test_resuming_a_connection_that_is_still_open_closes_the_old_websocket(broke
         await again.attach("room")  # the resumed one works
 
     run(main())
+
+
+def test_a_broker_thread_that_cannot_listen_leaves_no_thread_behind(broker):
+    import threading
+
+    from kachery_tasks.errors import PubSubError
+    from kachery_tasks.network.broker import BrokerThread
+
+    before = sum(t.name == "kachery-broker" for t in threading.enumerate())
+    with pytest.raises(PubSubError, match="cannot listen"):
+        BrokerThread(port=broker.broker.port).start()  # the port is taken
+    time.sleep(0.05)
+    assert sum(t.name == "kachery-broker" for t in threading.enumerate()) == before

@@ -11,6 +11,7 @@ import pytest
 
 from kachery_tasks.errors import InvalidValueError, PubSubAuthError, PubSubError
 from kachery_tasks.network.broker import TokenExpired
+from kachery_tasks.network.broker.protocol import MAX_CHANNEL_NAME
 from kachery_tasks.network.pubsub import connect_pubsub, open_pubsub
 from kachery_tasks.network.pubsub.ably_sdk import AblyPubSub
 from kachery_tasks.testing.pubsub import Inbox, wait_members
@@ -137,6 +138,20 @@ def test_a_message_above_the_broker_limit_is_a_pubsub_error(make_broker, connect
         client.publish("room", "big", "x" * 2000)
     assert refused.value.code == 40009
     client.publish("room", "small", "x" * 100)  # the connection goes on
+
+
+def test_a_too_long_channel_name_is_refused_and_the_connection_goes_on(broker, connect):
+    client = connect(broker.url, "alice")
+    inbox = Inbox()
+    client.subscribe("room", inbox)
+    too_long = "x" * (MAX_CHANNEL_NAME + 1)
+    with pytest.raises(PubSubError, match="longer than the broker's limit") as refused:
+        client.publish(too_long, "m", "lost")
+    assert refused.value.code == 40000
+    with pytest.raises(PubSubError, match="longer than the broker's limit"):
+        client.subscribe(too_long, Inbox())
+    client.publish("room", "m", "still connected")
+    assert inbox.wait_for(1)[0].data == "still connected" and client.state == "connected"
 
 
 def test_echo_off(broker, connect):
