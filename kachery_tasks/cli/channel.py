@@ -165,9 +165,9 @@ def _set_permissions(args: argparse.Namespace) -> int:
 
 
 def _perm_list(permissions: frozenset[str]) -> list[str]:
-    from ..network.channels.config import PERMISSIONS
+    from ..network.channels.config import ordered_permissions
 
-    return [p for p in PERMISSIONS if p in permissions]
+    return ordered_permissions(permissions)
 
 
 def _perms(permissions: frozenset[str]) -> str:

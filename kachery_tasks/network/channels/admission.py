@@ -39,7 +39,7 @@ from typing import Any
 from ...errors import ChannelError, ChannelPermissionError
 from ..broker import Grant, TokenExpired
 from .config import ChannelConfig, open_config, parse_pubsub_channel_name
-from .messages import WINDOW, MessageDropped, parse_message
+from .messages import WINDOW, parse_message
 from .tokens import read_token
 
 log = logging.getLogger("kachery_tasks.network.channels.admission")
@@ -160,5 +160,5 @@ class ChannelAdmission:
                     prefix):
                 raise ChannelError("the notice is not for this channel or not by its owner")
             self.learn(open_config(doc, signer, name, "the config in a channel_config notice"))
-        except (ChannelError, MessageDropped, ValueError, TypeError) as e:
+        except (ChannelError, ValueError, TypeError) as e:  # MessageDropped included
             log.info("ignored a channel_config notice on %s from %r: %s", channel, client_id, e)

@@ -57,7 +57,7 @@ class MemberInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label,
-                "permissions": [p for p in PERMISSIONS if p in self.permissions]}
+                "permissions": ordered_permissions(self.permissions)}
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,12 @@ def parse_pubsub_channel_name(text: str) -> tuple[str, str]:
         raise ChannelError(f"{str(text)[:100]!r} is not a channel's pub/sub name "
                            "(kt:<owner hex[:32]>:<name>)")
     return parts[1], parts[2]
+
+
+def ordered_permissions(permissions: Iterable[str]) -> list[str]:
+    """``permissions`` in the order of :data:`PERMISSIONS` (how configs and listings show them)."""
+    given = set(permissions)
+    return [p for p in PERMISSIONS if p in given]
 
 
 # -- field checks -------------------------------------------------------------

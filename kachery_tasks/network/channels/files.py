@@ -127,15 +127,17 @@ def _members(n: int) -> str:
 
 
 def _store_inline(store: LocalStore, uri: str, sha256: str, answer: ChannelMessage) -> str:
+    refused = CorruptContentError(
+        f"the bytes member {answer.sender[:16]}... sent for {uri} do not match its id; "
+        "nothing was stored (ask again: other members may answer)")
     try:
         data = base64.b64decode(answer.body["data"], validate=True)
     except (binascii.Error, TypeError, ValueError):
-        data = None
-    if data is None or hashlib.sha256(data).hexdigest() != sha256:
-        raise CorruptContentError(
-            f"the bytes member {answer.sender[:16]}... sent for {uri} do not match its id; "
-            "nothing was stored (ask again: other members may answer)")
-    store.store_bytes(data, label=parse_uri(uri).label, expect_sha256=sha256)
+        raise refused from None
+    try:  # hashes the bytes once and stores them only if they match
+        store.store_bytes(data, label=parse_uri(uri).label, expect_sha256=sha256)
+    except CorruptContentError:
+        raise refused from None
     return store.load_file(f"sha256://{sha256}")
 
 

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import (
     ChannelError,
-    ChannelNotFoundError,
     ChannelPermissionError,
     ContentNotFoundError,
     InvalidURIError,
@@ -281,7 +280,7 @@ class ChannelRemote(Remote):
         """The bucket, or None (logged) when the channel was left or has no config."""
         try:
             return self.bucket
-        except (ChannelNotFoundError, ChannelError) as e:
+        except ChannelError as e:  # ChannelNotFoundError included
             log.info("%s: %s", self.url, e)
             return None
 

@@ -1,6 +1,6 @@
 """Requests to a channel's members and their answers: the plumbing every exchange uses.
 
-An **exchange** (``request_file`` today, ``request_task`` later) is one
+An **exchange** (``request_file``, and ``request_task`` in :mod:`..tasks.protocol`) is one
 request message and the answers members send back (:class:`Exchange` names
 the types). Every request body carries a fresh request id (``"request"``, 32
 hex digits) and every answer names it and the asker (``"to"``). An answer is
@@ -110,6 +110,8 @@ class Pending:
     progress: dict[str, Any] | None = None
     detail: str = ""
     deadline: float = 0.0  # monotonic
+    on_progress: Callable[[Pending, ChannelMessage], None] | None = field(
+        default=None, repr=False, compare=False)
     wake: threading.Condition | None = field(default=None, repr=False, compare=False)
     """Notified when something arrives for this request (its asker's lock), so an answer
     wakes only the thread waiting on it, not every thread waiting on the session."""
@@ -162,10 +164,9 @@ class Asker:
         self._route(exchange)
         rid = new_request_id()
         pending = Pending(rid, exchange, self.session.channel.name, {**body, "request": rid},
-                          frozenset(asked), online, timeout)
-        pending.deadline = time.monotonic() + timeout
-        pending.wake = threading.Condition(self._lock)
-        pending._on_progress = on_progress  # type: ignore[attr-defined]
+                          frozenset(asked), online, timeout,
+                          deadline=time.monotonic() + timeout,
+                          wake=threading.Condition(self._lock), on_progress=on_progress)
         with self._lock:
             self._pending[rid] = pending
         try:
@@ -255,9 +256,8 @@ class Asker:
             if pending.wake is not None:
                 pending.wake.notify_all()
         if msg.type in exchange.progress:
-            callback = getattr(pending, "_on_progress", None)
-            if callback is not None:
-                callback(pending, msg)
+            if pending.on_progress is not None:
+                pending.on_progress(pending, msg)
             self._changed(pending)
 
     def _changed(self, pending: Pending) -> None:
