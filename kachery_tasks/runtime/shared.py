@@ -61,6 +61,9 @@ def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None,
     A record already there stays when it verifies and its signer is trusted
     (``trusts``, by default each remote's :meth:`Remote.trusts_result_signer`);
     any other record is replaced by this node's."""
+    targets = c.node.remotes if remotes is None else list(remotes)
+    if not targets:  # every pure miss ends here: without remotes, no record is read
+        return False
     row = c.records.result(task_id)
     if row is None or row.kind != "pure" or row.result_uri is None:
         return False
@@ -68,7 +71,7 @@ def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None,
         return False
     wrote = False
     uri: str | None = None
-    for remote in c.node.remotes if remotes is None else remotes:
+    for remote in targets:
         where = f"the published result of {task_id} in {remote.url}"
 
         def replaceable(data: bytes, remote: Remote = remote, where: str = where) -> bool:

@@ -134,3 +134,16 @@ def test_a_zarr_result_travels_with_its_chunks(shared, monkeypatch):
     assert task_defs.calls["scale"] == before + 1  # not computed again
     assert isinstance(z, zarr.Array)
     np.testing.assert_array_equal(z[:], x * 5.0)  # every chunk came from the bucket
+
+
+def test_a_node_without_remotes_does_not_read_records_to_publish(monkeypatch):
+    """Every pure miss calls publish: with no remote to publish to, it costs no record read."""
+    task_defs.add(40, 2)
+    c = cache_mod.current()
+    assert c.node.remotes == []
+
+    def no_read(task_id):
+        raise AssertionError(f"publish read the record of {task_id} with no remote")
+
+    monkeypatch.setattr(c.records, "result", no_read)
+    assert shared_mod.publish(c, task_defs.add.task_id(40, 2)) is False
