@@ -252,12 +252,29 @@ class Node:
         )
 
     def fetch_members(self, uri: str, progress: bool | None = None) -> int:
-        """Fetch every blob of the zarr array ``uri`` that is not here; how many."""
-        self.local_path(uri, progress=False)
-        fetched = 0
+        """Fetch every blob of the zarr array ``uri`` that is not here; how many.
+
+        Each remote fetches what it has (in parallel, where it can); a blob the
+        first remotes lack comes from a later one, and a blob found nowhere
+        raises ContentNotFoundError naming every remote asked.
+        """
+        from .storage.zarr_index import read_index_file
+
+        keys = read_index_file(self.local_path(uri, progress=False), uri)
+        if keys is None:
+            return 0
+        missing = sorted(h for h in set(keys.values()) if not self.store.has(f"sha256://{h}"))
+        if not missing:
+            return 0
         for remote in self.remotes:
-            fetched += remote.fetch_members(self.store, uri, progress=progress)
-        return fetched
+            try:
+                remote.fetch_members(self.store, uri, progress=progress)
+                break
+            except ContentNotFoundError:  # this remote lacks some: the next may have them
+                continue
+        for h in missing:  # what is still missing, through the walk (or its full error)
+            self.local_path(f"sha256://{h}", progress=False)
+        return len(missing)
 
     def offer(self, uri: str, progress: bool | None = None,
               repair: bool = False) -> list[tuple[Remote, UploadReport]]:

@@ -212,3 +212,25 @@ def test_content_found_nowhere_says_why_a_remote_could_not_help(tmp_path):
         f"sha256://{'0' * 64} is neither in this node's store nor in any of its remotes "
         f"(file://{tmp_path}/one, explains:); sha256://{'0' * 64} cannot be asked here: no "
         "member is online")
+
+
+def test_an_array_s_blobs_missing_from_one_remote_come_from_the_next(tmp_path):
+    from kachery_tasks.storage.buckets import open_bucket
+    from kachery_tasks.storage.layout import blob_key
+    from kachery_tasks.zarr_arrays import store_zarr
+
+    one, two = f"file://{tmp_path}/one", f"file://{tmp_path}/two"
+    a = Node(tmp_path / "a", remotes=[one, two])
+    with a:
+        uri = store_zarr(np.arange(16, dtype="i4").reshape(4, 4), chunks=(2, 2))
+    a.offer(uri)
+    from kachery_tasks.storage.zarr_index import read_index_file
+
+    blobs = sorted(set(read_index_file(a.store.load_file(uri), uri).values()))
+    open_bucket(one).delete(blob_key(blobs[0]))  # the first remote lacks one blob
+
+    b = Node(tmp_path / "b", remotes=[one, two])
+    assert b.fetch_members(uri) == len(blobs)
+    assert all(b.store.has(f"sha256://{h}") for h in blobs)
+    with pytest.raises(ContentNotFoundError):  # found nowhere: still an error
+        Node(tmp_path / "c", remotes=[one]).fetch_members(uri)

@@ -553,13 +553,14 @@ class LocalStore:
         """Remove the blob and raise CorruptContentError unless it hashes to its id
         (``actual``: its hash, when the caller just computed it)."""
         if actual is None:
-            actual = hash_file(self.blob_path(sha256), self.chunk_size).sha256
+            actual = hash_file(self.blob_path(sha256), self.chunk_size, sha1=False,
+                               chunks=False).sha256
         if actual != sha256:
             raise self.discard_corrupt(sha256, self.blob_path(sha256), f"hash to {actual}")
 
     def _verify_link(self, row: Row, actual: str | None = None) -> None:
         if actual is None:
-            actual = hash_file(row.link_path, self.chunk_size).sha256
+            actual = hash_file(row.link_path, self.chunk_size, sha1=False, chunks=False).sha256
         if actual != row.sha256:
             raise self.discard_corrupt(row.sha256, row.link_path, f"hash to {actual}")
 

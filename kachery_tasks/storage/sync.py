@@ -210,7 +210,7 @@ def _read_chunk(store: LocalStore, sha256: str, path: str, fd: int, i: int, c: C
     if len(data) == c.size and hashlib.sha256(data).hexdigest() == c.sha256:
         return data
     # The bytes or the manifest are wrong: the whole file's hash tells which.
-    if hash_file(path, store.chunk_size).sha256 == sha256:
+    if hash_file(path, store.chunk_size, sha1=False, chunks=False).sha256 == sha256:
         raise _bad_manifest(sha256, f"chunk {i} does not match the file")
     raise store.discard_corrupt(
         sha256, path, f"do not match chunk {i} of their manifest; its manifest was not uploaded"

@@ -152,6 +152,27 @@ def test_load_with_verify_detects_and_removes_corruption(store):
     assert store.index.get(parse_uri(uri).hex) is None
 
 
+def test_load_with_verify_hashes_only_the_sha256(store, tmp_path, monkeypatch):
+    # Checking a blob or a linked original against its id needs its SHA-256 alone:
+    # no SHA-1 alias and no chunk hashes (a large file would be read three times).
+    data = os.urandom(3 * 4096 + 5)
+    stored = store.store_bytes(data)
+    linked = store.link_file(_file(tmp_path, "linked.dat", data[::-1]))
+    store.info(stored), store.info(linked)  # aliases and manifests made beforehand
+    walks = []
+    real = hashing.digest_bytes
+
+    def spy(*args, **kwargs):
+        digest = real(*args, **kwargs)
+        walks.append((digest.sha1, digest.chunks))
+        return digest
+
+    monkeypatch.setattr(hashing, "digest_bytes", spy)
+    store.load_file(stored, verify=True)
+    store.load_file(linked, verify=True)
+    assert walks == [(None, []), (None, [])]
+
+
 def test_verify_removes_corrupt_adopts_orphans_drops_dangling(store):
     good = store.store_bytes(b"good")
     bad = store.store_bytes(b"bad")
