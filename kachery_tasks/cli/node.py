@@ -25,6 +25,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from ..daemon.http import running_api  # stdlib only: works without the daemon extra
+
     node = current_node()
     count, total = node.store.index.stored_bytes()
     info = {
@@ -44,17 +46,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"config:         {info['config']}")
     print(f"chunk size:     {format_size(node.config.chunk_size)}")
     print(f"store:          {count} blobs, {format_size(total)}")
-    api = _running_api(node)
+    api = running_api(node)
     print(f"HTTP API:       {api['url'] if api else 'not running (kachery-tasks node start)'}")
     return 0
-
-
-def _running_api(node) -> dict | None:
-    try:
-        from ..daemon.http import running_api
-    except ImportError:  # the daemon extra is not installed
-        return None
-    return running_api(node)
 
 
 _LISTEN_WARNING = """\

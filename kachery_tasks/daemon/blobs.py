@@ -23,7 +23,7 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..fsutil import os_error, temp_path
+from ..fsutil import os_error, temp_path, write_all
 from ..storage.hashing import Digest
 from ..storage.local import LocalStore
 
@@ -43,7 +43,7 @@ async def receive_upload(store: LocalStore, body: AsyncIterator[bytes],
                 if piece:
                     sha.update(piece)
                     size += len(piece)
-                    await anyio.to_thread.run_sync(_write_all, fd, piece)
+                    await anyio.to_thread.run_sync(write_all, fd, piece)
         finally:
             os.close(fd)
         digest = Digest(sha.hexdigest(), None, size)
@@ -55,12 +55,6 @@ async def receive_upload(store: LocalStore, body: AsyncIterator[bytes],
             os.unlink(tmp)  # admitted: renamed away already; else what was received
         except FileNotFoundError:
             pass
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class BlobResponse(Response):

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidValueError, KacheryError
+from ..errors import DaemonError, InvalidValueError, KacheryError
 from ..fsutil import write_atomic
 from ..nodes import Node
 from ..processes import pid_alive
@@ -36,10 +36,6 @@ log = logging.getLogger("kachery_tasks.daemon")
 DAEMON_DIR = "daemon"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 START_TIMEOUT = 30.0
-
-
-class DaemonRunningError(KacheryError):
-    """Another daemon process already serves this node directory."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -104,7 +100,7 @@ class HttpServer:
         return not is_loopback(self.host)
 
     def start(self) -> HttpServer:
-        """Write a new token, start serving, write ``http.json``; DaemonRunningError when
+        """Write a new token, start serving, write ``http.json``; DaemonError when
         another process serves the node."""
         try:
             import uvicorn
@@ -117,7 +113,7 @@ class HttpServer:
 
         other = running_api(self.node)
         if other is not None and other["pid"] != os.getpid():
-            raise DaemonRunningError(
+            raise DaemonError(
                 f"a daemon (pid {other['pid']}) already serves {self.node.path} at "
                 f"{other.get('url')}: stop it first, or use that one")
         where = self.node.ensure(DAEMON_DIR)

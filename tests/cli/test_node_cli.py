@@ -95,3 +95,20 @@ def test_node_start_takes_dask_or_workers_only_for_provided_tasks(run_cli):
     r = run_cli("node", "start", "--provide", "tests.network.tasks.remote_tasks", "--workers",
                 "2", "--dask", "tcp://127.0.0.1:9")
     assert r.returncode == 1 and b"not both" in r.stderr
+
+
+def test_node_info_works_without_the_daemon_extra(node_path, monkeypatch, capsys):
+    """``node info`` looks for a running API through daemon.http, which must stay free of
+    FastAPI and uvicorn so that it works where the daemon extra is not installed."""
+    import sys
+
+    import kachery_tasks.daemon as package
+    from kachery_tasks.cli import main
+
+    # a fresh import of daemon.http here; the one other tests use is put back afterwards
+    monkeypatch.setattr(package, "http", getattr(package, "http", None), raising=False)
+    monkeypatch.delitem(sys.modules, "kachery_tasks.daemon.http", raising=False)
+    for name in ("fastapi", "uvicorn", "starlette"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if they were not installed
+    assert main(["node", "info"]) == 0
+    assert "HTTP API:       not running" in capsys.readouterr().out

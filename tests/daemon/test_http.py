@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kachery_tasks.daemon.http import DaemonRunningError, HttpServer, parse_listen, running_api
-from kachery_tasks.errors import InvalidValueError, KacheryError
+from kachery_tasks.daemon.http import HttpServer, parse_listen, running_api
+from kachery_tasks.errors import DaemonError, InvalidValueError, KacheryError
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -69,7 +69,7 @@ def test_one_daemon_per_node(node, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         token = (node.path / "daemon" / "token").read_text()
-        with pytest.raises(DaemonRunningError, match="already serves"):
+        with pytest.raises(DaemonError, match="already serves"):
             HttpServer(node).start()
         assert (node.path / "daemon" / "token").read_text() == token  # left alone
         again = subprocess.run([sys.executable, "-m", "kachery_tasks", "node", "start"],
