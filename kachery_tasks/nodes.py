@@ -258,12 +258,9 @@ class Node:
         first remotes lack comes from a later one, and a blob found nowhere
         raises ContentNotFoundError naming every remote asked.
         """
-        from .storage.zarr_index import read_index_file
+        from .storage.zarr_index import missing_members
 
-        keys = read_index_file(self.local_path(uri, progress=False), uri)
-        if keys is None:
-            return 0
-        missing = sorted(h for h in set(keys.values()) if not self.store.has(f"sha256://{h}"))
+        missing = missing_members(self.local_path(uri, progress=False), uri, self.store.has)
         if not missing:
             return 0
         for remote in self.remotes:

@@ -197,12 +197,12 @@ class ChannelService:
                 connected = False
         members = []
         if config is not None:
-            from ..network.channels.config import PERMISSIONS
+            from ..network.channels.config import ordered_permissions
             from ..network.tasks.presence import provides_of
 
             for node, m in sorted(config.members.items(), key=lambda kv: kv[1].label):
                 members.append({"node": node, "label": m.label,
-                                "permissions": [p for p in PERMISSIONS if p in m.permissions],
+                                "permissions": ordered_permissions(m.permissions),
                                 "online": node in online,
                                 "provides": provides_of(online.get(node))})
         return {"name": self.channel.name, "key": self.key, "owner": self.channel.owner,

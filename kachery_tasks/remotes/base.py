@@ -80,12 +80,11 @@ class Remote(ABC):  # noqa: B024 - every method has a default; a remote override
 
         The default fetches them one at a time through :meth:`fetch_content`.
         """
-        from ..storage.zarr_index import read_index_file
+        from ..storage.zarr_index import missing_members
 
-        keys = read_index_file(self.fetch_content(store, uri, progress=False), uri)
-        if keys is None:
+        missing = missing_members(self.fetch_content(store, uri, progress=False), uri, store.has)
+        if missing is None:
             return 0
-        missing = sorted(h for h in set(keys.values()) if not store.has(f"sha256://{h}"))
         for h in missing:
             self.fetch_content(store, f"sha256://{h}", progress=False)
         return len(missing)

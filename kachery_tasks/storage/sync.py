@@ -46,7 +46,7 @@ from .hashing import Chunk, hash_file
 from .layout import blob_key, chunk_key, manifest_key
 from .local import LocalStore
 from .manifest import Manifest
-from .zarr_index import read_index_file
+from .zarr_index import missing_members, read_index_file
 
 __all__ = [
     "UploadReport", "blob_key", "chunk_key", "download", "download_members", "in_bucket",
@@ -325,10 +325,9 @@ def download_members(
     array local at once (to work offline, say). Each blob is verified like
     any download. 0 when ``uri`` is not a zarr index.
     """
-    keys = read_index_file(download(store, bucket, uri, progress=False), uri)
-    if keys is None:
+    missing = missing_members(download(store, bucket, uri, progress=False), uri, store.has)
+    if missing is None:
         return 0
-    missing = sorted(h for h in set(keys.values()) if not store.has(f"sha256://{h}"))
     threads = threads or store.node.config.transfer_threads
     with progress_bar(
         len(missing), f"download {len(missing)} array blobs", _BLOBS_FOR_A_BAR, progress,

@@ -17,7 +17,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..canonical import canonical_json
@@ -66,6 +66,15 @@ def _not_an_index(uri: str) -> StorageError:
         f"{uri} is not a kachery-tasks zarr array (expected a JSON index with "
         f'"format": "{INDEX_FORMAT}"); store arrays with store_zarr'
     )
+
+
+def missing_members(path: str, name: str, has: Callable[[str], bool]) -> list[str] | None:
+    """The SHA-256 hex of each blob the index in the file at ``path`` names for which
+    ``has(uri)`` is false, sorted; None when the file holds no index."""
+    keys = read_index_file(path, name)
+    if keys is None:
+        return None
+    return sorted(h for h in set(keys.values()) if not has(f"sha256://{h}"))
 
 
 def read_index_file(path: str, name: str) -> dict[str, str] | None:

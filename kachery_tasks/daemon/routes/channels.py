@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
 from ...network.channels import ChannelStore, JoinedChannel
-from ...network.channels.config import PERMISSIONS, check_permissions
+from ...network.channels.config import PERMISSIONS, check_permissions, ordered_permissions
 from . import daemon_of, node_of
 
 router = APIRouter(tags=["channels"])
@@ -68,7 +68,7 @@ def _view(channel: JoinedChannel, me: str, live: list[dict[str, Any]]) -> dict[s
     if config is not None:
         for node, m in sorted(config.members.items(), key=lambda kv: kv[1].label):
             members.append({"node": node, "label": m.label,
-                            "permissions": [p for p in PERMISSIONS if p in m.permissions],
+                            "permissions": ordered_permissions(m.permissions),
                             "online": online.get(node) if now is not None else None,
                             "this_node": node == me,
                             "provides": provides.get(node, [])})
