@@ -198,7 +198,8 @@ class Asker:
                                      f"declined by all {len(pending.asked)} asked")
                 if now >= pending.deadline:
                     break
-                waits = [pending.deadline - now, last_sent + repeat_after - now]
+                life = pending.deadline - pending.timeout  # the last sign of life
+                waits = [pending.deadline - now, max(last_sent, life) + repeat_after - now]
                 if poll is not None:
                     waits.append(last_poll + poll_every - now)
                 wake.wait(max(0.0, min(waits)))

@@ -273,3 +273,32 @@ def test_an_answer_wakes_only_the_thread_waiting_for_it(sessions, monkeypatch):
     quiet.join(15)
     assert results["quiet"].status == results["chatty"].status == "done"
     assert woken.get("quiet-waiter", 0) <= 2  # its own answer (and no other request's news)
+
+
+def test_a_wait_hearing_progress_does_not_spin(sessions, monkeypatch):
+    """A request older than ``repeat_after`` that keeps hearing progress is alive: its
+    waiter sleeps until the next sign of life is due, it does not loop without waiting."""
+    from kachery_tasks.network.channels import requests
+
+    waits: list[float | None] = []
+
+    class Counting(threading.Condition):
+        def wait(self, timeout=None):
+            waits.append(timeout)
+            return super().wait(timeout)
+
+    monkeypatch.setattr(requests.threading, "Condition", Counting)
+    a, b = sessions("a"), sessions("b")
+
+    def slow(incoming):
+        for i in range(8):  # 1.6 s of work, progress every 0.2 s, repeat_after 0.5 s
+            incoming.progress({"sha256": "x", "bytes": i, "total": 8})
+            time.sleep(0.2)
+        incoming.answer("file_uploaded", {"sha256": "x"})
+
+    calls = []
+    Responder(b, FILE, lambda i: (calls.append(i.id), slow(i)))
+    pending = Asker(a).ask(FILE, {"uri": "u"}, asked={b.node_id}, online=1, timeout=5,
+                           what="the test request", repeat_after=0.5)
+    assert pending.status == "done" and len(calls) == 1
+    assert len(waits) < 100  # a wake-up per message and per due repeat, not a busy loop
