@@ -76,11 +76,20 @@ def check_depth(text: str | bytes, what: str = "value") -> None:
     if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
         return  # the common case, at the cost of two scans in C
     brackets = _STRINGS.sub(b"", data).translate(None, _NOT_BRACKETS)
+    left = brackets
+    for _ in range(MAX_DEPTH):  # well-nested text loses a level per round (in C)
+        inner = _PAIR.sub(b"", left)  # one scan: only pairs innermost before it
+        if not inner:
+            return
+        if len(inner) == len(left):
+            break  # mismatched brackets: count them one by one
+        left = inner
     if max(accumulate(_STEP[b] for b in brackets), default=0) > MAX_DEPTH:
         raise _too_deep(what)
 
 
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_PAIR = re.compile(rb"\[\]|\{\}")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
