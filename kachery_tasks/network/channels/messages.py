@@ -63,17 +63,46 @@ REQUIRED_PERMISSION: Mapping[str, str | None] = {
     "task_finished": "process_tasks",
     "task_failed": "process_tasks",
     "task_declined": "process_tasks",
+    "request_tasks": None,
+    "tasks_progress": "process_tasks",
+    "tasks_answered": "process_tasks",
+    "tasks_declined": "process_tasks",
 }
 """Each message type and the permission its sender needs (None: any member).
 
-``request_task`` passes from any member: the provider checks
-``request_tasks`` itself and declines ``not_allowed``, so a member without it
-gets a clear answer instead of silence.
+``request_task`` (and ``request_tasks``, a batch of calls) passes from any
+member: the provider checks the ``request_tasks`` permission itself and
+declines ``not_allowed``, so a member without it gets a clear answer instead of
+silence.
 
 ``feed_messages`` is sent by the node that owns the feed (any member; the
 receivers asked for it with ``read_feeds``). ``channel_config`` carries a
 config whose own signature (the owner's) is what makes it trusted.
 """
+
+ADDRESSED_BY: Mapping[str, str] = {
+    **{t: "to" for t in ("file_uploaded", "file_upload_progress", "file_absent", "task_status",
+                         "task_finished", "task_failed", "task_declined", "tasks_progress",
+                         "tasks_answered", "tasks_declined")},
+    "request_task": "provider",
+    "request_tasks": "provider",
+}
+"""Message types meant for one member, and the body field naming it: the answers of an
+exchange (``to``, the asker) and task requests (``provider``)."""
+
+
+def addressed_elsewhere(type: str | None, data: Any, node_id: str) -> bool:
+    """Whether the message ``data`` of ``type`` (not verified yet) names a member other than
+    ``node_id`` as its only reader: the others skip it without checking its signature,
+    which would cost them as much as the reader (a forged one is nobody's concern)."""
+    field = ADDRESSED_BY.get(type or "")
+    if field is None or not isinstance(data, Mapping):
+        return False
+    envelope_body = data.get("body")
+    body = envelope_body.get("body") if isinstance(envelope_body, Mapping) else None
+    reader = body.get(field) if isinstance(body, Mapping) else None
+    return isinstance(reader, str) and reader != node_id
+
 
 _TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 _NONCE = re.compile(r"[0-9a-f]{32}\Z")

@@ -33,7 +33,7 @@ from ..pubsub import PubSub, connect_pubsub
 from ..pubsub.base import Message, PresenceEvent
 from .bucket import latest_config
 from .config import ChannelConfig, open_config
-from .messages import ChannelMessage, MessageChecker, seal_message
+from .messages import ChannelMessage, MessageChecker, addressed_elsewhere, seal_message
 from .store import JoinedChannel
 from .tokens import make_token
 
@@ -309,7 +309,7 @@ class ChannelSession:
 
     def _on_message(self, m: Message) -> None:
         checker = self.checker
-        if checker is None:
+        if checker is None or addressed_elsewhere(m.name, m.data, self.node_id):
             return
         msg = checker.check(m.data, f"message {m.name!r} from client {m.client_id!r}")
         if msg is None:
