@@ -107,6 +107,23 @@ class TaskFuture:
             return self._value
         return gather([self], timeout=timeout)[0]
 
+    def wait(self) -> None:
+        """Wait until the call ended, leaving its value where it was computed (a worker
+        that recorded and published it); raises what :meth:`result` raises for a failure."""
+        if self._error is not None:
+            raise self._error
+        if self._dask is None:
+            return
+        try:
+            error = self._dask.exception()
+        except Exception as e:  # cancelled, or the cluster went away
+            executor = self._executor
+            if isinstance(executor, DaskExecutor):
+                raise executor._executor_error(e) from e
+            raise
+        if error is not None:
+            raise error
+
     def _set(self, value: Any) -> None:
         self._value = _readonly_array(value)
         self._dask = None
@@ -139,6 +156,10 @@ def _readonly_array(value: Any) -> Any:
 class Executor(abc.ABC):
     """Where submitted calls run. See the module docstring for the contract."""
 
+    in_caller: bool = False
+    """Whether ``submit`` runs the call before it returns (in the calling thread): then
+    calls submitted together run one after the other."""
+
     @abc.abstractmethod
     def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
         """Start ``task(*args, **kwargs)``; ``mode`` is ``call``, ``force`` or ``again``."""
@@ -147,6 +168,12 @@ class Executor(abc.ABC):
             kwargs: dict | None = None) -> list[TaskFuture]:
         """``submit(task, (item, *args), kwargs)`` for every item, in order."""
         return [self.submit(task, (item, *args), dict(kwargs or {})) for item in items]
+
+    def submit_many(self, task: Task, calls: list[tuple[tuple, dict]],
+                    mode: str = "call") -> list[TaskFuture]:
+        """``submit(task, args, kwargs, mode)`` for every ``(args, kwargs)``, in order; an
+        executor that can start many calls in one go (a cluster) does."""
+        return [self.submit(task, args, kwargs, mode) for args, kwargs in calls]
 
     def gather(self, futures: Sequence[TaskFuture], timeout: float | None = None) -> list[Any]:
         """The results of ``futures`` in order (raises the first failure)."""
@@ -158,6 +185,8 @@ class Executor(abc.ABC):
 
 class LocalExecutor(Executor):
     """Runs each submission immediately, in the calling thread."""
+
+    in_caller = True
 
     def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
         call = task.prepare(*args, **kwargs)  # encoded once, hit or miss
@@ -234,14 +263,16 @@ class DaskExecutor(Executor):
         self.owns_client = False  # connect() sets it: close() ends a client it made
 
     def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
-        return self._submit_many(task, [(tuple(args), dict(kwargs))], mode)[0]
+        return self.submit_many(task, [(tuple(args), dict(kwargs))], mode)[0]
 
     def map(self, task: Task, items: Iterable[Any], args: tuple = (),
             kwargs: dict | None = None) -> list[TaskFuture]:
         kw = dict(kwargs or {})
-        return self._submit_many(task, [((item, *args), kw) for item in items], "call")
+        return self.submit_many(task, [((item, *args), kw) for item in items], "call")
 
-    def _submit_many(self, task: Task, calls: list[tuple[tuple, dict]], mode: str) -> list:
+    def submit_many(self, task: Task, calls: list[tuple[tuple, dict]],
+                    mode: str = "call") -> list[TaskFuture]:
+        """The calls not recorded yet go to the cluster in one message (``client.map``)."""
         c = cache_mod.current()
         policy = task.policy
         prepared = [task.prepare(*args, **kwargs) for args, kwargs in calls]

@@ -33,6 +33,20 @@ The provider answers, addressed to the requester (``"to"``), always naming
 * ``task_declined {"reason", "code"}`` (decline): the provider will not run
   it. ``code`` is one of :data:`DECLINE_CODES`; ``reason`` is the sentence
   shown to the user (for ``code_hash``, it names both hashes and both nodes).
+
+**Batches.** ``map`` sends the calls it must ask of one provider together, as
+``request_tasks {"request", "provider", "calls", "mode"}`` (``calls`` a list of
+at most :data:`BATCH_MAX` call texts, the message within the pub/sub's size
+limit), so that a thousand calls cost a few dozen messages rather than several
+thousand. The provider treats each call as it treats a ``request_task`` and
+answers with the same bodies, gathered: ``tasks_progress {"answers"}`` as
+answers come (each entry is the body of a ``task_status``, ``task_finished``,
+``task_failed`` or ``task_declined`` with its ``"type"``; a status superseded
+before it was sent is dropped), and ``tasks_answered {"answers"}`` (final) once
+every call of the batch has its final answer or decline.
+``tasks_declined {"code", "reason"}`` declines the whole batch (``not_allowed``,
+``busy``, ``rejected``). A call left without an answer (a lost progress
+message, a timeout) is asked again on its own by the requester.
 """
 
 from __future__ import annotations
@@ -51,6 +65,25 @@ TASK = Exchange(
 
 REQUESTER_NEEDS = "request_tasks"
 """The permission a member needs for a provider to take its request."""
+
+TASKS = Exchange(
+    "request_tasks",
+    final=frozenset({"tasks_answered"}),
+    progress=frozenset({"tasks_progress"}),
+    decline=frozenset({"tasks_declined"}),
+    answerer_needs="process_tasks",
+)
+"""A batch of calls to one provider (see the module docstring)."""
+
+BATCH_MAX = 100
+"""Calls in one ``request_tasks``."""
+
+BATCH_BYTES = 40 * 1024
+"""Characters of call text (and of answer entries) in one batch message: the signed
+message stays under the pub/sub's limit (60 KiB of JSON)."""
+
+ANSWER_TYPES = frozenset({"task_status", "task_finished", "task_failed", "task_declined"})
+"""The ``type`` of an entry in ``tasks_progress``/``tasks_answered``."""
 
 PRESENCE_KEY = "provides"
 """Presence data of a provider's daemon: ``{"provides": [{"name", "kind", "version",
@@ -72,6 +105,22 @@ def request_body(provider: str, call_bytes: bytes, mode: str = "call") -> dict[s
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, not {mode!r}")
     return {"provider": provider, "call": call_bytes.decode("utf-8"), "mode": mode}
+
+
+def batch_body(provider: str, call_texts: list[str], mode: str = "call") -> dict[str, Any]:
+    """The body of a ``request_tasks`` (the plumbing adds ``request``)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, not {mode!r}")
+    if not 0 < len(call_texts) <= BATCH_MAX:
+        raise ValueError(f"a batch holds 1 to {BATCH_MAX} calls, not {len(call_texts)}")
+    return {"provider": provider, "calls": list(call_texts), "mode": mode}
+
+
+def answer_entry(type: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One answer in a ``tasks_progress``/``tasks_answered``: a single-call body and its type."""
+    if type not in ANSWER_TYPES:
+        raise ValueError(f"an answer entry is one of {sorted(ANSWER_TYPES)}, not {type!r}")
+    return {**body, "type": type}
 
 
 def finished_body(task_id: str, kind: str, result_uri: str | None, codec: str | None,

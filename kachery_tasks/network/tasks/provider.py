@@ -37,6 +37,11 @@ in each channel where it may ``process_tasks``, the requests addressed to it
    (``requests`` table: task id, requester node and label, channel, outcome),
    shown by ``kachery-tasks tasks show``.
 
+**Batches.** A ``request_tasks`` (``map`` on the requester) is checked and
+accepted call by call as above; the answers gather in an :class:`~.batches.
+Outbox` and go back in a few ``tasks_progress`` messages and one
+``tasks_answered`` (:mod:`.protocol`).
+
 **Threads.** The session's :class:`~kachery_tasks.network.channels.requests.
 Responder` threads only check and accept requests. Accepted calls queue for
 ``workers`` job threads (default :data:`DEFAULT_WORKERS`); a job waiting for
@@ -64,13 +69,14 @@ from ...remotes.bucket import BucketRemote
 from ...runtime import cache as cache_mod
 from ...runtime import shared
 from ...runtime.call import Call, ResultRef
-from ...runtime.context import Submitter
-from ...runtime.executors import LOCAL
+from ...runtime.executors import LOCAL, Executor
 from ..channels.remote import channel_url
 from ..channels.requests import Incoming, Responder
 from ..channels.session import ChannelSession
 from . import protocol
+from .batches import Outbox, Slot
 from .claims import DEFAULT_TTL, Claim, Claims, Holder, runs_once
+from .launcher import Launcher
 from .registry import Provided
 
 log = logging.getLogger("kachery_tasks.network.tasks")
@@ -89,6 +95,9 @@ WAIT_TIMEOUT = 24 * 3600.0
 
 RESPONDER_WORKERS = 8
 """Threads that check incoming requests (decoding a call may fetch its arguments)."""
+
+BATCH_WORKERS = 2
+"""Threads that check incoming batches (``request_tasks``), call by call."""
 
 TRACEBACK_MAX = 16_000
 """Characters of a remote traceback sent (its end: where it was raised)."""
@@ -112,7 +121,7 @@ class _Job:
     call: Call
     mode: str
     key: tuple
-    incomings: list[Incoming] = field(default_factory=list)
+    incomings: list[Incoming | Slot] = field(default_factory=list)
     status: str = "queued"
     detail: str = ""
     answer: tuple[str, dict[str, Any], str] | None = None  # type, body, how it ended
@@ -128,7 +137,7 @@ class TaskProvider:
     """
 
     def __init__(self, session: ChannelSession, node: Node, provided: Provided, *,
-                 executor: Submitter | None = None, claim_ttl: float = DEFAULT_TTL,
+                 executor: Executor | None = None, claim_ttl: float = DEFAULT_TTL,
                  workers: int = DEFAULT_WORKERS, max_accepted: int = MAX_ACCEPTED,
                  status_every: float = STATUS_EVERY, wait_timeout: float = WAIT_TIMEOUT,
                  events: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -137,7 +146,7 @@ class TaskProvider:
                                     "accepted call")
         self.session = session
         self.provided = provided
-        self.executor: Submitter = executor if executor is not None else LOCAL
+        self.executor: Executor = executor if executor is not None else LOCAL
         self.status_every = status_every
         self.wait_timeout = wait_timeout
         self.max_accepted = max_accepted
@@ -156,8 +165,12 @@ class TaskProvider:
         self._ticker = threading.Thread(target=self._tick, name="kachery-provide-status",
                                         daemon=True)
         self._ticker.start()
+        self._outbox = Outbox()
+        self._launcher = Launcher(self.executor, self.node)
         self.responder = Responder(session, protocol.TASK, self._serve,
                                    workers=RESPONDER_WORKERS, events=events)
+        self.batch_responder = Responder(session, protocol.TASKS, self._serve_batch,
+                                         workers=BATCH_WORKERS, events=events)
 
     # ------------------------------------------------------------ parts
     def _bucket(self) -> BucketRemote:
@@ -188,17 +201,51 @@ class TaskProvider:
             incoming.status, incoming.detail = "ignored", "addressed to another provider"
             return
         try:
-            call, mode = self._check(incoming)
-            self._accept(call, mode, incoming)
+            self._check_sender(incoming.sender)
+            mode, text = body.get("mode", "call"), body.get("call")
+            if mode not in protocol.MODES or not isinstance(text, str):
+                raise _Decline("rejected", "the request is malformed (mode or call)")
+            self._accept(self._check(text, incoming.sender), mode, incoming)
         except _Decline as d:
-            self._note(None, incoming, f"declined {d.code}")
-            incoming.answer("task_declined", protocol.declined_body(
-                _sent_task_id(body), d.code, d.reason), f"declined: {d.code}")
-            log.info("channel %s: declined a request_task from %s: %s", self.channel_name,
-                     self._label_of(incoming.sender), d.reason)
+            self._declined(incoming, d)
 
-    def _check(self, incoming: Incoming) -> tuple[Call, str]:
-        body, sender = incoming.body, incoming.sender
+    def _serve_batch(self, incoming: Incoming) -> None:
+        """A Responder thread: check a ``request_tasks``, then each of its calls as
+        :meth:`_serve` checks one (answers gather in the outbox, see :mod:`.batches`)."""
+        body = incoming.body
+        if body.get("provider") != self.me:
+            incoming.status, incoming.detail = "ignored", "addressed to another provider"
+            return
+        mode, texts = body.get("mode", "call"), body.get("calls")
+        try:
+            self._check_sender(incoming.sender)
+            if mode not in protocol.MODES or not isinstance(texts, list) \
+                    or not 0 < len(texts) <= protocol.BATCH_MAX \
+                    or not all(isinstance(t, str) for t in texts):
+                raise _Decline("rejected", "the batch is malformed (mode or calls)")
+        except _Decline as d:
+            incoming.answer("tasks_declined", {"code": d.code, "reason": d.reason},
+                            f"declined: {d.code}")
+            log.info("channel %s: declined a request_tasks from %s: %s", self.channel_name,
+                     self._label_of(incoming.sender), d.reason)
+            return
+        batch = self._outbox.open(incoming, len(texts))
+        for i, text in enumerate(texts):
+            slot = batch.slot(i, text)
+            try:
+                self._accept(self._check(text, incoming.sender), mode, slot)
+            except _Decline as d:
+                self._declined(slot, d)
+
+    def _declined(self, incoming: Incoming | Slot, d: _Decline) -> None:
+        self._note(None, incoming, f"declined {d.code}")
+        incoming.answer("task_declined", protocol.declined_body(
+            _sent_task_id(incoming.body), d.code, d.reason), f"declined: {d.code}")
+        log.info("channel %s: declined a call from %s: %s", self.channel_name,
+                 self._label_of(incoming.sender), d.reason)
+
+    def _check_sender(self, sender: str) -> None:
+        """Decline a sender who may not ask, or every call while shutting down."""
         config = self.session.config
         if protocol.REQUESTER_NEEDS not in config.permissions_of(sender):
             raise _Decline("not_allowed", (
@@ -208,19 +255,17 @@ class TaskProvider:
         if self._closed:
             raise _Decline("busy", f"{self._label_of(self.me)} is shutting down; ask another "
                                    "provider")
-        mode = body.get("mode", "call")
-        text = body.get("call")
-        if mode not in protocol.MODES or not isinstance(text, str):
-            raise _Decline("rejected", "the request is malformed (mode or call)")
+
+    def _check(self, text: str, sender: str) -> Call:
+        """The call ``text`` names, rebuilt from this node's registry (or a decline)."""
         data = text.encode("utf-8")
         self._check_identity(data, sender)
         try:
             with self.node:  # a zarr argument reads its chunks through this node's remotes
-                call = Call.from_bytes(data, self.provided.lookup, load_path=self._load_path,
+                return Call.from_bytes(data, self.provided.lookup, load_path=self._load_path,
                                        results=self._result_ref)
         except (CallRejectedError, KacheryError) as e:  # WireError, content not found, ...
             raise _Decline("rejected", str(e)) from None
-        return call, mode
 
     def _check_identity(self, data: bytes, sender: str) -> None:
         """Decline ``unknown`` or ``code_hash`` before rebuilding any argument."""
@@ -265,7 +310,7 @@ class TaskProvider:
 
         return ResultRef(task_id, load)
 
-    def _accept(self, call: Call, mode: str, incoming: Incoming) -> None:
+    def _accept(self, call: Call, mode: str, incoming: Incoming | Slot) -> None:
         key: tuple = (call.task_id, mode) if runs_once(call.kind) else (call.task_id, id(incoming))
         with self._lock:
             job = self._jobs.get(key)
@@ -369,7 +414,7 @@ class TaskProvider:
         try:
             self._set_status(job, "running", f"on {self._label_of(self.me)}")
             try:
-                self.executor.submit(call.task, call.args, call.kwargs, job.mode).result()
+                self._launcher.run(call, job.mode)
             except Exception as e:
                 failure = self._failure(job, e)
                 if claim is not None:
@@ -383,8 +428,10 @@ class TaskProvider:
             c = cache_mod.for_node(self.node)
             bucket = self._bucket()
             if call.kind == "pure":
-                shared.publish(c, call.task_id, [bucket], trusts=self._serves_signer)
-                record = self._record(call.task_id)
+                record = self._record(call.task_id)  # published where it ran, as a rule
+                if record is None:
+                    shared.publish(c, call.task_id, [bucket], trusts=self._serves_signer)
+                    record = self._record(call.task_id)
                 if record is None:
                     raise KacheryError(f"the result of {call.task_id} could not be published "
                                        f"to {bucket.url}")
@@ -473,7 +520,7 @@ class TaskProvider:
         log.info("channel %s: %s %s for %d request(s): %s", self.channel_name,
                  job.call.function, job.call.task_id[:19], len(incomings), how)
 
-    def _note(self, task_id: str | None, incoming: Incoming, outcome: str) -> None:
+    def _note(self, task_id: str | None, incoming: Incoming | Slot, outcome: str) -> None:
         """Note in the records who asked for ``task_id`` (a failure to note is logged)."""
         tid = task_id or _sent_task_id(incoming.body)
         if tid is None:
@@ -488,8 +535,8 @@ class TaskProvider:
 
     # ------------------------------------------------------------ status
     def status(self) -> list[dict[str, Any]]:
-        """The requests served and in progress, as the Responder's status rows."""
-        return self.responder.status()
+        """The requests served and in progress, as the Responders' status rows."""
+        return [*self.responder.status(), *self.batch_responder.status()]
 
     def in_progress(self) -> int:
         with self._lock:
@@ -508,6 +555,9 @@ class TaskProvider:
                 job.call.task_id, "busy", f"{self._label_of(self.me)} is shutting down; ask "
                 "another provider"), "declined busy")
         self.responder.close()
+        self.batch_responder.close()
+        self._outbox.close()
+        self._launcher.close()
 
 
 def _with_channel_remote(node: Node, url: str) -> Node:

@@ -192,20 +192,25 @@ class ChannelTasks:
             if task.policy.deterministic:  # looked up already: straight to the providers
                 fut = started.get(call.task_id)
                 if fut is None:
-                    fut = started[call.task_id] = self._start(
-                        call, lambda call=call: self.run_call(call, "call"))
+                    fut = started[call.task_id] = ChannelFuture(
+                        call.task, call.task_id, concurrent.futures.Future())
                 out[i] = fut
             else:
                 out[i] = self._start(call, lambda call=call: task.run(call, "call"))
+        if started:
+            calls = {call.task_id: call for call in prepared if call.task_id in started}
+            self._start_batches([(calls[tid], fut) for tid, fut in started.items()])
         return out  # type: ignore[return-value]
 
     def gather(self, futures: list[TaskFuture], timeout: float | None = None) -> list[Any]:
         return [f.result(timeout) for f in futures]
 
-    def _start(self, call: Call, run: Callable[[], Any]) -> ChannelFuture:
-        cf: concurrent.futures.Future = concurrent.futures.Future()
-        fut = ChannelFuture(call.task, call.task_id, cf)
-        ctx = contextvars.copy_context()
+    def _start(self, call: Call, run: Callable[[], Any],
+               fut: ChannelFuture | None = None) -> ChannelFuture:
+        """``fut`` (a new one by default) for ``call``, resolved by ``run()`` in the pool."""
+        if fut is None:
+            fut = ChannelFuture(call.task, call.task_id, concurrent.futures.Future())
+        cf = fut._future
 
         def job() -> None:
             if not cf.set_running_or_notify_cancel():
@@ -218,17 +223,53 @@ class ChannelTasks:
             else:
                 cf.set_result(value)
 
+        self._submit(contextvars.copy_context(), job)
+        return fut
+
+    def _submit(self, ctx: contextvars.Context, job: Callable[[], Any]) -> None:
+        """Run ``job`` in the pool in a copy of ``ctx`` (a context is entered by one thread
+        at a time)."""
+        ctx = ctx.copy()
         with self._lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     self.threads, thread_name_prefix=f"kachery-channel-{self.name}")
             self._pool.submit(ctx.run, job)
-        return fut
+
+    # ---------------------------------------------------------------- batches
+    def _start_batches(self, calls: list[tuple[Call, ChannelFuture]]) -> None:
+        """Ask for ``calls`` (distinct pure calls looked up already) in batches, one
+        ``request_tasks`` per provider and :data:`~.protocol.BATCH_MAX` calls; what cannot
+        go in a batch (no provider, no permission) takes the single-call path, which
+        raises or falls back as it says."""
+        ctx = contextvars.copy_context()
+        try:
+            session, _ = self._remote().session()
+            config, me = session.config, session.node_id
+            if protocol.REQUESTER_NEEDS not in config.permissions_of(me):
+                raise ChannelPermissionError("may not ask")  # said by the single path
+            members = [(n, d) for n, d in session.members() if n != me]
+            orders = {call.task_id: choose_providers(call, members, config)
+                      for call, _ in calls}
+        except (ChannelPermissionError, NoProviderError):
+            for call, fut in calls:
+                self._start(call, lambda call=call: self.run_call(call, "call"), fut)
+            return
+        online = len({n for n, _ in members})
+        groups: dict[str, list[tuple[Call, ChannelFuture]]] = {}
+        for call, fut in calls:
+            groups.setdefault(orders[call.task_id][0], []).append((call, fut))
+        for provider, group in groups.items():
+            for i in range(0, len(group), protocol.BATCH_MAX):
+                batch = _BatchRequest(self, provider, group[i:i + protocol.BATCH_MAX], orders,
+                                      online, ctx)
+                self._submit(ctx, batch.run)
 
     # ----------------------------------------------------------------- runner
-    def run_call(self, call: Call, mode: str) -> Any:
+    def run_call(self, call: Call, mode: str, skip: frozenset[str] = frozenset()) -> Any:
         """Run ``call`` on a provider (the remote runner's job, see
-        :class:`~kachery_tasks.runtime.context.RemoteRunner`): the kind's outcome."""
+        :class:`~kachery_tasks.runtime.context.RemoteRunner`): the kind's outcome.
+        Providers in ``skip`` (they declined it in a batch) are asked last."""
         c = cache_mod.current()
         remote = self._remote()
         if call.kind == "pure" and mode == "call" and remote not in c.node.remotes:
@@ -246,6 +287,7 @@ class ChannelTasks:
         members = [(n, d) for n, d in session.members() if n != me]
         try:
             providers = choose_providers(call, members, config)
+            providers.sort(key=lambda p: p in skip)
         except NoProviderError:
             if self.fallback != "local":
                 raise
@@ -441,6 +483,173 @@ class ChannelTasks:
             f"in channel {self._remote().channel.name}: {rtype}: {first}",
             remote_type=rtype, remote_message=message,
             remote_traceback=str(error.get("traceback") or ""), provider=provider, label=where)
+
+
+class _BatchRequest:
+    """Calls of ``map`` asked of one provider in one ``request_tasks``, and their answers.
+
+    The shared records are looked at first (one read for the batch). Answers are
+    resolved in the pool as they come (``tasks_progress``), the rest when the batch
+    is answered; a call declined in the batch, or left without an answer, takes
+    the single-call path (the decliner asked last), so every future ends.
+    """
+
+    def __init__(self, tasks: ChannelTasks, provider: str,
+                 calls: list[tuple[Call, ChannelFuture]], orders: dict[str, list[str]],
+                 online: int, ctx: contextvars.Context) -> None:
+        self.tasks, self.provider, self.online, self.ctx = tasks, provider, online, ctx
+        self.calls = {call.task_id: (call, fut) for call, fut in calls}
+        self.orders = orders
+        self._lock = threading.Lock()
+        self._open = set(self.calls)  # task ids without a final answer or a decline yet
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # the bucket or the pub/sub failed under the batch
+            for tid in self._take(list(self._open)):
+                self._fail(tid, e)
+
+    def _run(self) -> None:
+        tasks = self.tasks
+        c = cache_mod.current()
+        remote = tasks._remote()
+        if remote not in c.node.remotes:  # shared hits: one read of the bucket
+            for tid, data in remote.get_result_records(list(self.calls)).items():
+                if shared.import_record(c, tid, remote, data) and self._take([tid]):
+                    self._resolve(tid, lambda tid=tid: self._value(c, tid))
+        texts: list[tuple[str, str]] = []
+        for tid in list(self._open):
+            try:
+                texts.append((tid, tasks._call_bytes(c, self.calls[tid][0]).decode("utf-8")))
+            except Exception as e:  # its arguments cannot travel
+                if self._take([tid]):
+                    self._fail(tid, e)
+        parts = _parts(texts)
+        for part in parts[1:]:  # more than one message's worth: the others in the pool
+            tasks._submit(self.ctx, lambda part=part: self._ask(c, part))
+        if parts:
+            self._ask(c, parts[0])
+
+    def _ask(self, c: cache_mod.NodeCache, part: list[tuple[str, str]]) -> None:
+        tasks, provider = self.tasks, self.provider
+        _, asker = tasks._remote().session()
+        function = self.calls[part[0][0]][0].function
+        for tid, _ in part:
+            self.calls[tid][1]._set_status("queued", f"asking {tasks._label(provider)}")
+
+        def on_progress(pending: Pending, msg: ChannelMessage) -> None:
+            self._answers(c, msg.body.get("answers"))
+
+        timed_out: ChannelTimeoutError | None = None
+        pending: Pending | None = None
+        try:
+            pending = asker.ask(
+                protocol.TASKS, protocol.batch_body(provider, [t for _, t in part]),
+                asked={provider}, online=self.online, timeout=tasks.timeout,
+                what=f"the request to run {len(part)} calls of {function}",
+                on_progress=on_progress)
+        except ChannelTimeoutError as e:
+            timed_out = e
+        if pending is not None and pending.final is not None:
+            self._answers(c, pending.final.body.get("answers"), here=True)
+        declined = pending is not None and pending.status == "declined"
+        for tid in self._take([tid for tid, _ in part]):  # unanswered: on its own
+            if timed_out is not None and len(self.orders[tid]) == 1:
+                self._fail(tid, timed_out)
+            else:
+                self._single(tid, skip=declined or timed_out is not None)
+
+    def _answers(self, c: cache_mod.NodeCache, answers: Any, here: bool = False) -> None:
+        """Hand each entry of a ``tasks_progress``/``tasks_answered`` to its call."""
+        finals: list[tuple[str, dict]] = []
+        for entry in answers if isinstance(answers, list) else ():
+            tid = entry.get("task_id") if isinstance(entry, dict) else None
+            if tid not in self.calls:
+                continue
+            type = entry.get("type")
+            if type == "task_status":
+                status = str(entry.get("status", ""))
+                self.calls[tid][1]._set_status("running" if status == "progress" else status,
+                                               str(entry.get("detail", ""))[:200])
+            elif type == "task_declined":
+                if self._take([tid]):
+                    self._single(tid, skip=True)
+            elif type in ("task_finished", "task_failed") and self._take([tid]):
+                finals.append((tid, entry))
+        if not finals:
+            return
+        if here:
+            self._finals(c, finals)
+        else:  # not in the session's message thread
+            self.tasks._submit(self.ctx, lambda: self._finals(c, finals))
+
+    def _finals(self, c: cache_mod.NodeCache, finals: list[tuple[str, dict]]) -> None:
+        tasks = self.tasks
+        for tid, entry in finals:
+            call = self.calls[tid][0]
+            if entry["type"] == "task_failed":
+                self._resolve(tid, lambda call=call, entry=entry: _raise(tasks._failed(
+                    c, call, entry, self.provider, tasks._label(self.provider))))
+            else:
+                self._resolve(tid, lambda call=call, entry=entry: tasks._pure_result(
+                    c, call, entry.get("record"), tasks._label(self.provider)))
+
+    def _take(self, tids: list[str]) -> list[str]:
+        """Of ``tids``, those still open, now closed (each call is answered once)."""
+        with self._lock:
+            taken = [tid for tid in tids if tid in self._open]
+            self._open.difference_update(taken)
+        return taken
+
+    @staticmethod
+    def _value(c: cache_mod.NodeCache, tid: str) -> Any:
+        return ChannelTasks._load(c, tid)
+
+    def _resolve(self, tid: str, value: Callable[[], Any]) -> None:
+        cf = self.calls[tid][1]._future
+        try:
+            result = value()
+        except BaseException as e:
+            _settle(cf, exception=e)
+        else:
+            _settle(cf, result=result)
+
+    def _fail(self, tid: str, e: BaseException) -> None:
+        _settle(self.calls[tid][1]._future, exception=e)
+
+    def _single(self, tid: str, *, skip: bool) -> None:
+        call, fut = self.calls[tid]
+        skipped = frozenset({self.provider}) if skip else frozenset()
+        self.tasks._start(call, lambda: self.tasks.run_call(call, "call", skipped), fut)
+
+
+def _parts(texts: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """``texts`` (task id, call text) in groups within :data:`~.protocol.BATCH_BYTES`."""
+    parts: list[list[tuple[str, str]]] = []
+    size = protocol.BATCH_BYTES
+    for item in texts:
+        if size + len(item[1]) > protocol.BATCH_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(item)
+        size += len(item[1]) + 3
+    return parts
+
+
+def _raise(e: BaseException) -> Any:
+    raise e
+
+
+def _settle(cf: concurrent.futures.Future, *, result: Any = None,
+            exception: BaseException | None = None) -> None:
+    """End ``cf`` (a future cancelled meanwhile stays so)."""
+    if not cf.set_running_or_notify_cancel():
+        return
+    if exception is not None:
+        cf.set_exception(exception)
+    else:
+        cf.set_result(result)
 
 
 def choose_providers(call: Call, members: list[tuple[str, Any]], config: Any) -> list[str]:

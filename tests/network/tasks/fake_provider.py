@@ -42,14 +42,29 @@ class FakeProvider:
         lab.sessions.append(session)
         self.session = session.start()
         self.responder = Responder(session, protocol.TASK, self._serve, workers=8)
+        self.batch_responder = Responder(session, protocol.TASKS, self._serve_batch, workers=8)
+        self.batches: list[dict] = []
 
     def close(self) -> None:
         self.release.set()
         self.responder.close()
+        self.batch_responder.close()
         self.session.close()
 
-    def _serve(self, incoming: Incoming) -> None:
+    def _serve_batch(self, incoming: Incoming) -> None:
+        """Each call of a ``request_tasks`` as a ``request_task``; every answer at the end."""
         body = incoming.body
+        if body.get("provider") != self.node.id:
+            return
+        self.batches.append(body)
+        answers: list[dict] = []
+        for text in body["calls"]:
+            self._serve(_Entries(incoming, answers), {**body, "call": text})
+        if not self.silent and not self.stall:
+            incoming.answer("tasks_answered", {"answers": answers})
+
+    def _serve(self, incoming: Incoming, body: dict | None = None) -> None:
+        body = incoming.body if body is None else body
         if body.get("provider") != self.node.id:
             return
         self.requests.append(body)
@@ -107,3 +122,16 @@ class FakeProvider:
             "result_uri": uri, "codec": codec.name, "node": stranger.public_hex,
             "finished": 1767000000.0}, stranger).to_bytes()
         return protocol.finished_body(call.task_id, "pure", uri, codec.name, record.decode())
+
+
+class _Entries:
+    """Answers to one call of a batch, gathered as entries (statuses sent at once)."""
+
+    def __init__(self, incoming: Incoming, answers: list[dict]) -> None:
+        self.incoming, self.answers = incoming, answers
+
+    def progress(self, body: dict) -> None:
+        self.incoming.progress({"answers": [protocol.answer_entry("task_status", body)]})
+
+    def answer(self, type: str, body: dict) -> None:
+        self.answers.append(protocol.answer_entry(type, body))

@@ -1,0 +1,150 @@
+"""The provider's answers to a ``request_tasks``, gathered into few messages.
+
+A batch of calls (:data:`~.protocol.TASKS`) is served call by call, like
+``request_task``: each call gets a :class:`Slot` that the provider answers
+through exactly as it answers an :class:`~..channels.requests.Incoming`
+(``progress``, ``answer``). The :class:`Outbox` thread sends what the slots
+said every :data:`FLUSH_EVERY` seconds, one ``tasks_progress`` per batch (split
+to stay under the message size limit); a status superseded before it was sent
+is dropped, so a call that finishes quickly costs one entry. Once every call
+of a batch has its final answer, the last entries go as the batch's final
+answer ``tasks_answered``, retried like any final answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from ...errors import KacheryError, PubSubAuthError
+from ..channels.requests import PROGRESS_TIMEOUT, Incoming
+from . import protocol
+
+log = logging.getLogger("kachery_tasks.network.tasks")
+
+FLUSH_EVERY = 0.05
+"""Seconds the outbox gathers answers before it sends them."""
+
+
+class Slot:
+    """One call of a batch, answered like a single request (see the module docstring)."""
+
+    def __init__(self, batch: Batch, index: int, text: str) -> None:
+        self.batch = batch
+        self.index = index
+        self.body: dict[str, Any] = {"call": text}
+        self.sender: str = batch.incoming.sender
+        self.id = f"{batch.incoming.id}.{index}"
+        self.answered = False
+
+    def progress(self, body: dict[str, Any]) -> None:
+        self.batch.put(self, protocol.answer_entry("task_status", body), final=False)
+
+    def answer(self, type: str, body: dict[str, Any], detail: str = "") -> None:
+        self.batch.put(self, protocol.answer_entry(type, body), final=True)
+
+
+class Batch:
+    """The answers of one ``request_tasks`` not sent yet."""
+
+    def __init__(self, outbox: Outbox, incoming: Incoming, calls: int) -> None:
+        self.outbox = outbox
+        self.incoming = incoming
+        self.calls = calls
+        self.finals = 0
+        self.entries: dict[int, dict[str, Any]] = {}  # slot -> its latest entry not sent
+
+    def slot(self, index: int, text: str) -> Slot:
+        return Slot(self, index, text)
+
+    def put(self, slot: Slot, entry: dict[str, Any], *, final: bool) -> None:
+        with self.outbox.lock:
+            if slot.answered:
+                return  # a late status, or a second answer: the first one stands
+            if final:
+                slot.answered = True
+                self.finals += 1
+            self.entries[slot.index] = entry
+            self.outbox.dirty[id(self)] = self
+            self.outbox.lock.notify()
+
+
+class Outbox:
+    """Sends the gathered answers of every batch a provider serves (one thread)."""
+
+    def __init__(self, every: float = FLUSH_EVERY) -> None:
+        self.every = every
+        self.lock = threading.Condition()
+        self.dirty: dict[int, Batch] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="kachery-batch-answers",
+                                        daemon=True)
+        self._thread.start()
+
+    def open(self, incoming: Incoming, calls: int) -> Batch:
+        return Batch(self, incoming, calls)
+
+    def close(self) -> None:
+        with self.lock:
+            self._closed = True
+            self.lock.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                while not self.dirty and not self._closed:
+                    self.lock.wait()
+                if self._closed and not self.dirty:
+                    return  # what was answered before closing is sent first
+                closing = self._closed
+            if not closing:
+                threading.Event().wait(self.every)  # let more answers gather
+            with self.lock:
+                todo = [(b, list(b.entries.values()), b.finals == b.calls)
+                        for b in self.dirty.values()]
+                for batch, _, _ in todo:
+                    batch.entries.clear()
+                self.dirty.clear()
+            for batch, entries, done in todo:
+                try:
+                    _send(batch, entries, done)
+                except Exception:  # one batch's trouble must not stop the others' answers
+                    log.exception("sending the answers of request %s... failed",
+                                  batch.incoming.id[:8])
+
+
+def _send(batch: Batch, entries: list[dict[str, Any]], done: bool) -> None:
+    """Publish ``entries`` of ``batch`` in messages under the size limit; the last one as
+    the batch's final answer when ``done``."""
+    incoming = batch.incoming
+    chunks = chunked(entries)
+    last = chunks.pop() if done else None
+    session = incoming.responder.session
+    for chunk in chunks:
+        try:
+            session.publish("tasks_progress", {"answers": chunk, "request": incoming.id,
+                                               "to": incoming.sender}, timeout=PROGRESS_TIMEOUT)
+        except PubSubAuthError:
+            raise
+        except KacheryError as e:  # the requester asks again for what it did not hear
+            log.info("could not send answers for request %s...: %s", incoming.id[:8], e)
+    if last is not None:
+        incoming.answer("tasks_answered", {"answers": last}, f"{batch.calls} calls answered")
+
+
+def chunked(entries: list[dict[str, Any]],
+            limit: int = protocol.BATCH_BYTES) -> list[list[dict[str, Any]]]:
+    """``entries`` in consecutive groups whose JSON stays within ``limit`` characters
+    (always at least one group, and at least one entry in each)."""
+    chunks: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for entry in entries:
+        n = len(json.dumps(entry, separators=(",", ":"))) + 1
+        if chunks[-1] and size + n > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += n
+    return chunks
