@@ -164,8 +164,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200,
                         help="calls one at a time (fresh ids), and shared hits of them")
     parser.add_argument("--concurrent", type=int, default=1000, help="requests at once")
+    parser.add_argument("--dir", default=None,
+                        help="where the nodes and the bucket live (default: the temporary "
+                             "directory; /dev/shm shows what the disk's flushes cost)")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    root = Path(tempfile.mkdtemp(prefix="bench-remote-", dir=args.dir))
     runs = root / "runs"
     runs.mkdir()
     os.environ["KACHERY_TASKS_PROGRESS"] = "0"
@@ -189,7 +192,8 @@ def main() -> None:
         addr = cluster.scheduler_address
         print(f"broker {url} (own process); Dask scheduler {addr}, 2 worker processes x 2 "
               f"threads (distributed {distributed.__version__}); {os.cpu_count()} CPUs; "
-              f"bucket file://; load average {os.getloadavg()[0]:.1f}")
+              f"nodes and bucket (file://) in {root.parent}; load average "
+              f"{os.getloadavg()[0]:.1f}")
         nodes = make_lab(root, url, f"file://{root}/bucket", names=NODES)
         p1, p2, alice, bob = nodes
         for name in PROVIDERS:
