@@ -117,9 +117,9 @@ def test_a_zarr_array_goes_up_whole_index_last_and_reads_lazily_elsewhere(
     puts: list[str] = []
     real_put = type(bucket).put
 
-    def put(self, key, data):
+    def put(self, key, data, **options):
         puts.append(key)
-        return real_put(self, key, data)
+        return real_put(self, key, data, **options)
 
     monkeypatch.setattr(type(bucket), "put", put)
     report = upload(current_node().store, bucket, uri)

@@ -380,7 +380,8 @@ class Claims:
         data = seal(KIND, body, self.key).to_bytes()
         for _ in range(3):
             if over is None:
-                self.bucket.put(key, data)  # create-only: the read below says who won
+                self.bucket.put(key, data, flush=False)  # create-only: the read below says
+                # who won; a claim lost with the machine that held it changes nothing
             elif swap.swap(self.bucket, key, data, over, **self._swap_options(body["claim"])) \
                     == swap.BUSY:
                 return None

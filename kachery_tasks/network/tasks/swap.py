@@ -153,7 +153,7 @@ def _take_turn(
     passed: list[str] = []
     for _ in range(_READ_ATTEMPTS):
         key = f"{base}.{n}"
-        if bucket.put(key, canonical_json({"time": clock(), "writer": writer})):
+        if bucket.put(key, canonical_json({"time": clock(), "writer": writer}), flush=False):
             return [*passed, key]
         if n == 0:  # someone has (or had) a turn: find the latest one
             numbers = _turn_numbers(bucket, base)

@@ -45,8 +45,13 @@ class Bucket(ABC):
     url: str
 
     @abstractmethod
-    def put(self, key: str, data: bytes | memoryview) -> bool:
-        """Create object ``key`` with ``data`` unless it exists; True if this call wrote it."""
+    def put(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> bool:
+        """Create object ``key`` with ``data`` unless it exists; True if this call wrote it.
+
+        ``flush=False`` is for short-lived coordination objects (claims, turns):
+        a bucket that flushes each write to disk may skip it, so such an object
+        can be missing (never half-written) after the machine stops; a cloud
+        bucket's write is durable once acknowledged either way."""
 
     @abstractmethod
     def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:

@@ -160,7 +160,7 @@ class GCSBucket(Bucket):
             "transfers may take"
         )
 
-    def put(self, key: str, data: bytes | memoryview) -> bool:
+    def put(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> bool:
         return self._write(key, data, 0)
 
     def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:

@@ -1,8 +1,8 @@
 """``file://`` buckets: a directory (a network share included) used as a bucket.
 
 An object is a file at ``<root>/<key>``. A create-only write goes to a
-temporary file in the destination directory, is fsynced, and is then
-hard-linked to its final name: ``link`` fails if the name exists, so exactly
+temporary file in the destination directory, is fsynced (unless the writer
+says it need not be: claims and turns), and is then hard-linked to its final name: ``link`` fails if the name exists, so exactly
 one writer creates the object and readers never see a partial one.
 
 An object's generation is its file's inode and change time: a repair
@@ -70,14 +70,14 @@ class FileBucket(Bucket):
             )
         return os_error(e, f"cannot {what} in {self.url}")
 
-    def put(self, key: str, data: bytes | memoryview) -> bool:
+    def put(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> bool:
         if self.stat(key) is not None:
             return False
         final = self._path(key)
         ensure_dir(final.parent)
         tmp = temp_path(final.parent)
         try:
-            write_temp(tmp, data, mode=0o644)
+            write_temp(tmp, data, mode=0o644, sync=flush)
             try:
                 os.link(tmp, final)
             except FileExistsError:

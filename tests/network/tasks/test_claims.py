@@ -504,3 +504,21 @@ def test_parse_claim_accepts_exactly_the_well_formed_claims(body):
         assert holder.outcome is None and 0 < holder.expires - holder.renewed <= 86400
     else:
         assert type(holder.outcome) is dict and holder.outcome == body["outcome"]
+
+
+def test_claims_and_their_turns_are_written_without_a_flush(make, bucket, monkeypatch):
+    """A claim lives for one computation: its bucket writes (the claim, the turn taken to
+    delete it) ask not to be flushed to disk, which would cost more than the call."""
+    flushes = []
+    real = type(bucket).put
+
+    def put(self, key, data, *, flush=True):
+        flushes.append((key.rsplit("/", 2)[-2], flush))
+        return real(self, key, data, flush=flush)
+
+    monkeypatch.setattr(type(bucket), "put", put)
+    claim = make(0).acquire(tid("flush"), FN)
+    assert isinstance(claim, Claim)
+    assert claim.release()
+    assert flushes and all(flush is False for _, flush in flushes)
+    assert len(flushes) >= 2  # the claim, and the turn taken to delete it

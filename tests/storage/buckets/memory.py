@@ -24,7 +24,7 @@ class MemoryBucket(Bucket):
         self._objects: dict[str, tuple[bytes, str]] = {}
         self._lock = threading.Lock()
 
-    def put(self, key: str, data: bytes | memoryview) -> bool:
+    def put(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> bool:
         check_key(key)
         with self._lock:
             if key in self._objects:

@@ -52,3 +52,22 @@ def test_an_unreadable_bucket_directory_is_an_access_error(tmp_path, monkeypatch
                  lambda: bucket.size("blobs/x")):
         with pytest.raises(BucketAccessError, match="permission denied"):
             call()
+
+
+def test_a_put_is_flushed_unless_asked_not_to(tmp_path, monkeypatch):
+    """Objects are fsynced before they get their name; short-lived coordination objects
+    (``flush=False``: claims, turns) skip the flush, and are still whole once named."""
+    import os
+
+    from kachery_tasks import fsutil
+
+    flushed = []
+    real = os.fsync
+    monkeypatch.setattr(fsutil.os, "fsync", lambda fd: (flushed.append(fd), real(fd)))
+    bucket = open_bucket(f"file://{tmp_path}")
+    assert bucket.put("a/result", b"kept")
+    assert len(flushed) == 1
+    assert bucket.put("a/claim", b"short-lived", flush=False)
+    assert len(flushed) == 1
+    assert bucket.get("a/claim") == b"short-lived" and bucket.get("a/result") == b"kept"
+    assert not bucket.put("a/claim", b"again", flush=False)  # still create-only
