@@ -2,8 +2,9 @@
 
 An object is a file at ``<root>/<key>``. A create-only write goes to a
 temporary file in the destination directory, is fsynced (unless the writer
-says it need not be: claims and turns), and is then hard-linked to its final name: ``link`` fails if the name exists, so exactly
-one writer creates the object and readers never see a partial one.
+says it need not be: claims and turns), and is then hard-linked to its final
+name: ``link`` fails if the name exists, so exactly one writer creates the
+object and readers never see a partial one.
 
 An object's generation is its file's inode and change time: a repair
 (:meth:`FileBucket.replace`) renames a new file over the old one, which
