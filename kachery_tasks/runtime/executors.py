@@ -15,7 +15,11 @@ against each implementation):
 * A TaskFuture may be an argument of another submission: the dependent call
   runs after it, and its id encodes the producer's task id (tag ``r``).
 * ``map(task, items, args, kwargs)`` is ``[submit(task, (item, *args), kwargs)
-  for item in items]``, in order.
+  for item in items]``, in order; ``submit_many(task, [(args, kwargs), ...],
+  mode)`` likewise for whole argument lists (one message to a cluster).
+* ``future.wait()`` returns once the call ended (it raises what ``result()``
+  would raise for a failure) without bringing the value to this process: for
+  a caller that only needs the call recorded and published where it ran.
 * A failure of the executor itself (a Dask cluster that is gone) raises
   :class:`~kachery_tasks.errors.ExecutorError`.
 

@@ -22,9 +22,10 @@ be able to import (they can wherever kachery-tasks is installed).
 The promises checked are those of the docstring of
 ``kachery_tasks/runtime/executors.py``: the future carries the task id, cached
 calls never reach the executor, identical calls in flight run once, failures
-raise their own type and are not cached, ``map`` keeps order, futures may be
-arguments, nested pure calls are cached and recorded, arrays come back
-equal, actions run once and forced recomputation runs again.
+raise their own type and are not cached, ``map`` and ``submit_many`` keep
+order, ``wait`` ends with the call, futures may be arguments, nested pure
+calls are cached and recorded, arrays come back equal, actions run once and
+forced recomputation runs again.
 """
 
 from __future__ import annotations
@@ -129,3 +130,21 @@ class ExecutorContract:
         executor.submit(t.add, (40, 1), {}).result()
         executor.submit(t.add, (40, 1), {}, mode="force").result()
         assert len(_runs(t.add, 40, 1, status="success")) == 2
+
+    def test_submit_many_starts_every_call_in_order(self, executor, tmp_path):
+        marker = str(tmp_path / "never")
+        futs = executor.submit_many(t.add, [((i, 200), {}) for i in range(4)])
+        [failing] = executor.submit_many(t.fail_until, [((marker,), {})])
+        assert [f.task_id for f in futs] == [t.add.task_id(i, 200) for i in range(4)]
+        assert gather(futs) == [200 + i for i in range(4)]
+        with pytest.raises(ValueError, match="no marker"):
+            failing.result()
+
+    def test_wait_ends_with_the_call_and_raises_what_it_raised(self, executor, tmp_path):
+        fut = executor.submit(t.add, (50, 2), {})
+        assert fut.wait() is None
+        assert [r.status for r in _runs(t.add, 50, 2)] == ["success"]  # recorded by then
+        assert t.add.is_cached(50, 2)
+        failing = executor.submit(t.fail_until, (str(tmp_path / "never"),), {})
+        with pytest.raises(ValueError, match="no marker"):
+            failing.wait()

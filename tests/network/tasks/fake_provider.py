@@ -11,6 +11,7 @@ it misbehave the ways the tests need (decline, stay silent, forge a record).
 
 from __future__ import annotations
 
+import json
 import threading
 import traceback
 
@@ -29,10 +30,11 @@ class FakeProvider:
 
     def __init__(self, lab: Lab, name: str, tasks, *, decline: tuple[str, str] | None = None,
                  silent: bool = False, stall: bool = False, forge: bool = False,
-                 announce=None) -> None:
+                 lose: bool = False, announce=None) -> None:
         self.node = lab.nodes[name]
         self.provided = Provided(tasks)
         self.decline, self.silent, self.stall, self.forge = decline, silent, stall, forge
+        self.lose = lose  # a batch's answers are lost on the way (its final answer is empty)
         self.requests: list[dict] = []
         self.release = threading.Event()
         session = ChannelSession(ChannelStore(self.node.dir).find("lab"), self.node.key,
@@ -61,7 +63,7 @@ class FakeProvider:
         for text in body["calls"]:
             self._serve(_Entries(incoming, answers), {**body, "call": text})
         if not self.silent and not self.stall:
-            incoming.answer("tasks_answered", {"answers": answers})
+            incoming.answer("tasks_answered", {"answers": [] if self.lose else answers})
 
     def _serve(self, incoming: Incoming, body: dict | None = None) -> None:
         body = incoming.body if body is None else body
@@ -72,7 +74,8 @@ class FakeProvider:
             return
         if self.decline is not None:
             code, reason = self.decline
-            incoming.answer("task_declined", protocol.declined_body(None, code, reason))
+            tid = json.loads(body["call"])["task_id"]
+            incoming.answer("task_declined", protocol.declined_body(tid, code, reason))
             return
         with self.node:
             call = Call.from_bytes(body["call"].encode(), self.provided.lookup,

@@ -400,3 +400,68 @@ def test_calls_still_queued_when_the_provider_closes_are_declined_busy(lab, prov
     running.join(30)
     assert got["queued"].status == "declined"
     assert RAN["square"] == 0
+
+
+def ask_batch(lab, requester, calls_bytes, provider_name="prov", timeout=20.0):
+    """Ask ``provider_name`` for a batch (``request_tasks``) from ``requester``: the Pending
+    and every answer entry heard (progress messages, then the final one), in order."""
+    session = lab.session(requester)
+    provider_id = lab.nodes[provider_name].id
+    entries: list[dict] = []
+    messages: list[str] = []
+
+    def seen(pending, msg):
+        messages.append(msg.type)
+        entries.extend(msg.body["answers"])
+
+    pending = Asker(session).ask(
+        protocol.TASKS, protocol.batch_body(provider_id, [b.decode() for b in calls_bytes]),
+        asked={provider_id}, online=1, timeout=timeout, what="the batch", on_progress=seen)
+    if pending.final is not None:
+        messages.append(pending.final.type)
+        entries.extend(pending.final.body["answers"])
+    return pending, entries, messages
+
+
+def test_a_batch_is_served_call_by_call_and_answered_in_few_messages(two):
+    lab, _ = two
+    import json
+
+    from kachery_tasks import pure
+
+    @pure(name="tests.network.tasks.elsewhere.other")
+    def other(x):
+        return x
+
+    tampered = json.loads(square.prepare(2).to_bytes())
+    tampered["task_id"] = square.task_id(3)
+    calls = [square.prepare(i).to_bytes() for i in range(30)]
+    calls += [square.prepare(5).to_bytes(),  # the same call twice: computed once
+              other.prepare(1).to_bytes(), json.dumps(tampered).encode()]
+    pending, entries, messages = ask_batch(lab, "req", calls)
+    assert pending.status == "done" and pending.final.type == "tasks_answered"
+    finals = [e for e in entries if e["type"] != "task_status"]
+    by_id: dict = {}
+    for e in finals:
+        by_id.setdefault(e["task_id"], []).append(e)
+    for i in range(30):
+        finished = [e for e in by_id[square.task_id(i)] if e["type"] == "task_finished"]
+        assert len(finished) == (2 if i == 5 else 1)  # 5 was asked twice
+        record = shared.read_record(finished[0]["record"].encode(), square.task_id(i), "")
+        assert record["node"] == lab.nodes["prov"].id
+    assert [(e["type"], e["code"]) for e in by_id[other.task_id(1)]] == [
+        ("task_declined", "unknown")]
+    declined = [e for e in finals if e["type"] == "task_declined" and e["code"] == "rejected"]
+    assert len(declined) == 1 and "task id" in declined[0]["reason"]
+    assert len(finals) == 33  # one final answer per call of the batch
+    assert RAN["square"] == 30
+    assert len(messages) < 20  # gathered: not one message per call and status
+
+
+def test_a_batch_from_a_member_without_request_tasks_is_declined_as_a_whole(two):
+    lab, _ = two
+    pending, entries, _ = ask_batch(lab, "viewer", [square.prepare(2).to_bytes()])
+    assert pending.status == "declined" and entries == []
+    body = pending.declines[lab.nodes["prov"].id].body
+    assert body["code"] == "not_allowed" and "request_tasks" in body["reason"]
+    assert RAN["square"] == 0

@@ -6,6 +6,8 @@ fake_provider.py (the real provider is tested with its own module).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -162,6 +164,7 @@ def test_map_returns_futures_with_status_and_gather_collects(labs, monkeypatch, 
         assert kachery.gather(futures) == [2 * i for i in items]
     assert {f.status for f in futures} == {"finished"}
     assert len(bob.requests) == 20
+    assert len(bob.batches) == 1  # asked in one request_tasks
     assert sorted(r for r in rt.RAN if r.startswith("double")) == sorted(
         f"double({i})" for i in range(20))
     assert "tasks" in capfd.readouterr().err  # the progress bar
@@ -246,3 +249,25 @@ def test_a_member_without_request_tasks_may_not_ask(labs):
             pytest.raises(ChannelPermissionError, match="lacks the request_tasks permission"):
         rt.double(300)
     assert bob.requests == []
+
+
+def test_a_call_declined_in_a_batch_is_asked_of_the_next_provider(labs):
+    bob = provider(labs, "bob", decline=("busy", "bob is shutting down"))
+    carol = provider(labs, "carol")
+    with labs.nodes["alice"], kachery.channel("lab", timeout=20):
+        assert kachery.gather(rt.double.map(range(300, 330))) == [2 * i for i in range(300, 330)]
+    asked_bob = {json.loads(b["call"])["task_id"] for b in bob.requests}
+    asked_carol = {json.loads(b["call"])["task_id"] for b in carol.requests}
+    assert bob.batches and asked_bob  # its share was asked of bob first, in a batch
+    assert asked_bob <= asked_carol and len(asked_carol) == 30
+
+
+def test_calls_whose_answers_were_lost_in_a_batch_are_asked_again(labs):
+    bob = provider(labs, "bob", lose=True)
+    with labs.nodes["alice"], kachery.channel("lab", timeout=20):
+        futures = rt.double.map(range(400, 410))
+        first = futures[0].result(10)  # (a guard against a hang, not a measurement)
+        rest = [f.result(1) for f in futures[1:]]
+        assert [first, *rest] == [2 * i for i in range(400, 410)]
+    assert len(bob.batches) == 1
+    assert {f.status for f in futures} == {"finished"}
