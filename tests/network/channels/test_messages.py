@@ -210,3 +210,23 @@ def test_sealed_messages_parse_back(type, body):
 
 
 _KEY = KeyPair.generate()
+
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["body", "to", "provider", "x"]), inner, max_size=3),
+    max_leaves=12)
+
+
+@given(st.sampled_from([None, "file_absent", "request_task", "request_file", "x"]), _JSONISH)
+def test_addressed_elsewhere_reads_any_data_without_raising(type, data):
+    from kachery_tasks.network.channels.messages import ADDRESSED_BY, addressed_elsewhere
+
+    got = addressed_elsewhere(type, data, "me")
+    assert got in (True, False)
+    if got:  # only a message of an addressed type naming another reader is skipped
+        field = ADDRESSED_BY[type]
+        assert data["body"]["body"][field] not in ("me", None)
+    wrapped = {"body": {"body": {"to": "me", "provider": "me"}}}
+    assert not addressed_elsewhere(type, wrapped, "me")

@@ -161,3 +161,27 @@ def test_on_the_ably_service_the_sdk_key_is_used_not_a_node_token(owner_key, mon
     config = config_of(owner_key, {}, pubsub="ably:")
     with pytest.raises(PubSubAuthError, match="ABLY_API_KEY"):  # no token provider was given
         connect_channel_pubsub(KeyPair.generate(), lambda: config)
+
+
+def test_a_message_addressed_to_another_member_is_skipped_unchecked(world):
+    """An exchange's answer names its reader (``to``), a task request its provider: the
+    other members skip it before checking its signature (which costs them as much as the
+    reader); the reader checks it as every message is checked."""
+    alice = world.session(world.joined, world.alice_key)
+    owner = world.session(world.lab, world.owner_key)
+    inbox = Inbox()
+    alice.on("file_absent", inbox)
+    alice.on("request_task", inbox)
+    me, other = world.alice_key.public_hex, world.owner_key.public_hex
+    stale_to_other = seal_message("file_absent", alice.pubsub_name, {"to": other, "n": 1},
+                                  world.owner_key, now=time.time() - 600)
+    stale_to_me = seal_message("file_absent", alice.pubsub_name, {"to": me, "n": 2},
+                               world.owner_key, now=time.time() - 600)
+    owner.pubsub.publish(owner.pubsub_name, "file_absent", stale_to_other.to_dict())
+    owner.pubsub.publish(owner.pubsub_name, "file_absent", stale_to_me.to_dict())
+    owner.publish("request_task", {"provider": other, "n": 3})  # for the owner: skipped
+    owner.publish("file_absent", {"to": me, "n": 4})
+    owner.publish("request_task", {"provider": me, "n": 5})
+    assert [m.body["n"] for m in inbox.wait_for(2)] == [4, 5]
+    assert [m.body["n"] for m in inbox.quiet(0.3)] == [4, 5]
+    assert alice.checker.dropped == {"stale": 1}  # only the stale one meant for alice
