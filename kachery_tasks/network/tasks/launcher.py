@@ -3,7 +3,8 @@
 Each job of a :class:`~.provider.TaskProvider` runs in its own thread and
 computes one call. Submitting each call on its own costs a cluster one
 scheduler message per call; the :class:`Launcher` gathers the calls its jobs
-want started within :data:`GATHER_FOR` seconds and starts them with one
+want started within :data:`GATHER_FOR` seconds (a call alone, with nothing
+else under way, goes at once) and starts them with one
 :meth:`~kachery_tasks.runtime.executors.Executor.submit_many` per task and
 mode (``client.map`` on Dask). An executor that runs calls in the calling
 thread (the in-process one) is used directly, so that the jobs' calls still run
@@ -32,6 +33,7 @@ class Launcher:
         self.gather_for = gather_for
         self._ready = threading.Condition()
         self._queue: list[tuple[Call, str, concurrent.futures.Future]] = []
+        self._running = 0  # calls queued or started, not ended
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -46,13 +48,18 @@ class Launcher:
             if self._closed:
                 raise RuntimeError("the provider is closing")
             self._queue.append((call, mode, started))
+            self._running += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="kachery-launch",
                                                 daemon=True)
                 self._thread.start()
             self._ready.notify()
-        future: TaskFuture = started.result()
-        future.wait()
+        try:
+            future: TaskFuture = started.result()
+            future.wait()
+        finally:
+            with self._ready:
+                self._running -= 1
 
     def close(self) -> None:
         with self._ready:
@@ -66,7 +73,9 @@ class Launcher:
                     self._ready.wait()
                 if self._closed and not self._queue:
                     return
-            threading.Event().wait(self.gather_for)
+                alone = self._running == 1  # nothing else under way: no company to wait for
+            if not alone:
+                threading.Event().wait(self.gather_for)
             with self._ready:
                 todo, self._queue = self._queue, []
             groups: dict[tuple[int, str], list[tuple[Call, str, concurrent.futures.Future]]] = {}

@@ -87,3 +87,17 @@ def test_a_closed_launcher_refuses_new_calls(tmp_path):
     launcher.close()
     with pytest.raises(RuntimeError, match="closing"):
         launcher.run(square.prepare(1), "call")
+
+
+def test_a_call_alone_is_started_without_waiting_for_company(tmp_path):
+    executor = Recording()
+    launcher = Launcher(executor, Node(tmp_path / "node"), gather_for=120.0)
+    try:
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (launcher.run(square.prepare(3), "call"),
+                                                  done.set()))
+        thread.start()
+        assert done.wait(20)  # (a guard against the 120 s wait, not a measurement)
+        assert executor.batches == [1]
+    finally:
+        launcher.close()
