@@ -23,7 +23,11 @@ same scheduler in the same run:
   got computed, served from the signed records in the channel's bucket
   (target: median under 5 ms), beside a hit in the first node's own records.
 
-    python benchmarks/bench_remote_tasks.py [--requests N] [--concurrent N]
+With ``--dir /dev/shm`` the nodes and the bucket live in memory, where an
+fsync costs nothing: the difference from a run on disk is what the disk's
+flushes cost (each run also prints the cost of one durable write here).
+
+    python benchmarks/bench_remote_tasks.py [--requests N] [--concurrent N] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -81,7 +85,8 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
 class MessageCount:
     """Counts the channel messages of each type this node's session accepts, by status."""
 
-    TYPES = ("request_task", "task_status", "task_finished", "task_failed", "task_declined")
+    TYPES = ("task_status", "task_finished", "task_failed", "task_declined",
+             "tasks_progress", "tasks_answered", "tasks_declined")
 
     def __init__(self, node) -> None:
         self.session, _ = node.remotes[-1].session()
@@ -96,6 +101,22 @@ class MessageCount:
     def close(self) -> None:
         for type in self.TYPES:
             self.session.off(type, self._seen)
+
+
+def flush_cost(where: Path, n: int = 300) -> tuple[float, float]:
+    """Seconds of wall time and of this thread's CPU (user and kernel) per durable file
+    write in ``where``, done as the store writes a blob: write a temporary file, fsync it,
+    rename it, fsync the directory."""
+    from kachery_tasks import fsutil
+
+    where.mkdir(parents=True, exist_ok=True)
+    t0, c0 = time.perf_counter(), time.thread_time()
+    for i in range(n):
+        tmp = fsutil.temp_path(where)
+        fsutil.write_temp(tmp, b"x" * 64)
+        os.replace(tmp, where / f"blob{i}")
+        fsutil.fsync_dir(where)
+    return (time.perf_counter() - t0) / n, (time.thread_time() - c0) / n
 
 
 def runs_of(runs: Path, xs: range) -> collections.Counter:
@@ -239,6 +260,14 @@ def main() -> None:
         for what, used in (("across the channel", cpu_remote), ("plain", cpu_plain)):
             print(f"  CPU per task, {what}: {sum(used.values()) / m * 1e3:.1f} ms (" + ", ".join(
                 f"{role} {used[role] / m * 1e3:.1f}" for role in pids) + ")")
+        wall, cpu = flush_cost(root / "flush")
+        print(f"  the disk: one durable file write in {root.parent} (write, fsync, rename, "
+              f"fsync the directory), alone: {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms CPU; "
+              f"a computed call makes 6 fsyncs (worker: the result blob and its directory, "
+              f"the bucket's content and record; requester: the imported blob and its "
+              f"directory) among its ~15 file writes; 200 tasks/s on {os.cpu_count()} CPUs "
+              f"leaves {os.cpu_count() / 200 * 1e3:.0f} ms of CPU per call for everything "
+              f"(compare a run with --dir /dev/shm)")
 
         with bob:
             shared = hits(tiny, xs)
