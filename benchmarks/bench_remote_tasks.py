@@ -265,8 +265,8 @@ def main() -> None:
               f"fsync the directory), alone: {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms CPU; "
               f"a computed call makes 6 fsyncs (worker: the result blob and its directory, "
               f"the bucket's content and record; requester: the imported blob and its "
-              f"directory), besides its claims, SQLite and other files; 200 tasks/s on {os.cpu_count()} CPUs "
-              f"leaves {os.cpu_count() / 200 * 1e3:.0f} ms of CPU per call for everything "
+              f"directory), besides its claims, SQLite and other files; 200 tasks/s on "
+              f"{os.cpu_count()} CPUs leaves {os.cpu_count() / 200 * 1e3:.0f} ms of CPU per call for everything "
               f"(compare a run with --dir /dev/shm)")
 
         with bob:
