@@ -266,8 +266,8 @@ def main() -> None:
               f"a computed call makes 6 fsyncs (worker: the result blob and its directory, "
               f"the bucket's content and record; requester: the imported blob and its "
               f"directory), besides its claims, SQLite and other files; 200 tasks/s on "
-              f"{os.cpu_count()} CPUs leaves {os.cpu_count() / 200 * 1e3:.0f} ms of CPU per call for everything "
-              f"(compare a run with --dir /dev/shm)")
+              f"{os.cpu_count()} CPUs leaves {os.cpu_count() / 200 * 1e3:.0f} ms of CPU per "
+              f"call for everything (compare a run with --dir /dev/shm)")
 
         with bob:
             shared = hits(tiny, xs)
