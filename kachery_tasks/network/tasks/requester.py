@@ -519,7 +519,7 @@ class _BatchRequest:
                 if shared.import_record(c, tid, remote, data) and self._take([tid]):
                     self._resolve(tid, lambda tid=tid: self._value(c, tid))
         texts: list[tuple[str, str]] = []
-        for tid in list(self._open):
+        for tid in [tid for tid in self.calls if tid in self._open]:
             try:
                 texts.append((tid, tasks._call_bytes(c, self.calls[tid][0]).decode("utf-8")))
             except Exception as e:  # its arguments cannot travel
@@ -532,11 +532,20 @@ class _BatchRequest:
             self._ask(c, parts[0])
 
     def _ask(self, c: cache_mod.NodeCache, part: list[tuple[str, str]]) -> None:
+        """Ask for ``part``; a failure to ask (the pub/sub is away) ends its open calls."""
+        try:
+            self._ask_part(c, part)
+        except BaseException as e:
+            for tid in self._take([tid for tid, _ in part]):
+                self._fail(tid, e)
+
+    def _ask_part(self, c: cache_mod.NodeCache, part: list[tuple[str, str]]) -> None:
         tasks, provider = self.tasks, self.provider
         _, asker = tasks._remote().session()
         function = self.calls[part[0][0]][0].function
+        asking = f"asking {tasks._label(provider)}"
         for tid, _ in part:
-            self.calls[tid][1]._set_status("queued", f"asking {tasks._label(provider)}")
+            self.calls[tid][1]._set_status("queued", asking)
 
         def on_progress(pending: Pending, msg: ChannelMessage) -> None:
             self._answers(c, msg.body.get("answers"))

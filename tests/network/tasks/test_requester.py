@@ -271,3 +271,27 @@ def test_calls_whose_answers_were_lost_in_a_batch_are_asked_again(labs):
         assert [first, *rest] == [2 * i for i in range(400, 410)]
     assert len(bob.batches) == 1
     assert {f.status for f in futures} == {"finished"}
+
+
+def test_a_batch_that_cannot_be_sent_ends_its_futures_with_the_error(labs, monkeypatch):
+    from kachery_tasks.errors import PubSubError
+    from kachery_tasks.network.channels.requests import Asker
+    from kachery_tasks.network.tasks import protocol
+
+    provider(labs)
+    real = Asker.ask
+    unsendable = rt.double.task_id(505)
+
+    def ask(self, exchange, body, *args, **kwargs):
+        if exchange is protocol.TASKS and any(unsendable in c for c in body["calls"]):
+            raise PubSubError("the broker is away")
+        return real(self, exchange, body, *args, **kwargs)
+
+    monkeypatch.setattr(Asker, "ask", ask)
+    monkeypatch.setattr(protocol, "BATCH_BYTES", 300)  # a message per call: 6 parts
+    with labs.nodes["alice"], kachery.channel("lab", timeout=20):
+        futures = rt.double.map(range(500, 506))
+        # (the timeouts guard against a hang; nothing is measured)
+        assert [f.result(10) for f in futures[:5]] == [2 * i for i in range(500, 505)]
+        with pytest.raises(PubSubError, match="the broker is away"):
+            futures[5].result(10)
