@@ -460,24 +460,26 @@ class TaskProvider:
         allowed to process tasks; a record signed by anyone else is replaced on publishing."""
         return node_id == self.me or self._trusted(node_id)
 
-    def _record(self, task_id: str) -> str | None:
-        """The signed result record of ``task_id`` in the channel's bucket (text), or None
-        (also when the record there is one this provider would not serve)."""
+    def _record(self, task_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The signed result record of ``task_id`` in the channel's bucket (its text and
+        checked body), or None (also when the record there is one this provider would not
+        serve)."""
         data = self._bucket().get_result_records([task_id]).get(task_id)
-        if data is None or shared.trusted_record(
-                data, task_id, self._serves_signer,
-                f"the result record of {task_id} in channel {self.channel_name}") is None:
+        if data is None:
             return None
-        return data.decode("utf-8")
+        body = shared.trusted_record(data, task_id, self._serves_signer,
+                                     f"the result record of {task_id} in channel "
+                                     f"{self.channel_name}")
+        return None if body is None else (data.decode("utf-8"), body)
 
     def _has_record(self, task_id: str) -> bool:
         """Whether a record this provider serves is in the bucket (a planted one is not)."""
         return self._record(task_id) is not None
 
-    def _finished_pure(self, job: _Job, record: str, how: str) -> None:
-        body = shared.read_record(record.encode("utf-8"), job.call.task_id, "result record")
+    def _finished_pure(self, job: _Job, record: tuple[str, dict[str, Any]], how: str) -> None:
+        text, body = record
         self._finish(job, "task_finished", protocol.finished_body(
-            job.call.task_id, "pure", body["result_uri"], body["codec"], record), how)
+            job.call.task_id, "pure", body["result_uri"], body["codec"], text), how)
 
     def _from_outcome(self, job: _Job, holder: Holder) -> None:
         """Answer an action that already ran in the channel from its claim's outcome."""
