@@ -135,16 +135,11 @@ def _send(batch: Batch, entries: list[dict[str, Any]], done: bool) -> None:
 
 
 def chunked(entries: list[dict[str, Any]],
-            limit: int = protocol.BATCH_BYTES) -> list[list[dict[str, Any]]]:
+            limit: int | None = None) -> list[list[dict[str, Any]]]:
     """``entries`` in consecutive groups whose JSON stays within ``limit`` characters
     (always at least one group, and at least one entry in each)."""
-    chunks: list[list[dict[str, Any]]] = [[]]
-    size = 0
-    for entry in entries:
-        n = len(json.dumps(entry, separators=(",", ":"))) + 1
-        if chunks[-1] and size + n > limit:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(entry)
-        size += n
-    return chunks
+    return protocol.within_limit(entries, _json_size, limit) or [[]]
+
+
+def _json_size(entry: dict[str, Any]) -> int:
+    return len(json.dumps(entry, separators=(",", ":"))) + 1

@@ -51,6 +51,7 @@ message, a timeout) is asked again on its own by the requester.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..channels.requests import Exchange
@@ -105,6 +106,25 @@ def request_body(provider: str, call_bytes: bytes, mode: str = "call") -> dict[s
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, not {mode!r}")
     return {"provider": provider, "call": call_bytes.decode("utf-8"), "mode": mode}
+
+
+def within_limit(items: list[Any], size: Callable[[Any], int],
+                 limit: int | None = None) -> list[list[Any]]:
+    """``items`` in consecutive groups whose ``size`` adds up to at most ``limit`` (by
+    default :data:`BATCH_BYTES`; an item over the limit alone in its group): what fits in
+    one batch message. No items, no groups."""
+    limit = BATCH_BYTES if limit is None else limit
+    groups: list[list[Any]] = []
+    total = limit
+    for item in items:
+        n = size(item)
+        if groups and total + n <= limit:
+            groups[-1].append(item)
+            total += n
+        else:
+            groups.append([item])
+            total = n
+    return groups
 
 
 def batch_body(provider: str, call_texts: list[str], mode: str = "call") -> dict[str, Any]:

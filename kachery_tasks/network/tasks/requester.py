@@ -3,10 +3,12 @@
 Inside ``with kachery.channel("lab"):`` (a :class:`ChannelTasks`), a call made
 at the top level that must run -- a pure call found neither here nor in the
 shared records, an action with no recorded outcome, every query -- is sent to
-one of the channel's providers as a ``request_task``
-(:mod:`.protocol`) instead of being computed here; ``submit`` and ``map`` return
-:class:`ChannelFuture` objects computed the same way in a thread pool. Calls
-made inside a running task are not sent: they run where their parent runs.
+one of the channel's providers as a ``request_task`` (:mod:`.protocol`) instead
+of being computed here; ``submit`` and ``map`` return :class:`ChannelFuture`
+objects computed the same way in a thread pool, except that ``map`` sends its
+pure misses in batches (``request_tasks``, one per provider and 100 calls, see
+:class:`_BatchRequest`). Calls made inside a running task are not sent: they
+run where their parent runs.
 
 **Choosing a provider.** From presence: the members online (other than this
 node) allowed to ``process_tasks`` whose presence data lists the function
@@ -179,8 +181,8 @@ class ChannelTasks:
     def map(self, task: Any, items: Iterable[Any], args: tuple = (),
             kwargs: dict | None = None) -> list[TaskFuture]:
         """``submit(task, (item, *args), kwargs)`` for every item, in order. What is recorded
-        here or in the shared records is served at once (looked up in one batch); each
-        distinct miss becomes one request."""
+        here or in the shared records is served at once (looked up in one batch); the
+        distinct pure misses are asked in batches, each other call on its own."""
         kw = dict(kwargs or {})
         prepared = [task.prepare(item, *args, **kw) for item in items]
         out: list[TaskFuture | None] = list(serve_recorded(cache_mod.current(), task,
@@ -243,16 +245,18 @@ class ChannelTasks:
         go in a batch (no provider, no permission) takes the single-call path, which
         raises or falls back as it says."""
         ctx = contextvars.copy_context()
-        try:
-            session, _ = self._remote().session()
-            config, me = session.config, session.node_id
-            if protocol.REQUESTER_NEEDS not in config.permissions_of(me):
-                raise ChannelPermissionError("may not ask")  # said by the single path
-            members = [(n, d) for n, d in session.members() if n != me]
-            orders = {call.task_id: choose_providers(call, members, config)
-                      for call, _ in calls}
-        except (ChannelPermissionError, NoProviderError):
-            for call, fut in calls:
+        session, _ = self._remote().session()
+        config, me = session.config, session.node_id
+        members = [(n, d) for n, d in session.members() if n != me]
+        orders: dict[str, list[str]] | None = None
+        if protocol.REQUESTER_NEEDS in config.permissions_of(me):
+            try:
+                orders = {call.task_id: choose_providers(call, members, config)
+                          for call, _ in calls}
+            except NoProviderError:
+                pass
+        if orders is None:  # may not ask, or no provider: each call raises (or runs here)
+            for call, fut in calls:  # as the single path says
                 self._start(call, lambda call=call: self.run_call(call, "call"), fut)
             return
         online = len({n for n, _ in members})
@@ -432,11 +436,19 @@ class ChannelTasks:
 
     def _from_bucket(self, c: cache_mod.NodeCache, task_id: str) -> Any:
         """The pure result of ``task_id`` published in the channel's bucket, or MISS."""
+        return self._imported(c, [task_id]).get(task_id, cache_mod.MISS)
+
+    def _imported(self, c: cache_mod.NodeCache, task_ids: list[str]) -> dict[str, Any]:
+        """Of ``task_ids``, those whose record in the channel's bucket checks: imported
+        here (one read of the bucket), each with its value."""
         remote = self._remote()
-        data = remote.get_result_records([task_id]).get(task_id)
-        if data is None or not shared.import_record(c, task_id, remote, data):
-            return cache_mod.MISS
-        return self._load(c, task_id)
+        found = {}
+        for tid, data in remote.get_result_records(task_ids).items():
+            if shared.import_record(c, tid, remote, data):
+                value = self._load(c, tid)
+                if value is not cache_mod.MISS:
+                    found[tid] = value
+        return found
 
     @staticmethod
     def _load(c: cache_mod.NodeCache, task_id: str) -> Any:
@@ -514,10 +526,10 @@ class _BatchRequest:
         tasks = self.tasks
         c = cache_mod.current()
         remote = tasks._remote()
-        if remote not in c.node.remotes:  # shared hits: one read of the bucket
-            for tid, data in remote.get_result_records(list(self.calls)).items():
-                if shared.import_record(c, tid, remote, data) and self._take([tid]):
-                    self._resolve(tid, lambda tid=tid: self._value(c, tid))
+        if remote not in c.node.remotes:  # shared hits (node.remotes were looked at)
+            for tid, value in tasks._imported(c, list(self.calls)).items():
+                if self._take([tid]):
+                    _settle(self.calls[tid][1]._future, result=value)
         texts: list[tuple[str, str]] = []
         for tid in [tid for tid in self.calls if tid in self._open]:
             try:
@@ -525,7 +537,7 @@ class _BatchRequest:
             except Exception as e:  # its arguments cannot travel
                 if self._take([tid]):
                     self._fail(tid, e)
-        parts = _parts(texts)
+        parts = protocol.within_limit(texts, lambda item: len(item[1]) + 3)
         for part in parts[1:]:  # more than one message's worth: the others in the pool
             tasks._submit(self.ctx, lambda part=part: self._ask(c, part))
         if parts:
@@ -611,10 +623,6 @@ class _BatchRequest:
             self._open.difference_update(taken)
         return taken
 
-    @staticmethod
-    def _value(c: cache_mod.NodeCache, tid: str) -> Any:
-        return ChannelTasks._load(c, tid)
-
     def _resolve(self, tid: str, value: Callable[[], Any]) -> None:
         cf = self.calls[tid][1]._future
         try:
@@ -631,19 +639,6 @@ class _BatchRequest:
         call, fut = self.calls[tid]
         skipped = frozenset({self.provider}) if skip else frozenset()
         self.tasks._start(call, lambda: self.tasks.run_call(call, "call", skipped), fut)
-
-
-def _parts(texts: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-    """``texts`` (task id, call text) in groups within :data:`~.protocol.BATCH_BYTES`."""
-    parts: list[list[tuple[str, str]]] = []
-    size = protocol.BATCH_BYTES
-    for item in texts:
-        if size + len(item[1]) > protocol.BATCH_BYTES:
-            parts.append([])
-            size = 0
-        parts[-1].append(item)
-        size += len(item[1]) + 3
-    return parts
 
 
 def _raise(e: BaseException) -> Any:
