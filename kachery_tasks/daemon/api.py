@@ -33,7 +33,7 @@ from ..nodes import Node
 from .auth import COOKIE, Auth, new_token
 from .events import EventHub, RunWatcher
 from .requested import TaskRequests
-from .statuses import error_body, status_of
+from .statuses import MEANING, error_body, status_of
 
 HUB = Path(__file__).parent / "hub"
 VERSION = "1"
@@ -58,14 +58,7 @@ ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}},
                 "required": ["error"]}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": what, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-    for code, what in [
-        (400, "bad request"), (401, "no valid token or session"), (403, "not allowed"),
-        (404, "not found"), (409, "conflict (damaged or changed content)"), (410, "gone"),
-        (415, "a body of another content type is wanted"), (416, "range not satisfiable"),
-        (422, "the request does not match the API"),
-        (502, "a bucket or pub/sub failed"), (503, "the node cannot do it now"),
-        (507, "no space left"),
-    ]
+    for code, what in sorted(MEANING.items())
 }
 
 

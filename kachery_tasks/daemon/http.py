@@ -2,7 +2,8 @@
 
 While it runs, :class:`HttpServer` keeps in ``<node>/daemon/``
 
-* ``http.json`` — ``{"host", "port", "url", "pid"}``: where the API listens;
+* ``http.json`` — ``{"host", "port", "url", "pid", "pid_start", "host_id"}``: where
+  the API listens, and which process serves it;
 * ``token`` — the bearer token (mode 0600), new at each start.
 
 By default the API listens on 127.0.0.1 on a port the system picks (so
@@ -28,7 +29,7 @@ from typing import Any
 from ..errors import DaemonError, InvalidValueError, KacheryError
 from ..fsutil import write_atomic
 from ..nodes import Node
-from ..processes import pid_alive
+from ..processes import HOST, my_start_time, pid_alive
 from .auth import new_token
 
 log = logging.getLogger("kachery_tasks.daemon")
@@ -66,14 +67,22 @@ def daemon_dir(node: Node) -> Path:
 
 
 def running_api(node: Node) -> dict[str, Any] | None:
-    """``http.json`` of the daemon serving ``node``, if its process is alive; else None."""
+    """``http.json`` of the daemon serving ``node``, if its process is alive; else None.
+
+    The process is the one that wrote the file: on this host (a node directory shared
+    with another machine may hold that machine's file: not a daemon reachable here), with
+    a pid that started when the writer did (after a crash, the pid may be reused)."""
     try:
         info = json.loads((daemon_dir(node) / "http.json").read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
         return None
-    return info if pid_alive(info["pid"]) else None
+    if info.get("host_id", HOST) != HOST:
+        return None
+    start = info.get("pid_start")
+    alive = pid_alive(info["pid"], start if isinstance(start, str) else None)
+    return info if alive else None
 
 
 class HttpServer:
@@ -135,7 +144,8 @@ class HttpServer:
                                    "is the port taken? Choose another with --listen")
             time.sleep(0.01)
         self.port = server.servers[0].sockets[0].getsockname()[1]
-        info = {"host": self.host, "port": self.port, "url": self.url, "pid": os.getpid()}
+        info = {"host": self.host, "port": self.port, "url": self.url, "pid": os.getpid(),
+                "pid_start": my_start_time(), "host_id": HOST}
         write_atomic(where / "http.json", json.dumps(info).encode())
         log.info("HTTP API listening on %s", self.url)
         return self

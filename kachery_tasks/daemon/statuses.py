@@ -63,6 +63,18 @@ STATUS: dict[type[e.KacheryError], int] = {
 }
 
 
+MEANING: dict[int, str] = {
+    400: "bad request", 401: "no valid token or session", 403: "not allowed",
+    404: "not found", 409: "conflict (damaged or changed content, or another daemon)",
+    410: "gone", 415: "a body of another content type is wanted",
+    416: "range not satisfiable", 422: "the request does not match the API",
+    502: "a bucket, the pub/sub, the cluster or a provider's task failed",
+    503: "the node cannot do it now", 504: "no answer in time", 507: "no space left",
+}
+"""What each error status means, as the API description lists it (every status of
+:data:`STATUS` is here, and 422 for a request FastAPI refuses before any route)."""
+
+
 def status_of(error: e.KacheryError) -> int:
     """The HTTP status for ``error``: that of the nearest listed class in its hierarchy."""
     for cls in type(error).__mro__:

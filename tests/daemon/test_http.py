@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from kachery_tasks.daemon.http import HttpServer, parse_listen, running_api
 from kachery_tasks.errors import DaemonError, InvalidValueError, KacheryError
+from kachery_tasks.processes import HOST, my_start_time
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -52,11 +53,27 @@ def test_the_server_says_where_it_is_and_cleans_up(node, daemon):
     with HttpServer(node, daemon) as server:
         info = json.loads((node.path / "daemon" / "http.json").read_text())
         assert info == {"host": "127.0.0.1", "port": server.port, "url": server.url,
-                        "pid": os.getpid()}
+                        "pid": os.getpid(), "pid_start": my_start_time(), "host_id": HOST}
         assert running_api(node) == info and server.port > 0
         assert httpx.get(server.url + "/openapi.json").status_code == 200
     assert not (node.path / "daemon" / "http.json").exists()
     assert running_api(node) is None
+
+
+@pytest.mark.parametrize("change", [{"pid_start": "0"}, {"host_id": "another-machine"}])
+def test_an_http_json_left_by_a_crash_is_not_taken_for_a_running_daemon(node, change):
+    """After a kill -9 the file stays; its pid may now be another process (here this one,
+    started at another time), or the file may be another machine's: not served here."""
+    where = node.path / "daemon"
+    where.mkdir(exist_ok=True)
+    info = {"host": "127.0.0.1", "port": 1, "url": "http://127.0.0.1:1", "pid": os.getpid(),
+            "pid_start": my_start_time(), "host_id": HOST}
+    (where / "http.json").write_text(json.dumps(info))
+    assert running_api(node) == info  # the writer itself is alive
+    (where / "http.json").write_text(json.dumps({**info, **change}))
+    assert running_api(node) is None
+    with HttpServer(node) as server:  # and it does not stop a new start
+        assert running_api(node)["port"] == server.port
 
 
 def test_one_daemon_per_node(node, tmp_path):

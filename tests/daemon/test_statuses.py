@@ -9,7 +9,7 @@ import pytest
 from kachery_tasks import errors
 from kachery_tasks.daemon.auth import ForeignOrigin, NotAuthenticated
 from kachery_tasks.daemon.ranges import RangeNotSatisfiable
-from kachery_tasks.daemon.statuses import STATUS, NotFound, status_of
+from kachery_tasks.daemon.statuses import MEANING, STATUS, NotFound, status_of
 
 ALL_ERRORS = [c for _, c in inspect.getmembers(errors, inspect.isclass)
               if issubclass(c, errors.KacheryError)]
@@ -51,3 +51,14 @@ def test_an_unlisted_subclass_takes_its_nearest_listed_base():
         pass
 
     assert status_of(Odd("x")) == 404 and status_of(Odder("x")) == 400
+
+
+def test_every_status_an_error_can_get_is_in_the_api_description(client):
+    """The description is made from MEANING: a status added to STATUS without a meaning
+    would be answered but never described."""
+    assert set(STATUS.values()) <= set(MEANING)
+    described = set()
+    for path in client.get("/openapi.json").json()["paths"].values():
+        for operation in path.values():
+            described |= {int(code) for code in operation.get("responses", {})}
+    assert set(STATUS.values()) <= described

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +18,7 @@ def test_groups_keep_every_item_in_order_within_the_limit(texts, limit):
     assert all(groups)  # no empty group; no items, no groups
     for group in groups:
         assert len(group) == 1 or sum(map(len, group)) <= limit
-    for a, b in zip(groups, groups[1:]):  # a group ends only when the next item did not fit
+    for a, b in pairwise(groups):  # a group ends only when the next item did not fit
         assert sum(map(len, a)) + len(b[0]) > limit
 
 
