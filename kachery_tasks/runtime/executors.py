@@ -463,10 +463,16 @@ GATHER_PROGRESS_MIN = 20
 
 def gather(futures: Iterable[TaskFuture], timeout: float | None = None) -> list[Any]:
     """The results of ``futures``, in order; Dask futures are fetched in one round trip.
+    ``timeout`` (seconds) bounds the whole wait, whatever executor each future is on.
 
-    With many futures not done yet and standard error a terminal, a progress
-    bar counts them as they finish (``KACHERY_TASKS_PROGRESS=1`` forces it).
+    With many futures and standard error a terminal, a progress bar counts them as
+    they finish (``KACHERY_TASKS_PROGRESS=1`` forces it).
     """
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
     futures = list(futures)
     for f in futures:
         if not isinstance(f, TaskFuture):
@@ -479,8 +485,8 @@ def gather(futures: Iterable[TaskFuture], timeout: float | None = None) -> list[
         if f._dask is not None and f._executor is not None:
             groups.setdefault(id(f._executor), (f._executor, []))[1].append(f)
     for executor, fs in groups.values():
-        executor.gather(fs, timeout=timeout)
-    return [f.result() for f in futures]
+        executor.gather(fs, timeout=left())
+    return [f.result(left()) for f in futures]
 
 
 def _count_done(futures: list[TaskFuture], bar: Callable[[int], None],

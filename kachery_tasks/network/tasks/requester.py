@@ -121,7 +121,7 @@ class ChannelFuture(TaskFuture):
             return self._future.result(timeout)
         except concurrent.futures.TimeoutError:
             raise ChannelTimeoutError(
-                f"{self.task.name} ({self.task_id[:19]}...) is not done after {timeout:g} s "
+                f"{self.task.name} ({self.task_id[:19]}...) is not done after {timeout:.3g} s "
                 f"(status {self._status}); wait longer, or look at it later") from None
 
     def __repr__(self) -> str:
@@ -203,9 +203,6 @@ class ChannelTasks:
             calls = {call.task_id: call for call in prepared if call.task_id in started}
             self._start_batches([(calls[tid], fut) for tid, fut in started.items()])
         return out  # type: ignore[return-value]
-
-    def gather(self, futures: list[TaskFuture], timeout: float | None = None) -> list[Any]:
-        return [f.result(timeout) for f in futures]
 
     def _start(self, call: Call, run: Callable[[], Any],
                fut: ChannelFuture | None = None) -> ChannelFuture:

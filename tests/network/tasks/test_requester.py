@@ -295,3 +295,12 @@ def test_a_batch_that_cannot_be_sent_ends_its_futures_with_the_error(labs, monke
         assert [f.result(10) for f in futures[:5]] == [2 * i for i in range(500, 505)]
         with pytest.raises(PubSubError, match="the broker is away"):
             futures[5].result(10)
+
+
+def test_gather_with_a_timeout_gives_up_on_channel_futures(labs):
+    bob = provider(labs, "bob", stall=True)
+    with labs.nodes["alice"], kachery.channel("lab", timeout=20):
+        future = rt.double.submit(60)
+        with pytest.raises(ChannelTimeoutError, match=r"not done after 0\.5 s"):
+            kachery.gather([future], timeout=0.5)  # (the stalled call would wait 20 s)
+    bob.release.set()
