@@ -132,19 +132,23 @@ class Call:
         )
 
     # ---------------------------------------------------------------- wire
-    def to_bytes(self, store_bytes: wire.StoreBytes | None = None) -> bytes:
+    def to_bytes(self, store_bytes: wire.StoreBytes | None = None,
+                 encoded: list[wire.Encoded] | None = None) -> bytes:
         """The call as canonical JSON another node can check and run.
 
         Bytes values and arrays larger than :data:`~.wire.INLINE_MAX` go to
-        ``store_bytes(data, label) -> sha256 URI`` (the sender's content store;
-        a wrapper that notes the URIs tells the transport what to make
-        available); without it they travel inline. Raises
-        :class:`~.wire.WireError` for an argument that cannot travel.
+        ``store_bytes(data, label) -> sha256 URI`` (the sender's content store);
+        without it they travel inline. Each argument's :class:`~.wire.Encoded` is
+        appended to ``encoded`` when given: what the transport must make available
+        (stored values, files, zarr arrays, content URIs, other tasks' results).
+        Raises :class:`~.wire.WireError` for an argument that cannot travel.
         """
-        args = {
-            name: wire.encode(v, store_bytes, what=f"argument {name!r} of {self.function}").value
-            for name, v in self.arguments().items()
-        }
+        args = {}
+        for name, v in self.arguments().items():
+            enc = wire.encode(v, store_bytes, what=f"argument {name!r} of {self.function}")
+            args[name] = enc.value
+            if encoded is not None:
+                encoded.append(enc)
         doc = {"function": self.function, "version": self.version,
                "code_hash": self.code_hash, "kind": self.kind, "task_id": self.task_id,
                "args": args}
@@ -374,21 +378,3 @@ def inputs(values: Iterable[Any]) -> list[str]:
         elif is_future(v):
             found.append(v.task_id)
     return list(dict.fromkeys(found))
-
-
-def travelling_content(values: Iterable[Any]) -> dict[str, Any]:
-    """Content an argument list names that a receiver fetches by URI: ``{uri: path}`` for
-    each ``kachery.File`` (the file it was made from, which may not be in the store) and
-    ``{uri: None}`` for each content URI and zarr array from ``kachery.load_zarr``."""
-    found: dict[str, Any] = {}
-    for v in _leaves(values):
-        if type(v) is str:
-            if v.startswith("sha256://") and is_content_uri(v):
-                found.setdefault(v, None)
-        elif isinstance(v, File):
-            found[v.uri] = v.path
-        elif type(v).__module__.startswith("zarr"):
-            uri = getattr(getattr(v, "store", None), "uri", None)
-            if isinstance(uri, str) and is_content_uri(uri):
-                found.setdefault(uri, None)
-    return found

@@ -29,6 +29,9 @@ Values larger than ``inline_max`` encoded bytes (bytes and arrays) are not
 put in the message: the sender stores them as content and lists their URIs
 in :attr:`Encoded.content`, so the transport can make them available (a
 bucket upload); the receiver loads them by URI, verified against their id.
+What else the receiver fetches by URI -- a ``kachery.File``, a zarr array, a
+content URI given as text -- is listed in :attr:`Encoded.named`, and the
+results of other tasks in :attr:`Encoded.results`, wherever they are nested.
 Types registered with ``kachery.register_encoder`` have no decoder and are
 refused, as is anything else the task-id encoders accept only by reference
 to this process.
@@ -46,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import InvalidValueError, UnsupportedArgumentError
+from ..uris import is_content_uri
 
 #: Bytes values and arrays at most this large (encoded) travel inside the message.
 INLINE_MAX = 64 * 1024
@@ -55,10 +59,17 @@ _SAFE_INT = 2**53
 
 @dataclass
 class Encoded:
-    """Arguments in wire form, and the content URIs the receiver will need to fetch."""
+    """Arguments in wire form, and what the receiver will need to fetch."""
 
     value: Any
     content: list[str] = field(default_factory=list)
+    """Large values the sender stored as content (``store``)."""
+    named: dict[str, Any] = field(default_factory=dict)
+    """Content the arguments name: ``{uri: path}`` for a ``kachery.File`` (the file it
+    was made from here, which may not be in the store), ``{uri: None}`` for a zarr array
+    and a content URI given as text."""
+    results: list[str] = field(default_factory=list)
+    """Task ids of other tasks' results (``$result``)."""
 
 
 class WireError(InvalidValueError):
@@ -80,16 +91,17 @@ def encode(value: Any, store: StoreBytes | None = None, inline_max: int = INLINE
     Raises WireError naming ``what`` for a value that cannot travel.
     """
     out = Encoded(None)
-    out.value = _Encoder(store, inline_max, out.content, what).enc(value, 0)
+    out.value = _Encoder(store, inline_max, out, what).enc(value, 0)
     return out
 
 
 class _Encoder:
-    def __init__(self, store: StoreBytes | None, inline_max: int, content: list[str],
+    def __init__(self, store: StoreBytes | None, inline_max: int, out: Encoded,
                  what: str) -> None:
         self.store = store
         self.inline_max = inline_max
-        self.content = content
+        self.out = out
+        self.content = out.content
         self.what = what
 
     def refuse(self, v: Any, why: str) -> WireError:
@@ -102,7 +114,11 @@ class _Encoder:
         if depth > _MAX_DEPTH:
             raise self.refuse(v, f"it is nested more than {_MAX_DEPTH} levels deep")
         t = type(v)
-        if v is None or t is bool or t is str:
+        if t is str:
+            if v.startswith("sha256://") and is_content_uri(v):
+                self.out.named.setdefault(v, None)
+            return v
+        if v is None or t is bool:
             return v
         if t is int:
             return v if -_SAFE_INT < v < _SAFE_INT else {"$int": str(v)}
@@ -128,10 +144,12 @@ class _Encoder:
         if mod == "numpy" or mod.startswith("numpy."):
             return self.numpy(v)
         if getattr(t, "_kachery_future", False):
+            self.out.results.append(v.task_id)
             return {"$result": v.task_id}
         from .file_args import File
 
         if isinstance(v, File):
+            self.out.named[v.uri] = v.path
             return {"$file": v.uri}
         if mod.startswith("zarr"):
             return self.zarr(v)
@@ -165,6 +183,7 @@ class _Encoder:
 
         store = getattr(v, "store", None)
         if isinstance(store, ContentStore) and store.uri is not None and store.read_only:
+            self.out.named.setdefault(store.uri, None)
             return {"$zarr": [store.uri, v.path]}
         raise self.refuse(v, "only zarr arrays from kachery.load_zarr travel (by their URI)")
 

@@ -123,6 +123,29 @@ def test_a_task_result_travels_by_task_id():
         wire.decode(obj)
 
 
+@dataclasses.dataclass
+class Holder:  # module level: a dataclass the wire can name
+    inside: object
+
+
+def test_what_the_receiver_fetches_is_listed_wherever_it_is_nested(tmp_path):
+    from kachery_tasks.runtime.tasks import File
+
+    class Fut:
+        _kachery_future = True
+        task_id = "sha256:" + "cd" * 32
+
+    p = tmp_path / "raw.dat"
+    p.write_bytes(b"recording")
+    f = File(p)
+    text_uri = "sha256://" + "ef" * 32
+    deep = {"a": [[[[Holder(inside=(f, Fut()))]]]], "b": text_uri, "c": "sha256 is a word"}
+    enc = wire.encode(deep)
+    assert enc.named == {f.uri: f.path, text_uri: None}
+    assert enc.results == [Fut.task_id]
+    assert wire.encode([1, "plain", b"x"]).named == {}
+
+
 @pytest.mark.parametrize("value,match", [
     (object(), "cannot be sent"),
     (np.array([object()]), "Python objects"),

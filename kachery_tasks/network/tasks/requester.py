@@ -62,11 +62,10 @@ from ...errors import (
 )
 from ...remotes import open_remote
 from ...runtime import cache as cache_mod
-from ...runtime import context, encoders, results, shared
-from ...runtime.call import Call, encode_result, inputs, travelling_content
+from ...runtime import context, encoders, results, shared, wire
+from ...runtime.call import Call, encode_result
 from ...runtime.executors import TaskFuture, serve_recorded
 from ...runtime.policies import ActionOutcome, QueryResult
-from ...uris import is_content_uri
 from ..channels.messages import ChannelMessage
 from ..channels.remote import ChannelRemote, channel_url
 from ..channels.requests import Pending
@@ -310,25 +309,19 @@ class ChannelTasks:
 
     def _call_bytes(self, c: cache_mod.NodeCache, call: Call) -> bytes:
         """The call's wire form, with every content it needs in the channel's bucket."""
-        stored: list[str] = []
-
-        def store_bytes(data: bytes, label: str) -> str:
-            uri = c.store.store_bytes(data, label=label)
-            stored.append(uri)
-            return uri
-
-        data = call.to_bytes(store_bytes=store_bytes)
+        encoded: list[wire.Encoded] = []
+        data = call.to_bytes(lambda data, label: c.store.store_bytes(data, label=label),
+                             encoded)
         remote = self._remote()
-        needed = list(stored)
-        arguments = call.arguments().values()
-        for uri, path in travelling_content(arguments).items():
-            if not c.store.has(uri) and path is not None:  # a File: its content goes along
-                c.store.store_file(path, progress=False)
-            if c.store.has(uri):
-                needed.append(uri)
-        for ref in inputs(arguments):
-            if not is_content_uri(ref):  # a task id: its result, published if computed here
-                shared.publish(c, ref, [remote])
+        needed = [uri for enc in encoded for uri in enc.content]
+        for enc in encoded:
+            for uri, path in enc.named.items():
+                if not c.store.has(uri) and path is not None:  # a File: its content goes
+                    c.store.store_file(path, progress=False)
+                if c.store.has(uri):
+                    needed.append(uri)
+            for tid in enc.results:  # another task's result, published if computed here
+                shared.publish(c, tid, [remote])
         if needed:
             bucket = remote.bucket
             for uri in dict.fromkeys(needed):
