@@ -90,7 +90,7 @@ class Lab:
                        "--pubsub", f"ws://127.0.0.1:{self.port}", "--label", "provider-1")
         invite = next(line for line in out.splitlines() if line.startswith("kachery-channel:"))
         for node, allow in MEMBERS.items():
-            node_id = json.loads(self.cli(node, "node", "info", "--json"))["node_id"]
+            node_id = self.node_id(node)
             self.cli("provider-1", "channel", "add-node", "lab", node_id, "--label", node,
                      "--allow", allow, "--offline")
             self.cli(node, "channel", "join", invite)
@@ -126,9 +126,13 @@ class Lab:
         return json.loads(r.stdout.splitlines()[-1])
 
     def computed_on(self, node: str) -> int:
-        """How many runs the node computed itself (its task records)."""
-        runs = json.loads(self.cli(node, "tasks", "ls", "--json"))
-        return sum(1 for r in runs if r.get("node_id", r.get("node")) == self.node_id(node))
+        """How many runs the node computed itself: every run in its task records (a task
+        computed again adds a run; ``tasks ls`` shows only the newest of each)."""
+        from kachery_tasks.nodes import Node
+        from kachery_tasks.runtime import cache
+
+        here = Node(self.root / node)
+        return sum(1 for r in cache.for_node(here).records.runs() if r.node == here.id)
 
     def node_id(self, node: str) -> str:
         return json.loads(self.cli(node, "node", "info", "--json"))["node_id"]
