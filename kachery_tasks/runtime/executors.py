@@ -95,7 +95,9 @@ class TaskFuture:
 
     @property
     def status(self) -> str:
-        """``queued``, ``running``, ``finished`` or ``error`` (Dask's state, when on Dask)."""
+        """``running``, ``finished`` or ``error`` (Dask's state, when on Dask); a channel's
+        future (:class:`~kachery_tasks.network.tasks.requester.ChannelFuture`) also says
+        ``queued`` and ``waiting``."""
         if self._error is not None:
             return "error"
         if self._value is not _NOTHING or self._dask is None:
