@@ -274,3 +274,12 @@ class ChannelTimeoutError(ChannelError, TimeoutError):
 
 class DaemonError(KacheryError):
     """The node daemon cannot start or run: another one serves the node directory, ..."""
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, at most about ``limit`` characters: an error as a
+    status row or a wrapping error shows it."""
+    text = " ".join(str(e).split()) or "(no message)"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(e).__name__}: {text}"

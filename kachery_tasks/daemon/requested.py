@@ -45,6 +45,7 @@ from ..errors import (
     KacheryError,
     RemoteTaskError,
     UnknownTaskError,
+    one_line,
 )
 from ..nodes import Node
 
@@ -161,6 +162,23 @@ class Requested:
         self.error: BaseException | None = None  # the task's exception, or the request's
         self.task_failed = False  # the error is the task's (answered status "error")
         self._live: Callable[[], tuple[str, str]] | None = None
+        self._when_done: list[Callable[[], None]] = []
+        self._done_lock = threading.Lock()
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` (in the request's thread, or now) once the request ended."""
+        with self._done_lock:
+            if not self.done.is_set():
+                self._when_done.append(fn)
+                return
+        fn()
+
+    def _ended(self) -> None:
+        with self._done_lock:
+            self.done.set()
+            callbacks, self._when_done = self._when_done, []
+        for fn in callbacks:
+            fn()
 
     def row(self) -> dict[str, Any]:
         """Its status row (the shape of the channel services' rows)."""
@@ -184,7 +202,7 @@ class Requested:
         if self.error is not None:
             by = getattr(self.error, "provider", None) or self._computed_by()  # RemoteTaskError
             return {**self._answer("error"), "computed_by": by,
-                    "error": _one_line(self.error)}
+                    "error": one_line(self.error, 500)}
         return {**self._answer("finished"), "result": self._result(),
                 "computed_by": self._computed_by()}
 
@@ -265,7 +283,7 @@ class TaskRequests:
         except BaseException as e:
             req.error = e
             req.task_failed = _is_task_failure(e, req.channel)
-            req.status, req.detail = "error", _one_line(e)
+            req.status, req.detail = "error", one_line(e, 500)
             if not req.task_failed:
                 log.info("API request for %s failed: %s", req.task.name, req.detail)
         finally:
@@ -274,7 +292,7 @@ class TaskRequests:
                 self._done[req.id] = req
                 while len(self._done) > KEEP_DONE:
                     self._done.popitem(last=False)
-            req.done.set()
+            req._ended()
             self._changed(req)
 
     def _run_here(self, req: Requested) -> Any:
@@ -309,9 +327,3 @@ def _is_task_failure(e: BaseException, channel: str | None) -> bool:
     if channel is not None:  # the requester raises KacheryErrors of its own
         return isinstance(e, RemoteTaskError) or not isinstance(e, KacheryError)
     return not isinstance(e, ExecutorError)
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    text = f"{type(e).__name__}: {lines[0] if lines else '(no message)'}"
-    return text if len(text) <= 500 else text[:497] + "..."

@@ -225,6 +225,34 @@ def test_requests_are_live_events(served, daemon, requestable):
         assert seen == ["running", "finished"]
 
 
+def test_requests_waiting_for_their_task_leave_the_other_routes_free(served, requestable):
+    """More requests wait than the server has threads for blocking routes (40): the node
+    info, a blocking route, still answers while they wait."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.daemon.conftest import api_client
+
+    def ask(x):
+        with api_client(served, timeout=60) as c:
+            return request(c, "gated", {"x": x}, wait=30).status_code
+
+    with ThreadPoolExecutor(48) as pool:
+        waiting = [pool.submit(ask, x) for x in range(48)]
+        try:
+            with api_client(served, timeout=60) as c:
+                deadline = time.monotonic() + 20
+                while len([q for q in c.get("/api/requests").json()["requests"]
+                           if q["status"] == "running"]) < 48:
+                    assert time.monotonic() < deadline, "the requests did not all start"
+                    time.sleep(0.05)
+                started = time.monotonic()
+                assert c.get("/api/node", timeout=10).status_code == 200
+                assert time.monotonic() - started < 10  # (a guard, not a measurement)
+        finally:
+            requestable.GATE.set()
+        assert [w.result() for w in waiting] == [200] * 48
+
+
 def test_a_channel_not_joined_is_404(client, requestable):
     r = request(client, ADD, {"a": 1}, channel="nowhere")
     assert r.status_code == 404 and "nowhere" in r.json()["error"]

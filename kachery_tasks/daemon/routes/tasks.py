@@ -5,9 +5,12 @@ requesting a task: run here (a task this daemon provides) or asked of a channel'
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -74,11 +77,23 @@ def task_requests(request: Request) -> TaskRequests:
              responses={202: {"model": TaskAnswer,
                               "description": "still running after wait seconds: "
                                              "GET /api/tasks/{task_id} shows it when done"}})
-def request_task(request: Request, body: TaskRequest) -> Any:
-    req = task_requests(request).start(body.function, body.args, body.channel)
-    req.done.wait(body.wait)
+async def request_task(request: Request, body: TaskRequest) -> Any:
+    # checking the request may read the node (a thread); waiting for it holds no thread,
+    # so requests that wait long do not take the threads other routes run in
+    req = await run_in_threadpool(task_requests(request).start, body.function, body.args,
+                                  body.channel)
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    req.add_done_callback(lambda: loop.call_soon_threadsafe(_set_once, ended))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ended, body.wait)
     answer = req.answer()
     return JSONResponse(answer, status_code=202) if answer["status"] == "running" else answer
+
+
+def _set_once(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @router.get("/tasks/why", summary="Why the last call of a function missed the cache")

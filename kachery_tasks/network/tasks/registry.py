@@ -23,7 +23,7 @@ import types
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ...errors import TaskDefinitionError, TaskModuleError, UnknownTaskError
+from ...errors import TaskDefinitionError, TaskModuleError, UnknownTaskError, one_line
 from ...runtime import codehash
 from ...runtime.tasks import Task
 
@@ -128,9 +128,9 @@ def import_module(name: str) -> types.ModuleType:
                 f"no module named {name} (no {e.name}); install the package that provides it "
                 "or fix the name"
             ) from None
-        raise TaskModuleError(f"cannot import task module {name}: {_one_line(e)}") from None
+        raise TaskModuleError(f"cannot import task module {name}: {one_line(e)}") from None
     except (Exception, SystemExit) as e:  # its code failed: say where, in one line
-        raise TaskModuleError(f"cannot import task module {name}: {_one_line(e)}") from None
+        raise TaskModuleError(f"cannot import task module {name}: {one_line(e)}") from None
 
 
 def called_tasks(task: Task) -> list[Task]:
@@ -197,10 +197,3 @@ def _values_read(func: types.FunctionType) -> Iterator[Any]:
 
 def _where(task: Task) -> str:
     return f"{task.func.__module__}.{task.func.__qualname__}"
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or "(no message)"
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(e).__name__}: {text}"
