@@ -99,7 +99,8 @@ class RunWatcher:
 
     Task runs are recorded by whatever process runs them (a script, a Dask
     worker); the watcher reads the newest runs of the node's records every
-    ``interval`` seconds and reports the ones it has not seen in that state.
+    ``interval`` seconds while a client listens, and reports the ones it has not
+    seen in that state.
     """
 
     def __init__(self, records: Any, hub: EventHub, interval: float = 0.5,
@@ -126,8 +127,13 @@ class RunWatcher:
         return sent
 
     async def run(self) -> None:
-        """Poll until cancelled."""
+        """Poll until cancelled, while someone listens (a client that connects gets the
+        runs as they are then for a baseline, and loads the lists itself)."""
         while True:
+            if not self.hub.subscribers:
+                self._seen = None
+                await asyncio.sleep(self.interval)
+                continue
             try:
                 await asyncio.to_thread(self.poll)
             except Exception:  # a damaged records database: the hub shows the error elsewhere

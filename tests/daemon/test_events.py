@@ -102,3 +102,29 @@ def test_a_client_that_falls_behind_is_told_and_let_go(monkeypatch):
     got = asyncio.run(run())
     assert got[-1]["type"] == "overflow" and len(got) <= 4
     assert hub.subscribers == 0
+
+
+def test_the_records_are_read_only_while_someone_listens():
+    class Records:
+        reads = 0
+
+        def runs(self, limit):
+            Records.reads += 1
+            return []
+
+    async def scenario():
+        hub = EventHub()
+        watcher = RunWatcher(Records(), hub, interval=0.01)
+        task = asyncio.create_task(watcher.run())
+        await asyncio.sleep(0.2)
+        quiet = Records.reads
+        stream = hub.stream(idle=0.01)
+        await stream.__anext__()  # subscribed (an idle keep-alive comes back)
+        await asyncio.sleep(0.2)
+        listened = Records.reads - quiet
+        await stream.aclose()
+        task.cancel()
+        return quiet, listened
+
+    quiet, listened = asyncio.run(scenario())
+    assert quiet == 0 and listened > 0
