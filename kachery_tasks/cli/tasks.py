@@ -46,64 +46,59 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from ..runtime import cache
+
     records = _records()
     tid = resolve_task_id(records, args.task_id)
-    runs = records.runs(task_id=tid)
-    served = records.result(tid)
-    children, parents = records.children(tid), records.parents(tid)
     info = show(records, tid)
-    info.pop("served", None)
+    served = info.get("served")
     label = None
     if served is not None:
-        from ..runtime import cache
-
-        label = member_label(cache.current().node, served.node)
-        info["signer_label"] = label
+        label = info["signer_label"] = member_label(cache.current().node, served["node"])
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
+    runs = info["runs"]
     last = runs[0] if runs else None
     print(f"task:      {tid}")
     if last is not None:
-        print(f"function:  {last.function} ({last.kind}"
-              + (f", version {last.version}" if last.version else
-                 f", code {(last.code_hash or '')[:12]}") + ")")
+        print(f"function:  {last['function']} ({last['kind']}"
+              + (f", version {last['version']}" if last["version"] else
+                 f", code {(last['code_hash'] or '')[:12]}") + ")")
         print("arguments:")
-        for name, summary in last.args.items():
+        for name, summary in last["args"].items():
             print(f"  {name} = {summary}")
-        if last.inputs:
+        if last["inputs"]:
             print("inputs:")
-            for uri in last.inputs:
+            for uri in last["inputs"]:
                 print(f"  {uri}")
     elif served is not None:  # computed elsewhere: no run here
-        print(f"function:  {served.function} ({served.kind})")
+        print(f"function:  {served['function']} ({served['kind']})")
     if served is not None:
-        what = served.result_uri or f"outcome {served.status}"
-        print(f"result:    {what}" + (f" ({served.codec})" if served.codec else ""))
-        from ..runtime import cache
-
-        if served.node == cache.current().node_id:
+        what = info["served_result"] or f"outcome {served['status']}"
+        print(f"result:    {what}" + (f" ({served['codec']})" if served["codec"] else ""))
+        if served["node"] == cache.current().node_id:
             whose = "this node"
         else:
             whose = "a collaborator" + (f": {label}" if label else "") + (
-                "; signed record" if served.kind == "pure" else "; sent by the provider")
-        print(f"signer:    node {served.node} ({whose})")
+                "; signed record" if served["kind"] == "pure" else "; sent by the provider")
+        print(f"signer:    node {served['node']} ({whose})")
     else:
         print("result:    none served (never succeeded, or forgotten)")
     print(f"runs:      {len(runs)}")
     for r in runs:
-        line = (f"  {_t(r.started)}  {r.effective_status():<9} {_dur(r.duration):>9}  "
-                f"node {r.node[:12]} pid {r.pid} on {r.host}")
-        print(line + (f"  [{r.reason}]" if r.reason not in ("miss",) else ""))
-        if r.error:
-            print(f"    error: {r.error}")
+        line = (f"  {_t(r['started'])}  {r['status']:<9} {_dur(r['duration']):>9}  "
+                f"node {r['node'][:12]} pid {r['pid']} on {r['host']}")
+        print(line + (f"  [{r['reason']}]" if r["reason"] not in ("miss",) else ""))
+        if r["error"]:
+            print(f"    error: {r['error']}")
     for asked in info["asked_by"]:
         print(f"asked by:  {asked['label'] or '?'} ({asked['requester'][:16]}...) on channel "
               f"{asked['channel']} at {_t(asked['received'])}: {asked['outcome']}")
-    print("called:" if children else "called:    nothing")
+    print("called:" if info["called"] else "called:    nothing")
     for c in info["called"]:
         print(f"  {c['task_id']}  {c['function'] or '?'}")
-    print("called by:" if parents else "called by: nothing")
+    print("called by:" if info["called_by"] else "called by: nothing")
     for p in info["called_by"]:
         print(f"  {p['task_id']}  {p['function'] or '?'}")
     return 0

@@ -75,7 +75,8 @@ def show(records: Records, task_id: str) -> dict[str, Any]:
         "asked_by": records.requests_of(task_id),
     }
     if served is not None:
-        info["served"] = {"status": served.status, "codec": served.codec, "node": served.node,
+        info["served"] = {"kind": served.kind, "function": served.function,
+                          "status": served.status, "codec": served.codec, "node": served.node,
                           "finished": served.finished, "error": served.error}
         if served.codec == "json" and served.data is not None and \
                 len(served.data) <= PREVIEW_BYTES:
