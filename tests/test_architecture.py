@@ -28,7 +28,7 @@ LAYERS = {
     "feeds": 3,
     "storage": 1,
     "errors": 0, "config": 0, "sizes": 0, "uris": 0, "canonical": 0, "fsutil": 0, "db": 0,
-    "keys": 0, "processes": 0, "progress": 0, "envelopes": 0,
+    "keys": 0, "processes": 0, "progress": 0, "envelopes": 0, "listeners": 0,
 }
 
 # Imports that point up today (inside functions), documented in docs/architecture.md.

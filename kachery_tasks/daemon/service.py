@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ChannelPermissionError, InvalidValueError, KacheryError
+from ..listeners import Listeners
 from ..nodes import Node
 from ..remotes import open_remote
 from ..remotes.bucket import BucketRemote
@@ -262,7 +263,7 @@ class NodeDaemon:
         self.poller: Any = None
         self.follower: Any = None
         self._followed: list[str] = []
-        self._subscribers: list[Callable[[Event], None]] = []
+        self._subscribers = Listeners("daemon event subscriber")
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -376,24 +377,10 @@ class NodeDaemon:
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for each event (``{"type": "channel" | "presence" |
         "request" | "feed" | "config", ...}``); returns the function that unsubscribes."""
-        with self._lock:
-            self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     def emit(self, event: Event) -> None:
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for callback in subscribers:
-            try:
-                callback(event)
-            except Exception:
-                log.exception("a daemon event subscriber failed")
+        self._subscribers(event)
 
     def status(self) -> dict[str, Any]:
         """What the daemon serves now, JSON-able (the shape is in the module docstring of

@@ -26,7 +26,6 @@ shared by the threads of the process under a lock.
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 import threading
@@ -39,6 +38,7 @@ from ..config import NodeDir
 from ..db import connect, transaction
 from ..errors import FeedVerificationError
 from ..fsutil import ensure_dir
+from ..listeners import Listeners
 from .messages import MAX_SEQ, ChainReader, SignedMessage, verification_error
 
 SCHEMA = """
@@ -117,7 +117,7 @@ class FeedStore:
         # (seq, hash, signed bytes) of the head of each subfeed as this store last
         # signed or verified it: see append.
         self._trusted: dict[int, tuple[int, str, bytes]] = {}
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners = Listeners("feed store listener")
 
     # ---------------------------------------------------------------- feeds
     def add_feed(self, feed: str, label: str | None = None) -> None:
@@ -384,22 +384,10 @@ class FeedStore:
         instead (the node daemon watches both). Returns the function that removes
         the callback.
         """
-        with self.lock:
-            self._listeners.append(callback)
-
-        def remove() -> None:
-            with self.lock:
-                if callback in self._listeners:
-                    self._listeners.remove(callback)
-
-        return remove
+        return self._listeners.add(callback)
 
     def _committed(self) -> None:
-        for callback in list(self._listeners):
-            try:
-                callback()
-            except Exception:  # a listener's failure is not the writer's
-                logging.getLogger(__name__).exception("a feed store listener failed")
+        self._listeners()
 
     # --------------------------------------------------------------- reading
     def rows(

@@ -3,7 +3,6 @@ channel fixtures (a broker with channel admission, a lab of member nodes)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ pytest.importorskip("fastapi")  # the daemon extra; installed by the dev extra
 import kachery_tasks as kachery
 from kachery_tasks.daemon.api import create_app
 from kachery_tasks.daemon.http import HttpServer
+from kachery_tasks.listeners import Listeners
 from tests.network.channels.conftest import admitting_broker, lab  # noqa: F401
 
 TOKEN = "test-token-" + "x" * 32
@@ -31,8 +31,7 @@ class FakeDaemon:
         self.reloads = 0
         self.provided: Any = None  # a Provided registry, as node start --provide gives
         self.executor: Any = None  # where provided tasks run (None: in-process)
-        self._subs: list[Callable[[dict], None]] = []
-        self._lock = threading.Lock()
+        self._subs = Listeners("fake daemon subscriber")
 
     def status(self) -> dict:
         from kachery_tasks.network.channels import ChannelStore
@@ -51,26 +50,14 @@ class FakeDaemon:
                 "channels": channels, "requests": list(self.requests)}
 
     def subscribe(self, callback: Callable[[dict], None]) -> Callable[[], None]:
-        with self._lock:
-            self._subs.append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._subs:
-                    self._subs.remove(callback)
-
-        return unsubscribe
+        return self._subs.add(callback)
 
     @property
     def subscribers(self) -> int:
-        with self._lock:
-            return len(self._subs)
+        return len(self._subs)
 
     def emit(self, event: dict) -> None:
-        with self._lock:
-            subs = list(self._subs)
-        for callback in subs:
-            callback(event)
+        self._subs(event)
 
     def reload_channels(self) -> None:
         self.reloads += 1
