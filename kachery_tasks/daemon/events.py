@@ -43,13 +43,21 @@ class EventHub:
             except RuntimeError:  # its loop is closed: the server is stopping
                 pass
 
-    async def stream(self, idle: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
+    async def stream(self, idle: float | None = None,
+                     greeting: dict[str, Any] | None = None
+                     ) -> AsyncIterator[dict[str, Any] | None]:
         """Every event published from now on, until the client goes away or overflows;
-        None after each ``idle`` seconds without one (time for a keep-alive)."""
+        None after each ``idle`` seconds without one (time for a keep-alive).
+
+        ``greeting``, when given, comes first and only once the stream is subscribed:
+        a client that acts on it (emits, reloads its lists) misses no event after it.
+        """
         queue: asyncio.Queue = asyncio.Queue(QUEUE_LIMIT)
         with self._lock:
             self._subs[queue] = asyncio.get_running_loop()
         try:
+            if greeting is not None:
+                yield greeting
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), idle)

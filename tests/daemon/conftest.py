@@ -103,13 +103,18 @@ def token_of(server: HttpServer) -> str:
     return (server.node.path / "daemon" / "token").read_text()
 
 
-def sse_events(response: Any) -> Iterator[tuple[str, Any]]:
-    """(event name, decoded data) for each server-sent event of a streaming httpx response."""
+def sse_events(response: Any, keepalives: bool = False) -> Iterator[tuple[str, Any]]:
+    """(event name, decoded data) for each server-sent event of a streaming httpx response;
+    with ``keepalives``, ("keep-alive", None) for each comment line too (a reader that
+    waits for an event can then see its deadline pass)."""
     import json
 
     event, data = "message", []
     for line in response.iter_lines():
-        if line == "":
+        if line.startswith(":"):
+            if keepalives:
+                yield "keep-alive", None
+        elif line == "":
             if data:
                 yield event, json.loads("\n".join(data))
             event, data = "message", []

@@ -24,9 +24,12 @@ def _first(events, wanted: str, timeout: float = 20.0):
     raise AssertionError(f"the stream ended before a {wanted} event")
 
 
-def test_daemon_events_reach_an_event_stream_client(served, daemon):
+def test_daemon_events_reach_an_event_stream_client(served, daemon, monkeypatch):
+    from kachery_tasks.daemon.routes import info
+
+    monkeypatch.setattr(info, "KEEPALIVE_SECONDS", 0.2)  # _first sees its deadline pass
     with api_client(served) as c, c.stream("GET", "/api/events") as r:
-        events = sse_events(r)
+        events = sse_events(r, keepalives=True)
         assert next(events)[0] == "hello"
         assert daemon.subscribers == 1
         daemon.emit({"type": "presence", "channel": "lab", "node": "ab" * 32, "online": True})
@@ -52,6 +55,21 @@ def test_new_runs_and_stored_files_are_events(served, node):
         with api_client(served) as other:
             uri = other.post("/api/files", content=b"x", headers=OCTETS).json()["uri"]
         assert _first(events, "file") == {"type": "file", "uri": uri}
+
+
+def test_an_event_published_right_after_the_greeting_reaches_the_stream():
+    """The page reloads its lists on hello: an event published once it has hello must come
+    (the hub subscribed the stream before the greeting, not at the first wait after it)."""
+    async def scenario():
+        hub = EventHub()
+        stream = hub.stream(greeting={"type": "hello"})
+        assert await stream.__anext__() == {"type": "hello"}
+        hub.publish({"type": "presence"})
+        got = await asyncio.wait_for(stream.__anext__(), 2)
+        await stream.aclose()
+        return got, hub.subscribers
+
+    assert asyncio.run(scenario()) == ({"type": "presence"}, 0)
 
 
 def test_a_run_is_reported_when_it_starts_and_when_it_finishes():

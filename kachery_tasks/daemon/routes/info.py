@@ -65,6 +65,7 @@ async def events(request: Request) -> StreamingResponse:
 
 
 async def _event_stream(hub: EventHub) -> AsyncIterator[bytes]:
-    yield sse({"type": "hello"}, event="hello")
-    async for event in hub.stream(idle=KEEPALIVE_SECONDS):
+    # hello comes once the stream is subscribed: the page reloads its lists on it, and an
+    # event published after that must reach it
+    async for event in hub.stream(idle=KEEPALIVE_SECONDS, greeting={"type": "hello"}):
         yield KEEPALIVE if event is None else sse(event, event=str(event.get("type", "message")))
