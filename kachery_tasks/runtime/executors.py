@@ -130,6 +130,14 @@ class TaskFuture:
         if error is not None:
             raise error
 
+    def on_done(self, callback: Callable[[TaskFuture], None]) -> None:
+        """Call ``callback(self)`` once the call ended (at once when it already has; else from
+        a thread of the executor's, which it should not hold for long)."""
+        if self._dask is None:
+            callback(self)
+            return
+        self._dask.add_done_callback(lambda _: callback(self))
+
     def _set(self, value: Any) -> None:
         self._value = _readonly_array(value)
         self._dask = None

@@ -23,9 +23,9 @@ The promises checked are those of the docstring of
 ``kachery_tasks/runtime/executors.py``: the future carries the task id, cached
 calls never reach the executor, identical calls in flight run once, failures
 raise their own type and are not cached, ``map`` and ``submit_many`` keep
-order, ``wait`` ends with the call, futures may be arguments, nested pure
-calls are cached and recorded, arrays come back equal, actions run once and
-forced recomputation runs again.
+order, ``wait`` ends with the call and ``on_done`` calls back then, futures
+may be arguments, nested pure calls are cached and recorded, arrays come back
+equal, actions run once and forced recomputation runs again.
 """
 
 from __future__ import annotations
@@ -139,6 +139,28 @@ class ExecutorContract:
         assert gather(futs) == [200 + i for i in range(4)]
         with pytest.raises(ValueError, match="no marker"):
             failing.result()
+
+    def test_on_done_calls_back_once_the_call_ended(self, executor, tmp_path):
+        import threading
+
+        ended = threading.Semaphore(0)
+        seen: list = []
+
+        def note(future):
+            seen.append((future, future.done()))
+            ended.release()
+
+        fut = executor.submit(t.slow_square, (60, 0.3), {})
+        fut.on_done(note)
+        failing = executor.submit(t.fail_until, (str(tmp_path / "never"),), {})
+        failing.on_done(note)
+        assert ended.acquire(timeout=60) and ended.acquire(timeout=60)
+        assert {id(f) for f, _ in seen} == {id(fut), id(failing)}
+        assert all(done for _, done in seen)
+        assert fut.result() == 3600
+        late: list = []
+        fut.on_done(late.append)  # already ended: called at once
+        assert late == [fut]
 
     def test_wait_ends_with_the_call_and_raises_what_it_raised(self, executor, tmp_path):
         fut = executor.submit(t.add, (50, 2), {})

@@ -40,11 +40,16 @@ in each channel where it may ``process_tasks``, the requests addressed to it
 **Batches.** A ``request_tasks`` (``map`` on the requester) is checked and
 accepted call by call as above; the answers gather in an :class:`~.batches.
 Outbox` and go back in a few ``tasks_progress`` messages and one
-``tasks_answered`` (:mod:`.protocol`).
+``tasks_answered`` (:mod:`.protocol`). On a cluster, a batch's new calls run
+as one unit: one look in the bucket for their results, their claims, then
+one ``submit_many`` (one ``client.map``) for the claimed calls of each task;
+each call is settled (published, released, answered) as it ends. A call
+another provider holds is waited for by a job thread, as a single request's.
 
 **Threads.** The session's :class:`~kachery_tasks.network.channels.requests.
 Responder` threads only check and accept requests. Accepted calls queue for
-``workers`` job threads (default :data:`DEFAULT_WORKERS`); a job waiting for
+``workers`` job threads (default :data:`DEFAULT_WORKERS`; a batch on a
+cluster takes one for its start, not one per call); a job waiting for
 another provider's claim holds one of them (claims are taken only by running
 jobs, so waiters always wait on work in progress: no deadlock). At most
 ``max_accepted`` calls are accepted at a time; beyond that requests are
@@ -69,7 +74,7 @@ from ...remotes.bucket import BucketRemote
 from ...runtime import cache as cache_mod
 from ...runtime import shared
 from ...runtime.call import Call, ResultRef
-from ...runtime.executors import LOCAL, Executor
+from ...runtime.executors import LOCAL, Executor, TaskFuture
 from ..channels.remote import channel_url
 from ..channels.requests import Incoming, Responder
 from ..channels.session import ChannelSession
@@ -98,6 +103,10 @@ RESPONDER_WORKERS = 8
 
 BATCH_WORKERS = 2
 """Threads that check incoming batches (``request_tasks``), call by call."""
+
+SETTLE_WORKERS = 2
+"""Threads that answer the calls of batches as they end on the cluster (publish, release
+the claim, answer)."""
 
 TRACEBACK_MAX = 16_000
 """Characters of a remote traceback sent (its end: where it was raised)."""
@@ -162,6 +171,7 @@ class TaskProvider:
         self._closed = False
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="kachery-provide")
+        self._settler = ThreadPoolExecutor(SETTLE_WORKERS, thread_name_prefix="kachery-settle")
         self._ticker = threading.Thread(target=self._tick, name="kachery-provide-status",
                                         daemon=True)
         self._ticker.start()
@@ -230,12 +240,20 @@ class TaskProvider:
                      self._label_of(incoming.sender), d.reason)
             return
         batch = self._outbox.open(incoming, len(texts))
+        together = not self.executor.in_caller  # a cluster: start the batch's calls at once
+        new: list[_Job] = []
         for i, text in enumerate(texts):
             slot = batch.slot(i, text)
             try:
-                self._accept(self._check(text, incoming.sender), mode, slot)
+                job = self._accept(self._check(text, incoming.sender), mode, slot,
+                                   start=not together)
             except _Decline as d:
                 self._declined(slot, d)
+                continue
+            if job is not None:
+                new.append(job)
+        if new:
+            self._pool.submit(self._run_together, new)
 
     def _declined(self, incoming: Incoming | Slot, d: _Decline) -> None:
         self._note(None, incoming, f"declined {d.code}")
@@ -310,7 +328,10 @@ class TaskProvider:
 
         return ResultRef(task_id, load)
 
-    def _accept(self, call: Call, mode: str, incoming: Incoming | Slot) -> None:
+    def _accept(self, call: Call, mode: str, incoming: Incoming | Slot, *,
+                start: bool = True) -> _Job | None:
+        """Take ``call`` on for ``incoming``: the new job (run by a job thread unless not
+        ``start``), or None when it joined the same call in progress."""
         key: tuple = (call.task_id, mode) if runs_once(call.kind) else (call.task_id, id(incoming))
         with self._lock:
             job = self._jobs.get(key)
@@ -327,8 +348,11 @@ class TaskProvider:
             job.incomings.append(incoming)
             status, detail = job.status, job.detail
         incoming.progress(protocol.status_body(call.task_id, status, detail))
-        if new:
+        if not new:
+            return None
+        if start:
             self._pool.submit(self._run_job, job)
+        return job
 
     # ------------------------------------------------------------ statuses
     def _set_status(self, job: _Job, status: str, detail: str = "") -> None:
@@ -351,19 +375,84 @@ class TaskProvider:
 
     # ------------------------------------------------------------ running
     def _run_job(self, job: _Job) -> None:
-        if job.answer is not None:  # declined while it was queued (the provider closed)
+        self._guarded([job], lambda: self._run(job))
+
+    def _guarded(self, jobs: list[_Job], work: Callable[[], None]) -> None:
+        """Do ``work`` for ``jobs`` as this node; a failure of the provider itself (bucket,
+        executor) answers each job it left unanswered with it."""
+        if all(job.answer is not None for job in jobs):  # declined while queued (closing)
             return
         try:
             with self.node:
-                self._run(job)
-        except BaseException as e:  # a failure of the provider itself (bucket, executor)
-            log.exception("channel %s: serving %s %s failed", self.channel_name,
-                          job.call.function, job.call.task_id)
-            self._finish(job, "task_failed", self._failure(job, e), "failed here")
-        finally:
-            if job.answer is None:  # pragma: no cover - _finish always answers
-                self._finish(job, "task_failed", self._failure(
-                    job, RuntimeError("the provider stopped")), "failed here")
+                work()
+        except BaseException as e:
+            for job in jobs:
+                if job.answer is None:
+                    log.exception("channel %s: serving %s %s failed", self.channel_name,
+                                  job.call.function, job.call.task_id)
+                    self._finish(job, "task_failed", self._failure(job, e), "failed here")
+            if not isinstance(e, Exception):
+                raise
+
+    def _run_together(self, jobs: list[_Job]) -> None:
+        """A batch's new calls as one unit: one look for their shared results, then their
+        claims, and the claimed calls started on the cluster at once (one ``submit_many``
+        per task and mode, as one ``client.map`` of many calls costs the cluster far less
+        than many small ones). Each call is answered as it ends; a call another provider
+        holds is waited for by a job thread of its own, as a single request's is."""
+        def work() -> None:
+            todo = [job for job in jobs if job.answer is None]
+            looked = [job.call.task_id for job in todo
+                      if job.call.kind == "pure" and job.mode == "call"]
+            records = self._records(looked) if looked else {}
+            claimed: list[tuple[_Job, Claim | None]] = []
+            for job in todo:
+                call = job.call
+                record = records.get(call.task_id)
+                if record is not None and job.mode == "call":
+                    self._finished_pure(job, record, "served the shared result")
+                    continue
+                if not runs_once(call.kind):
+                    claimed.append((job, None))
+                    continue
+                got = self.claims.acquire(call.task_id, call.function,
+                                          again=call.kind == "action" and job.mode == "again")
+                if isinstance(got, Claim):
+                    claimed.append((job, got))
+                else:  # held elsewhere, or an action's outcome: the single request's way
+                    self._pool.submit(self._run_job, job)
+            groups: dict[tuple[int, str], list[tuple[_Job, Claim | None]]] = {}
+            for job, claim in claimed:
+                self._begin(job, claim)
+                groups.setdefault((id(job.call.task), job.mode), []).append((job, claim))
+            for group in groups.values():
+                self._start(group)
+
+        self._guarded(jobs, work)
+
+    def _start(self, group: list[tuple[_Job, Claim | None]]) -> None:
+        """Start the calls of ``group`` (one task, one mode) together; each is settled by
+        the settling threads when it ends."""
+        first = group[0][0]
+        try:
+            futures = self.executor.submit_many(
+                first.call.task, [(job.call.args, job.call.kwargs) for job, _ in group],
+                first.mode)
+        except Exception as e:  # the cluster is away: each call hears it
+            for job, claim in group:
+                self._settle(job, claim, e)
+            return
+        for (job, claim), future in zip(group, futures, strict=True):
+            future.on_done(lambda f, job=job, claim=claim: self._settle_later(job, claim, f))
+
+    def _settle_later(self, job: _Job, claim: Claim | None, future: TaskFuture) -> None:
+        """Hand an ended call to the settling threads (the executor's thread calling this
+        must not be held)."""
+        try:
+            self._settler.submit(self._guarded, [job],
+                                 lambda: self._settle(job, claim, _ended(future)))
+        except RuntimeError:  # closing: the call is abandoned, its claim expires
+            pass
 
     def _run(self, job: _Job) -> None:
         call = job.call
@@ -408,15 +497,26 @@ class TaskProvider:
 
     def _compute(self, job: _Job, claim: Claim | None) -> None:
         """Run the call here (holding ``claim`` for pure calls and actions) and answer."""
-        call = job.call
+        self._begin(job, claim)
+        try:
+            self._launcher.run(job.call, job.mode)
+        except Exception as e:
+            self._settle(job, claim, e)
+            return
+        self._settle(job, claim, None)
+
+    def _begin(self, job: _Job, claim: Claim | None) -> None:
+        """The call is about to run here: keep its claim alive, tell its requesters."""
         if claim is not None:
             claim.start_renewing()
+        self._set_status(job, "running", f"on {self._label_of(self.me)}")
+
+    def _settle(self, job: _Job, claim: Claim | None, error: Exception | None) -> None:
+        """The call ran here (raising ``error``, or not): publish, release, answer."""
+        call = job.call
         try:
-            self._set_status(job, "running", f"on {self._label_of(self.me)}")
-            try:
-                self._launcher.run(call, job.mode)
-            except Exception as e:
-                failure = self._failure(job, e)
+            if error is not None:
+                failure = self._failure(job, error)
                 if claim is not None:
                     try:
                         claim.release(_failure_outcome(failure) if call.kind == "action"
@@ -464,13 +564,18 @@ class TaskProvider:
         """The signed result record of ``task_id`` in the channel's bucket (its text and
         checked body), or None (also when the record there is one this provider would not
         serve)."""
-        data = self._bucket().get_result_records([task_id]).get(task_id)
-        if data is None:
-            return None
-        body = shared.trusted_record(data, task_id, self._serves_signer,
-                                     f"the result record of {task_id} in channel "
-                                     f"{self.channel_name}")
-        return None if body is None else (data.decode("utf-8"), body)
+        return self._records([task_id]).get(task_id)
+
+    def _records(self, task_ids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """:meth:`_record` of several task ids, in one look at the bucket."""
+        out = {}
+        for task_id, data in self._bucket().get_result_records(task_ids).items():
+            body = shared.trusted_record(data, task_id, self._serves_signer,
+                                         f"the result record of {task_id} in channel "
+                                         f"{self.channel_name}")
+            if body is not None:
+                out[task_id] = (data.decode("utf-8"), body)
+        return out
 
     def _has_record(self, task_id: str) -> bool:
         """Whether a record this provider serves is in the bucket (a planted one is not)."""
@@ -550,6 +655,7 @@ class TaskProvider:
         self._closed = True
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._settler.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             queued = [job for job in self._jobs.values() if job.status == "queued"]
         for job in queued:
@@ -584,6 +690,15 @@ def _sent_task_id(body: dict[str, Any]) -> str | None:
         return None
     tid = doc.get("task_id") if isinstance(doc, dict) else None
     return tid if isinstance(tid, str) and len(tid) == 71 else None
+
+
+def _ended(future: TaskFuture) -> Exception | None:
+    """What an ended call raised, or None."""
+    try:
+        future.wait()
+    except Exception as e:
+        return e
+    return None
 
 
 def _failure_outcome(failure: dict[str, Any]) -> dict[str, Any]:

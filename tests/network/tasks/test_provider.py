@@ -465,3 +465,89 @@ def test_a_batch_from_a_member_without_request_tasks_is_declined_as_a_whole(two)
     body = pending.declines[lab.nodes["prov"].id].body
     assert body["code"] == "not_allowed" and "request_tasks" in body["reason"]
     assert RAN["square"] == 0
+
+
+@pytest.fixture(scope="module")
+def threads_cluster():
+    """A real Dask cluster of threads in this process (its runs count in RAN)."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=4, processes=False,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+class _Counting:
+    """A DaskExecutor that notes the size of each submit_many."""
+
+    def __init__(self, client):
+        from kachery_tasks.runtime.executors import DaskExecutor
+
+        self.groups: list[int] = []
+        counting = self
+
+        class Counted(DaskExecutor):
+            def submit_many(self, task, calls, mode="call"):
+                counting.groups.append(len(calls))
+                return super().submit_many(task, calls, mode)
+
+        self.executor = Counted(client)
+
+
+def test_a_batch_on_a_cluster_starts_its_calls_together_and_answers_each(
+        lab, provided, threads_cluster):
+    """More calls than the provider has job threads start in one client.map; each is
+    answered as it ends (a failure with its traceback), its claim released."""
+    for name in ("prov", "req"):
+        lab.add(name)
+    counting = _Counting(threads_cluster)
+    provider = start_provider(lab, "prov", provided, executor=counting.executor, workers=4)
+    try:
+        calls = [square.prepare(100 + i).to_bytes() for i in range(24)]
+        calls += [square.prepare(100).to_bytes(), fails.prepare(7).to_bytes()]
+        pending, entries, _ = ask_batch(lab, "req", calls)
+        assert pending.status == "done"
+        finals = {e["task_id"]: e for e in entries if e["type"] != "task_status"}
+        for i in range(24):
+            entry = finals[square.task_id(100 + i)]
+            assert entry["type"] == "task_finished"
+            record = shared.read_record(entry["record"].encode(), square.task_id(100 + i), "")
+            assert record["node"] == lab.nodes["prov"].id
+        error = finals[fails.task_id(7)]
+        assert error["type"] == "task_failed" and error["error"]["message"] == "cannot take 7"
+        assert "raise ValueError" in error["error"]["traceback"]
+        assert sorted(counting.groups) == [1, 24]  # per task: squares together, fails alone
+        assert RAN["square"] == 24
+        claims = provider.claims
+        assert all(claims.read(square.task_id(100 + i)) is None for i in range(24))
+        assert claims.read(fails.task_id(7)) is None  # released: failures are not results
+        assert provider.in_progress() == 0
+    finally:
+        provider.close()
+
+
+def test_two_providers_on_a_cluster_asked_the_same_batch_compute_each_id_once(
+        lab, provided, threads_cluster):
+    """What one provider claimed first the other waits for (a job thread of its own) and
+    serves from the record; nothing runs twice."""
+    from kachery_tasks.runtime.executors import DaskExecutor
+
+    for name in ("prov", "prov2", "req", "req2"):
+        lab.add(name)
+    executor = DaskExecutor(threads_cluster)
+    providers = [start_provider(lab, name, provided, executor=executor)
+                 for name in ("prov", "prov2")]
+    try:
+        calls = [remote_tasks.slow_square.prepare(200 + i, 0.05).to_bytes() for i in range(12)]
+        a, b = _in_threads(lambda: ask_batch(lab, "req", calls, "prov"),
+                           lambda: ask_batch(lab, "req2", list(reversed(calls)), "prov2"))
+        for pending, entries, _ in (a, b):
+            assert pending.status == "done"
+            finished = {e["task_id"] for e in entries if e["type"] == "task_finished"}
+            assert len(finished) == 12
+        assert RAN["slow_square"] == 12
+    finally:
+        for p in providers:
+            p.close()
