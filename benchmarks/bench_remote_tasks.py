@@ -15,7 +15,7 @@ same scheduler in the same run:
   the overhead (difference of medians; target under 30 ms) and the ratio;
 * ``--concurrent`` (1,000) requests at once (``kachery.gather(tiny.map(...))``)
   spread over the 2 providers: all answered, each id computed once (runs are
-  counted by files the task leaves in ``$KT_BENCH_RUNS``), tasks/s (target at
+  counted by lines the task appends in ``$KT_BENCH_RUNS``), tasks/s (target at
   least 200), beside ``client.gather(client.map(...))``, with the CPU time
   per task of each group of processes (requester, providers, broker,
   workers: where the time goes);
@@ -123,9 +123,9 @@ def runs_of(runs: Path, xs: range) -> collections.Counter:
     """How many times each argument in ``xs`` was computed."""
     counts: collections.Counter = collections.Counter()
     for name in os.listdir(runs):
-        x = int(name.split(".", 1)[0])
-        if x in xs:
-            counts[x] += 1
+        for line in (runs / name).read_text().split():
+            if int(line) in xs:
+                counts[int(line)] += 1
     return counts
 
 
