@@ -364,13 +364,20 @@ class TaskProvider:
             incoming.progress(body)
 
     def _tick(self) -> None:
-        """Repeat each request's status, so that the requester keeps waiting."""
+        """Repeat each request's status, so that the requester keeps waiting. A batch waits
+        as one request: one status of one of its calls in progress keeps all of them (each
+        call's own statuses went out as they changed)."""
         while not self._stop.wait(self.status_every):
             with self._lock:
                 todo = [(job, list(job.incomings)) for job in self._jobs.values()]
+            batches: set[int] = set()
             for job, incomings in todo:
                 body = protocol.status_body(job.call.task_id, job.status, job.detail)
                 for incoming in incomings:
+                    if isinstance(incoming, Slot):
+                        if id(incoming.batch) in batches:
+                            continue
+                        batches.add(id(incoming.batch))
                     incoming.progress(body)
 
     # ------------------------------------------------------------ running

@@ -551,3 +551,31 @@ def test_two_providers_on_a_cluster_asked_the_same_batch_compute_each_id_once(
     finally:
         for p in providers:
             p.close()
+
+
+def test_a_waiting_batch_is_kept_alive_by_one_status_per_tick_not_one_per_call(
+        lab, provided):
+    """One job thread, a call of 2.5 s then 7 short ones: nothing changes for longer than
+    the requester's patience (1.5 s) but the repeated status keeps the batch; the repeats
+    name one call per tick, so a call queued behind the others hears only queued and
+    running."""
+    for name in ("prov", "req"):
+        lab.add(name)
+    try:
+        start_provider(lab, "prov", provided, workers=1, status_every=0.3)
+        slow = remote_tasks.slow_square
+        calls = [slow.prepare(310, 2.5).to_bytes()]
+        calls += [slow.prepare(311 + i, 0.05).to_bytes() for i in range(7)]
+        pending, entries, _ = ask_batch(lab, "req", calls, timeout=1.5)
+        assert pending.status == "done"
+        assert len([e for e in entries if e["type"] == "task_finished"]) == 8
+        last = slow.task_id(317, 0.05)
+        heard = [e["status"] for e in entries if e["type"] == "task_status"
+                 and e["task_id"] == last]
+        assert heard and len(heard) <= 3, heard
+        first = [e for e in entries if e["type"] == "task_status"
+                 and e["task_id"] == slow.task_id(310, 2.5)]
+        assert len(first) >= 4  # repeated while it ran
+    finally:
+        for p in lab.providers:
+            p.close()
