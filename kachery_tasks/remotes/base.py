@@ -75,6 +75,21 @@ class Remote(ABC):  # noqa: B024 - every method has a default; a remote override
         """
         return None
 
+    def offer_data(self, store: LocalStore, uri: str, data: bytes) -> UploadReport | None:
+        """:meth:`offer_content` for small content held in memory (an inline result): a
+        remote that can send it from memory does, others get it from ``store``."""
+        from ..uris import parse_uri
+
+        parsed = parse_uri(uri)
+        store.store_bytes(data, label=parsed.label, expect_sha256=parsed.hex)
+        return self.offer_content(store, uri, progress=False)
+
+    def fetch_data(self, uri: str, max_size: int) -> bytes | None:
+        """The verified bytes of ``uri`` when this remote can hand small content (at most
+        ``max_size`` bytes) over in memory, for a record to keep inline; else None (then
+        fetch it with :meth:`fetch_content`)."""
+        return None
+
     def fetch_members(self, store: LocalStore, uri: str, progress: bool | None = None) -> int:
         """Fetch every blob of the zarr array ``uri`` that ``store`` lacks; how many.
 

@@ -23,7 +23,16 @@ from ..feeds.store import FeedStore
 from ..storage.buckets import Bucket, open_bucket
 from ..storage.layout import result_key
 from ..storage.local import LocalStore
-from ..storage.sync import UploadReport, download, download_members, in_bucket, upload
+from ..storage.sync import (
+    UploadReport,
+    download,
+    download_data,
+    download_members,
+    in_bucket,
+    upload,
+    upload_data,
+)
+from ..storage.zarr_index import INDEX_PREFIX, is_index
 from .base import Remote
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,14 @@ class BucketRemote(Remote):
         self, store: LocalStore, uri: str, progress: bool | None = None, repair: bool = False
     ) -> UploadReport:
         return upload(store, self.bucket, uri, progress=progress, repair=repair)
+
+    def offer_data(self, store: LocalStore, uri: str, data: bytes) -> UploadReport | None:
+        if is_index(data[:len(INDEX_PREFIX)]):  # a zarr array's index: members first
+            return super().offer_data(store, uri, data)
+        return upload_data(self.bucket, data, uri)
+
+    def fetch_data(self, uri: str, max_size: int) -> bytes | None:
+        return download_data(self.bucket, uri, max_size)
 
     def fetch_members(self, store: LocalStore, uri: str, progress: bool | None = None) -> int:
         return download_members(store, self.bucket, uri, progress=progress)

@@ -279,15 +279,16 @@ class Records:
     def import_result(
         self, task_id: str, kind: str, function: str, result_uri: str | None,
         codec: str | None, node: str, finished: float | None = None, *,
-        status: str = "success", error: str | None = None,
+        status: str = "success", error: str | None = None, data: bytes | None = None,
     ) -> None:
         """Record an outcome computed elsewhere (fetched from a bucket, or sent by the
-        channel provider that ran it) as served, naming ``node`` as its producer."""
+        channel provider that ran it) as served, naming ``node`` as its producer; ``data``
+        is the result's encoded bytes when they are kept inline (small results)."""
         with self._write():
             self.conn.execute(
                 f"INSERT OR REPLACE INTO results ({_RESULT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (task_id, None, kind, function, status, result_uri, codec, node,
-                 finished or time.time(), error, None),
+                 finished or time.time(), error, data),
             )
 
     # ----------------------------------------------------------------- runs

@@ -81,8 +81,12 @@ def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None,
         existing = remote.get_result_records([task_id]).get(task_id)
         if existing is not None and not replaceable(existing):
             continue  # the first one wins
-        uri = uri or c.materialize(task_id)
-        if remote.offer_content(c.store, uri, progress=False) is None:
+        uri = row.result_uri
+        if row.data is not None:  # kept inline: sent from memory, no blob written here
+            offered = remote.offer_data(c.store, uri, row.data)
+        else:
+            offered = remote.offer_content(c.store, uri, progress=False)
+        if offered is None:
             continue  # a remote that takes no content cannot hold the result
         body = {"task_id": task_id, "kind": row.kind, "function": row.function,
                 "result_uri": uri, "codec": row.codec, "node": row.node,
@@ -166,15 +170,18 @@ def import_record(c: NodeCache, task_id: str, remote: Remote, data: bytes,
     body = trusted_record(data, task_id, remote.trusts_result_signer, where)
     if body is None:
         return False
+    uri = body["result_uri"]
     try:
-        c.node.local_path(body["result_uri"])  # fetched (verified) through the remotes
+        data = None if c.store.has(uri) else remote.fetch_data(uri, c.inline_max)
+        if data is None:  # large, or not in that remote's bucket: into the store
+            c.node.local_path(uri)  # fetched (verified) through the remotes
     except KacheryError as e:
         log.warning("ignoring %s: %s", where, e)
         return False
     c.records.import_result(
-        task_id, "pure", body["function"], body["result_uri"], body["codec"], body["node"],
-        body.get("finished"),
-    )
+        task_id, "pure", body["function"], uri, body["codec"], body["node"],
+        body.get("finished"), data=data,
+    )  # small results are kept inline, as this node keeps the ones it computes
     return True
 
 

@@ -35,7 +35,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import ContentNotFoundError, CorruptContentError, StorageFullError
+from ..errors import (
+    ContentNotFoundError,
+    CorruptContentError,
+    InvalidValueError,
+    StorageFullError,
+)
 from ..progress import progress_bar
 from ..sizes import format_size
 from ..uris import parse_uri
@@ -46,7 +51,7 @@ from .hashing import Chunk, hash_file
 from .layout import blob_key, chunk_key, manifest_key
 from .local import LocalStore
 from .manifest import Manifest
-from .zarr_index import missing_members, read_index_file
+from .zarr_index import INDEX_PREFIX, is_index, missing_members, read_index_file
 
 __all__ = [
     "UploadReport", "blob_key", "chunk_key", "download", "download_members", "in_bucket",
@@ -162,6 +167,46 @@ def upload(
     digest = hashlib.sha256(doc).hexdigest()
     report.add(_send(bucket, manifest_key(sha256), digest, len(doc), lambda: doc, repair), 0)
     return report
+
+
+def upload_data(bucket: Bucket, data: bytes, uri: str) -> UploadReport:
+    """Put small content held in memory (a result kept inline in the records) into
+    ``bucket`` as its blob, without writing it to a store first (create-only; skips what
+    is there). Raises CorruptContentError when ``data`` is not what ``uri`` names. A zarr
+    array's index is not sent this way (its members go first: :func:`upload`)."""
+    if is_index(data[:len(INDEX_PREFIX)]):
+        raise InvalidValueError(f"{uri} is a zarr array's index: upload it from a store, "
+                                "with its members")
+    sha256 = parse_uri(uri).hex
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise CorruptContentError(f"the bytes offered as {uri} hash to something else")
+    report = UploadReport()
+    report.add(_send(bucket, blob_key(sha256), sha256, len(data), lambda: data, False),
+               len(data))
+    return report
+
+
+def download_data(bucket: Bucket, uri: str, max_size: int) -> bytes | None:
+    """The bytes of the content ``uri`` names when ``bucket`` holds it as one blob of at most
+    ``max_size`` bytes (verified), else None: small content for a record to keep inline,
+    with no file written. None for a zarr array's index (it goes to the store, where
+    its members are found). CorruptContentError when the blob is damaged."""
+    parsed = parse_uri(uri)
+    if parsed.algorithm != "sha256":
+        return None
+    key = blob_key(parsed.hex)
+    info = bucket.stat(key)
+    if info is None or info.size > max_size:
+        return None
+    try:
+        data = bucket.get(key)
+    except ContentNotFoundError:  # removed meanwhile
+        return None
+    if hashlib.sha256(data).hexdigest() != parsed.hex:
+        raise CorruptContentError(
+            f"object {key} in {bucket.url} does not hash to its name; it was corrupted in "
+            f"the bucket. {REPAIR_HINT.format(sha256=parsed.hex)}")
+    return None if is_index(data[:len(INDEX_PREFIX)]) else data
 
 
 def _send(

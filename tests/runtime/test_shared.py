@@ -147,3 +147,42 @@ def test_a_node_without_remotes_does_not_read_records_to_publish(monkeypatch):
 
     monkeypatch.setattr(c.records, "result", no_read)
     assert shared_mod.publish(c, task_defs.add.task_id(40, 2)) is False
+
+
+@pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
+def test_a_small_result_travels_without_a_blob_on_either_node(shared):
+    """Kept inline where it was computed, sent to the bucket from memory, kept inline
+    where it is imported: neither node writes it to its store, both serve it."""
+    from kachery_tasks.storage.layout import blob_key
+    from kachery_tasks.uris import parse_uri
+
+    use, bucket = shared
+    use("a")
+    assert task_defs.add(70, 1) == 71
+    tid = task_defs.add.task_id(70, 1)
+    row = cache_mod.current().records.result(tid)
+    assert row.data is not None and not cache_mod.current().store.has(row.result_uri)
+    assert bucket.exists(blob_key(parse_uri(row.result_uri).hex))
+    use("b")
+    before = task_defs.calls["add"]
+    assert task_defs.add(70, 1) == 71
+    assert task_defs.calls["add"] == before  # served, not computed
+    c = cache_mod.current()
+    imported = c.records.result(tid)
+    assert imported.node == row.node and imported.data == row.data
+    assert not c.store.has(row.result_uri)
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_large_result_is_imported_into_the_store(shared):
+    use, _ = shared
+    x = np.arange(5000.0)  # 40 KB encoded: over the inline limit
+    use("a")
+    task_defs.scale(x, 7.0)
+    tid = task_defs.scale.task_id(x, 7.0)
+    use("b")
+    before = task_defs.calls["scale"]
+    task_defs.scale(x, 7.0)
+    assert task_defs.calls["scale"] == before
+    row = cache_mod.current().records.result(tid)
+    assert row.data is None and cache_mod.current().store.has(row.result_uri)

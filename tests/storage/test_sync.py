@@ -18,9 +18,11 @@ from kachery_tasks.storage.sync import (
     blob_key,
     chunk_key,
     download,
+    download_data,
     in_bucket,
     manifest_key,
     upload,
+    upload_data,
 )
 from kachery_tasks.uris import parse_uri
 from tests.storage.nodes import _node, _shared
@@ -352,3 +354,31 @@ def test_upload_reports_each_blob_and_chunk_as_it_is_in_the_bucket(tmp_path, buc
     seen.clear()
     upload(a, bucket, small, on_progress=seen.append)
     assert seen == [4]
+
+
+def test_small_content_goes_up_and_comes_down_in_memory_verified(bucket_url):
+    from kachery_tasks.errors import InvalidValueError
+    from kachery_tasks.storage.zarr_index import INDEX_PREFIX
+
+    bucket = open_bucket(bucket_url)
+    data = b"a small result"
+    uri = f"sha256://{hashlib.sha256(data).hexdigest()}?label=r.json"
+    assert upload_data(bucket, data, uri).objects_written == 1
+    assert upload_data(bucket, data, uri).objects_skipped == 1  # create-only
+    assert download_data(bucket, uri, 100) == data
+    assert download_data(bucket, uri, 5) is None  # over the size asked for: the store's
+    missing = f"sha256://{hashlib.sha256(b'other').hexdigest()}"
+    assert download_data(bucket, missing, 100) is None
+    with pytest.raises(CorruptContentError, match="hash"):
+        upload_data(bucket, b"not it", missing)
+    index = INDEX_PREFIX + b"}"
+    index_uri = f"sha256://{hashlib.sha256(index).hexdigest()}"
+    with pytest.raises(InvalidValueError, match="zarr"):
+        upload_data(bucket, index, index_uri)  # its members go first, from a store
+    bucket.put(blob_key(parse_uri(index_uri).hex), index)
+    assert download_data(bucket, index_uri, 100) is None  # an index goes to the store
+    sha = parse_uri(uri).hex
+    bucket.delete(blob_key(sha))
+    bucket.put(blob_key(sha), b"a smell result")  # damaged in the bucket
+    with pytest.raises(CorruptContentError, match="corrupted"):
+        download_data(bucket, uri, 100)

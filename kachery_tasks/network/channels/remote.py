@@ -203,6 +203,13 @@ class ChannelRemote(Remote):
     ) -> UploadReport:
         return self.bucket.offer_content(store, uri, progress=progress, repair=repair)
 
+    def offer_data(self, store: LocalStore, uri: str, data: bytes) -> UploadReport | None:
+        return self.bucket.offer_data(store, uri, data)
+
+    def fetch_data(self, uri: str, max_size: int) -> bytes | None:
+        bucket = self._bucket_or_none()
+        return None if bucket is None else bucket.fetch_data(uri, max_size)
+
     def fetch_members(self, store: LocalStore, uri: str, progress: bool | None = None) -> int:
         try:
             return self.bucket.fetch_members(store, uri, progress=progress)
