@@ -12,8 +12,9 @@ one creates it. The object is a signed envelope (kind ``task-claim``, see
      "state": "running" | "done", "outcome": null | {...}}
 
 Times are seconds since the epoch on the holder's clock. While it computes,
-the holder **renews** the claim every ``ttl / 3`` seconds (a thread, see
-:meth:`Claims.holding`): it writes ``renewed = now, expires = now + ttl``
+the holder **renews** the claim every ``ttl / 3`` seconds (one thread renews
+all of a node's claims, see :meth:`Claim.start_renewing`): it writes
+``renewed = now, expires = now + ttl``
 over the generation it wrote last (compare-and-swap, :mod:`.swap`). When the
 result record is published it **releases** the claim: a pure task's claim is
 deleted (the result record is what others read from then on); an action's
@@ -61,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import secrets
 import threading
@@ -229,6 +231,7 @@ class Claims:
         self.trusts = trusts
         self.prefix = prefix
         self.clock = clock
+        self._renewer = _Renewer(self)
 
     # ------------------------------------------------------------ reading
     def key_of(self, task_id: str) -> str:
@@ -336,7 +339,7 @@ class Claims:
         """``with claims.holding(task_id, function) as claim:`` compute while holding it.
 
         Acquires the claim (ClaimHeldError, with the holder, when another node
-        has it), renews it from a thread every ``ttl / 3`` seconds, and frees
+        has it), renews it every ``ttl / 3`` seconds, and frees
         it when the block ends without :meth:`Claim.release` having been called
         (an exception: failures are not results). For ``kind="query"`` nothing
         is claimed and the block gets None: queries run every time.
@@ -412,6 +415,54 @@ class Claims:
         return got if got is not None and self._token_in(got.data) == token else None
 
 
+class _Renewer:
+    """Renews the claims of one :class:`Claims` that asked to be renewed, from one thread
+    (started when a claim is added, gone after a while without any)."""
+
+    def __init__(self, claims: Claims) -> None:
+        self._claims = claims
+        self._cond = threading.Condition()
+        self._held: dict[int, Claim] = {}
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def add(self, claim: Claim) -> None:
+        with self._cond:
+            self._held[id(claim)] = claim
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="kachery-claim-renewer",
+                                                daemon=True)
+                self._thread.start()
+
+    def remove(self, claim: Claim) -> None:
+        with self._cond:
+            self._held.pop(id(claim), None)
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._held)
+
+    def _run(self) -> None:
+        pause = self._claims.ttl / 12  # a claim is renewed within a quarter of its interval
+        idle = 0
+        while True:
+            with self._cond:
+                if not self._held:
+                    idle += 1
+                    if idle > 3:  # linger a little: claims come in bursts
+                        self._thread = None
+                        return
+                else:
+                    idle = 0
+                self._cond.wait(pause)
+                todo = list(self._held.values())
+            now = time.monotonic()
+            for claim in todo:
+                if not claim._renew_due(now):
+                    self.remove(claim)
+
+
 class Claim:
     """This node's claim on a task id: renew it while computing, release it when done."""
 
@@ -427,8 +478,7 @@ class Claim:
         self._key = claims.key_of(self.task_id)
         self._lock = threading.Lock()
         self._released = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._next: float | None = None  # when the renewer renews it next (monotonic)
         self._lost_to: Holder | None = None
 
     @property
@@ -460,34 +510,36 @@ class Claim:
             self._body, self.generation = body, generation
 
     def start_renewing(self) -> None:
-        """Renew from a daemon thread every ``ttl / 3`` seconds until released or lost."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._renew_loop, daemon=True,
-                                            name=f"kachery-claim-{self.task_id[7:19]}")
-            self._thread.start()
+        """Renew every ``ttl / 3`` seconds until released or lost (from the one renewal
+        thread of this node's claims: a task that ends before its first renewal costs no
+        thread of its own)."""
+        if self._next is None:
+            self._next = time.monotonic() + self._claims.ttl / 3
+            self._claims._renewer.add(self)
 
     def stop_renewing(self) -> None:
-        """Stop the renewal thread (the claim stays until it expires or is released)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        """Stop renewing (the claim stays until it expires or is released); a renewal under
+        way ends first (it holds the claim's lock, as a release does)."""
+        self._claims._renewer.remove(self)
 
-    def _renew_loop(self) -> None:
+    def _renew_due(self, now: float) -> bool:
+        """Renew if due at ``now`` (monotonic); False once there is nothing more to renew."""
+        if self._next is None or now < self._next:
+            return True
         interval = self._claims.ttl / 3
-        pause = interval
-        while not self._stop.wait(pause):
-            try:
-                self.renew()
-                pause = interval
-            except ClaimLostError as e:
-                log.warning("%s", e)
-                return
-            except ClaimError:
-                return  # released
-            except KacheryError as e:  # the bucket could not be reached: try again soon
-                log.warning("could not renew the claim on %s (will retry): %s", self.task_id, e)
-                pause = interval / 4
+        try:
+            self.renew()
+            self._next = time.monotonic() + interval
+            return True
+        except ClaimLostError as e:
+            log.warning("%s", e)
+            return False
+        except ClaimError:
+            return False  # released
+        except KacheryError as e:  # the bucket could not be reached: try again soon
+            log.warning("could not renew the claim on %s (will retry): %s", self.task_id, e)
+            self._next = time.monotonic() + interval / 4
+            return True
 
     # ------------------------------------------------------------ releasing
     def release(self, outcome: dict | None = None) -> bool:

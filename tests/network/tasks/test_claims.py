@@ -289,6 +289,26 @@ def test_holding_renews_from_a_thread_so_the_claim_outlives_its_ttl(make, keys):
     assert observer.read(tid()) is None  # freed on leaving
 
 
+def test_one_thread_renews_many_claims_and_forgets_the_released(make):
+    import threading
+
+    claims = make(0, ttl=1.5)
+    held = [claims.acquire(tid(n), FN) for n in range(20)]
+    before = set(threading.enumerate())
+    for claim in held:
+        claim.start_renewing()
+    assert len(set(threading.enumerate()) - before) == 1
+    first = {c.task_id: c.generation for c in held}
+    deadline = time.monotonic() + WAIT
+    while any(c.generation == first[c.task_id] for c in held):  # each one renewed
+        assert time.monotonic() < deadline, "not every claim was renewed"
+        time.sleep(0.05)
+    assert not any(c.lost.is_set() for c in held)
+    for claim in held:
+        claim.release()
+    assert len(claims._renewer) == 0 and all(make(1).read(c.task_id) is None for c in held)
+
+
 def test_the_renewal_thread_keeps_trying_when_the_bucket_fails(make, bucket):
     class Failing:
         """The bucket, except that the first few replaces fail (the network is down)."""
