@@ -189,6 +189,8 @@ def main() -> None:
                         help="where the nodes and the bucket live (default: the temporary "
                              "directory; /dev/shm shows what the disk's flushes cost)")
     args = parser.parse_args()
+    if args.dir is not None:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-remote-", dir=args.dir))
     runs = root / "runs"
     runs.mkdir()
