@@ -24,8 +24,9 @@ same scheduler in the same run:
   (target: median under 5 ms), beside a hit in the first node's own records.
 
 With ``--dir /dev/shm`` the nodes and the bucket live in memory, where an
-fsync costs nothing: the difference from a run on disk is what the disk's
-flushes cost (each run also prints the cost of one durable write here).
+fsync and a file creation cost almost nothing: the difference from a run on
+disk is what the disk costs (each run also prints what creating a file and one
+durable write cost where it ran).
 
     python benchmarks/bench_remote_tasks.py [--requests N] [--concurrent N] [--dir DIR]
 """
@@ -117,6 +118,21 @@ def flush_cost(where: Path, n: int = 300) -> tuple[float, float]:
         os.replace(tmp, where / f"blob{i}")
         fsutil.fsync_dir(where)
     return (time.perf_counter() - t0) / n, (time.thread_time() - c0) / n
+
+
+def create_cost(where: Path, n: int = 300) -> float:
+    """Seconds of this thread's CPU to create (and later remove) one empty file in
+    ``where``. On ext4 this depends on the directory's block group: on the VM of the
+    figures in docs/remote-tasks.md it ranged from 0.015 to 0.7 ms, higher where many
+    files had just been created and deleted."""
+    scratch = where / "create-cost"
+    scratch.mkdir(parents=True, exist_ok=True)
+    c0 = time.thread_time()
+    for i in range(n):
+        os.close(os.open(scratch / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    cpu = (time.thread_time() - c0) / n
+    shutil.rmtree(scratch)
+    return cpu
 
 
 def runs_of(runs: Path, xs: range) -> collections.Counter:
@@ -263,13 +279,16 @@ def main() -> None:
             print(f"  CPU per task, {what}: {sum(used.values()) / m * 1e3:.1f} ms (" + ", ".join(
                 f"{role} {used[role] / m * 1e3:.1f}" for role in pids) + ")")
         wall, cpu = flush_cost(root / "flush")
-        print(f"  the disk: one durable file write in {root.parent} (write, fsync, rename, "
-              f"fsync the directory), alone: {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms CPU; "
-              f"a computed call makes 6 fsyncs (worker: the result blob and its directory, "
-              f"the bucket's content and record; requester: the imported blob and its "
-              f"directory), besides its claims, SQLite and other files; 200 tasks/s on "
-              f"{os.cpu_count()} CPUs leaves {os.cpu_count() / 200 * 1e3:.0f} ms of CPU per "
-              f"call for everything (compare a run with --dir /dev/shm)")
+        created = create_cost(root / "bucket")
+        print(f"  the disk in {root.parent}: creating a file in the bucket directory costs "
+              f"{created * 1e3:.3f} ms of CPU; one durable file write (write, fsync, rename, "
+              f"fsync the directory), alone: {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms "
+              f"CPU. A computed call with a small result creates 4 files in the bucket (its "
+              f"claim, the turn that releases it, the result's content and record) and "
+              f"flushes 2 (content and record); its result stays inline in the worker's and "
+              f"the requester's records. 200 tasks/s on {os.cpu_count()} CPUs leaves "
+              f"{os.cpu_count() / 200 * 1e3:.0f} ms of CPU per call for everything (compare "
+              f"a run with --dir /dev/shm)")
 
         with bob:
             shared = hits(tiny, xs)
