@@ -515,7 +515,7 @@ class Claim:
         thread of its own)."""
         if self._next is None:
             self._next = time.monotonic() + self._claims.ttl / 3
-            self._claims._renewer.add(self)
+        self._claims._renewer.add(self)  # again after stop_renewing: renewed as before
 
     def stop_renewing(self) -> None:
         """Stop renewing (the claim stays until it expires or is released); a renewal under
