@@ -18,8 +18,11 @@ against each implementation):
   for item in items]``, in order; ``submit_many(task, [(args, kwargs), ...],
   mode)`` likewise for whole argument lists (one message to a cluster).
 * ``future.wait()`` returns once the call ended (it raises what ``result()``
-  would raise for a failure) without bringing the value to this process: for
-  a caller that only needs the call recorded and published where it ran.
+  would raise for a failure, ExecutorError for a call the cluster cancelled)
+  without bringing the value to this process: for a caller that only needs
+  the call recorded and published where it ran; ``future.on_done(callback)``
+  calls ``callback(future)`` once the call ended, from a thread of the
+  executor's (at once when it already has).
 * A failure of the executor itself (a Dask cluster that is gone) raises
   :class:`~kachery_tasks.errors.ExecutorError`.
 
@@ -44,6 +47,7 @@ only when Dask is used.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
@@ -120,10 +124,12 @@ class TaskFuture:
             raise self._error
         if self._dask is None:
             return
+        executor = self._executor
         try:
             error = self._dask.exception()
+            if error is None and self._dask.cancelled():  # exception() is None for those
+                raise concurrent.futures.CancelledError(f"the call {self.task_id} was cancelled")
         except Exception as e:  # cancelled, or the cluster went away
-            executor = self._executor
             if isinstance(executor, DaskExecutor):
                 raise executor._executor_error(e) from e
             raise

@@ -115,6 +115,13 @@ class TestDaskExecutor(ExecutorContract):
         assert isinstance(kachery.current_executor(), LocalExecutor)
         dask_client.submit(int, 1).result()  # the client was not closed
 
+    def test_waiting_for_a_call_the_cluster_cancelled_is_an_executor_error(
+            self, executor, dask_client):
+        fut = executor.submit(task_defs.slow_square, (71, 5.0), {})
+        dask_client.cancel([fut._dask])
+        with pytest.raises(ExecutorError, match="CancelledError"):
+            fut.wait()  # not a success: the call never ran to its end
+
     def test_a_closed_client_is_an_executor_error(self, dask_client):
         import distributed
 
