@@ -12,8 +12,8 @@ one creates it. The object is a signed envelope (kind ``task-claim``, see
      "state": "running" | "done", "outcome": null | {...}}
 
 Times are seconds since the epoch on the holder's clock. While it computes,
-the holder **renews** the claim every ``ttl / 3`` seconds (one thread renews
-all of a node's claims, see :meth:`Claim.start_renewing`): it writes
+the holder **renews** the claim every ``ttl / 3`` seconds (one renewer finds the
+node's claims that are due, see :meth:`Claim.start_renewing`): it writes
 ``renewed = now, expires = now + ttl``
 over the generation it wrote last (compare-and-swap, :mod:`.swap`). When the
 result record is published it **releases** the claim: a pure task's claim is
@@ -68,6 +68,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -415,22 +416,32 @@ class Claims:
         return got if got is not None and self._token_in(got.data) == token else None
 
 
+RENEW_THREADS = 16
+"""Renewals of one node's claims under way at once (each is a few bucket requests)."""
+
+
 class _Renewer:
-    """Renews the claims of one :class:`Claims` that asked to be renewed, from one thread
-    (started when a claim is added, gone after a while without any)."""
+    """Renews the claims of one :class:`Claims` that asked to be renewed: one thread finds
+    the claims due, up to :data:`RENEW_THREADS` renew them side by side (a renewal is a
+    few bucket requests: done one after the other, hundreds of claims on a slow bucket
+    would not all be renewed within their TTL). The thread starts when a claim is added
+    and ends after a while without any."""
 
     def __init__(self, claims: Claims) -> None:
         self._claims = claims
         self._cond = threading.Condition()
         self._held: dict[int, Claim] = {}
+        self._busy: set[int] = set()  # claims being renewed right now
         self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
 
     def add(self, claim: Claim) -> None:
         with self._cond:
             self._held[id(claim)] = claim
-            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._pid != os.getpid():  # a forked child: the parent's threads are not here
+                self._pid, self._thread, self._pool, self._busy = os.getpid(), None, None, set()
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="kachery-claim-renewer",
                                                 daemon=True)
                 self._thread.start()
@@ -456,11 +467,25 @@ class _Renewer:
                 else:
                     idle = 0
                 self._cond.wait(pause)
-                todo = list(self._held.values())
-            now = time.monotonic()
-            for claim in todo:
-                if not claim._renew_due(now):
-                    self.remove(claim)
+                now = time.monotonic()
+                due = [c for key, c in self._held.items()
+                       if key not in self._busy and c._due(now)]
+                self._busy.update(id(c) for c in due)
+                if due and self._pool is None:
+                    self._pool = ThreadPoolExecutor(RENEW_THREADS,
+                                                    thread_name_prefix="kachery-claim-renew")
+                pool = self._pool
+            for claim in due:
+                assert pool is not None
+                pool.submit(self._renew, claim)
+
+    def _renew(self, claim: Claim) -> None:
+        try:
+            if not claim._renew_now():
+                self.remove(claim)
+        finally:
+            with self._cond:
+                self._busy.discard(id(claim))
 
 
 class Claim:
@@ -510,22 +535,25 @@ class Claim:
             self._body, self.generation = body, generation
 
     def start_renewing(self) -> None:
-        """Renew every ``ttl / 3`` seconds until released or lost (from the one renewal
-        thread of this node's claims: a task that ends before its first renewal costs no
+        """Renew every ``ttl / 3`` seconds until released or lost (by the renewer of this
+        node's claims, see ``_Renewer``: a task that ends before its first renewal costs no
         thread of its own)."""
         if self._next is None:
             self._next = time.monotonic() + self._claims.ttl / 3
         self._claims._renewer.add(self)  # again after stop_renewing: renewed as before
 
     def stop_renewing(self) -> None:
-        """Stop renewing (the claim stays until it expires or is released); a renewal under
-        way ends first (it holds the claim's lock, as a release does)."""
+        """Stop renewing (the claim stays until it expires or is released). A renewal
+        already under way may still land; :meth:`release` waits for it (both hold the
+        claim's lock) and writes over the generation it left."""
         self._claims._renewer.remove(self)
 
-    def _renew_due(self, now: float) -> bool:
-        """Renew if due at ``now`` (monotonic); False once there is nothing more to renew."""
-        if self._next is None or now < self._next:
-            return True
+    def _due(self, now: float) -> bool:
+        """Whether the renewer should renew the claim at ``now`` (monotonic)."""
+        return self._next is not None and now >= self._next
+
+    def _renew_now(self) -> bool:
+        """Renew (a renewer thread); False once there is nothing more to renew."""
         interval = self._claims.ttl / 3
         try:
             self.renew()

@@ -309,6 +309,33 @@ def test_one_thread_renews_many_claims_and_forgets_the_released(make):
     assert len(claims._renewer) == 0 and all(make(1).read(c.task_id) is None for c in held)
 
 
+def test_claims_on_a_slow_bucket_are_renewed_side_by_side_within_their_ttl(make, bucket):
+    """40 claims, a TTL of 3 s, each bucket request 20 ms (a renewal is about 7): one after
+    the other the renewals would take longer than the claims live."""
+    class Slow:
+        def __getattr__(self, name):
+            attr = getattr(bucket, name)
+            if not callable(attr):
+                return attr
+
+            def slow(*args, **kwargs):
+                time.sleep(0.02)
+                return attr(*args, **kwargs)
+            return slow
+
+    claims = make(0, ttl=3.0, on=Slow())
+    held = [claims.acquire(tid(n), FN) for n in range(40)]
+    for claim in held:
+        claim.start_renewing()
+    time.sleep(4.5)  # past the first TTL: every claim lives only by its renewals
+    observer = make(1)
+    now = time.time()
+    assert not any(c.lost.is_set() for c in held)
+    assert all(observer.read(c.task_id).live(now) for c in held)
+    for claim in held:
+        claim.stop_renewing()
+
+
 def test_the_renewal_thread_keeps_trying_when_the_bucket_fails(make, bucket):
     class Failing:
         """The bucket, except that the first few replaces fail (the network is down)."""
