@@ -68,7 +68,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...canonical import parse_json
-from ...errors import CallRejectedError, ClaimLostError, InvalidValueError, KacheryError
+from ...errors import (
+    CallRejectedError,
+    ClaimLostError,
+    ExecutorError,
+    InvalidValueError,
+    KacheryError,
+    one_line,
+)
 from ...nodes import Node
 from ...remotes.bucket import BucketRemote
 from ...runtime import cache as cache_mod
@@ -384,10 +391,13 @@ class TaskProvider:
     def _run_job(self, job: _Job) -> None:
         self._guarded([job], lambda: self._run(job))
 
-    def _guarded(self, jobs: list[_Job], work: Callable[[], None]) -> None:
+    def _guarded(self, jobs: list[_Job], work: Callable[[], None], *,
+                 settling: bool = False) -> None:
         """Do ``work`` for ``jobs`` as this node; a failure of the provider itself (bucket,
-        executor) answers each job it left unanswered with it."""
-        if all(job.answer is not None for job in jobs):  # declined while queued (closing)
+        executor) answers each job it left unanswered with it. Work that would start jobs
+        all answered already (declined while queued: closing) is skipped; ``settling``
+        work (after a call ran: its claim to release) never is."""
+        if not settling and all(job.answer is not None for job in jobs):
             return
         try:
             with self.node:
@@ -411,7 +421,7 @@ class TaskProvider:
             todo = [job for job in jobs if job.answer is None]
             looked = [job.call.task_id for job in todo
                       if job.call.kind == "pure" and job.mode == "call"]
-            records = self._records(looked) if looked else {}
+            records = self._records(looked) if looked else {}  # failing: nothing held yet
             claimed: list[tuple[_Job, Claim | None]] = []
             for job in todo:
                 call = job.call
@@ -422,44 +432,58 @@ class TaskProvider:
                 if not runs_once(call.kind):
                     claimed.append((job, None))
                     continue
-                got = self.claims.acquire(call.task_id, call.function,
-                                          again=call.kind == "action" and job.mode == "again")
+                try:
+                    got = self.claims.acquire(
+                        call.task_id, call.function,
+                        again=call.kind == "action" and job.mode == "again")
+                except Exception as e:  # this call's claim (the bucket): the others go on
+                    self._failed_here(job, e)
+                    continue
                 if isinstance(got, Claim):
                     claimed.append((job, got))
                 else:  # held elsewhere, or an action's outcome: the single request's way
                     self._pool.submit(self._run_job, job)
             groups: dict[tuple[int, str], list[tuple[_Job, Claim | None]]] = {}
             for job, claim in claimed:
-                self._begin(job, claim)
                 groups.setdefault((id(job.call.task), job.mode), []).append((job, claim))
             for group in groups.values():
                 self._start(group)
 
         self._guarded(jobs, work)
 
+    def _failed_here(self, job: _Job, e: BaseException) -> None:
+        """Answer ``job`` with a failure of this provider (not of the task)."""
+        log.error("channel %s: serving %s %s failed: %s", self.channel_name,
+                  job.call.function, job.call.task_id, one_line(e))
+        self._finish(job, "task_failed", self._failure(job, e), "failed here")
+
     def _start(self, group: list[tuple[_Job, Claim | None]]) -> None:
         """Start the calls of ``group`` (one task, one mode) together; each is settled by
-        the settling threads when it ends."""
+        the settling threads when it ends (or here, with the error, when they cannot be
+        started). Every call of the group is settled: its claim is never left behind."""
         first = group[0][0]
         try:
+            for job, claim in group:
+                self._begin(job, claim)
             futures = self.executor.submit_many(
                 first.call.task, [(job.call.args, job.call.kwargs) for job, _ in group],
                 first.mode)
         except Exception as e:  # the cluster is away: each call hears it
+            failed = e
             for job, claim in group:
-                self._settle(job, claim, e)
+                self._guarded([job], lambda job=job, claim=claim: self._settle(job, claim,
+                                                                               failed),
+                              settling=True)
             return
         for (job, claim), future in zip(group, futures, strict=True):
             future.on_done(lambda f, job=job, claim=claim: self._settle_later(job, claim, f))
 
     def _settle_later(self, job: _Job, claim: Claim | None, future: TaskFuture) -> None:
         """Hand an ended call to the settling threads (the executor's thread calling this
-        must not be held)."""
-        try:
-            self._settler.submit(self._guarded, [job],
-                                 lambda: self._settle(job, claim, _ended(future)))
-        except RuntimeError:  # closing: the call is abandoned, its claim expires
-            pass
+        must not be held). They run on after :meth:`close`: a call that ends then is still
+        published, released and answered."""
+        self._settler.submit(self._guarded, [job],
+                             lambda: self._settle(job, claim, _ended(future)), settling=True)
 
     def _run(self, job: _Job) -> None:
         call = job.call
@@ -504,13 +528,17 @@ class TaskProvider:
 
     def _compute(self, job: _Job, claim: Claim | None) -> None:
         """Run the call here (holding ``claim`` for pure calls and actions) and answer."""
-        self._begin(job, claim)
         try:
-            self._launcher.run(job.call, job.mode)
-        except Exception as e:
-            self._settle(job, claim, e)
-            return
-        self._settle(job, claim, None)
+            self._begin(job, claim)
+            try:
+                self._launcher.run(job.call, job.mode)
+            except Exception as e:
+                self._settle(job, claim, e)
+                return
+            self._settle(job, claim, None)
+        finally:
+            if claim is not None and not claim.released:
+                claim.release()  # a failure of the provider: free the id for another try
 
     def _begin(self, job: _Job, claim: Claim | None) -> None:
         """The call is about to run here: keep its claim alive, tell its requesters."""
@@ -658,11 +686,11 @@ class TaskProvider:
 
     def close(self) -> None:
         """Stop taking requests. Calls still queued are declined ``busy`` (their requesters
-        ask another provider); running ones are abandoned (their claims expire)."""
+        ask another provider); running ones end as they would (published, released and
+        answered when they end; their claims expire if the process dies first)."""
         self._closed = True
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._settler.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             queued = [job for job in self._jobs.values() if job.status == "queued"]
         for job in queued:
@@ -700,11 +728,14 @@ def _sent_task_id(body: dict[str, Any]) -> str | None:
 
 
 def _ended(future: TaskFuture) -> Exception | None:
-    """What an ended call raised, or None."""
+    """What an ended call raised, or None (a task's SystemExit and the like as an
+    ExecutorError: the call failed, the provider goes on)."""
     try:
         future.wait()
     except Exception as e:
         return e
+    except BaseException as e:
+        return ExecutorError(f"the task ended with {type(e).__name__}: {e}")
     return None
 
 

@@ -56,3 +56,11 @@ def clock():
 @kachery.pure
 def nested(x):
     return square(x) + 1
+
+
+@kachery.pure
+def exits(x):
+    """Ends its thread with SystemExit (not an Exception): the provider must still free
+    the claim."""
+    _ran("exits")
+    raise SystemExit(x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -579,3 +580,67 @@ def test_a_waiting_batch_is_kept_alive_by_one_status_per_tick_not_one_per_call(
     finally:
         for p in lab.providers:
             p.close()
+
+
+def test_calls_running_on_a_cluster_when_the_provider_closes_still_end_and_free_their_claims(
+        lab, provided, threads_cluster):
+    from kachery_tasks.runtime.executors import DaskExecutor
+
+    for name in ("prov", "req"):
+        lab.add(name)
+    provider = start_provider(lab, "prov", provided, executor=DaskExecutor(threads_cluster),
+                              claim_ttl=0.6)
+    calls = [remote_tasks.slow_square.prepare(400 + i, 1.0) for i in range(3)]
+    asking = threading.Thread(target=ask_batch, args=(lab, "req", [c.to_bytes() for c in calls]),
+                              kwargs={"timeout": 5.0}, daemon=True)
+    asking.start()
+    deadline = time.monotonic() + 20
+    while RAN["slow_square"] < 3:  # all three running on the cluster
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    provider.close()
+    deadline = time.monotonic() + 20
+    while any(provider.claims.read(c.task_id) is not None for c in calls):
+        assert time.monotonic() < deadline, "a claim was left behind (and kept renewed)"
+        time.sleep(0.1)
+    bucket = lab.remote("req").bucket
+    assert all(bucket.has_result_record(c.task_id) for c in calls)  # published all the same
+
+
+def test_a_claim_that_cannot_be_taken_fails_its_call_only(lab, provided, threads_cluster,
+                                                          monkeypatch):
+    from kachery_tasks.errors import TransferError
+    from kachery_tasks.runtime.executors import DaskExecutor
+
+    for name in ("prov", "req"):
+        lab.add(name)
+    provider = start_provider(lab, "prov", provided, executor=DaskExecutor(threads_cluster))
+    try:
+        broken = square.task_id(504)
+        real = provider.claims.acquire
+
+        def acquire(task_id, function, **kw):
+            if task_id == broken:
+                raise TransferError("the bucket did not answer")
+            return real(task_id, function, **kw)
+
+        monkeypatch.setattr(provider.claims, "acquire", acquire)
+        calls = [square.prepare(500 + i).to_bytes() for i in range(10)]
+        pending, entries, _ = ask_batch(lab, "req", calls)
+        assert pending.status == "done"
+        finals = {e["task_id"]: e for e in entries if e["type"] != "task_status"}
+        assert finals[broken]["type"] == "task_failed"
+        assert "did not answer" in finals[broken]["error"]["message"]
+        others = [square.task_id(500 + i) for i in range(10) if 500 + i != 504]
+        assert all(finals[t]["type"] == "task_finished" for t in others)
+        assert all(provider.claims.read(t) is None for t in others)
+    finally:
+        provider.close()
+
+
+def test_a_task_ending_with_system_exit_is_answered_failed_and_frees_its_claim(two):
+    lab, provider = two
+    pending = ask(lab, "req", "prov", remote_tasks.exits.prepare(3))
+    assert pending.final.type == "task_failed"
+    assert pending.final.body["error"]["type"] == "SystemExit"
+    assert provider.claims.read(remote_tasks.exits.task_id(3)) is None
