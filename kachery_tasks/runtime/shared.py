@@ -171,9 +171,9 @@ def import_record(c: NodeCache, task_id: str, remote: Remote, data: bytes,
     if body is None:
         return False
     uri = body["result_uri"]
+    data = _inline_data(c, remote, uri, body["codec"])
     try:
-        data = None if c.store.has(uri) else remote.fetch_data(uri, c.inline_max)
-        if data is None:  # large, or not in that remote's bucket: into the store
+        if data is None:  # large, kept as a file by its codec, or not in that remote's bucket
             c.node.local_path(uri)  # fetched (verified) through the remotes
     except KacheryError as e:
         log.warning("ignoring %s: %s", where, e)
@@ -181,8 +181,23 @@ def import_record(c: NodeCache, task_id: str, remote: Remote, data: bytes,
     c.records.import_result(
         task_id, "pure", body["function"], uri, body["codec"], body["node"],
         body.get("finished"), data=data,
-    )  # small results are kept inline, as this node keeps the ones it computes
+    )
     return True
+
+
+def _inline_data(c: NodeCache, remote: Remote, uri: str, codec_name: str) -> bytes | None:
+    """A small result's bytes, for the records to keep inline as this node keeps the small
+    results it computes (its codec allows it), when ``remote`` hands them over in memory;
+    else None (the result goes to the store)."""
+    from . import results
+
+    try:
+        if not results.codec_named(codec_name or "").inline or c.store.has(uri):
+            return None
+        return remote.fetch_data(uri, c.inline_max)
+    except KacheryError as e:  # the store's way tries every remote
+        log.info("%s: fetching it from the store's remotes instead (%s)", uri, e)
+        return None
 
 
 def publish_all(c: NodeCache, remotes: Iterable[Remote] | None = None) -> int:

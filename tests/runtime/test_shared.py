@@ -186,3 +186,21 @@ def test_a_large_result_is_imported_into_the_store(shared):
     assert task_defs.calls["scale"] == before
     row = cache_mod.current().records.result(tid)
     assert row.data is None and cache_mod.current().store.has(row.result_uri)
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_small_result_whose_codec_keeps_files_is_imported_into_the_store(
+        shared, monkeypatch):
+    from kachery_tasks.runtime import results
+
+    use, _ = shared
+    use("a")
+    assert task_defs.add(80, 1) == 81
+    tid = task_defs.add.task_id(80, 1)
+    use("b")
+    monkeypatch.setattr(results.codec_named("json"), "inline", False)  # as a custom codec's
+    before = task_defs.calls["add"]
+    assert task_defs.add(80, 1) == 81
+    assert task_defs.calls["add"] == before
+    row = cache_mod.current().records.result(tid)
+    assert row.data is None and cache_mod.current().store.has(row.result_uri)
