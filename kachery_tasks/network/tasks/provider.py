@@ -111,9 +111,9 @@ RESPONDER_WORKERS = 8
 BATCH_WORKERS = 2
 """Threads that check incoming batches (``request_tasks``), call by call."""
 
-SETTLE_WORKERS = 2
-"""Threads that answer the calls of batches as they end on the cluster (publish, release
-the claim, answer)."""
+SETTLE_WORKERS = 8
+"""Threads that answer the calls of batches as they end on the cluster (read the record,
+release the claim, answer: about ten bucket requests, slow on a remote bucket)."""
 
 TRACEBACK_MAX = 16_000
 """Characters of a remote traceback sent (its end: where it was raised)."""
