@@ -477,7 +477,10 @@ class _Renewer:
                 pool = self._pool
             for claim in due:
                 assert pool is not None
-                pool.submit(self._renew, claim)
+                try:
+                    pool.submit(self._renew, claim)
+                except RuntimeError:  # the interpreter is exiting: the claims expire
+                    return
 
     def _renew(self, claim: Claim) -> None:
         try:

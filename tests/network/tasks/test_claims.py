@@ -313,18 +313,23 @@ def test_claims_on_a_slow_bucket_are_renewed_side_by_side_within_their_ttl(make,
     """40 claims, a TTL of 3 s, each bucket request 20 ms (a renewal is about 7): one after
     the other the renewals would take longer than the claims live."""
     class Slow:
+        on = False  # slow once the claims are taken: only their renewals are
+
         def __getattr__(self, name):
             attr = getattr(bucket, name)
             if not callable(attr):
                 return attr
 
             def slow(*args, **kwargs):
-                time.sleep(0.02)
+                if self.on:
+                    time.sleep(0.02)
                 return attr(*args, **kwargs)
             return slow
 
-    claims = make(0, ttl=3.0, on=Slow())
+    slow = Slow()
+    claims = make(0, ttl=3.0, on=slow)
     held = [claims.acquire(tid(n), FN) for n in range(40)]
+    slow.on = True
     for claim in held:
         claim.start_renewing()
     time.sleep(4.5)  # past the first TTL: every claim lives only by its renewals
