@@ -403,11 +403,11 @@ class TaskProvider:
             with self.node:
                 work()
         except BaseException as e:
+            log.exception("channel %s: serving %d call(s) failed", self.channel_name,
+                          len(jobs))
             for job in jobs:
                 if job.answer is None:
-                    log.exception("channel %s: serving %s %s failed", self.channel_name,
-                                  job.call.function, job.call.task_id)
-                    self._finish(job, "task_failed", self._failure(job, e), "failed here")
+                    self._failed_here(job, e)
             if not isinstance(e, Exception):
                 raise
 
