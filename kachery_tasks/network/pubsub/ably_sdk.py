@@ -138,6 +138,7 @@ class AblyPubSub(PubSub):
         self._failure: PubSubError | None = None
         self._closing: asyncio.Future | None = None
         self._closed = False
+        self._sdk_closed = False  # the SDK client reached "closed" after close()
         self._close_lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------------
@@ -246,9 +247,18 @@ class AblyPubSub(PubSub):
             raise
 
     def _watch(self, change: Any) -> None:
-        """Log connection changes after connect; a failed connection stays failed."""
+        """Log connection changes after connect; a failed connection stays failed, and a
+        closed one stays closed."""
         state, reason = change.current.value, change.reason
-        if state == "failed":
+        if self._sdk_closed and state in ("connecting", "connected", "disconnected",
+                                          "suspended"):
+            # ably 3.1.4 can fire its reconnection timer while its close is under way,
+            # and the closed client connects again (then retries for ever once the
+            # broker is gone): close it again.
+            log.debug("pub/sub client of %s came back (%s) after close: closing it",
+                      self.url, state)
+            self._closing = asyncio.ensure_future(self._close_client())
+        elif state == "failed":
             self._failure = self._error(reason, f"the connection to {self.url}")
             log.error("pub/sub connection to %s failed: %s", self.url, self._failure)
             # The SDK may retry later from FAILED; closing stops it for good.
@@ -466,7 +476,10 @@ class AblyPubSub(PubSub):
             for channel, result in zip(entered, results):
                 if isinstance(result, BaseException):
                     log.debug("leaving %r on close: %s", channel, result)
+        # A reconnection timer that fired during the SDK's close would revive the client.
+        self._client.connection.connection_manager.cancel_retry_timer()
         await self._close_client()
+        self._sdk_closed = True
 
     async def _close_client(self) -> None:
         client = self._client

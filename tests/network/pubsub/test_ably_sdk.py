@@ -255,6 +255,29 @@ def test_connecting_takes_one_attempt(broker, caplog):
     assert [r.getMessage() for r in caplog.records] == []
 
 
+def test_a_closed_client_that_the_sdk_revives_is_closed_again(broker):
+    """ably 3.1.4 can fire its reconnection timer while its own close is under way: the
+    closed client then connects again and, once its broker is gone, retries for ever
+    (logging each attempt into whatever runs next in the process)."""
+    from ably.types.connectionstate import ConnectionState
+
+    client = connect_pubsub(broker.url, "alice", lambda: "token", **FAST)
+    sdk = client._client
+    client.close()
+    assert sessions(broker) == set()
+
+    async def retry_timer_fires() -> None:  # what the SDK's timer does when it fires
+        sdk.connection.connection_manager.request_state(ConnectionState.CONNECTING)
+
+    client._loop.run(retry_timer_fires(), 5)
+    deadline = time.monotonic() + 10
+    while sdk.connection.state != ConnectionState.CLOSED and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # time for a revived connection to settle in
+    assert sdk.connection.state == ConnectionState.CLOSED
+    assert sessions(broker) == set()
+
+
 def test_a_client_refused_on_reconnection_fails_for_good(make_broker, connect, proxy_to):
     tokens = Tokens()
     broker = make_broker(authorize=tokens)
