@@ -62,6 +62,14 @@ class BucketContract:
         assert not bucket.put("k/one", b"second")
         assert bucket.get("k/one") == b"first"
 
+    def test_create_answers_the_generation_it_wrote(self, bucket):
+        generation = bucket.create("c/one", b"first", flush=False)
+        assert generation is not None and generation == bucket.stat("c/one").generation
+        assert bucket.create("c/one", b"second") is None
+        assert bucket.get("c/one") == b"first"
+        assert bucket.replace("c/one", b"third", generation)  # the generation is usable
+        assert bucket.get("c/one") == b"third"
+
     def test_range_reads(self, bucket):
         bucket.put("r", b"0123456789")
         assert bucket.get("r", 2, 5) == b"234"

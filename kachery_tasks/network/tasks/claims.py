@@ -384,8 +384,11 @@ class Claims:
         data = seal(KIND, body, self.key).to_bytes()
         for _ in range(3):
             if over is None:
-                self.bucket.put(key, data, flush=False)  # create-only: the read below says
-                # who won; a claim lost with the machine that held it changes nothing
+                # create-only; a claim lost with the machine that held it changes nothing
+                generation = self.bucket.create(key, data, flush=False)
+                if generation is not None:
+                    return generation
+                # another writer's, or our own write whose answer was lost: the read says
             elif swap.swap(self.bucket, key, data, over, **self._swap_options(body["claim"])) \
                     == swap.BUSY:
                 return None

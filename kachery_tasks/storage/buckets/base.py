@@ -53,6 +53,20 @@ class Bucket(ABC):
         can be missing (never half-written) after the machine stops; a cloud
         bucket's write is durable once acknowledged either way."""
 
+    def create(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> str | None:
+        """:meth:`put`, answering the new object's generation (None: this call did not
+        write it, or it is gone already).
+
+        For an object that is replaced by generation later (a claim): its writer
+        learns the generation without reading the object back. This default asks
+        :meth:`stat` after :meth:`put`; a backend whose write answers the
+        generation returns it directly.
+        """
+        if not self.put(key, data, flush=flush):
+            return None
+        info = self.stat(key)
+        return None if info is None else info.generation
+
     @abstractmethod
     def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:
         """Write ``data`` over object ``key`` if it still is ``generation``; True if written.

@@ -161,27 +161,31 @@ class GCSBucket(Bucket):
         )
 
     def put(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> bool:
-        return self._write(key, data, 0)
+        return self._write(key, data, 0) is not None
+
+    def create(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> str | None:
+        return self._write(key, data, 0)  # the upload's answer names the generation
 
     def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:
-        return self._write(key, data, int(generation))
+        return self._write(key, data, int(generation)) is not None
 
-    def _write(self, key: str, data: bytes | memoryview, generation: int) -> bool:
-        """Write object ``key`` if its generation is ``generation`` (0: if it does not exist)."""
+    def _write(self, key: str, data: bytes | memoryview, generation: int) -> str | None:
+        """Write object ``key`` if its generation is ``generation`` (0: if it does not
+        exist): the generation written, or None when the precondition failed."""
         from google.api_core.exceptions import PreconditionFailed
 
         blob = self._bucket().blob(self._name(key))
         body = bytes(data)
 
-        def upload(timeout: float) -> bool:
+        def upload(timeout: float) -> str | None:
             try:
                 blob.upload_from_string(
                     body, if_generation_match=generation, checksum=None, retry=None,
                     timeout=timeout,
                 )
             except PreconditionFailed:
-                return False
-            return True
+                return None
+            return str(blob.generation)
 
         return self._call(upload, f"write {key}", key, len(body))
 
