@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 from ...errors import KacheryError, PubSubAuthError
@@ -26,6 +27,9 @@ log = logging.getLogger("kachery_tasks.network.tasks")
 
 FLUSH_EVERY = 0.05
 """Seconds the outbox gathers answers before it sends them."""
+
+ANSWER_AFTER_CLOSE = 3600.0
+"""Seconds a closed outbox waits for the answers of calls still running (then it stops)."""
 
 
 class Slot:
@@ -78,34 +82,49 @@ class Outbox:
         self.every = every
         self.lock = threading.Condition()
         self.dirty: dict[int, Batch] = {}
+        self.unanswered: set[Batch] = set()  # batches some call of which has no answer yet
         self._closed = False
+        self._give_up = 0.0
         self._thread = threading.Thread(target=self._run, name="kachery-batch-answers",
                                         daemon=True)
         self._thread.start()
 
     def open(self, incoming: Incoming, calls: int) -> Batch:
-        return Batch(self, incoming, calls)
+        batch = Batch(self, incoming, calls)
+        with self.lock:
+            self.unanswered.add(batch)
+        return batch
 
-    def close(self) -> None:
+    def close(self, wait_for_answers: float = ANSWER_AFTER_CLOSE) -> None:
+        """Stop once every batch is answered and sent: calls still running when their
+        provider closes are answered when they end (within ``wait_for_answers`` s)."""
         with self.lock:
             self._closed = True
+            self._give_up = time.monotonic() + wait_for_answers
             self.lock.notify()
+
+    def _finished(self) -> bool:
+        return self._closed and not self.dirty and (
+            not self.unanswered or time.monotonic() >= self._give_up)
 
     def _run(self) -> None:
         while True:
             with self.lock:
-                while not self.dirty and not self._closed:
-                    self.lock.wait()
-                if self._closed and not self.dirty:
-                    return  # what was answered before closing is sent first
-                closing = self._closed
+                while not self.dirty and not self._finished():
+                    self.lock.wait(None if not self._closed else
+                                   max(self._give_up - time.monotonic(), 0.0))
+                if self._finished():
+                    return
+                closing = self._closed and not self.unanswered
             if not closing:
                 threading.Event().wait(self.every)  # let more answers gather
             with self.lock:
                 todo = [(b, list(b.entries.values()), b.finals == b.calls)
                         for b in self.dirty.values()]
-                for batch, _, _ in todo:
+                for batch, _, done in todo:
                     batch.entries.clear()
+                    if done:
+                        self.unanswered.discard(batch)
                 self.dirty.clear()
             for batch, entries, done in todo:
                 try:

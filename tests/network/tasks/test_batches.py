@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -78,3 +79,33 @@ def test_the_outbox_sends_the_latest_of_each_call_and_the_final_answer_last():
         ("a", "task_failed"), ("b", "task_finished"), ("c", "task_declined")]
     for _, body in session.sent[:-1]:
         assert body["to"] == "requester" and body["request"] == incoming.id
+
+
+def test_a_closed_outbox_still_sends_the_answers_of_calls_that_end_later():
+    session = _Session()
+    incoming = _Incoming(session)
+    outbox = Outbox(every=0.05)
+    batch = outbox.open(incoming, 2)
+    a, b = batch.slot(0, "call a"), batch.slot(1, "call b")
+    a.answer("task_finished", protocol.finished_body("a", "pure", None, None, None))
+    deadline = time.monotonic() + 10
+    while not session.sent:  # a's answer went out: the outbox has nothing left to send
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    outbox.close()  # the provider closes while b still runs
+    time.sleep(0.2)
+    b.answer("task_finished", protocol.finished_body("b", "pure", None, None, None))
+    assert incoming.done.wait(10)
+    entries = [e["task_id"] for _, body in session.sent for e in body["answers"]]
+    assert sorted(entries) == ["a", "b"]
+    outbox._thread.join(10)
+    assert not outbox._thread.is_alive()  # every batch answered: the thread ends
+
+
+def test_a_closed_outbox_gives_up_on_calls_that_never_end():
+    outbox = Outbox(every=0.05)
+    batch = outbox.open(_Incoming(_Session()), 1)
+    batch.slot(0, "a call that never ends")
+    outbox.close(wait_for_answers=0.2)
+    outbox._thread.join(10)
+    assert not outbox._thread.is_alive()

@@ -582,7 +582,7 @@ def test_a_waiting_batch_is_kept_alive_by_one_status_per_tick_not_one_per_call(
             p.close()
 
 
-def test_calls_running_on_a_cluster_when_the_provider_closes_still_end_and_free_their_claims(
+def test_calls_running_on_a_cluster_when_the_provider_closes_end_are_answered_and_free_claims(
         lab, provided, threads_cluster):
     from kachery_tasks.runtime.executors import DaskExecutor
 
@@ -591,8 +591,10 @@ def test_calls_running_on_a_cluster_when_the_provider_closes_still_end_and_free_
     provider = start_provider(lab, "prov", provided, executor=DaskExecutor(threads_cluster),
                               claim_ttl=0.6)
     calls = [remote_tasks.slow_square.prepare(400 + i, 1.0) for i in range(3)]
-    asking = threading.Thread(target=ask_batch, args=(lab, "req", [c.to_bytes() for c in calls]),
-                              kwargs={"timeout": 5.0}, daemon=True)
+    heard: list = []
+    asking = threading.Thread(
+        target=lambda: heard.append(ask_batch(lab, "req", [c.to_bytes() for c in calls],
+                                              timeout=20.0)), daemon=True)
     asking.start()
     deadline = time.monotonic() + 20
     while RAN["slow_square"] < 3:  # all three running on the cluster
@@ -605,6 +607,11 @@ def test_calls_running_on_a_cluster_when_the_provider_closes_still_end_and_free_
         time.sleep(0.1)
     bucket = lab.remote("req").bucket
     assert all(bucket.has_result_record(c.task_id) for c in calls)  # published all the same
+    asking.join(30)
+    pending, entries, _ = heard[0]  # and answered, though the provider had closed
+    assert pending.status == "done"
+    finished = {e["task_id"] for e in entries if e["type"] == "task_finished"}
+    assert finished == {c.task_id for c in calls}
 
 
 def test_a_claim_that_cannot_be_taken_fails_its_call_only(lab, provided, threads_cluster,
