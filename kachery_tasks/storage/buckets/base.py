@@ -54,18 +54,28 @@ class Bucket(ABC):
         bucket's write is durable once acknowledged either way."""
 
     def create(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> str | None:
-        """:meth:`put`, answering the new object's generation (None: this call did not
-        write it, or it is gone already).
+        """:meth:`put`, answering the generation of the object it created.
 
-        For an object that is replaced by generation later (a claim): its writer
-        learns the generation without reading the object back. This default asks
-        :meth:`stat` after :meth:`put`; a backend whose write answers the
-        generation returns it directly.
+        None when the object is not (or no longer) the one this call wrote: it
+        existed, another writer replaced it at once, or the write was retried
+        after an answer that was lost (read the object to tell). For an object
+        replaced by generation later (a claim), whose writer needs its
+        generation. This default reads the object back after :meth:`put`; a
+        backend whose write answers the generation returns it directly.
         """
+        from ...errors import ContentNotFoundError
+
         if not self.put(key, data, flush=flush):
             return None
-        info = self.stat(key)
-        return None if info is None else info.generation
+        before = self.stat(key)
+        try:
+            now = self.get(key)
+        except ContentNotFoundError:
+            return None
+        after = self.stat(key)
+        if before is None or after != before or now != bytes(data):
+            return None
+        return before.generation
 
     @abstractmethod
     def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:

@@ -164,14 +164,16 @@ class GCSBucket(Bucket):
         return self._write(key, data, 0) is not None
 
     def create(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> str | None:
-        return self._write(key, data, 0)  # the upload's answer names the generation
+        generation = self._write(key, data, 0)  # the upload's answer names the generation
+        return None if generation == "" else generation  # (unless it did not: read to tell)
 
     def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:
         return self._write(key, data, int(generation)) is not None
 
     def _write(self, key: str, data: bytes | memoryview, generation: int) -> str | None:
         """Write object ``key`` if its generation is ``generation`` (0: if it does not
-        exist): the generation written, or None when the precondition failed."""
+        exist): the generation written ("" if the answer named none), or None when the
+        precondition failed."""
         from google.api_core.exceptions import PreconditionFailed
 
         blob = self._bucket().blob(self._name(key))
@@ -185,7 +187,7 @@ class GCSBucket(Bucket):
                 )
             except PreconditionFailed:
                 return None
-            return str(blob.generation)
+            return "" if blob.generation is None else str(blob.generation)
 
         return self._call(upload, f"write {key}", key, len(body))
 

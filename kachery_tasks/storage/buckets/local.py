@@ -72,21 +72,50 @@ class FileBucket(Bucket):
         return os_error(e, f"cannot {what} in {self.url}")
 
     def put(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> bool:
-        if self.stat(key) is not None:
-            return False
-        final = self._path(key)
-        ensure_dir(final.parent)
-        tmp = temp_path(final.parent)
-        try:
-            write_temp(tmp, data, mode=0o644, sync=flush)
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                return False
-            return True
+        return self._link_new(key, data, flush, keep_open=False) is not None
+
+    def create(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> str | None:
+        fd = self._link_new(key, data, flush, keep_open=True)
+        if fd is None:
+            return None
+        try:  # the open file keeps its inode from being reused by another writer meanwhile
+            mine = os.fstat(fd)
+            current = self._stat(key)
         except OSError as e:
             raise self._error(e, f"write {key}") from e
         finally:
+            os.close(fd)
+        if current is None or (current.st_ino, current.st_ctime_ns) != (mine.st_ino,
+                                                                        mine.st_ctime_ns):
+            return None  # replaced (or removed) at once by another writer
+        return _generation(mine)
+
+    def _link_new(self, key: str, data: bytes | memoryview, flush: bool,
+                  keep_open: bool) -> int | None:
+        """Create ``key`` (unless it exists: None) from a temporary file, then remove the
+        temporary name. With ``keep_open``, a descriptor open on the new file is
+        returned (the caller closes it); else 0."""
+        if self.stat(key) is not None:
+            return None
+        final = self._path(key)
+        ensure_dir(final.parent)
+        tmp = temp_path(final.parent)
+        fd = None
+        try:
+            write_temp(tmp, data, mode=0o644, sync=flush)
+            if keep_open:
+                fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return None
+            opened, fd = fd, None
+            return 0 if opened is None else opened
+        except OSError as e:
+            raise self._error(e, f"write {key}") from e
+        finally:
+            if fd is not None:
+                os.close(fd)
             _unlink_quietly(tmp)
 
     def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:
@@ -146,13 +175,16 @@ class FileBucket(Bucket):
         return current is not None and current.generation == generation
 
     def stat(self, key: str) -> ObjectInfo | None:
+        st = self._stat(key)
+        return None if st is None else ObjectInfo(st.st_size, _generation(st))
+
+    def _stat(self, key: str) -> os.stat_result | None:
         try:
-            st = os.stat(self._path(key))
+            return os.stat(self._path(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
             raise self._error(e, f"look up {key}") from e
-        return ObjectInfo(st.st_size, f"{st.st_ino}-{st.st_ctime_ns}")
 
     def list(self, prefix: str = "") -> Iterator[str]:
         keys = []
@@ -190,3 +222,8 @@ def _unlink_quietly(path: Path) -> None:
 def _read_at(f, buf: memoryview, offset: int) -> int:
     f.seek(offset)
     return f.readinto(buf)
+
+
+def _generation(st: os.stat_result) -> str:
+    """An object's generation: its file's inode and change time (see the module docstring)."""
+    return f"{st.st_ino}-{st.st_ctime_ns}"

@@ -71,3 +71,33 @@ def test_a_put_is_flushed_unless_asked_not_to(tmp_path, monkeypatch):
     assert len(flushed) == 1
     assert bucket.get("a/claim") == b"short-lived" and bucket.get("a/result") == b"kept"
     assert not bucket.put("a/claim", b"again", flush=False)  # still create-only
+
+
+@pytest.mark.parametrize("how", ["renamed over", "deleted and created again"])
+def test_create_answers_none_when_another_writer_replaced_the_object_at_once(tmp_path,
+                                                                            monkeypatch, how):
+    """A claim's writer must not take another writer's object for its own: between the
+    link and the look, the name may already hold another file (even one that reuses the
+    inode number of a file just deleted)."""
+    import os
+
+    bucket = FileBucket(f"file://{tmp_path}/bucket")
+    real = FileBucket._link_new
+
+    def then_replaced(self, key, data, flush, keep_open):
+        got = real(self, key, data, flush, keep_open)
+        final = self._path(key)
+        if how == "renamed over":
+            other = final.parent / "other"
+            other.write_bytes(b"theirs")
+            os.replace(other, final)
+        else:
+            os.unlink(final)
+            final.write_bytes(b"theirs")
+        return got
+
+    monkeypatch.setattr(FileBucket, "_link_new", then_replaced)
+    assert bucket.create("c/k", b"mine") is None
+    assert bucket.get("c/k") == b"theirs"
+    monkeypatch.undo()
+    assert bucket.create("c/new", b"mine") == bucket.stat("c/new").generation

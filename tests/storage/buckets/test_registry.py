@@ -159,3 +159,18 @@ def test_a_scheme_is_refused_or_opens_its_urls(scheme):
         assert isinstance(open_bucket(f"{scheme}://bucket/prefix"), MemoryBucket)
     finally:
         buckets._BACKENDS, buckets._open = backends, opened
+
+
+def test_the_default_create_answers_none_for_an_object_replaced_at_once():
+    """A backend without its own ``create`` (this one) is read back after ``put``: an
+    object another writer replaced meanwhile is not taken for this call's."""
+
+    class Raced(MemoryBucket):
+        def put(self, key, data, *, flush=True):
+            wrote = super().put(key, data, flush=flush)
+            self.replace(key, b"theirs", self.stat(key).generation)  # another writer
+            return wrote
+
+    bucket = Raced("mem://raced")
+    assert bucket.create("c/k", b"mine") is None
+    assert MemoryBucket("mem://calm").create("c/k", b"mine") is not None
