@@ -457,7 +457,7 @@ class AblyPubSub(PubSub):
             self._closed = True
         if self._loop is not None and self._client is not None:
             try:
-                self._loop.run(self._close(), self.request_timeout + 5)
+                self._loop.run(self._close(), 10)  # its steps take 7 s at most
             except Exception as e:
                 log.debug("closing the pub/sub client of %s: %s", self.url, e)
         self._stop_threads()
@@ -478,8 +478,10 @@ class AblyPubSub(PubSub):
                     log.debug("leaving %r on close: %s", channel, result)
         # A reconnection timer that fired during the SDK's close would revive the client.
         self._client.connection.connection_manager.cancel_retry_timer()
-        await self._close_client()
-        self._sdk_closed = True
+        try:
+            await self._close_client()
+        finally:  # from now on, a client the SDK revives is closed again
+            self._sdk_closed = True
 
     async def _close_client(self) -> None:
         client = self._client

@@ -28,8 +28,9 @@ log = logging.getLogger("kachery_tasks.network.tasks")
 FLUSH_EVERY = 0.05
 """Seconds the outbox gathers answers before it sends them."""
 
-ANSWER_AFTER_CLOSE = 3600.0
-"""Seconds a closed outbox waits for the answers of calls still running (then it stops)."""
+ANSWER_AFTER_CLOSE = 600.0
+"""Seconds a closed outbox waits for the answers of calls still running (then it stops:
+a requester that heard nothing for that long has looked in the bucket, or asked again)."""
 
 
 class Slot:
@@ -99,8 +100,9 @@ class Outbox:
         """Stop once every batch is answered and sent: calls still running when their
         provider closes are answered when they end (within ``wait_for_answers`` s)."""
         with self.lock:
-            self._closed = True
-            self._give_up = time.monotonic() + wait_for_answers
+            if not self._closed:
+                self._closed = True
+                self._give_up = time.monotonic() + wait_for_answers
             self.lock.notify()
 
     def _finished(self) -> bool:

@@ -260,7 +260,7 @@ class TaskProvider:
             if job is not None:
                 new.append(job)
         if new:
-            self._pool.submit(self._run_together, new)
+            self._submit(self._run_together, new, new)
 
     def _declined(self, incoming: Incoming | Slot, d: _Decline) -> None:
         self._note(None, incoming, f"declined {d.code}")
@@ -358,8 +358,22 @@ class TaskProvider:
         if not new:
             return None
         if start:
-            self._pool.submit(self._run_job, job)
+            self._submit(self._run_job, job, [job])
         return job
+
+    def _submit(self, fn: Callable[[Any], None], arg: Any, jobs: list[_Job]) -> None:
+        """Hand ``fn(arg)`` to a job thread; once the provider has closed (its pool takes
+        no more work) the calls of ``jobs`` are declined ``busy`` instead."""
+        try:
+            self._pool.submit(fn, arg)
+        except RuntimeError:
+            for job in jobs:
+                self._declined_busy(job)
+
+    def _declined_busy(self, job: _Job) -> None:
+        self._finish(job, "task_declined", protocol.declined_body(
+            job.call.task_id, "busy", f"{self._label_of(self.me)} is shutting down; ask "
+            "another provider"), "declined busy")
 
     # ------------------------------------------------------------ statuses
     def _set_status(self, job: _Job, status: str, detail: str = "") -> None:
@@ -442,7 +456,7 @@ class TaskProvider:
                 if isinstance(got, Claim):
                     claimed.append((job, got))
                 else:  # held elsewhere, or an action's outcome: the single request's way
-                    self._pool.submit(self._run_job, job)
+                    self._submit(self._run_job, job, [job])
             groups: dict[tuple[int, str], list[tuple[_Job, Claim | None]]] = {}
             for job, claim in claimed:
                 groups.setdefault((id(job.call.task), job.mode), []).append((job, claim))
@@ -694,9 +708,7 @@ class TaskProvider:
         with self._lock:
             queued = [job for job in self._jobs.values() if job.status == "queued"]
         for job in queued:
-            self._finish(job, "task_declined", protocol.declined_body(
-                job.call.task_id, "busy", f"{self._label_of(self.me)} is shutting down; ask "
-                "another provider"), "declined busy")
+            self._declined_busy(job)
         self.responder.close()
         self.batch_responder.close()
         self._outbox.close()

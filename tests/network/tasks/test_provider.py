@@ -459,6 +459,19 @@ def test_a_batch_is_served_call_by_call_and_answered_in_few_messages(two):
     assert len(messages) < 20  # gathered: not one message per call and status
 
 
+def test_calls_accepted_as_the_provider_closes_are_declined_busy_not_left_unanswered(two):
+    """A batch checked just before close() reaches a pool that takes no more work: its
+    calls are declined busy (the requester asks another provider), each one answered."""
+    lab, provider = two
+    provider._pool.shutdown()  # as close() leaves it, the check having passed before
+    calls = [square.prepare(700 + i).to_bytes() for i in range(3)]
+    pending, entries, _ = ask_batch(lab, "req", calls, timeout=10.0)
+    finals = [e for e in entries if e["type"] != "task_status"]
+    assert pending.status == "done" and len(finals) == 3
+    assert {(e["type"], e["code"]) for e in finals} == {("task_declined", "busy")}
+    assert RAN["square"] == 0
+
+
 def test_a_batch_from_a_member_without_request_tasks_is_declined_as_a_whole(two):
     lab, _ = two
     pending, entries, _ = ask_batch(lab, "viewer", [square.prepare(2).to_bytes()])
