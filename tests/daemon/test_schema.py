@@ -37,7 +37,7 @@ schema = schemathesis.pytest.from_fixture("api_schema").exclude(path=ENDLESS)
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=12, deadline=None,  # per operation: 30 operations, 10 min suite budget
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
 def test_every_operation(case):
