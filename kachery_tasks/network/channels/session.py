@@ -244,12 +244,13 @@ class ChannelSession:
 
     def publish(self, type: str, body: Any, *, timeout: float | None = None) -> ChannelMessage:
         """Sign and publish a message of ``type``; returns once the broker acknowledged it."""
-        if self.pubsub is None:
+        pubsub = self.pubsub  # once: a close in another thread sets it to None
+        if pubsub is None:
             raise ChannelError(f"the session of {self.channel.name} is not started")
         self._check_member()
         envelope = seal_message(type, self.pubsub_name, body, self.key)
         try:
-            self.pubsub.publish(self.pubsub_name, type, envelope.to_dict(), timeout=timeout)
+            pubsub.publish(self.pubsub_name, type, envelope.to_dict(), timeout=timeout)
         except PubSubAuthError:  # refused for good: was this node removed?
             try:
                 self.adopt(refresh_config(self.channel))
