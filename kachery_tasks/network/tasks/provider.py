@@ -278,8 +278,7 @@ class TaskProvider:
                 f"lacks {protocol.REQUESTER_NEEDS} in config version {config.version}); ask the "
                 f"owner to allow it"))
         if self._closed:
-            raise _Decline("busy", f"{self._label_of(self.me)} is shutting down; ask another "
-                                   "provider")
+            raise _Decline("busy", self._shutting_down())
 
     def _check(self, text: str, sender: str) -> Call:
         """The call ``text`` names, rebuilt from this node's registry (or a decline)."""
@@ -372,8 +371,11 @@ class TaskProvider:
 
     def _declined_busy(self, job: _Job) -> None:
         self._finish(job, "task_declined", protocol.declined_body(
-            job.call.task_id, "busy", f"{self._label_of(self.me)} is shutting down; ask "
-            "another provider"), "declined busy")
+            job.call.task_id, "busy", self._shutting_down()), "declined busy")
+
+    def _shutting_down(self) -> str:
+        """Why a call is declined ``busy`` once the provider closes."""
+        return f"{self._label_of(self.me)} is shutting down; ask another provider"
 
     # ------------------------------------------------------------ statuses
     def _set_status(self, job: _Job, status: str, detail: str = "") -> None:
