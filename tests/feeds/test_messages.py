@@ -248,6 +248,7 @@ def _wire(m) -> dict:
         ("subfeed", "bad name", "subfeed"),
         ("body", "x" * MAX_BODY_BYTES, "limit"),
     ],
+    ids=lambda v: f"{len(v)}-chars" if isinstance(v, str) and len(v) > 20 else None,  # keys vary
 )
 def test_tampered_or_malformed_message_is_rejected(field, value, reason):
     m = _chain(2)[1]
