@@ -7,8 +7,15 @@ kind ``result-record`` whose body is::
 
     {"task_id", "kind": "pure", "function", "result_uri", "codec", "node", "finished"}
 
-signed by the node that computed it (``signer`` equals ``node``). The record
-is written last and create-only, so its presence means its result is there;
+signed by the node that computed it (``signer`` equals ``node``). A result of
+at most :data:`RECORD_DATA_MAX` encoded bytes that the node keeps inline
+travels **in** its record instead, as one more field, ``"data"`` (base64 of
+the bytes ``result_uri`` names, checked against it by every reader): no
+content object is written, and a reader holding the record holds the
+result. For the tiny results of many small tasks that is one durable bucket
+write fewer per call where it is computed and one read fewer where it is
+used. The record is written last and create-only, so its presence means its
+result is there;
 the first node to publish an id wins (pure results of one id are
 interchangeable). The one exception: a record the remote would not serve
 (garbled, or signed by a node the remote does not trust, such as a
@@ -35,6 +42,9 @@ through the client's remotes, signed by the worker's node.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..envelopes import open_envelope, seal
 from ..errors import EnvelopeError, KacheryError
+from ..uris import parse_uri
 
 if TYPE_CHECKING:
     from ..remotes.base import Remote
@@ -51,6 +62,9 @@ log = logging.getLogger(__name__)
 
 KIND = "result-record"
 _FIELDS = ("task_id", "kind", "function", "result_uri", "codec", "node", "finished")
+#: The largest encoded result a record carries itself (field ``data``): small enough that
+#: a record stays a small object and a channel message holds many of them.
+RECORD_DATA_MAX = 1024
 
 
 def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None,
@@ -82,15 +96,16 @@ def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None,
         if existing is not None and not replaceable(existing):
             continue  # the first one wins
         uri = row.result_uri
-        if row.data is not None:  # kept inline: sent from memory, no blob written here
-            offered = remote.offer_data(c.store, uri, row.data)
-        else:
-            offered = remote.offer_content(c.store, uri, progress=False)
-        if offered is None:
-            continue  # a remote that takes no content cannot hold the result
         body = {"task_id": task_id, "kind": row.kind, "function": row.function,
                 "result_uri": uri, "codec": row.codec, "node": row.node,
                 "finished": row.finished}
+        if row.data is not None and len(row.data) <= RECORD_DATA_MAX:
+            body["data"] = base64.b64encode(row.data).decode("ascii")  # no content object
+        elif row.data is not None:  # kept inline: sent from memory, no blob written here
+            if remote.offer_data(c.store, uri, row.data) is None:
+                continue  # a remote that takes no content cannot hold the result
+        elif remote.offer_content(c.store, uri, progress=False) is None:
+            continue
         wrote |= remote.put_result_record(task_id, seal(KIND, body, c.node.key).to_bytes(),
                                           replaceable=replaceable)
     return wrote
@@ -128,7 +143,7 @@ def read_record(data: bytes, task_id: str, source: str) -> dict[str, Any]:
     """The body of a result record for ``task_id``, checked; EnvelopeError otherwise."""
     env = open_envelope(data, KIND, source=source)
     body = env.body
-    if not isinstance(body, dict) or set(body) != set(_FIELDS):
+    if not isinstance(body, dict) or set(body) - {"data"} != set(_FIELDS):
         raise EnvelopeError(f"{source}: not a result record (fields {sorted(body or {})})")
     if body["task_id"] != task_id:
         raise EnvelopeError(f"{source}: the record is for {body['task_id']}, not {task_id}")
@@ -141,7 +156,32 @@ def read_record(data: bytes, task_id: str, source: str) -> dict[str, Any]:
         )
     if not isinstance(body["result_uri"], str) or not isinstance(body["function"], str):
         raise EnvelopeError(f"{source}: malformed result record")
+    if "data" in body:
+        record_data(body, source)
     return body
+
+
+def record_data(body: dict[str, Any], source: str) -> bytes | None:
+    """The result bytes a checked record body carries (its ``data``), or None when it
+    names content kept elsewhere. EnvelopeError when they are not the bytes its
+    ``result_uri`` names, or not base64 of at most :data:`RECORD_DATA_MAX` bytes."""
+    text = body.get("data")
+    if text is None:
+        return None
+    if not isinstance(text, str) or len(text) > 4 * ((RECORD_DATA_MAX + 2) // 3):
+        raise EnvelopeError(f"{source}: the data a result record carries is base64 of at "
+                            f"most {RECORD_DATA_MAX} bytes")
+    try:
+        data = base64.b64decode(text, validate=True)
+        sha256 = parse_uri(body["result_uri"]).hex
+    except (binascii.Error, ValueError, KacheryError) as e:
+        raise EnvelopeError(f"{source}: malformed result record ({e})") from None
+    if len(data) > RECORD_DATA_MAX:
+        raise EnvelopeError(f"{source}: the data a result record carries is base64 of at "
+                            f"most {RECORD_DATA_MAX} bytes, not {len(data)}")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise EnvelopeError(f"{source}: the data it carries is not {body['result_uri']}")
+    return data
 
 
 def trusted_record(data: bytes, task_id: str, trusts: Callable[[str], bool],
@@ -171,7 +211,12 @@ def import_record(c: NodeCache, task_id: str, remote: Remote, data: bytes,
     if body is None:
         return False
     uri = body["result_uri"]
-    data = _inline_data(c, remote, uri, body["codec"])
+    data = record_data(body, where)
+    if data is not None and not _keeps_inline(body["codec"]):
+        c.store.store_bytes(data, label=parse_uri(uri).label, expect_sha256=parse_uri(uri).hex)
+        data = None  # a codec loaded from files: the result goes to the store
+    elif data is None:
+        data = _inline_data(c, remote, uri, body["codec"])
     try:
         if data is None:  # large, kept as a file by its codec, or not in that remote's bucket
             c.node.local_path(uri)  # fetched (verified) through the remotes
@@ -189,10 +234,8 @@ def _inline_data(c: NodeCache, remote: Remote, uri: str, codec_name: str) -> byt
     """A small result's bytes, for the records to keep inline as this node keeps the small
     results it computes (its codec allows it), when ``remote`` hands them over in memory;
     else None (the result goes to the store)."""
-    from . import results
-
     try:
-        if not results.codec_named(codec_name or "").inline or c.store.has(uri):
+        if not _keeps_inline(codec_name) or c.store.has(uri):
             return None
         return remote.fetch_data(uri, c.inline_max)
     except KacheryError as e:  # the store's way tries every remote
@@ -204,3 +247,14 @@ def publish_all(c: NodeCache, remotes: Iterable[Remote] | None = None) -> int:
     """Publish every pure result this node computed that a remote lacks; the count."""
     targets = list(c.node.remotes if remotes is None else remotes)
     return sum(publish(c, tid, targets) for tid in c.records.pure_results_of(c.node_id))
+
+
+def _keeps_inline(codec_name: str | None) -> bool:
+    """Whether a result of codec ``codec_name`` may stay inline in the records (a codec
+    unknown here, or one whose results load as files, may not)."""
+    from . import results
+
+    try:
+        return results.codec_named(codec_name or "").inline
+    except KacheryError:
+        return False

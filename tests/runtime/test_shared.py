@@ -1,12 +1,17 @@
 """Pure results shared through a bucket: computed once, anywhere."""
 
+import base64
+import hashlib
 import json
 
 import numpy as np
 import pytest
 import task_defs
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kachery_tasks.envelopes import seal
+from kachery_tasks.errors import EnvelopeError
 from kachery_tasks.keys import KeyPair
 from kachery_tasks.remotes.bucket import BucketRemote
 from kachery_tasks.runtime import cache as cache_mod
@@ -150,9 +155,9 @@ def test_a_node_without_remotes_does_not_read_records_to_publish(monkeypatch):
 
 
 @pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
-def test_a_small_result_travels_without_a_blob_on_either_node(shared):
-    """Kept inline where it was computed, sent to the bucket from memory, kept inline
-    where it is imported: neither node writes it to its store, both serve it."""
+def test_a_tiny_result_travels_in_its_record(shared):
+    """Kept inline where it was computed, carried by its record (no content object in the
+    bucket), kept inline where it is imported: neither node writes it to its store."""
     from kachery_tasks.storage.layout import blob_key
     from kachery_tasks.uris import parse_uri
 
@@ -162,7 +167,9 @@ def test_a_small_result_travels_without_a_blob_on_either_node(shared):
     tid = task_defs.add.task_id(70, 1)
     row = cache_mod.current().records.result(tid)
     assert row.data is not None and not cache_mod.current().store.has(row.result_uri)
-    assert bucket.exists(blob_key(parse_uri(row.result_uri).hex))
+    assert not bucket.exists(blob_key(parse_uri(row.result_uri).hex))
+    body = json.loads(bucket.get(result_key(tid)))["body"]
+    assert base64.b64decode(body["data"]) == row.data
     use("b")
     before = task_defs.calls["add"]
     assert task_defs.add(70, 1) == 71
@@ -171,6 +178,68 @@ def test_a_small_result_travels_without_a_blob_on_either_node(shared):
     imported = c.records.result(tid)
     assert imported.node == row.node and imported.data == row.data
     assert not c.store.has(row.result_uri)
+
+
+@pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
+def test_a_small_result_over_the_record_limit_travels_without_a_blob_on_either_node(shared):
+    """Kept inline where it was computed, sent to the bucket from memory as content, kept
+    inline where it is imported: neither node writes it to its store, both serve it."""
+    from kachery_tasks.storage.layout import blob_key
+    from kachery_tasks.uris import parse_uri
+
+    use, bucket = shared
+    n = shared_mod.RECORD_DATA_MAX // 8 + 50  # float64s: an .npy over the record's limit
+    use("a")
+    np.testing.assert_array_equal(task_defs.make_array(n), np.arange(n))
+    tid = task_defs.make_array.task_id(n)
+    row = cache_mod.current().records.result(tid)
+    assert row.data is not None and len(row.data) > shared_mod.RECORD_DATA_MAX
+    assert not cache_mod.current().store.has(row.result_uri)
+    assert bucket.exists(blob_key(parse_uri(row.result_uri).hex))
+    assert "data" not in json.loads(bucket.get(result_key(tid)))["body"]
+    use("b")
+    before = task_defs.calls["make_array"]
+    np.testing.assert_array_equal(task_defs.make_array(n), np.arange(n))
+    assert task_defs.calls["make_array"] == before  # served, not computed
+    c = cache_mod.current()
+    imported = c.records.result(tid)
+    assert imported.node == row.node and imported.data == row.data
+    assert not c.store.has(row.result_uri)
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_record_whose_data_is_not_its_result_is_ignored_though_signed_by_its_node(shared):
+    use, _ = shared
+    use("a")
+    key = cache_mod.current().node.key
+
+    def tamper(doc):  # other bytes under the same result URI, signed again by the node
+        doc["body"]["data"] = base64.b64encode(b"666").decode()
+        doc.update(seal("result-record", doc["body"], key).to_dict())
+
+    assert not _served_after_tampering(shared, 30, 3, tamper)  # computed here instead
+
+
+@given(st.one_of(st.text(max_size=60), st.binary(max_size=1500).map(
+    lambda b: base64.b64encode(b).decode()), st.integers(), st.none()))
+def test_record_data_is_the_bytes_of_its_uri_or_an_envelope_error(text):
+    body = {"result_uri": f"sha256://{hashlib.sha256(b'71').hexdigest()}", "data": text}
+    try:
+        data = shared_mod.record_data(body, "a record")
+    except EnvelopeError:
+        return
+    assert (data is None and text is None) or data == b"71"
+
+
+def test_record_data_refuses_more_than_the_record_limit():
+    data = b"x" * (shared_mod.RECORD_DATA_MAX + 1)
+    body = {"result_uri": f"sha256://{hashlib.sha256(data).hexdigest()}",
+            "data": base64.b64encode(data).decode()}
+    with pytest.raises(EnvelopeError, match="at most"):
+        shared_mod.record_data(body, "a record")
+    body = {"result_uri": body["result_uri"], "data": base64.b64encode(data[:-1]).decode()}
+    with pytest.raises(EnvelopeError, match="is not sha256://"):
+        shared_mod.record_data(body, "a record")
 
 
 @pytest.mark.parametrize("shared", ["file"], indirect=True)

@@ -25,7 +25,9 @@ The provider answers, addressed to the requester (``"to"``), always naming
   says how it decodes; ``result_uri`` is None for an action or query that
   returned None). ``record`` is the signed result-record envelope (text) of
   a pure result, which the requester checks as it checks one read from the
-  bucket (signer a member allowed to ``process_tasks``), else None;
+  bucket (signer a member allowed to ``process_tasks``), else None; a pure
+  result of at most 1,024 bytes is carried by that record (its ``data``,
+  :mod:`kachery_tasks.runtime.shared`) instead of the bucket;
 * ``task_failed {"error": {"type", "message", "traceback", "provider",
   "label"}}`` (final): the task raised; the requester raises an error with
   that type name, message, the remote traceback text and the provider's
