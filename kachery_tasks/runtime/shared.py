@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..envelopes import open_envelope, seal
 from ..errors import EnvelopeError, KacheryError
+from ..storage.zarr_index import INDEX_PREFIX, is_index
 from ..uris import parse_uri
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None,
         body = {"task_id": task_id, "kind": row.kind, "function": row.function,
                 "result_uri": uri, "codec": row.codec, "node": row.node,
                 "finished": row.finished}
-        if row.data is not None and len(row.data) <= RECORD_DATA_MAX:
+        if row.data is not None and len(row.data) <= RECORD_DATA_MAX \
+                and not is_index(row.data[:len(INDEX_PREFIX)]):
             body["data"] = base64.b64encode(row.data).decode("ascii")  # no content object
         elif row.data is not None:  # kept inline: sent from memory, no blob written here
             if remote.offer_data(c.store, uri, row.data) is None:
@@ -212,12 +214,13 @@ def import_record(c: NodeCache, task_id: str, remote: Remote, data: bytes,
         return False
     uri = body["result_uri"]
     data = record_data(body, where)
-    if data is not None and not _keeps_inline(body["codec"]):
-        c.store.store_bytes(data, label=parse_uri(uri).label, expect_sha256=parse_uri(uri).hex)
-        data = None  # a codec loaded from files: the result goes to the store
-    elif data is None:
-        data = _inline_data(c, remote, uri, body["codec"])
     try:
+        if data is not None and not _stays_inline(c, data, body["codec"]):
+            parsed = parse_uri(uri)  # (checked by record_data)
+            c.store.store_bytes(data, label=parsed.label, expect_sha256=parsed.hex)
+            data = None  # the result goes to the store, as this node keeps such results
+        elif data is None:
+            data = _inline_data(c, remote, uri, body["codec"])
         if data is None:  # large, kept as a file by its codec, or not in that remote's bucket
             c.node.local_path(uri)  # fetched (verified) through the remotes
     except KacheryError as e:
@@ -247,6 +250,13 @@ def publish_all(c: NodeCache, remotes: Iterable[Remote] | None = None) -> int:
     """Publish every pure result this node computed that a remote lacks; the count."""
     targets = list(c.node.remotes if remotes is None else remotes)
     return sum(publish(c, tid, targets) for tid in c.records.pure_results_of(c.node_id))
+
+
+def _stays_inline(c: NodeCache, data: bytes, codec_name: str | None) -> bool:
+    """Whether result bytes a record carried are kept inline in this node's records, as
+    it keeps the small results it computes (else they go to its store)."""
+    return (len(data) <= c.inline_max and _keeps_inline(codec_name)
+            and not is_index(data[:len(INDEX_PREFIX)]))
 
 
 def _keeps_inline(codec_name: str | None) -> bool:

@@ -137,3 +137,9 @@ def gated_append(target: str, gate: str):
         time.sleep(0.02)
     with open(target, "a") as f:
         f.write(f"done {os.getpid()}\n")
+
+
+@kachery.pure
+def echo(value):
+    calls["echo"] += 1
+    return value

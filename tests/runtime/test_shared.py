@@ -180,6 +180,42 @@ def test_a_tiny_result_travels_in_its_record(shared):
     assert not c.store.has(row.result_uri)
 
 
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_result_a_record_carries_goes_to_the_store_of_a_node_keeping_less_inline(
+        shared, monkeypatch):
+    use, _ = shared
+    use("a")
+    assert task_defs.add(70, 2) == 72
+    tid = task_defs.add.task_id(70, 2)
+    use("b")
+    monkeypatch.setenv("KACHERY_TASKS_INLINE_MAX", "1")  # "72" is 2 bytes
+    before = task_defs.calls["add"]
+    assert task_defs.add(70, 2) == 72
+    assert task_defs.calls["add"] == before  # served, not computed
+    c = cache_mod.current()
+    row = c.records.result(tid)
+    assert row.data is None and c.store.has(row.result_uri)
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_tiny_result_that_reads_as_a_zarr_index_travels_as_content(shared):
+    """Bytes that open like a zarr array's index go through the store, as an index does
+    (its members first), never inside a record."""
+    from kachery_tasks.storage.layout import blob_key
+    from kachery_tasks.storage.zarr_index import INDEX_FORMAT
+    from kachery_tasks.uris import parse_uri
+
+    use, bucket = shared
+    lookalike = {"format": INDEX_FORMAT, "keys": {}}
+    use("a")
+    assert task_defs.echo(lookalike) == lookalike
+    tid = task_defs.echo.task_id(lookalike)
+    row = cache_mod.current().records.result(tid)
+    assert row.data is not None and len(row.data) <= shared_mod.RECORD_DATA_MAX
+    assert "data" not in json.loads(bucket.get(result_key(tid)))["body"]
+    assert bucket.exists(blob_key(parse_uri(row.result_uri).hex))
+
+
 @pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
 def test_a_small_result_over_the_record_limit_travels_without_a_blob_on_either_node(shared):
     """Kept inline where it was computed, sent to the bucket from memory as content, kept
