@@ -292,8 +292,10 @@ class TaskRequests:
                 self._done[req.id] = req
                 while len(self._done) > KEEP_DONE:
                     self._done.popitem(last=False)
-            req._ended()
-            self._changed(req)
+            try:  # the event first: a client answered next sees it before anything later
+                self._changed(req)
+            finally:
+                req._ended()
 
     def _run_here(self, req: Requested) -> Any:
         from ..runtime.executors import LOCAL
