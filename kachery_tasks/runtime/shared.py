@@ -145,8 +145,11 @@ def read_record(data: bytes, task_id: str, source: str) -> dict[str, Any]:
     """The body of a result record for ``task_id``, checked; EnvelopeError otherwise."""
     env = open_envelope(data, KIND, source=source)
     body = env.body
-    if not isinstance(body, dict) or set(body) - {"data"} != set(_FIELDS):
-        raise EnvelopeError(f"{source}: not a result record (fields {sorted(body or {})})")
+    if not isinstance(body, dict):
+        raise EnvelopeError(f"{source}: not a result record (its body is a "
+                            f"{type(body).__name__})")
+    if set(body) - {"data"} != set(_FIELDS):
+        raise EnvelopeError(f"{source}: not a result record (fields {sorted(body)})")
     if body["task_id"] != task_id:
         raise EnvelopeError(f"{source}: the record is for {body['task_id']}, not {task_id}")
     if body["kind"] != "pure":
@@ -156,7 +159,10 @@ def read_record(data: bytes, task_id: str, source: str) -> dict[str, Any]:
             f"{source}: signed by {env.signer[:16]}..., not by the node it names "
             f"({str(body['node'])[:16]}...)"
         )
-    if not isinstance(body["result_uri"], str) or not isinstance(body["function"], str):
+    finished = body["finished"]
+    if not isinstance(body["result_uri"], str) or not isinstance(body["function"], str) \
+            or not isinstance(body["codec"], str) or isinstance(finished, bool) \
+            or not isinstance(finished, int | float | None):
         raise EnvelopeError(f"{source}: malformed result record")
     if "data" in body:
         record_data(body, source)

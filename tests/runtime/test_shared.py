@@ -256,6 +256,23 @@ def test_a_record_whose_data_is_not_its_result_is_ignored_though_signed_by_its_n
     assert not _served_after_tampering(shared, 30, 3, tamper)  # computed here instead
 
 
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
+@pytest.mark.parametrize("change", [
+    lambda body: [1, "a"],  # not an object
+    lambda body: {**body, "codec": ["json"]},
+    lambda body: {**body, "finished": "yesterday"},
+    lambda body: {**body, "finished": True},
+], ids=["list-body", "codec-list", "finished-text", "finished-bool"])
+def test_a_well_signed_record_of_the_wrong_shape_is_ignored(shared, change):
+    intruder = KeyPair.generate()
+
+    def tamper(doc):  # signed validly, by the node it names (a plain bucket trusts any)
+        body = {**doc["body"], "node": intruder.public_hex}
+        doc.update(seal("result-record", change(body), intruder).to_dict())
+
+    assert not _served_after_tampering(shared, 40, 4, tamper)  # computed here instead
+
+
 @given(st.one_of(st.text(max_size=60), st.binary(max_size=1500).map(
     lambda b: base64.b64encode(b).decode()), st.integers(), st.none()))
 def test_record_data_is_the_bytes_of_its_uri_or_an_envelope_error(text):
