@@ -154,6 +154,14 @@ def test_a_node_without_remotes_does_not_read_records_to_publish(monkeypatch):
     assert shared_mod.publish(c, task_defs.add.task_id(40, 2)) is False
 
 
+def _kept_inline_as_imported(tid: str, row) -> None:
+    """The current node recorded ``tid`` as ``row``'s node computed it, inline (no blob)."""
+    c = cache_mod.current()
+    imported = c.records.result(tid)
+    assert imported.node == row.node and imported.data == row.data
+    assert not c.store.has(row.result_uri)
+
+
 @pytest.mark.parametrize("shared", ["file", "gs"], indirect=True)
 def test_a_tiny_result_travels_in_its_record(shared):
     """Kept inline where it was computed, carried by its record (no content object in the
@@ -174,27 +182,7 @@ def test_a_tiny_result_travels_in_its_record(shared):
     before = task_defs.calls["add"]
     assert task_defs.add(70, 1) == 71
     assert task_defs.calls["add"] == before  # served, not computed
-    c = cache_mod.current()
-    imported = c.records.result(tid)
-    assert imported.node == row.node and imported.data == row.data
-    assert not c.store.has(row.result_uri)
-
-
-@pytest.mark.parametrize("shared", ["file"], indirect=True)
-def test_a_result_a_record_carries_goes_to_the_store_of_a_node_keeping_less_inline(
-        shared, monkeypatch):
-    use, _ = shared
-    use("a")
-    assert task_defs.add(70, 2) == 72
-    tid = task_defs.add.task_id(70, 2)
-    use("b")
-    monkeypatch.setenv("KACHERY_TASKS_INLINE_MAX", "1")  # "72" is 2 bytes
-    before = task_defs.calls["add"]
-    assert task_defs.add(70, 2) == 72
-    assert task_defs.calls["add"] == before  # served, not computed
-    c = cache_mod.current()
-    row = c.records.result(tid)
-    assert row.data is None and c.store.has(row.result_uri)
+    _kept_inline_as_imported(tid, row)
 
 
 @pytest.mark.parametrize("shared", ["file"], indirect=True)
@@ -237,10 +225,7 @@ def test_a_small_result_over_the_record_limit_travels_without_a_blob_on_either_n
     before = task_defs.calls["make_array"]
     np.testing.assert_array_equal(task_defs.make_array(n), np.arange(n))
     assert task_defs.calls["make_array"] == before  # served, not computed
-    c = cache_mod.current()
-    imported = c.records.result(tid)
-    assert imported.node == row.node and imported.data == row.data
-    assert not c.store.has(row.result_uri)
+    _kept_inline_as_imported(tid, row)
 
 
 @pytest.mark.parametrize("shared", ["file"], indirect=True)
@@ -311,8 +296,11 @@ def test_a_large_result_is_imported_into_the_store(shared):
 
 
 @pytest.mark.parametrize("shared", ["file"], indirect=True)
-def test_a_small_result_whose_codec_keeps_files_is_imported_into_the_store(
-        shared, monkeypatch):
+@pytest.mark.parametrize("keeps_less", ["inline-limit", "codec"])
+def test_a_small_result_goes_to_the_store_of_a_node_that_would_not_keep_it_inline(
+        shared, monkeypatch, keeps_less):
+    """Carried by its record, kept inline where computed: imported into the store of a
+    node whose inline limit is lower, or whose codec of that name loads from files."""
     from kachery_tasks.runtime import results
 
     use, _ = shared
@@ -320,7 +308,10 @@ def test_a_small_result_whose_codec_keeps_files_is_imported_into_the_store(
     assert task_defs.add(80, 1) == 81
     tid = task_defs.add.task_id(80, 1)
     use("b")
-    monkeypatch.setattr(results.codec_named("json"), "inline", False)  # as a custom codec's
+    if keeps_less == "inline-limit":
+        monkeypatch.setenv("KACHERY_TASKS_INLINE_MAX", "1")  # "81" is 2 bytes
+    else:
+        monkeypatch.setattr(results.codec_named("json"), "inline", False)  # a custom codec's
     before = task_defs.calls["add"]
     assert task_defs.add(80, 1) == 81
     assert task_defs.calls["add"] == before
