@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,20 @@ def load_in(procs, path: Path, uri: str) -> Proc:  # noqa: F811
 
 def store_in(path: Path, data: bytes) -> str:
     return Node(path).store_bytes(data)
+
+
+def wait_online(path: Path, label: str, timeout: float = 60.0) -> None:
+    """Until the node at ``path`` sees member ``label`` of channel lab online."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run([sys.executable, "-m", "kachery_tasks", "channel", "status", "lab",
+                            "--json"], env=env_for(path), capture_output=True, text=True,
+                           timeout=60)
+        if r.returncode == 0 and any(m["label"] == label and m["online"]
+                                     for m in json.loads(r.stdout)["members"]):
+            return
+        assert time.monotonic() < deadline, f"{label} did not come online: {r.stderr}"
+        time.sleep(0.5)
 
 
 @pytest.mark.parametrize("backend", ["file", "gs"])
@@ -168,6 +183,7 @@ def test_requests_survive_a_broker_killed_and_restarted_during_the_upload(
     loader = kill_while_uploading(second)
     loaded(loader, second)
     broker = start_broker(procs, port)
+    wait_online(paths["c"], "a")  # A's daemon reconnects in its own time
     # 3. after the restart, members answer again (small content: only through pub/sub)
     small = b"asked after the restart"
     loaded(load_in(procs, paths["c"], store_in(paths["a"], small)), small)
