@@ -78,7 +78,9 @@ class FileBucket(Bucket):
         fd = self._link_new(key, data, flush, keep_open=True)
         if fd is None:
             return None
-        try:  # the open file keeps its inode from being reused by another writer meanwhile
+        # Read now, with the temporary name gone (removing it changed the change time, part
+        # of the generation); the open file keeps its inode from being reused meanwhile.
+        try:
             mine = os.fstat(fd)
             current = self._stat(key)
         except OSError as e:

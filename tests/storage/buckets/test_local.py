@@ -101,3 +101,25 @@ def test_create_answers_none_when_another_writer_replaced_the_object_at_once(tmp
     assert bucket.get("c/k") == b"theirs"
     monkeypatch.undo()
     assert bucket.create("c/new", b"mine") == bucket.stat("c/new").generation
+
+
+def test_create_answers_the_generation_left_once_its_temporary_name_is_gone(tmp_path,
+                                                                           monkeypatch):
+    """Removing the temporary name changes the file's change time, part of its generation:
+    the generation answered is the one a later ``replace`` must name, even when that
+    removal falls on a later tick of the kernel's clock."""
+    import time
+
+    from kachery_tasks.storage.buckets import local
+
+    real = local._unlink_quietly
+
+    def late_unlink(path):
+        time.sleep(0.02)  # past the coarse clock's tick (1-10 ms)
+        real(path)
+
+    monkeypatch.setattr(local, "_unlink_quietly", late_unlink)
+    bucket = FileBucket(f"file://{tmp_path}/bucket")
+    generation = bucket.create("c/k", b"mine", flush=False)
+    assert generation == bucket.stat("c/k").generation
+    assert bucket.replace("c/k", b"renewed", generation)
