@@ -283,10 +283,10 @@ def main() -> None:
         print(f"  the disk in {root.parent}: creating a file in the bucket directory costs "
               f"{created * 1e3:.3f} ms of CPU; one durable file write (write, fsync, rename, "
               f"fsync the directory), alone: {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms "
-              f"CPU. A computed call with a tiny result creates 3 files in the bucket (its "
-              f"claim, the turn that releases it, the result record, which carries the "
-              f"result) and flushes 1 (the record); its result stays inline in the worker's and "
-              f"the requester's records. 200 tasks/s on {os.cpu_count()} CPUs leaves "
+              f"CPU. A computed call with a tiny result creates 2 files in the bucket (its "
+              f"claim, left to expire, and the result record, which carries the result), "
+              f"deletes none and flushes 1 (the record); its result stays inline in the "
+              f"worker's and the requester's records. 200 tasks/s on {os.cpu_count()} CPUs leaves "
               f"{os.cpu_count() / 200 * 1e3:.0f} ms of CPU per call for everything (compare "
               f"a run with --dir /dev/shm)")
 

@@ -16,10 +16,13 @@ the holder **renews** the claim every ``ttl / 3`` seconds (one renewer finds the
 node's claims that are due, see :meth:`Claim.start_renewing`): it writes
 ``renewed = now, expires = now + ttl``
 over the generation it wrote last (compare-and-swap, :mod:`.swap`). When the
-result record is published it **releases** the claim: a pure task's claim is
-deleted (the result record is what others read from then on); an action's
-claim becomes ``state: done`` with its ``outcome``, which stays: the action
-ran, and it does not run again in the channel unless asked ``again``.
+result record is published, a provider **leaves** a pure task's claim
+(:meth:`Claim.leave`: it stops renewing and writes nothing; the claim expires
+on its own, and the result record is what others read from then on: every
+provider looks for it before the claim). An action's claim is **released**
+as ``state: done`` with its ``outcome``, which stays: the action ran, and it
+does not run again in the channel unless asked ``again``. :meth:`Claim.release`
+without an outcome deletes a claim (a failed computation frees the id).
 
 Another provider that finds a **live** claim (trusted, running, ``expires``
 still ahead on its own clock) does not compute: :meth:`Claims.wait` waits for
@@ -265,13 +268,16 @@ class Claims:
         return dataclasses.replace(holder, generation=got.generation)
 
     # ------------------------------------------------------------ claiming
-    def acquire(self, task_id: str, function: str, *, again: bool = False) -> Claim | Holder:
+    def acquire(self, task_id: str, function: str, *, again: bool = False,
+                finished: Callable[[Holder], bool] | None = None) -> Claim | Holder:
         """Claim ``task_id``: a :class:`Claim` (compute it, then release) or the :class:`Holder`.
 
         A live claim of another node, or (unless ``again``) an action's finished
         claim, is returned as its Holder. No claim, an expired, released or
         untrusted one is replaced by this node's claim (renew it with
-        :meth:`Claim.renew`, or use :meth:`holding`, which does).
+        :meth:`Claim.renew`, or use :meth:`holding`, which does). So is a live
+        claim that ``finished(holder)`` says has published its result (one left
+        by :meth:`Claim.leave`, taken by a pure call asked to compute again).
         """
         key = self.key_of(task_id)
         if type(function) is not str or not 0 < len(function) <= MAX_FUNCTION:
@@ -284,7 +290,8 @@ class Claims:
             holder = None if got is None else self._holder(got, task_id)
             if holder is not None:
                 seen = holder
-                if holder.live(now) or (holder.done and not again):
+                if (holder.live(now) and not (finished is not None and finished(holder))) \
+                        or (holder.done and not again):
                     return holder
             body = self._body(task_id, function, secrets.token_hex(16), now, now)
             generation = self._store(key, body, None if got is None else got.generation)
@@ -576,6 +583,18 @@ class Claim:
             return True
 
     # ------------------------------------------------------------ releasing
+    def leave(self) -> None:
+        """Stop holding the claim without touching it: it expires on its own, at most the
+        TTL from its last renewal. For a pure call whose result record is published: every
+        provider looks for the record before the claim, and one that meets the claim
+        still live waits for that record, which is there; so the claim guards nothing,
+        and leaving it saves the writes of a release (a turn taken, the claim and the
+        turn deleted: four requests on ``gs://``). A pure call asked to compute again
+        takes it over (``acquire(finished=...)``)."""
+        self.stop_renewing()
+        with self._lock:
+            self._released = True
+
     def release(self, outcome: dict | None = None) -> bool:
         """Give the claim up once the result record is published; True if it was still ours.
 

@@ -451,7 +451,8 @@ class TaskProvider:
                 try:
                     got = self.claims.acquire(
                         call.task_id, call.function,
-                        again=call.kind == "action" and job.mode == "again")
+                        again=call.kind == "action" and job.mode == "again",
+                        finished=self._finished_test(job))
                 except Exception as e:  # this call's claim (the bucket): the others go on
                     self._failed_here(job, e)
                     continue
@@ -513,19 +514,20 @@ class TaskProvider:
                 self._finished_pure(job, record, "served the shared result")
                 return
         again = call.kind == "action" and job.mode == "again"
+        finished = self._finished_test(job)
         for _ in range(3):  # the claim may change hands between two looks
             got: Claim | Holder | None = self.claims.acquire(call.task_id, call.function,
-                                                            again=again)
+                                                            again=again, finished=finished)
             if isinstance(got, Holder):
                 if got.done:
                     self._from_outcome(job, got)
                     return
                 self._set_status(job, "waiting", f"{self._label_of(got.node)}: "
                                                  f"{got.describe()}")
-                got = self.claims.wait(
-                    call.task_id, call.function,
-                    (lambda: self._has_record(call.task_id)) if pure else (lambda: False),
-                    self.wait_timeout)
+                done = ((lambda h=got: self._published_by(h)) if finished is not None
+                        else (lambda: self._has_record(call.task_id)) if pure
+                        else (lambda: False))
+                got = self.claims.wait(call.task_id, call.function, done, self.wait_timeout)
             if isinstance(got, Claim):
                 self._compute(job, got)
                 return
@@ -586,7 +588,9 @@ class TaskProvider:
                 if record is None:
                     raise KacheryError(f"the result of {call.task_id} could not be published "
                                        f"to {bucket.url}")
-                if claim is not None:
+                if claim is not None and job.mode == "call":
+                    claim.leave()  # the record it published stands for it (Claim.leave)
+                elif claim is not None:  # computed again: the record there may be older
                     claim.release()
                 self._finished_pure(job, record, "computed")
                 return
@@ -627,6 +631,20 @@ class TaskProvider:
             if body is not None:
                 out[task_id] = (data.decode("utf-8"), body)
         return out
+
+    def _finished_test(self, job: _Job) -> Callable[[Holder], bool] | None:
+        """For a pure call asked to compute again (mode ``force``): which live claims
+        stand for a computation already published (taken over, as expired ones are)."""
+        return self._published_by if job.call.kind == "pure" and job.mode == "force" else None
+
+    def _published_by(self, holder: Holder) -> bool:
+        """Whether the computation ``holder``'s claim stands for has published its result:
+        a record this provider serves, finished since the claim started (a claim left
+        after publishing, see :meth:`Claim.leave`; or one whose holder is about to)."""
+        record = self._record(holder.task_id)
+        finished = record[1]["finished"] if record is not None else None
+        return finished is not None and holder.started is not None \
+            and finished >= holder.started
 
     def _has_record(self, task_id: str) -> bool:
         """Whether a record this provider serves is in the bucket (a planted one is not)."""

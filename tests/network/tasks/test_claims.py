@@ -248,6 +248,41 @@ def test_releasing_without_outcome_frees_the_id(make, bucket):
     assert isinstance(make(1).acquire(tid(), FN), Claim)
 
 
+def test_a_left_claim_stays_unrenewed_until_it_expires(make, bucket, keys):
+    a = make(0, ttl=0.9)
+    claim = a.acquire(tid(), FN)
+    claim.start_renewing()
+    written = bucket.stat(a.key_of(tid())).generation
+    claim.leave()
+    assert claim.released and len(a._renewer) == 0
+    assert claim.release() is False  # left is let go: nothing more to free
+    with pytest.raises(ClaimError, match="released"):
+        claim.renew()
+    assert list(bucket.list("claims/")) == [a.key_of(tid())]  # nothing written or deleted
+    assert bucket.stat(a.key_of(tid())).generation == written
+    seen = make(1).acquire(tid(), FN)
+    assert isinstance(seen, Holder) and seen.node == keys[0].public_hex  # live until...
+    time.sleep(1.0)
+    assert isinstance(make(1).acquire(tid(), FN), Claim)  # ...its expiry, not renewed
+
+
+def test_a_live_claim_said_finished_is_taken_over_and_others_are_not(make, keys):
+    a, b = make(0), make(1)
+    claim = a.acquire(tid(), FN)
+    asked: list = []
+
+    def finished(holder):
+        asked.append(holder)
+        return holder.claim == claim.token
+
+    assert isinstance(b.acquire(tid(), FN), Holder)  # without the test: held
+    taken = b.acquire(tid(), FN, finished=finished)
+    assert isinstance(taken, Claim) and asked[0].node == keys[0].public_hex
+    assert b.read(tid()).claim == taken.token  # over the very generation it read
+    seen = make(2).acquire(tid(), FN, finished=finished)  # b's claim: not said finished
+    assert isinstance(seen, Holder) and seen.claim == taken.token
+
+
 def test_an_actions_outcome_stays_and_it_runs_again_only_when_asked(make, keys):
     claim = make(0).acquire(tid(), FN)
     outcome = {"status": "error", "error": "ValueError: no such sample"}

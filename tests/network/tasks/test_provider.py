@@ -50,6 +50,15 @@ def two(lab, provided):
         p.close()
 
 
+def assert_left(provider, task_ids):
+    """Each of ``task_ids`` was computed here and its claim left where it is (running, to
+    expire on its own), with nothing renewed any more."""
+    for tid in task_ids:
+        holder = provider.claims.read(tid)
+        assert holder is not None and holder.state == "running" and holder.node == provider.me
+    assert len(provider.claims._renewer) == 0
+
+
 def ask(lab, requester, provider_name, call, mode="call", timeout=20.0, statuses=None):
     """Ask provider ``provider_name`` for ``call`` from node ``requester``: the Pending."""
     session = lab.session(requester)
@@ -87,6 +96,32 @@ def test_a_pure_call_is_computed_published_and_answered(two):
     again = ask(lab, "req", "prov", square.prepare(7))
     assert again.final.type == "task_finished" and again.final.body["record"] == body["record"]
     assert RAN["square"] == 1
+
+
+def test_a_computed_call_leaves_its_claim_which_blocks_no_one(two, provided):
+    lab, provider = two
+    ask(lab, "req", "prov", square.prepare(8))
+    assert_left(provider, [square.task_id(8)])
+    start_provider(lab, "prov2", provided)
+    again = ask(lab, "req2", "prov2", square.prepare(8), timeout=5.0)
+    assert again.final.type == "task_finished"
+    assert RAN["square"] == 1
+
+
+@pytest.mark.parametrize("second", ["prov", "prov2"])
+def test_a_recompute_right_after_a_computation_computes_again(two, provided, second):
+    """Mode force meets the claim the computation left, live for a TTL more: the record
+    published since it started says it is finished, so it is taken over, not waited on."""
+    lab, _ = two
+    if second == "prov2":
+        start_provider(lab, "prov2", provided)
+    first = ask(lab, "req", "prov", square.prepare(9))
+    forced = ask(lab, "req2", second, square.prepare(9), mode="force", timeout=10.0)
+    assert forced.final.type == "task_finished"
+    assert forced.final.body["result_uri"] == first.final.body["result_uri"]
+    assert RAN["square"] == 2
+    assert lab.providers[-1].claims.read(square.task_id(9)) is None  # released: the record
+    # there is the first one, so a claim left now would not say it finished
 
 
 def test_the_provider_records_who_asked(two):
@@ -513,7 +548,7 @@ class _Counting:
 def test_a_batch_on_a_cluster_starts_its_calls_together_and_answers_each(
         lab, provided, threads_cluster):
     """More calls than the provider has job threads start in one client.map; each is
-    answered as it ends (a failure with its traceback), its claim released."""
+    answered as it ends (a failure with its traceback), its claim left or released."""
     for name in ("prov", "req"):
         lab.add(name)
     counting = _Counting(threads_cluster)
@@ -534,9 +569,8 @@ def test_a_batch_on_a_cluster_starts_its_calls_together_and_answers_each(
         assert "raise ValueError" in error["error"]["traceback"]
         assert sorted(counting.groups) == [1, 24]  # per task: squares together, fails alone
         assert RAN["square"] == 24
-        claims = provider.claims
-        assert all(claims.read(square.task_id(100 + i)) is None for i in range(24))
-        assert claims.read(fails.task_id(7)) is None  # released: failures are not results
+        assert_left(provider, [square.task_id(100 + i) for i in range(24)])
+        assert provider.claims.read(fails.task_id(7)) is None  # failures are not results
         assert provider.in_progress() == 0
     finally:
         provider.close()
@@ -615,8 +649,9 @@ def test_calls_running_on_a_cluster_when_the_provider_closes_end_are_answered_an
         time.sleep(0.02)
     provider.close()
     deadline = time.monotonic() + 20
-    while any(provider.claims.read(c.task_id) is not None for c in calls):
-        assert time.monotonic() < deadline, "a claim was left behind (and kept renewed)"
+    while any((h := provider.claims.read(c.task_id)) is not None and h.live(time.time())
+              for c in calls):
+        assert time.monotonic() < deadline, "a claim was kept renewed"
         time.sleep(0.1)
     bucket = lab.remote("req").bucket
     assert all(bucket.has_result_record(c.task_id) for c in calls)  # published all the same
@@ -653,7 +688,7 @@ def test_a_claim_that_cannot_be_taken_fails_its_call_only(lab, provided, threads
         assert "did not answer" in finals[broken]["error"]["message"]
         others = [square.task_id(500 + i) for i in range(10) if 500 + i != 504]
         assert all(finals[t]["type"] == "task_finished" for t in others)
-        assert all(provider.claims.read(t) is None for t in others)
+        assert_left(provider, others)
     finally:
         provider.close()
 
