@@ -19,10 +19,12 @@ over the generation it wrote last (compare-and-swap, :mod:`.swap`). When the
 result record is published, a provider **leaves** a pure task's claim
 (:meth:`Claim.leave`: it stops renewing and writes nothing; the claim expires
 on its own, and the result record is what others read from then on: every
-provider looks for it before the claim). An action's claim is **released**
-as ``state: done`` with its ``outcome``, which stays: the action ran, and it
-does not run again in the channel unless asked ``again``. :meth:`Claim.release`
-without an outcome deletes a claim (a failed computation frees the id).
+provider looks for it before the claim). Once expired, a left claim is
+deleted when its node has nothing else to do (:meth:`Claims.sweep`). An
+action's claim is **released** as ``state: done`` with its ``outcome``,
+which stays: the action ran, and it does not run again in the channel unless
+asked ``again``. :meth:`Claim.release` without an outcome deletes a claim (a
+failed computation frees the id).
 
 Another provider that finds a **live** claim (trusted, running, ``expires``
 still ahead on its own clock) does not compute: :meth:`Claims.wait` waits for
@@ -70,6 +72,7 @@ import re
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -98,6 +101,9 @@ log = logging.getLogger("kachery_tasks.network.tasks")
 KIND = "task-claim"
 #: Seconds a claim lives without renewal (renewed every third of it).
 DEFAULT_TTL = 60.0
+#: Claims a node remembers having left (:meth:`Claim.leave`), to delete once they expired
+#: (:meth:`Claims.sweep`); beyond that the oldest are forgotten and stay, expired.
+LEFT_MAX = 10_000
 #: The longest TTL a claim may state; a claim stating more is not trusted.
 MAX_TTL = 24 * 3600.0
 #: The largest outcome an action's claim records (canonical JSON bytes).
@@ -236,6 +242,8 @@ class Claims:
         self.prefix = prefix
         self.clock = clock
         self._renewer = _Renewer(self)
+        self._left: deque[Claim] = deque()
+        self._left_lock = threading.Lock()
 
     # ------------------------------------------------------------ reading
     def key_of(self, task_id: str) -> str:
@@ -370,6 +378,32 @@ class Claims:
             raise
         got.stop_renewing()
         got.release()
+
+    # ------------------------------------------------------------ sweeping
+    def sweep(self, idle: Callable[[], bool] = lambda: True) -> int:
+        """Delete the claims this node left (:meth:`Claim.leave`) that have expired since,
+        oldest first, while ``idle()`` says so: the count deleted. A left claim that
+        another node took over meanwhile is not this node's to delete and stays. The
+        deletions are writes a busy provider need not make: it sweeps when it has no
+        call in progress."""
+        deleted = 0
+        while idle():
+            with self._left_lock:
+                if not self._left or self._left[0].expires > self.clock():
+                    return deleted
+                claim = self._left.popleft()
+            try:
+                deleted += claim._delete()
+            except KacheryError as e:  # the bucket is away: the claim stays, expired
+                log.warning("could not delete the expired claim on %s: %s", claim.task_id, e)
+                return deleted
+        return deleted
+
+    def _remember_left(self, claim: Claim) -> None:
+        with self._left_lock:
+            if len(self._left) >= LEFT_MAX:
+                self._left.popleft()  # forgotten: it stays in the bucket, expired
+            self._left.append(claim)
 
     # ------------------------------------------------------------ writing
     def _body(self, task_id: str, function: str, token: str, started: float,
@@ -590,10 +624,14 @@ class Claim:
         still live waits for that record, which is there; so the claim guards nothing,
         and leaving it saves the writes of a release (a turn taken, the claim and the
         turn deleted: four requests on ``gs://``). A pure call asked to compute again
-        takes it over (``acquire(finished=...)``)."""
+        takes it over (``acquire(finished=...)``). It is deleted once expired, when
+        the node is idle (:meth:`Claims.sweep`)."""
         self.stop_renewing()
         with self._lock:
+            if self._released:
+                return
             self._released = True
+        self._claims._remember_left(self)
 
     def release(self, outcome: dict | None = None) -> bool:
         """Give the claim up once the result record is published; True if it was still ours.

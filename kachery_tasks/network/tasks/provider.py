@@ -389,10 +389,14 @@ class TaskProvider:
     def _tick(self) -> None:
         """Repeat each request's status, so that the requester keeps waiting. A batch waits
         as one request: one status of one of its calls in progress keeps all of them (each
-        call's own statuses went out as they changed)."""
+        call's own statuses went out as they changed). With no call in progress, delete
+        the claims left after publishing that have expired (a deletion at a time, each
+        after a look at whether a call came meanwhile)."""
         while not self._stop.wait(self.status_every):
             with self._lock:
                 todo = [(job, list(job.incomings)) for job in self._jobs.values()]
+            if not todo:
+                self.claims.sweep(idle=self._idle)
             batches: set[int] = set()
             for job, incomings in todo:
                 body = protocol.status_body(job.call.task_id, job.status, job.detail)
@@ -713,6 +717,10 @@ class TaskProvider:
     def status(self) -> list[dict[str, Any]]:
         """The requests served and in progress, as the Responders' status rows."""
         return [*self.responder.status(), *self.batch_responder.status()]
+
+    def _idle(self) -> bool:
+        """No call in progress, and the provider not closing."""
+        return not self._stop.is_set() and self.in_progress() == 0
 
     def in_progress(self) -> int:
         with self._lock:

@@ -266,6 +266,20 @@ def test_a_left_claim_stays_unrenewed_until_it_expires(make, bucket, keys):
     assert isinstance(make(1).acquire(tid(), FN), Claim)  # ...its expiry, not renewed
 
 
+def test_left_claims_are_swept_once_expired_while_idle_unless_taken_over(make, bucket):
+    a = make(0, ttl=0.5)
+    for n in range(3):
+        a.acquire(tid(n), FN).leave()
+    assert a.sweep() == 0  # not expired yet
+    time.sleep(0.6)
+    assert a.sweep(idle=lambda: False) == 0
+    taken = make(1).acquire(tid(0), FN)  # expired: another node takes one over
+    assert isinstance(taken, Claim)
+    assert a.sweep() == 2
+    assert list(bucket.list("claims/")) == [a.key_of(tid(0))]  # the taker's; no turn left
+    assert make(2).read(tid(0)).claim == taken.token
+
+
 def test_a_live_claim_said_finished_is_taken_over_and_others_are_not(make, keys):
     a, b = make(0), make(1)
     claim = a.acquire(tid(), FN)

@@ -108,6 +108,21 @@ def test_a_computed_call_leaves_its_claim_which_blocks_no_one(two, provided):
     assert RAN["square"] == 1
 
 
+def test_an_idle_provider_deletes_the_claims_it_left_once_expired(lab, provided):
+    for name in ("prov", "req"):
+        lab.add(name)
+    provider = start_provider(lab, "prov", provided, claim_ttl=0.5, status_every=0.1)
+    try:
+        ask(lab, "req", "prov", square.prepare(11))
+        deadline = time.monotonic() + 20
+        while provider.claims.read(square.task_id(11)) is not None:
+            assert time.monotonic() < deadline, "the claim left was never deleted"
+            time.sleep(0.05)
+        assert RAN["square"] == 1
+    finally:
+        provider.close()
+
+
 @pytest.mark.parametrize("second", ["prov", "prov2"])
 def test_a_recompute_right_after_a_computation_computes_again(two, provided, second):
     """Mode force meets the claim the computation left, live for a TTL more: the record
