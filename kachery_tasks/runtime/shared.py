@@ -85,7 +85,9 @@ def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None,
     if row.node != c.node_id:
         return False
     wrote = False
-    uri: str | None = None
+    uri = row.result_uri
+    tiny = row.data if row.data is not None and len(row.data) <= RECORD_DATA_MAX \
+        and not is_index(row.data[:len(INDEX_PREFIX)]) else None  # carried by the record
     for remote in targets:
         where = f"the published result of {task_id} in {remote.url}"
 
@@ -93,16 +95,16 @@ def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None,
             return trusted_record(data, task_id, trusts or remote.trusts_result_signer,
                                   where) is None
 
-        existing = remote.get_result_records([task_id]).get(task_id)
-        if existing is not None and not replaceable(existing):
-            continue  # the first one wins
-        uri = row.result_uri
+        if tiny is None:  # a record there spares the content's upload (the create-only
+            # write of the record below judges a record there as this look would)
+            existing = remote.get_result_records([task_id]).get(task_id)
+            if existing is not None and not replaceable(existing):
+                continue  # the first one wins
         body = {"task_id": task_id, "kind": row.kind, "function": row.function,
                 "result_uri": uri, "codec": row.codec, "node": row.node,
                 "finished": row.finished}
-        if row.data is not None and len(row.data) <= RECORD_DATA_MAX \
-                and not is_index(row.data[:len(INDEX_PREFIX)]):
-            body["data"] = base64.b64encode(row.data).decode("ascii")  # no content object
+        if tiny is not None:
+            body["data"] = base64.b64encode(tiny).decode("ascii")  # no content object
         elif row.data is not None:  # kept inline: sent from memory, no blob written here
             if remote.offer_data(c.store, uri, row.data) is None:
                 continue  # a remote that takes no content cannot hold the result

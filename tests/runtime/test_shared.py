@@ -186,6 +186,30 @@ def test_a_tiny_result_travels_in_its_record(shared):
 
 
 @pytest.mark.parametrize("shared", ["file"], indirect=True)
+def test_a_tiny_result_is_published_without_a_look_for_a_record_first(shared, monkeypatch):
+    """Its record's create-only write is the look (one request fewer on gs://), and judges
+    a record there the same way: a trusted one stays, another is replaced."""
+    use, bucket = shared
+    use("a")
+    task_defs.add(72, 1)
+    tid = task_defs.add.task_id(72, 1)
+    c = cache_mod.current()
+    remote = BucketRemote(bucket)
+
+    def no_look(task_ids):
+        raise AssertionError("publish looked for the record first")
+
+    monkeypatch.setattr(remote, "get_result_records", no_look)
+    mine = bucket.get(result_key(tid))
+    assert not shared_mod.publish(c, tid, [remote])  # its own record stays
+    assert bucket.get(result_key(tid)) == mine
+    bucket.delete(result_key(tid))
+    plant_record(bucket, tid, task_defs.add.name, 0)
+    assert shared_mod.publish(c, tid, [remote], trusts=lambda node: node == c.node_id)
+    assert json.loads(bucket.get(result_key(tid)))["signer"] == c.node_id
+
+
+@pytest.mark.parametrize("shared", ["file"], indirect=True)
 def test_a_tiny_result_that_reads_as_a_zarr_index_travels_as_content(shared):
     """Bytes that open like a zarr array's index go through the store, as an index does
     (its members first), never inside a record."""
