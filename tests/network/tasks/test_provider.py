@@ -439,8 +439,10 @@ def test_calls_still_queued_when_the_provider_closes_are_declined_busy(lab, prov
         except Exception as e:
             got[key] = e
 
+    # the running call lasts long enough for the second to be accepted and the provider
+    # closed before the only job thread is free to take the second on, on a loaded machine
     running = threading.Thread(target=ask_into, args=(
-        "running", "req", remote_tasks.slow_square.prepare(1, 1.0), 2.0))
+        "running", "req", remote_tasks.slow_square.prepare(1, 3.0), 5.0))
     running.start()
     wait_for(lambda: RAN["slow_square"] == 1, what="the first call running")
     queued = threading.Thread(target=ask_into, args=("queued", "req2", square.prepare(2), 20.0))
