@@ -285,10 +285,10 @@ def main() -> None:
               f"fsync the directory), alone: {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms "
               f"CPU. A computed call with a tiny result creates 2 files in the bucket (its "
               f"claim, left to expire, and the result record, which carries the result), "
-              f"deletes none and flushes 1 (the record); its result stays inline in the "
-              f"worker's and the requester's records. 200 tasks/s on {os.cpu_count()} CPUs leaves "
-              f"{os.cpu_count() / 200 * 1e3:.0f} ms of CPU per call for everything (compare "
-              f"a run with --dir /dev/shm)")
+              f"deletes none while the providers are busy, and flushes 1 (the record); its "
+              f"result stays inline in the worker's and the requester's records. 200 tasks/s "
+              f"on {os.cpu_count()} CPUs leaves {os.cpu_count() / 200 * 1e3:.0f} ms of CPU "
+              f"per call for everything (compare a run with --dir /dev/shm)")
 
         with bob:
             shared = hits(tiny, xs)

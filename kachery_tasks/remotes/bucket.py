@@ -32,7 +32,7 @@ from ..storage.sync import (
     upload,
     upload_data,
 )
-from ..storage.zarr_index import INDEX_PREFIX, is_index
+from ..storage.zarr_index import is_index
 from .base import Remote
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class BucketRemote(Remote):
         return upload(store, self.bucket, uri, progress=progress, repair=repair)
 
     def offer_data(self, store: LocalStore, uri: str, data: bytes) -> UploadReport | None:
-        if is_index(data[:len(INDEX_PREFIX)]):  # a zarr array's index: members first
+        if is_index(data):  # a zarr array's index: members first
             return super().offer_data(store, uri, data)
         return upload_data(self.bucket, data, uri)
 

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..envelopes import open_envelope, seal
 from ..errors import EnvelopeError, KacheryError
-from ..storage.zarr_index import INDEX_PREFIX, is_index
+from ..storage.zarr_index import is_index
 from ..uris import parse_uri
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def publish(c: NodeCache, task_id: str, remotes: Iterable[Remote] | None = None,
     wrote = False
     uri = row.result_uri
     tiny = row.data if row.data is not None and len(row.data) <= RECORD_DATA_MAX \
-        and not is_index(row.data[:len(INDEX_PREFIX)]) else None  # carried by the record
+        and not is_index(row.data) else None  # carried by the record
     for remote in targets:
         where = f"the published result of {task_id} in {remote.url}"
 
@@ -221,10 +221,10 @@ def import_record(c: NodeCache, task_id: str, remote: Remote, data: bytes,
     if body is None:
         return False
     uri = body["result_uri"]
-    data = record_data(body, where)
+    data = base64.b64decode(body["data"]) if "data" in body else None  # read_record checked it
     try:
         if data is not None and not _stays_inline(c, data, body["codec"]):
-            parsed = parse_uri(uri)  # (checked by record_data)
+            parsed = parse_uri(uri)  # (checked by read_record)
             c.store.store_bytes(data, label=parsed.label, expect_sha256=parsed.hex)
             data = None  # the result goes to the store, as this node keeps such results
         elif data is None:
@@ -264,7 +264,7 @@ def _stays_inline(c: NodeCache, data: bytes, codec_name: str | None) -> bool:
     """Whether result bytes a record carried are kept inline in this node's records, as
     it keeps the small results it computes (else they go to its store)."""
     return (len(data) <= c.inline_max and _keeps_inline(codec_name)
-            and not is_index(data[:len(INDEX_PREFIX)]))
+            and not is_index(data))
 
 
 def _keeps_inline(codec_name: str | None) -> bool:

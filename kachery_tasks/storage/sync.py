@@ -51,7 +51,7 @@ from .hashing import Chunk, hash_file
 from .layout import blob_key, chunk_key, manifest_key
 from .local import LocalStore
 from .manifest import Manifest
-from .zarr_index import INDEX_PREFIX, is_index, missing_members, read_index_file
+from .zarr_index import is_index, missing_members, read_index_file
 
 __all__ = [
     "UploadReport", "blob_key", "chunk_key", "download", "download_members", "in_bucket",
@@ -174,7 +174,7 @@ def upload_data(bucket: Bucket, data: bytes, uri: str) -> UploadReport:
     ``bucket`` as its blob, without writing it to a store first (create-only; skips what
     is there). Raises CorruptContentError when ``data`` is not what ``uri`` names. A zarr
     array's index is not sent this way (its members go first: :func:`upload`)."""
-    if is_index(data[:len(INDEX_PREFIX)]):
+    if is_index(data):
         raise InvalidValueError(f"{uri} is a zarr array's index: upload it from a store, "
                                 "with its members")
     sha256 = parse_uri(uri).hex
@@ -206,7 +206,7 @@ def download_data(bucket: Bucket, uri: str, max_size: int) -> bytes | None:
         raise CorruptContentError(
             f"object {key} in {bucket.url} does not hash to its name; it was corrupted in "
             f"the bucket. {REPAIR_HINT.format(sha256=parsed.hex)}")
-    return None if is_index(data[:len(INDEX_PREFIX)]) else data
+    return None if is_index(data) else data
 
 
 def _send(

@@ -356,8 +356,8 @@ class Claims:
 
         Acquires the claim (ClaimHeldError, with the holder, when another node
         has it), renews it every ``ttl / 3`` seconds, and frees
-        it when the block ends without :meth:`Claim.release` having been called
-        (an exception: failures are not results). For ``kind="query"`` nothing
+        it when the block ends without :meth:`Claim.release` (or :meth:`Claim.leave`)
+        having been called (an exception: failures are not results). For ``kind="query"`` nothing
         is claimed and the block gets None: queries run every time.
         """
         if not runs_once(kind):

@@ -395,8 +395,7 @@ class TaskProvider:
         while not self._stop.wait(self.status_every):
             with self._lock:
                 todo = [(job, list(job.incomings)) for job in self._jobs.values()]
-            if not todo:
-                self.claims.sweep(idle=self._idle)
+            self.claims.sweep(idle=self._idle)  # at once back when a call is in progress
             batches: set[int] = set()
             for job, incomings in todo:
                 body = protocol.status_body(job.call.task_id, job.status, job.detail)
