@@ -83,6 +83,29 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     return out
 
 
+def host_times() -> tuple[int, int, int]:
+    """This machine's CPU time so far, in clock ticks summed over its CPUs: (stolen, idle,
+    all). "Stolen" is the time the hypervisor of a virtual machine ran something else
+    while this machine's CPUs wanted to run (``steal`` in /proc/stat); zeros where there
+    is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0, 0
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return fields[7] if len(fields) > 7 else 0, fields[3] + fields[4], sum(fields[:8])
+
+
+def host_share(before: tuple[int, int, int], after: tuple[int, int, int]) -> str:
+    """How the machine's CPU time between two :func:`host_times` was spent, in words."""
+    stolen, idle, total = (a - b for a, b in zip(after, before, strict=True))
+    if total <= 0:
+        return "host CPU shares unknown"
+    return (f"{stolen / total:.0%} of the CPUs' time stolen by the hypervisor, "
+            f"{idle / total:.0%} idle")
+
+
 class MessageCount:
     """Counts the channel messages of each type this node's session accepts, by status."""
 
@@ -162,25 +185,27 @@ def latency(client, tiny, tiny_plain, xs: range, plain_xs: range) -> tuple[list,
 
 
 def concurrent(client, tiny, tiny_plain, xs: range, plain_xs: range,
-               pids: dict[str, list[int]]) -> tuple[float, float, dict, dict]:
+               pids: dict[str, list[int]]) -> tuple[float, float, dict, dict, str, str]:
     """Seconds for all of ``xs`` at once across the channel, and for ``plain_xs`` on Dask;
-    the CPU seconds each group of ``pids`` used in each."""
+    the CPU seconds each group of ``pids`` used in each; how the machine's CPU time was
+    spent in each (:func:`host_share`)."""
     import kachery_tasks as kachery
 
-    cpu0 = cpu_seconds(pids)
+    cpu0, host0 = cpu_seconds(pids), host_times()
     with kachery.channel("lab"):
         t0 = time.perf_counter()
         got = kachery.gather(tiny.map(xs))
         t_remote = time.perf_counter() - t0
-    cpu1 = cpu_seconds(pids)
+    cpu1, host1 = cpu_seconds(pids), host_times()
     assert got == [x + 1 for x in xs]
     t0 = time.perf_counter()
     plain = client.gather(client.map(tiny_plain, plain_xs, pure=False))
     t_plain = time.perf_counter() - t0
-    cpu2 = cpu_seconds(pids)
+    cpu2, host2 = cpu_seconds(pids), host_times()
     assert plain == [x + 1 for x in plain_xs]
     return (t_remote, t_plain, {k: cpu1[k] - cpu0[k] for k in pids},
-            {k: cpu2[k] - cpu1[k] for k in pids})
+            {k: cpu2[k] - cpu1[k] for k in pids}, host_share(host0, host1),
+            host_share(host1, host2))
 
 
 def hits(tiny, xs: range) -> list[float]:
@@ -262,7 +287,7 @@ def main() -> None:
                 "Dask workers": list(client.run(os.getpid).values())}
         with alice:
             seen = MessageCount(alice)
-            t_remote, t_plain, cpu_remote, cpu_plain = concurrent(
+            t_remote, t_plain, cpu_remote, cpu_plain, host_remote, host_plain = concurrent(
                 client, tiny, tiny_plain, cxs, plain_cxs, pids)
             seen.close()
         counts = runs_of(runs, cxs)
@@ -273,6 +298,7 @@ def main() -> None:
               f"{len(counts)} distinct, {twice} computed twice")
         print(f"  plain client.map+gather   {t_plain:6.2f} s  {m / t_plain:7.0f} tasks/s; "
               f"channel {t_remote / t_plain:.1f}x the time of plain")
+        print(f"  this machine meanwhile: across the channel {host_remote}; plain {host_plain}")
         print("  messages the requester received per call: " + ", ".join(
             f"{what} {n / m:.1f}" for what, n in sorted(seen.counts.items())))
         for what, used in (("across the channel", cpu_remote), ("plain", cpu_plain)):
