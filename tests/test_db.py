@@ -1,8 +1,10 @@
 import multiprocessing as mp
 import sqlite3
+import threading
 
 import pytest
 
+from kachery_tasks import db
 from kachery_tasks.db import connect, transaction
 from kachery_tasks.errors import StorageError, StorageFullError
 
@@ -75,6 +77,47 @@ def test_busy_and_constraint_errors_stay_sqlite_errors(tmp_path):
     other.execute("PRAGMA busy_timeout=0")
     with transaction(conn), pytest.raises(sqlite3.OperationalError, match="locked"):
         other.execute("BEGIN IMMEDIATE")
+
+
+def _hold_write_lock(path, seconds, key=100):
+    """Another writer: a connection holding the write lock for ``seconds`` (in a thread)."""
+    other = connect(path, SCHEMA)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t (k, v) VALUES (?, 'other')", (key,))
+
+    def commit_later():
+        threading.Event().wait(seconds)
+        other.execute("COMMIT")
+
+    t = threading.Thread(target=commit_later)
+    t.start()
+    return t
+
+
+def test_a_polling_connection_waits_out_another_writer_outside_a_transaction(tmp_path):
+    path = tmp_path / "a.db"
+    conn = connect(path, SCHEMA, poll_busy=True)
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0  # polled, not SQLite's sleeps
+    t = _hold_write_lock(path, 0.3)
+    conn.execute("INSERT INTO t (k, v) VALUES (1, 'mine')")  # an autocommit write
+    t.join()
+    t = _hold_write_lock(path, 0.3, key=101)
+    with transaction(conn):  # BEGIN IMMEDIATE waits too
+        conn.execute("INSERT INTO t (k, v) VALUES (2, 'mine')")
+    t.join()
+    rows = conn.execute("SELECT k, v FROM t ORDER BY k").fetchall()
+    assert rows == [(1, "mine"), (2, "mine"), (100, "other"), (101, "other")]
+
+
+def test_a_polling_connection_gives_up_after_the_busy_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "a.db"
+    conn = connect(path, SCHEMA, poll_busy=True)
+    t = _hold_write_lock(path, 1.5)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        conn.execute("INSERT INTO t (k, v) VALUES (1, 'mine')")
+    t.join()
+    conn.execute("INSERT INTO t (k, v) VALUES (1, 'mine')")  # free again
 
 
 def test_a_full_disk_is_storage_full_and_leaves_the_database_as_it_was(small_fs):

@@ -44,7 +44,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..db import BUSY_TIMEOUT_MS, connect, retry_while_locked, rollback
+from ..db import connect, rollback
 from ..errors import KacheryError
 from . import leases
 
@@ -200,7 +200,7 @@ class Records:
 
     def __init__(self, path: Path, shared: bool = False) -> None:
         self.path = path
-        self.conn = connect(path, SCHEMA, shared, DAMAGED_ADVICE)
+        self.conn = connect(path, SCHEMA, shared, DAMAGED_ADVICE, poll_busy=True)
         self.lock = threading.RLock()
         self.heartbeat = leases.Heartbeat(self.conn, self.lock)
 
@@ -209,18 +209,13 @@ class Records:
         """One IMMEDIATE write transaction, waiting for other writers in short steps.
 
         SQLite's own busy handler sleeps at least 1 ms per retry; writers here
-        hold the lock for tens of microseconds, so polling every 50-2000 us
-        keeps two busy processes (e.g. Dask workers) from stalling each other.
+        hold the lock for tens of microseconds, so the connection polls every
+        50-2000 us (``connect(poll_busy=True)``), which keeps two busy
+        processes (e.g. Dask workers) from stalling each other.
         """
         with self.lock:
             conn = self.conn
-            conn.execute("PRAGMA busy_timeout=0")
-            try:
-                retry_while_locked(
-                    lambda: conn.execute("BEGIN IMMEDIATE"), first_delay=50e-6, max_delay=2e-3
-                )
-            finally:
-                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("BEGIN IMMEDIATE")  # polled while another writer holds it
             try:
                 yield conn
             except BaseException:

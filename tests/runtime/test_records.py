@@ -194,3 +194,19 @@ def test_a_records_database_from_before_the_requests_table_opens(tmp_path):
     assert [(r["label"], r["outcome"]) for r in records.requests_of(tid)] == [
         ("carol", "computed")]
     records.close()
+
+
+def test_a_records_write_waits_out_another_process_writing(tmp_path):
+    import sqlite3
+    import threading
+
+    from kachery_tasks.runtime.records import Records
+
+    records = Records(tmp_path / "records.db")
+    other = sqlite3.connect(tmp_path / "records.db", isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # as another process's transaction would
+    threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+    records.import_result("sha1:" + "ab" * 20, "pure", "m.f", None, "json", "cd" * 32,
+                          data=b"1")
+    assert records.result("sha1:" + "ab" * 20).data == b"1"
