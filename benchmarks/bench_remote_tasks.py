@@ -18,7 +18,8 @@ same scheduler in the same run:
   counted by lines the task appends in ``$KT_BENCH_RUNS``), tasks/s (target at
   least 200), beside ``client.gather(client.map(...))``, with the CPU time
   per task of each group of processes (requester, providers, broker,
-  workers: where the time goes);
+  workers, and the scheduler's thread: where the time goes) and the share of
+  the CPUs' time the hypervisor of a virtual machine took (steal);
 * a shared hit: a second requester node of the lab calling ids the first one
   got computed, served from the signed records in the channel's bucket
   (target: median under 5 ms), beside a hit in the first node's own records.
@@ -42,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -81,6 +83,21 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
         times = [psutil.Process(pid).cpu_times() for pid in group]
         out[role] = sum(t.user + t.system for t in times)
     return out
+
+
+def cpu_split(pids: dict[str, list[int]], loop_thread: int) -> dict[str, float]:
+    """:func:`cpu_seconds` of ``pids``, with this process's Dask loop thread (the
+    LocalCluster's scheduler, and this process's Dask client) apart from the rest of
+    this process (the requester)."""
+    out = cpu_seconds(pids)
+    loop = time.clock_gettime(time.pthread_getcpuclockid(loop_thread))
+    out[REQUESTER] -= loop
+    out[SCHEDULER] = loop
+    return out
+
+
+REQUESTER = "requester (this process)"
+SCHEDULER = "Dask scheduler (a thread of it)"
 
 
 def host_times() -> tuple[int, int, int]:
@@ -185,26 +202,31 @@ def latency(client, tiny, tiny_plain, xs: range, plain_xs: range) -> tuple[list,
 
 
 def concurrent(client, tiny, tiny_plain, xs: range, plain_xs: range,
-               pids: dict[str, list[int]]) -> tuple[float, float, dict, dict, str, str]:
+               pids: dict[str, list[int]], loop_thread: int,
+               ) -> tuple[float, float, dict, dict, str, str]:
     """Seconds for all of ``xs`` at once across the channel, and for ``plain_xs`` on Dask;
-    the CPU seconds each group of ``pids`` used in each; how the machine's CPU time was
+    the CPU seconds each group of ``pids`` (this process split by :func:`cpu_split`) used
+    in each; how the machine's CPU time was
     spent in each (:func:`host_share`)."""
     import kachery_tasks as kachery
 
-    cpu0, host0 = cpu_seconds(pids), host_times()
+    def cpu() -> dict[str, float]:
+        return cpu_split(pids, loop_thread)
+
+    cpu0, host0 = cpu(), host_times()
     with kachery.channel("lab"):
         t0 = time.perf_counter()
         got = kachery.gather(tiny.map(xs))
         t_remote = time.perf_counter() - t0
-    cpu1, host1 = cpu_seconds(pids), host_times()
+    cpu1, host1 = cpu(), host_times()
     assert got == [x + 1 for x in xs]
     t0 = time.perf_counter()
     plain = client.gather(client.map(tiny_plain, plain_xs, pure=False))
     t_plain = time.perf_counter() - t0
-    cpu2, host2 = cpu_seconds(pids), host_times()
+    cpu2, host2 = cpu(), host_times()
     assert plain == [x + 1 for x in plain_xs]
-    return (t_remote, t_plain, {k: cpu1[k] - cpu0[k] for k in pids},
-            {k: cpu2[k] - cpu1[k] for k in pids}, host_share(host0, host1),
+    return (t_remote, t_plain, {k: cpu1[k] - cpu0[k] for k in cpu0},
+            {k: cpu2[k] - cpu1[k] for k in cpu0}, host_share(host0, host1),
             host_share(host1, host2))
 
 
@@ -282,13 +304,14 @@ def main() -> None:
 
         m = args.concurrent
         cxs, plain_cxs = range(1_000_000, 1_000_000 + m), range(-1_000_000 - m, -1_000_000)
-        pids = {"this process (requester, Dask scheduler)": [os.getpid()],
+        pids = {REQUESTER: [os.getpid()],
                 "provider daemons": [d.pid for d in daemons], "broker": [broker.pid],
                 "Dask workers": list(client.run(os.getpid).values())}
         with alice:
             seen = MessageCount(alice)
             t_remote, t_plain, cpu_remote, cpu_plain, host_remote, host_plain = concurrent(
-                client, tiny, tiny_plain, cxs, plain_cxs, pids)
+                client, tiny, tiny_plain, cxs, plain_cxs, pids,
+                client.run_on_scheduler(threading.get_ident))
             seen.close()
         counts = runs_of(runs, cxs)
         twice = sum(1 for c in counts.values() if c > 1)
@@ -303,7 +326,7 @@ def main() -> None:
             f"{what} {n / m:.1f}" for what, n in sorted(seen.counts.items())))
         for what, used in (("across the channel", cpu_remote), ("plain", cpu_plain)):
             print(f"  CPU per task, {what}: {sum(used.values()) / m * 1e3:.1f} ms (" + ", ".join(
-                f"{role} {used[role] / m * 1e3:.1f}" for role in pids) + ")")
+                f"{role} {n * 1e3 / m:.1f}" for role, n in used.items()) + ")")
         wall, cpu = flush_cost(root / "flush")
         created = create_cost(root / "bucket")
         print(f"  the disk in {root.parent}: creating a file in the bucket directory costs "
