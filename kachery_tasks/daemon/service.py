@@ -280,7 +280,7 @@ class NodeDaemon:
             feeds = self.node.feeds
             self._followed = followed_feeds(feeds)
             self.follower = FeedFollower(feeds, self._follows, self.emit)
-            self.poller = FeedStorePoller(feeds, self._feeds_changed)
+            self.poller = FeedStorePoller(feeds, self._feeds_changed, busy=self._announcing)
             self.reload_channels()
             self.poller.start()
         except BaseException:
@@ -352,6 +352,12 @@ class NodeDaemon:
             return True
         feeds = self.node.feeds  # a feed imported since the last look (by this process)
         return feeds.get_feed(feed) is not None and not feeds.key_path(feed).exists()
+
+    def _announcing(self) -> bool:
+        """Whether a member of a served channel watches a feed of this node."""
+        with self._lock:
+            services = list(self.services.values())
+        return any(s.announcer is not None and s.announcer.watching() for s in services)
 
     def _feeds_changed(self) -> None:
         from ..network.channels.livefeeds import followed_feeds

@@ -176,3 +176,15 @@ def test_a_providing_daemon_announces_its_tasks_and_serves_them(lab):
         asked={a.id}, online=2, timeout=20, what="square(12)")
     assert pending.final.type == "task_finished"
     assert lab.remote("b").bucket.has_result_record(square.task_id(12))
+
+
+def test_a_daemon_looks_at_its_feeds_often_only_while_a_member_watches_one(lab):
+    a = lab.add("a")
+    b = lab.add("b", frozenset({"read_feeds"}))
+    daemon = lab.daemon("a")
+    lab.daemon("b")
+    feed = a.create_feed("news")
+    feed.subfeed("s").append({"n": 0})
+    wait_for(lambda: not daemon._announcing())  # nobody watches: it looks twice a second
+    b.load_feed(feed.uri)  # b's daemon says in its presence that it follows the feed
+    wait_for(lambda: daemon._announcing())

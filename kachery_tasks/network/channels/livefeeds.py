@@ -92,15 +92,23 @@ def watchers(session: ChannelSession) -> dict[str, set[str]]:
 
 class FeedStorePoller:
     """Calls ``on_change()`` (in its own thread) each time another process commits to the
-    feed store, when :meth:`poke` is called, and at least every ``idle_every`` seconds;
-    looks every ``interval`` seconds (SQLite's ``data_version``: one cheap query)."""
+    feed store, when :meth:`poke` is called, and at least every ``idle_every`` seconds.
+
+    It looks (SQLite's ``data_version``: one cheap query) every ``interval``
+    seconds while ``busy()`` says a change is awaited (a member watches a feed of
+    this node: its new messages are announced within ``interval``), else every
+    ``idle_every`` seconds: an idle daemon does not wake 200 times a second.
+    This process's own commits poke it either way.
+    """
 
     def __init__(self, feeds: FeedStore, on_change: Callable[[], None],
-                 interval: float = POLL_INTERVAL, idle_every: float = 0.5) -> None:
+                 interval: float = POLL_INTERVAL, idle_every: float = 0.5,
+                 busy: Callable[[], bool] = lambda: True) -> None:
         self.feeds = feeds
         self.on_change = on_change
         self.interval = interval
         self.idle_every = idle_every
+        self.busy = busy
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._unhook: Callable[[], None] | None = None
@@ -123,7 +131,7 @@ class FeedStorePoller:
         last = None
         called = 0.0
         while not self._stop.is_set():
-            poked = self._wake.wait(self.interval)
+            poked = self._wake.wait(self.interval if self.busy() else self.idle_every)
             self._wake.clear()
             try:
                 version = self._version()
@@ -174,6 +182,11 @@ class FeedAnnouncer:
     def watchers_changed(self) -> None:
         """Presence changed: recompute who watches what at the next :meth:`check`."""
         self._dirty = True
+
+    def watching(self) -> bool:
+        """Whether a member watches a feed of this node (or the next :meth:`check` is to
+        find out): its new messages are then looked for often."""
+        return self._dirty or bool(self._watched)
 
     def check(self) -> None:
         """Announce what is new in watched own feeds; push newly watched ones."""
