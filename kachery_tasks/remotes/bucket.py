@@ -76,7 +76,8 @@ class BucketRemote(Remote):
         return self.bucket.exists(result_key(task_id))
 
     def get_result_records(self, task_ids: Iterable[str]) -> dict[str, bytes]:
-        """Records of ``task_ids`` (one request each, several at once); absent ones left out."""
+        """Records of ``task_ids`` (one request each, several at once where the bucket is
+        worth it: :attr:`Bucket.requests_at_once`); absent ones left out."""
         ids = list(dict.fromkeys(task_ids))
 
         def get(tid: str) -> bytes | None:
@@ -89,10 +90,11 @@ class BucketRemote(Remote):
                             tid, self.url, e)
                 return None
 
-        if len(ids) <= 1:
+        threads = min(len(ids), _LOOKUP_THREADS, self.bucket.requests_at_once)
+        if threads <= 1:
             found = [get(tid) for tid in ids]
         else:
-            with ThreadPoolExecutor(min(len(ids), _LOOKUP_THREADS),
+            with ThreadPoolExecutor(threads,
                                     thread_name_prefix="kachery-results") as pool:
                 found = list(pool.map(get, ids))
         return {tid: data for tid, data in zip(ids, found) if data is not None}

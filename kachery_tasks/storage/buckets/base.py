@@ -43,6 +43,10 @@ class Bucket(ABC):
     """A place shared by nodes where objects are written once and read by many."""
 
     url: str
+    requests_at_once: int = 8
+    """Small requests (a look for each of many records) worth sending side by side: over
+    a network each waits a round trip, which threads overlap; a bucket whose requests are
+    system calls of microseconds says 1 (threads would only contend)."""
 
     @abstractmethod
     def put(self, key: str, data: bytes | memoryview, *, flush: bool = True) -> bool:

@@ -36,6 +36,8 @@ from .base import READ_PIECE, Bucket, ObjectInfo, check_key
 class FileBucket(Bucket):
     """A bucket kept in a local or mounted directory."""
 
+    requests_at_once = 1  # a look is a stat or an open: 15 us here, 90 us from 8 threads
+
     def __init__(self, url: str, create: bool = True) -> None:
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
