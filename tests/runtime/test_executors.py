@@ -196,6 +196,7 @@ def test_bucket_lookups_of_a_map_are_one_parallel_request_per_id(
         return real_get(key, *args, **kwargs)
 
     monkeypatch.setattr(bucket, "get", get)
+    monkeypatch.setattr(bucket, "requests_at_once", 8)  # as a bucket across a network says
     executor = DaskExecutor(dask_client)
     xs = list(range(400, 416))
     keys = sorted(result_key(task_defs.add.task_id(x, 9)) for x in xs)
