@@ -359,16 +359,19 @@ class Responder:
             return
         key = (msg.sender, body["request"])
         with self._lock:
-            if self._closed or key in self._serving:
-                return  # a repeat of a request being served
-            done = self._done.get(key)
+            if self._closed:
+                return
+            done = self._serving.get(key)
+            if done is None:
+                done = self._done.get(key)
+            if done is not None and done.answered is None:
+                return  # a repeat of a request being served (or that failed)
             if done is None:
                 incoming = self._serving[key] = Incoming(self, msg)
-        if done is not None:
-            if done.answered is not None:
-                log.info("request %s... from %s... repeated: answering again", key[1][:8],
-                         msg.sender[:16])
-                self._pool.submit(self.send_answer, done)
+        if done is not None:  # answered (its handler may not have returned yet)
+            log.info("request %s... from %s... repeated: answering again", key[1][:8],
+                     msg.sender[:16])
+            self._pool.submit(self.send_answer, done)
             return
         self.changed(incoming)
         self._pool.submit(self._serve, key, incoming)

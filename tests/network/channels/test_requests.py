@@ -129,6 +129,28 @@ def test_a_repeat_is_served_once_and_answered_again(sessions):
     assert [m.body for m in got] == [{"sha256": "x", "request": "ab" * 16, "to": a.node_id}] * 2
 
 
+def test_a_repeat_arriving_before_the_handler_returns_is_answered_again(sessions):
+    a, b = sessions("a"), sessions("b")
+    answers = Inbox()
+    a.on("file_absent", answers)
+    finish = threading.Event()
+
+    def handler(incoming):
+        incoming.answer("file_absent", {"sha256": "x"})
+        finish.wait(30)  # still running after its answer went out
+
+    Responder(b, FILE, handler)
+    body = {"uri": "u", "request": "cd" * 16}
+    try:
+        a.publish("request_file", body)
+        answers.wait_for(1)
+        a.publish("request_file", body)  # the asker missed the answer: it asks again
+        got = answers.wait_for(2)
+    finally:
+        finish.set()
+    assert [m.body["request"] for m in got] == ["cd" * 16] * 2
+
+
 def test_requests_from_this_node_and_malformed_ones_are_not_served(sessions, lab):
     a, b = sessions("a"), sessions("b")
     other_b = sessions("b")  # another process of node b
