@@ -37,7 +37,6 @@ from .base import Remote
 
 log = logging.getLogger(__name__)
 
-_LOOKUP_THREADS = 8  # result records looked up at once
 _REPLACE_ATTEMPTS = 5  # a record that keeps changing under a publisher is left alone
 
 
@@ -90,7 +89,7 @@ class BucketRemote(Remote):
                             tid, self.url, e)
                 return None
 
-        threads = min(len(ids), _LOOKUP_THREADS, self.bucket.requests_at_once)
+        threads = min(len(ids), self.bucket.requests_at_once)
         if threads <= 1:
             found = [get(tid) for tid in ids]
         else:
