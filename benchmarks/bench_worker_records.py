@@ -8,7 +8,9 @@ outside Dask, for tiny calls with fresh ids:
 * in one thread, in two threads of one process (as a worker with two threads
   runs them), and in two processes sharing the node (as two workers do);
 * beside the floor: bare ``sqlite3`` committing the same two transactions per
-  call (BEGIN IMMEDIATE, the same statements, COMMIT), the same way.
+  call (BEGIN IMMEDIATE, the same statements, COMMIT), the same way;
+* and in one thread with each result record also published to a ``file://``
+  bucket in the same directory (signed, written create-only, flushed).
 
 Every SQLite statement and system call lets go of the GIL; with a second
 thread waiting for it, taking it back costs a thread switch. The difference
@@ -35,13 +37,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
 
-def kachery_calls(node_dir: str, first: int, n: int) -> None:
-    """``n`` tiny calls with fresh ids through the worker's path, recorded in ``node_dir``."""
+def kachery_calls(node_dir: str, first: int, n: int, remotes: tuple[str, ...] = ()) -> None:
+    """``n`` tiny calls with fresh ids through the worker's path, recorded in ``node_dir``
+    (and each result record published to ``remotes``, as a provider's workers do)."""
     from _bench_remote_defs import tiny
 
     from kachery_tasks.runtime.executors import _run_on_worker
 
-    spec = (node_dir, [])
+    spec = (node_dir, list(remotes))
     for x in range(first, first + n):
         call = tiny.prepare(x)
         assert _run_on_worker(tiny, spec, (call.task_id, "computed"), (x,), {}, "call") == x + 1
@@ -133,6 +136,13 @@ def main() -> None:
         print(f"  {'':26s} {'kachery-tasks':>14s} {'bare sqlite3':>13s} {'ratio':>6s}")
         for (what, k), (_, b) in zip(ours, floor, strict=True):
             print(f"  {what:26s} {k:11.0f} us {b:10.0f} us {k / b:5.1f}x")
+        node, bucket = str(root / "publishing"), f"file://{root}/bucket"
+        kachery_calls(node, 1, 100, (bucket,))  # warm up
+        c0 = time.process_time()
+        kachery_calls(node, 1_000, args.calls, (bucket,))
+        published = (time.process_time() - c0) / args.calls * 1e6
+        print(f"  1 thread, each result record also signed and written to a file:// bucket: "
+              f"{published:.0f} us ({published - ours[0][1]:+.0f} us)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
