@@ -278,7 +278,8 @@ class Claims:
     # ------------------------------------------------------------ claiming
     def acquire(self, task_id: str, function: str, *, again: bool = False,
                 finished: Callable[[Holder], bool] | None = None) -> Claim | Holder:
-        """Claim ``task_id``: a :class:`Claim` (compute it, then release) or the :class:`Holder`.
+        """Claim ``task_id``: a :class:`Claim` (compute it, then release or leave it) or
+        the :class:`Holder`.
 
         A live claim of another node, or (unless ``again``) an action's finished
         claim, is returned as its Holder. No claim, an expired, released or
