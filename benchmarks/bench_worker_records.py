@@ -107,13 +107,18 @@ def in_processes(fn, where: str, n: int, processes: int) -> float:
     return used
 
 
-def measure(fn, where: str, n: int) -> list[tuple[str, float]]:
-    """CPU microseconds per call: one thread, two threads, two processes."""
-    fn(where, 1, 100)  # warm up (creates the database)
-    rows = []
+def one_thread(fn, where: str, n: int) -> float:
+    """CPU microseconds per call of ``fn`` in this thread, after a warm-up (which creates
+    the database)."""
+    fn(where, 1, 100)
     c0 = time.process_time()
     fn(where, 1_000, n)
-    rows.append(("1 thread", (time.process_time() - c0) / n * 1e6))
+    return (time.process_time() - c0) / n * 1e6
+
+
+def measure(fn, where: str, n: int) -> list[tuple[str, float]]:
+    """CPU microseconds per call: one thread, two threads, two processes."""
+    rows = [("1 thread", one_thread(fn, where, n))]
     c0 = time.process_time()
     in_threads(fn, where, n, 2)
     rows.append(("2 threads of one process", (time.process_time() - c0) / (2 * n) * 1e6))
@@ -136,11 +141,9 @@ def main() -> None:
         print(f"  {'':26s} {'kachery-tasks':>14s} {'bare sqlite3':>13s} {'ratio':>6s}")
         for (what, k), (_, b) in zip(ours, floor, strict=True):
             print(f"  {what:26s} {k:11.0f} us {b:10.0f} us {k / b:5.1f}x")
-        node, bucket = str(root / "publishing"), f"file://{root}/bucket"
-        kachery_calls(node, 1, 100, (bucket,))  # warm up
-        c0 = time.process_time()
-        kachery_calls(node, 1_000, args.calls, (bucket,))
-        published = (time.process_time() - c0) / args.calls * 1e6
+        bucket = f"file://{root}/bucket"
+        published = one_thread(lambda where, first, n: kachery_calls(where, first, n, (bucket,)),
+                               str(root / "publishing"), args.calls)
         print(f"  1 thread, each result record also signed and written to a file:// bucket: "
               f"{published:.0f} us ({published - ours[0][1]:+.0f} us)")
     finally:
