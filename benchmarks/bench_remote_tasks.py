@@ -2,7 +2,8 @@
 
 Everything runs on this machine, each part as it would in a lab: the broker
 (``bench_broker.start_broker``) in its own process; one Dask scheduler with 2
-worker processes x 2 threads (a ``LocalCluster`` started here); two provider
+worker processes x 2 threads (a ``LocalCluster`` started here; ``--workers`` and
+``--threads`` change its shape); two provider
 daemons (``kachery-tasks node start --provide _bench_remote_defs --dask
 ADDR``), each a process, both running their tasks on that one scheduler; the
 requester in this process (``with kachery.channel("lab"):``); the channel's
@@ -30,6 +31,7 @@ disk is what the disk costs (each run also prints what creating a file and one
 durable write cost where it ran).
 
     python benchmarks/bench_remote_tasks.py [--requests N] [--concurrent N] [--dir DIR]
+        [--workers N] [--threads N]
 """
 
 from __future__ import annotations
@@ -89,9 +91,10 @@ def cpu_split(pids: dict[str, list[int]], loop_thread: int) -> dict[str, float]:
     """:func:`cpu_seconds` of ``pids``, with this process's Dask loop thread (the
     LocalCluster's scheduler, and this process's Dask client) apart from the rest of
     this process (the requester)."""
-    out = cpu_seconds(pids)
     loop = time.clock_gettime(time.pthread_getcpuclockid(loop_thread))
-    out[REQUESTER] -= loop
+    # this process from its own clock: psutil counts in ticks (10 ms), the thread in ns
+    out = {REQUESTER: time.process_time() - loop}
+    out.update(cpu_seconds({role: group for role, group in pids.items() if role != REQUESTER}))
     out[SCHEDULER] = loop
     return out
 
@@ -251,7 +254,11 @@ def main() -> None:
     parser.add_argument("--dir", default=None,
                         help="where the nodes and the bucket live (default: the temporary "
                              "directory; /dev/shm shows what the disk's flushes cost)")
+    parser.add_argument("--workers", type=int, default=2, help="Dask worker processes")
+    parser.add_argument("--threads", type=int, default=2, help="threads of each worker")
     args = parser.parse_args()
+    if args.workers < 1 or args.threads < 1:
+        parser.error("--workers and --threads are at least 1")
     if args.dir is not None:
         Path(args.dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-remote-", dir=args.dir))
@@ -271,13 +278,15 @@ def main() -> None:
     cluster = client = None
     nodes: list = []
     try:
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
+        cluster = distributed.LocalCluster(n_workers=args.workers,
+                                           threads_per_worker=args.threads, processes=True,
                                            dashboard_address=":0",
                                            silence_logs=logging.CRITICAL)
         client = distributed.Client(cluster)
         addr = cluster.scheduler_address
-        print(f"broker {url} (own process); Dask scheduler {addr}, 2 worker processes x 2 "
-              f"threads (distributed {distributed.__version__}); {os.cpu_count()} CPUs; "
+        print(f"broker {url} (own process); Dask scheduler {addr}, {args.workers} worker "
+              f"processes x {args.threads} threads (distributed {distributed.__version__}); "
+              f"{os.cpu_count()} CPUs; "
               f"nodes and bucket (file://) in {root.parent}; load average "
               f"{os.getloadavg()[0]:.1f}")
         nodes = make_lab(root, url, f"file://{root}/bucket", names=NODES)
