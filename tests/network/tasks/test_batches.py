@@ -62,13 +62,14 @@ def test_the_outbox_sends_the_latest_of_each_call_and_the_final_answer_last():
     try:
         batch = outbox.open(incoming, 3)
         a, b, c = (batch.slot(i, f"call {i}") for i in range(3))
-        a.progress(protocol.status_body("a", "queued"))
-        a.progress(protocol.status_body("a", "running"))  # supersedes queued, not sent yet
-        b.answer("task_finished", protocol.finished_body("b", "pure", None, None, None))
-        b.progress(protocol.status_body("b", "running"))  # late: b was answered
-        c.answer("task_declined", protocol.declined_body("c", "unknown", "not here"))
-        a.answer("task_failed", protocol.failed_body(
-            "a", type="ValueError", message="no", traceback="", provider="p", label="p"))
+        with outbox.lock:  # all said before the outbox gathers anything, however slow
+            a.progress(protocol.status_body("a", "queued"))
+            a.progress(protocol.status_body("a", "running"))  # supersedes queued, not sent
+            b.answer("task_finished", protocol.finished_body("b", "pure", None, None, None))
+            b.progress(protocol.status_body("b", "running"))  # late: b was answered
+            c.answer("task_declined", protocol.declined_body("c", "unknown", "not here"))
+            a.answer("task_failed", protocol.failed_body(
+                "a", type="ValueError", message="no", traceback="", provider="p", label="p"))
         assert incoming.done.wait(10)
     finally:
         outbox.close()
