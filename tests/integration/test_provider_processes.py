@@ -7,7 +7,9 @@ session and an Asker: the requester side is built elsewhere):
 * a provider SIGKILLed mid-task loses its claim at expiry (``--claim-ttl``)
   and the other provider, asked the same call, takes it over and answers the
   correct result;
-* ``--workers 1`` runs a task on a real LocalCluster (a worker process).
+* ``--workers 1`` runs a task on a real LocalCluster (a worker process);
+* a claim left by a provider SIGKILLed before it expired is deleted by the
+  same provider once restarted.
 """
 
 from __future__ import annotations
@@ -137,3 +139,20 @@ def test_workers_run_provided_tasks_on_a_local_cluster(channel, procs):  # noqa:
     assert requester.value(answer) == 121
     [pid] = runs_of(runs, "square")
     assert pid != daemon.proc.pid  # computed in the cluster's worker process
+
+
+def test_a_claim_a_killed_provider_left_is_deleted_after_its_restart(channel, procs):  # noqa: F811
+    paths, runs, requester = channel
+    bucket = paths["p1"].parent / "bucket"
+
+    def claims() -> list[Path]:
+        return list(bucket.glob("channels/*/*/claims/*.json"))
+
+    p1 = start_provider(procs, paths["p1"], runs, "--claim-ttl", "2")
+    answer = requester.ask(paths["p1"], square.prepare(5)).final
+    assert answer.type == "task_finished"
+    assert len(claims()) == 1  # left to expire on its own
+    os.kill(p1.proc.pid, signal.SIGKILL)
+    p1.proc.wait(10)
+    start_provider(procs, paths["p1"], runs, "--claim-ttl", "2")  # the same node, restarted
+    wait_for(lambda: not claims(), timeout=60, what="the expired claim deleted")

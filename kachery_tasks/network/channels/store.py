@@ -4,7 +4,9 @@ Each channel has a directory ``<node>/channels/<owner[:16]>-<name>/`` with
 
 * ``invite.txt`` — the invite string (name, owner, bucket, pub/sub URL) it was joined with;
 * ``config.json`` — the highest config version this node trusts (a signed envelope);
-* ``owner.key`` — the owner's private key (mode 0600), only on the node that created it.
+* ``owner.key`` — the owner's private key (mode 0600), only on the node that created it;
+* ``claims-left.jsonl`` — on a provider, the claims it left in the channel's bucket and has
+  not deleted yet (:mod:`kachery_tasks.network.tasks.left`).
 
 The trusted config only moves up: :meth:`JoinedChannel.adopt` takes a config
 that verifies against the owner key and is newer, and refuses a lower version

@@ -20,7 +20,9 @@ result record is published, a provider **leaves** a pure task's claim
 (:meth:`Claim.leave`: it stops renewing and writes nothing; the claim expires
 on its own, and the result record is what others read from then on: every
 provider looks for it before the claim). Once expired, a left claim is
-deleted when its node has nothing else to do (:meth:`Claims.sweep`). An
+deleted when its node has nothing else to do (:meth:`Claims.sweep`), also
+after a restart of the node (the claims waiting for that are written down in
+its directory, :mod:`.left`). An
 action's claim is **released** as ``state: done`` with its ``outcome``,
 which stays: the action ran, and it does not run again in the channel unless
 asked ``again``. :meth:`Claim.release` without an outcome deletes a claim (a
@@ -77,6 +79,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ...canonical import canonical_json
@@ -94,6 +97,7 @@ from ...keys import KeyPair
 from ...runtime.policies import POLICIES, fmt_time
 from ...storage.buckets import Bucket
 from . import swap
+from .left import LeftJournal
 
 log = logging.getLogger("kachery_tasks.network.tasks")
 
@@ -217,12 +221,14 @@ class Claims:
     ``trusts(node_id)`` says whether a node may hold claims (a member with
     ``process_tasks``). ``prefix`` is where claims live in the bucket;
     ``clock`` gives the time (seconds since the epoch; tests skew it).
+    ``left_path``, a file in the node's directory, keeps the claims this node
+    left and has not deleted yet across restarts (:mod:`.left`).
     """
 
     def __init__(
         self, bucket: Bucket, key: KeyPair, ttl: float = DEFAULT_TTL,
         trusts: Callable[[str], bool] | None = None, *, prefix: str = "claims/",
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, left_path: Path | None = None,
     ) -> None:
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL:
             raise InvalidValueError(f"a claim TTL is seconds between 0 and {MAX_TTL:.0f}, "
@@ -244,6 +250,9 @@ class Claims:
         self._renewer = _Renewer(self)
         self._left: deque[Claim] = deque()
         self._left_lock = threading.Lock()
+        self._journal = LeftJournal(left_path) if left_path is not None else None
+        if self._journal is not None:
+            self._load_left(self._journal)
 
     # ------------------------------------------------------------ reading
     def key_of(self, task_id: str) -> str:
@@ -388,23 +397,66 @@ class Claims:
         deletions are writes a busy provider need not make: it sweeps when it has no
         call in progress."""
         deleted = 0
-        while idle():
-            with self._left_lock:
-                if not self._left or self._left[0].expires > self.clock():
+        try:
+            while idle():
+                with self._left_lock:
+                    if not self._left or self._left[0].expires > self.clock():
+                        return deleted
+                    claim = self._left.popleft()
+                try:
+                    deleted += claim._delete()
+                except KacheryError as e:  # the bucket is away: the next sweep tries again
+                    log.warning("could not delete the expired claim on %s: %s", claim.task_id,
+                                e)
+                    with self._left_lock:
+                        self._left.appendleft(claim)
                     return deleted
-                claim = self._left.popleft()
-            try:
-                deleted += claim._delete()
-            except KacheryError as e:  # the bucket is away: the claim stays, expired
-                log.warning("could not delete the expired claim on %s: %s", claim.task_id, e)
-                return deleted
-        return deleted
+            return deleted
+        finally:
+            self._tidy_journal()
 
     def _remember_left(self, claim: Claim) -> None:
         with self._left_lock:
             if len(self._left) >= LEFT_MAX:
                 self._left.popleft()  # forgotten: it stays in the bucket, expired
             self._left.append(claim)
+            if self._journal is not None:
+                self._journal.append(claim._left_entry())
+
+    def _load_left(self, journal: LeftJournal) -> None:
+        """Take up the claims this node left before it last stopped (see :mod:`.left`)."""
+        claims = [c for c in map(self._left_claim, journal.load()) if c is not None]
+        claims.sort(key=lambda c: c.expires)
+        self._left.extend(claims[-LEFT_MAX:])
+        journal.rewrite([c._left_entry() for c in self._left])
+
+    def _left_claim(self, entry: dict[str, Any]) -> Claim | None:
+        """The left claim an entry of the journal describes, or None if it is malformed."""
+        task_id, token, generation = (entry.get(k) for k in ("task_id", "claim", "generation"))
+        function, started, expires = (entry.get(k) for k in ("function", "started", "expires"))
+        if not (isinstance(task_id, str) and _TASK_ID.match(task_id)
+                and isinstance(token, str) and _TOKEN.match(token)
+                and isinstance(generation, str) and generation
+                and isinstance(function, str) and len(function) <= MAX_FUNCTION
+                and all(type(t) in (int, float) for t in (started, expires))):
+            return None
+        claim = Claim(self, {"task_id": task_id, "function": function, "claim": token,
+                             "started": started, "expires": expires}, generation)
+        claim._released = True
+        return claim
+
+    def _tidy_journal(self) -> None:
+        """Rewrite the journal once it holds many more lines than claims left to delete."""
+        with self._left_lock:
+            journal = self._journal
+            if journal is not None and journal.needs_rewrite(len(self._left)):
+                journal.rewrite([c._left_entry() for c in self._left])
+
+    def close(self) -> None:
+        """Let go of the journal's file (it is opened again if a claim is left later)."""
+        with self._left_lock:
+            if self._journal is not None:
+                self._journal.close()
 
     # ------------------------------------------------------------ writing
     def _body(self, task_id: str, function: str, token: str, started: float,
@@ -670,6 +722,12 @@ class Claim:
             return freed
 
     # ------------------------------------------------------------ internals
+    def _left_entry(self) -> dict[str, Any]:
+        """What the journal of left claims keeps of this claim (:mod:`.left`)."""
+        return {"task_id": self.task_id, "function": self.function, "claim": self.token,
+                "generation": self.generation, "started": self.started,
+                "expires": self.expires}
+
     def _write(self, body: dict[str, Any]) -> str | None:
         # over our last generation; _store also finds our own write whose answer was lost
         return self._claims._store(self._key, body, self.generation)

@@ -85,7 +85,7 @@ from ...runtime.executors import LOCAL, Executor, TaskFuture
 from ..channels.remote import channel_url
 from ..channels.requests import Incoming, Responder
 from ..channels.session import ChannelSession
-from . import protocol
+from . import left, protocol
 from .batches import Outbox, Slot
 from .claims import DEFAULT_TTL, Claim, Claims, Holder, runs_once
 from .launcher import Launcher
@@ -171,7 +171,8 @@ class TaskProvider:
         self.channel_name = session.channel.name
         channel = session.channel
         self.claims = Claims(self._bucket().bucket, node.key, ttl=claim_ttl, trusts=self._trusted,
-                             prefix=claims_prefix(channel.owner, channel.name))
+                             prefix=claims_prefix(channel.owner, channel.name),
+                             left_path=channel.path / left.FILE_NAME)
         self._lock = threading.Lock()
         self._jobs: dict[tuple, _Job] = {}
         self._accepted = 0
@@ -740,6 +741,7 @@ class TaskProvider:
         self.batch_responder.close()
         self._outbox.close()
         self._launcher.close()
+        self.claims.close()
 
 
 def _with_channel_remote(node: Node, url: str) -> Node:

@@ -43,8 +43,8 @@ def make(bucket, keys):
     members = {k.public_hex for k in keys[:8]}
 
     def make(i: int = 0, ttl: float = 30.0, clock=time.time, trusts=members.__contains__,
-             on=None) -> Claims:
-        return Claims(on or bucket, keys[i], ttl, trusts, clock=clock)
+             on=None, left_path=None) -> Claims:
+        return Claims(on or bucket, keys[i], ttl, trusts, clock=clock, left_path=left_path)
 
     return make
 
@@ -278,6 +278,70 @@ def test_left_claims_are_swept_once_expired_while_idle_unless_taken_over(make, b
     assert a.sweep() == 2
     assert list(bucket.list("claims/")) == [a.key_of(tid(0))]  # the taker's; no turn left
     assert make(2).read(tid(0)).claim == taken.token
+
+
+def test_claims_left_before_a_restart_are_swept_after_it(make, bucket, tmp_path):
+    journal = tmp_path / "channel" / "claims-left.jsonl"
+    now = [time.time()]
+    a = make(0, ttl=30, clock=lambda: now[0], left_path=journal)
+    for n in range(3):
+        a.acquire(tid(n), FN).leave()
+    a.acquire(tid(9), FN).release()  # released, not left: nothing to remember
+    a.close()  # the provider stops (or is killed: the lines are written as claims are left)
+    assert len(journal.read_text().splitlines()) == 3
+    now[0] += 31  # all three expired meanwhile
+    taken = make(1, clock=lambda: now[0]).acquire(tid(0), FN)  # one is taken over
+    assert isinstance(taken, Claim)
+    b = make(0, ttl=30, clock=lambda: now[0], left_path=journal)  # the same node restarted
+    assert b.sweep() == 2
+    assert list(bucket.list("claims/")) == [b.key_of(tid(0))]  # the taker's stays
+    assert not journal.exists()  # nothing left to delete
+
+
+def test_a_journal_of_left_claims_survives_a_crash_cut_and_garbage(make, bucket, tmp_path):
+    journal = tmp_path / "claims-left.jsonl"
+    now = [time.time()]
+    a = make(0, ttl=30, clock=lambda: now[0], left_path=journal)
+    a.acquire(tid(0), FN).leave()
+    now[0] += 20
+    a.acquire(tid(1), FN).leave()
+    now[0] += 11  # the first expired, the second not yet
+    assert a.sweep() == 1
+    with journal.open("a") as f:  # garbage, and a line cut short by a crash
+        f.write('["not an object"]\n{"task_id": "sha256:12"}\n{"task_id": "sha')
+    b = make(0, ttl=30, clock=lambda: now[0], left_path=journal)  # restarted
+    assert [c.task_id for c in b._left] == [tid(0), tid(1)]  # in order of expiry
+    assert len(journal.read_text().splitlines()) == 2  # rewritten without the garbage
+    now[0] += 20
+    assert b.sweep() == 1  # the one deleted before the restart is gone already
+    assert list(bucket.list("claims/")) == [] and not journal.exists()
+
+
+def test_a_left_claim_the_bucket_failed_to_delete_is_swept_later(make, bucket, tmp_path):
+    class Failing:
+        """The bucket, except that deleting fails while ``down`` (the network is down)."""
+
+        down = True
+
+        def __getattr__(self, name):
+            return getattr(bucket, name)
+
+        def delete(self, key):
+            if self.down:
+                raise TransferError("the network is down")
+            return bucket.delete(key)
+
+    failing = Failing()
+    journal = tmp_path / "claims-left.jsonl"
+    now = [time.time()]
+    a = make(0, ttl=30, clock=lambda: now[0], on=failing, left_path=journal)
+    a.acquire(tid(), FN).leave()
+    now[0] += 31
+    assert a.sweep() == 0  # tried, failed: kept for the next sweep
+    assert len(a._left) == 1 and journal.exists()
+    failing.down = False
+    assert a.sweep() == 1
+    assert list(bucket.list("claims/")) == [] and not journal.exists()
 
 
 def test_a_live_claim_said_finished_is_taken_over_and_others_are_not(make, keys):

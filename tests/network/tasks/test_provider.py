@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -76,7 +77,7 @@ def ask(lab, requester, provider_name, call, mode="call", timeout=20.0, statuses
 
 
 def test_a_pure_call_is_computed_published_and_answered(two):
-    lab, _ = two
+    lab, provider = two
     statuses = []
     pending = ask(lab, "req", "prov", square.prepare(7), statuses=statuses)
     assert pending.status == "done"
@@ -93,6 +94,9 @@ def test_a_pure_call_is_computed_published_and_answered(two):
     # a quick call's statuses may be overtaken (only the latest unsent one goes out)
     assert set(statuses) <= {"queued", "running"}
     assert RAN["square"] == 1
+    # its claim, left to expire, is noted in the channel's directory for after a restart
+    journal = provider.session.channel.path / "claims-left.jsonl"
+    assert [json.loads(line)["task_id"] for line in journal.read_text().splitlines()] == [tid]
     # asked again: served from the shared record, not computed again
     again = ask(lab, "req", "prov", square.prepare(7))
     assert again.final.type == "task_finished" and again.final.body["record"] == body["record"]
