@@ -148,11 +148,12 @@ def test_a_claim_a_killed_provider_left_is_deleted_after_its_restart(channel, pr
     def claims() -> list[Path]:
         return list(bucket.glob("channels/*/*/claims/*.json"))
 
-    p1 = start_provider(procs, paths["p1"], runs, "--claim-ttl", "2")
+    # a TTL long enough for the claim to be seen before it expires, on a loaded machine
+    p1 = start_provider(procs, paths["p1"], runs, "--claim-ttl", "5")
     answer = requester.ask(paths["p1"], square.prepare(5)).final
     assert answer.type == "task_finished"
     assert len(claims()) == 1  # left to expire on its own
     os.kill(p1.proc.pid, signal.SIGKILL)
     p1.proc.wait(10)
-    start_provider(procs, paths["p1"], runs, "--claim-ttl", "2")  # the same node, restarted
+    start_provider(procs, paths["p1"], runs, "--claim-ttl", "5")  # the same node, restarted
     wait_for(lambda: not claims(), timeout=60, what="the expired claim deleted")
