@@ -62,6 +62,27 @@ def plant(claims: Claims, task_id: str, signer: KeyPair, **changes) -> None:
     assert claims.bucket.put(claims.key_of(task_id), data)
 
 
+class Failing:
+    """``bucket``, except that its first ``failures`` calls of ``method`` fail (the network
+    is down)."""
+
+    def __init__(self, bucket: Bucket, method: str, failures: int) -> None:
+        self._bucket, self._method, self.failures = bucket, method, failures
+
+    def __getattr__(self, name):
+        attr = getattr(self._bucket, name)
+        if name != self._method:
+            return attr
+
+        def failing(*args, **kwargs):
+            if self.failures:
+                self.failures -= 1
+                raise TransferError("the network is down")
+            return attr(*args, **kwargs)
+
+        return failing
+
+
 def plant_expired(claims: Claims, task_id: str, signer: KeyPair) -> None:
     """A claim of a trusted node that died 70 s ago (its last renewal: 100 s ago)."""
     then = time.time() - 100
@@ -318,28 +339,14 @@ def test_a_journal_of_left_claims_survives_a_crash_cut_and_garbage(make, bucket,
 
 
 def test_a_left_claim_the_bucket_failed_to_delete_is_swept_later(make, bucket, tmp_path):
-    class Failing:
-        """The bucket, except that deleting fails while ``down`` (the network is down)."""
-
-        down = True
-
-        def __getattr__(self, name):
-            return getattr(bucket, name)
-
-        def delete(self, key):
-            if self.down:
-                raise TransferError("the network is down")
-            return bucket.delete(key)
-
-    failing = Failing()
+    failing = Failing(bucket, "delete", 1)
     journal = tmp_path / "claims-left.jsonl"
     now = [time.time()]
     a = make(0, ttl=30, clock=lambda: now[0], on=failing, left_path=journal)
     a.acquire(tid(), FN).leave()
     now[0] += 31
     assert a.sweep() == 0  # tried, failed: kept for the next sweep
-    assert len(a._left) == 1 and journal.exists()
-    failing.down = False
+    assert failing.failures == 0 and len(a._left) == 1 and journal.exists()
     assert a.sweep() == 1
     assert list(bucket.list("claims/")) == [] and not journal.exists()
 
@@ -456,21 +463,7 @@ def test_claims_on_a_slow_bucket_are_renewed_side_by_side_within_their_ttl(make,
 
 
 def test_the_renewal_thread_keeps_trying_when_the_bucket_fails(make, bucket):
-    class Failing:
-        """The bucket, except that the first few replaces fail (the network is down)."""
-
-        failures = 3
-
-        def __getattr__(self, name):
-            return getattr(bucket, name)
-
-        def replace(self, key, data, generation):
-            if self.failures:
-                self.failures -= 1
-                raise TransferError("the network is down")
-            return bucket.replace(key, data, generation)
-
-    failing = Failing()
+    failing = Failing(bucket, "replace", 3)
     with make(0, ttl=3.0, on=failing).holding(tid(), FN) as claim:
         first = claim.generation
         deadline = time.monotonic() + WAIT

@@ -12,8 +12,10 @@ from kachery_tasks.network.channels.config import PERMISSIONS
 from kachery_tasks.network.channels.membership import set_permissions
 from kachery_tasks.network.channels.requests import Asker
 from kachery_tasks.network.tasks import Provided, protocol
+from kachery_tasks.network.tasks.left import FILE_NAME
 from kachery_tasks.network.tasks.provider import TaskProvider
 from kachery_tasks.runtime import shared
+from tests.network.channels.conftest import wait_for
 from tests.network.tasks import remote_tasks
 from tests.network.tasks.planted import plant_record
 from tests.network.tasks.remote_tasks import RAN, clock, fails, nested, notify, square
@@ -95,7 +97,7 @@ def test_a_pure_call_is_computed_published_and_answered(two):
     assert set(statuses) <= {"queued", "running"}
     assert RAN["square"] == 1
     # its claim, left to expire, is noted in the channel's directory for after a restart
-    journal = provider.session.channel.path / "claims-left.jsonl"
+    journal = provider.session.channel.path / FILE_NAME
     assert [json.loads(line)["task_id"] for line in journal.read_text().splitlines()] == [tid]
     # asked again: served from the shared record, not computed again
     again = ask(lab, "req", "prov", square.prepare(7))
@@ -351,7 +353,6 @@ def test_over_its_limit_a_provider_declines_busy(lab, provided):
         result = {}
         t = threading.Thread(target=lambda: result.setdefault("a", ask(lab, "req", "prov", slow)))
         t.start()
-        from tests.network.channels.conftest import wait_for
 
         wait_for(lambda: lab.providers[0].in_progress() == 1, what="the first call accepted")
         body = ask_declined(lab, "req2", square.prepare(1).to_bytes())
@@ -378,7 +379,6 @@ def test_requests_for_another_provider_are_ignored(two, provided):
 def test_a_member_whose_permission_is_withdrawn_is_declined(two):
     lab, _ = two
     lab.change(set_permissions(lab.nodes["req"].id, frozenset({"download"})))
-    from tests.network.channels.conftest import wait_for
 
     provider = lab.providers[0]
     wait_for(lambda: "request_tasks" not in provider.session.config.permissions_of(
@@ -434,7 +434,6 @@ def test_a_call_hears_queued_while_no_job_thread_is_free_then_running(lab, provi
     for name in ("prov", "req", "req2"):
         lab.add(name)
     start_provider(lab, "prov", provided, workers=1)
-    from tests.network.channels.conftest import wait_for
 
     first = threading.Thread(target=ask, args=(
         lab, "req", "prov", remote_tasks.slow_square.prepare(1, 1.5)))
@@ -458,7 +457,6 @@ def test_calls_still_queued_when_the_provider_closes_are_declined_busy(lab, prov
     for name in ("prov", "req", "req2"):
         lab.add(name)
     provider = start_provider(lab, "prov", provided, workers=1)
-    from tests.network.channels.conftest import wait_for
 
     got: dict = {}
 
