@@ -88,15 +88,12 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
 
 
 def cpu_split(pids: dict[str, list[int]], loop_thread: int) -> dict[str, float]:
-    """:func:`cpu_seconds` of ``pids``, with this process's Dask loop thread (the
-    LocalCluster's scheduler, and this process's Dask client) apart from the rest of
-    this process (the requester)."""
+    """The CPU time of this process, its Dask loop thread (the LocalCluster's scheduler,
+    and this process's Dask client) apart from the rest (the requester), beside
+    :func:`cpu_seconds` of the other processes ``pids``."""
     loop = time.clock_gettime(time.pthread_getcpuclockid(loop_thread))
     # this process from its own clock: psutil counts in ticks (10 ms), the thread in ns
-    out = {REQUESTER: time.process_time() - loop}
-    out.update(cpu_seconds({role: group for role, group in pids.items() if role != REQUESTER}))
-    out[SCHEDULER] = loop
-    return out
+    return {REQUESTER: time.process_time() - loop, **cpu_seconds(pids), SCHEDULER: loop}
 
 
 REQUESTER = "requester (this process)"
@@ -208,9 +205,9 @@ def concurrent(client, tiny, tiny_plain, xs: range, plain_xs: range,
                pids: dict[str, list[int]], loop_thread: int,
                ) -> tuple[float, float, dict, dict, str, str]:
     """Seconds for all of ``xs`` at once across the channel, and for ``plain_xs`` on Dask;
-    the CPU seconds each group of ``pids`` (this process split by :func:`cpu_split`) used
-    in each; how the machine's CPU time was
-    spent in each (:func:`host_share`)."""
+    the CPU seconds this process and each group of ``pids`` used in each
+    (:func:`cpu_split`); how the machine's CPU time was spent in each
+    (:func:`host_share`)."""
     import kachery_tasks as kachery
 
     def cpu() -> dict[str, float]:
@@ -313,8 +310,7 @@ def main() -> None:
 
         m = args.concurrent
         cxs, plain_cxs = range(1_000_000, 1_000_000 + m), range(-1_000_000 - m, -1_000_000)
-        pids = {REQUESTER: [os.getpid()],
-                "provider daemons": [d.pid for d in daemons], "broker": [broker.pid],
+        pids = {"provider daemons": [d.pid for d in daemons], "broker": [broker.pid],
                 "Dask workers": list(client.run(os.getpid).values())}
         with alice:
             seen = MessageCount(alice)
