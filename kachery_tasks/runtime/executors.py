@@ -122,8 +122,8 @@ class TaskFuture:
         that recorded and published it); raises what :meth:`result` raises for a failure."""
         if self._error is not None:
             raise self._error
-        if self._dask is None:
-            return
+        if self._dask is None or self._dask.status == "finished":
+            return  # (a finished call needs no round trip through the client's event loop)
         executor = self._executor
         try:
             error = self._dask.exception()

@@ -122,6 +122,17 @@ class TestDaskExecutor(ExecutorContract):
         with pytest.raises(ExecutorError, match="CancelledError"):
             fut.wait()  # not a success: the call never ran to its end
 
+    def test_waiting_for_a_finished_call_asks_nothing_of_the_client(self, executor,
+                                                                    monkeypatch):
+        fut = executor.submit(task_defs.add, (72, 1), {})
+        assert fut._dask.result() == 73  # (the Dask future: ours would keep the value)
+
+        def no_round_trip(*args, **kwargs):
+            raise AssertionError("a finished call was looked up through the event loop")
+
+        monkeypatch.setattr(fut._dask.client, "sync", no_round_trip)
+        fut.wait()  # (a provider settles each call this way, from its settling threads)
+
     def test_a_closed_client_is_an_executor_error(self, dask_client):
         import distributed
 
