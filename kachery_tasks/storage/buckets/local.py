@@ -1,10 +1,13 @@
 """``file://`` buckets: a directory (a network share included) used as a bucket.
 
 An object is a file at ``<root>/<key>``. A create-only write goes to a
-temporary file in the destination directory, is fsynced (unless the writer
+file with no name yet (``O_TMPFILE``; where the filesystem has none, a
+temporary name in the destination directory), is fsynced (unless the writer
 says it need not be: claims and turns), and is then hard-linked to its final
 name: ``link`` fails if the name exists, so exactly one writer creates the
-object and readers never see a partial one.
+object and readers never see a partial one. A file with no name costs no
+directory entry to add and remove: on a disk each of those is a metadata
+update, about a third of what a claim's creation costs.
 
 An object's generation is its file's inode and change time: a repair
 (:meth:`FileBucket.replace`) renames a new file over the old one, which
@@ -29,7 +32,15 @@ from ...errors import (
     InvalidValueError,
     StorageError,
 )
-from ...fsutil import TMP_PREFIX, ensure_dir, fsync_dir, os_error, temp_path, write_temp
+from ...fsutil import (
+    TMP_PREFIX,
+    ensure_dir,
+    fsync_dir,
+    os_error,
+    temp_path,
+    write_all,
+    write_temp,
+)
 from .base import READ_PIECE, Bucket, ObjectInfo, check_key
 
 
@@ -52,6 +63,7 @@ class FileBucket(Bucket):
             )
         self.url = url
         self.root = Path(path)
+        self._unnamed = _O_TMPFILE != 0  # files with no name, until the system refuses one
         try:
             exists = self.root.is_dir()
         except OSError as e:
@@ -96,13 +108,18 @@ class FileBucket(Bucket):
 
     def _link_new(self, key: str, data: bytes | memoryview, flush: bool,
                   keep_open: bool) -> int | None:
-        """Create ``key`` (unless it exists: None) from a temporary file, then remove the
-        temporary name. With ``keep_open``, a descriptor open on the new file is
-        returned (the caller closes it); else 0."""
+        """Create ``key`` (unless it exists: None) from a file with no name, or from a
+        temporary file whose name is then removed. With ``keep_open``, a descriptor open
+        on the new file is returned (the caller closes it); else 0."""
         if self.stat(key) is not None:
             return None
         final = self._path(key)
         ensure_dir(final.parent)
+        if self._unnamed:
+            try:
+                return self._link_unnamed(final, key, data, flush, keep_open)
+            except _NoUnnamedFiles:
+                self._unnamed = False  # (this filesystem, or this system, has none)
         tmp = temp_path(final.parent)
         fd = None
         try:
@@ -121,6 +138,38 @@ class FileBucket(Bucket):
             if fd is not None:
                 os.close(fd)
             _unlink_quietly(tmp)
+
+    def _link_unnamed(self, final: Path, key: str, data: bytes | memoryview, flush: bool,
+                      keep_open: bool) -> int | None:
+        """:meth:`_link_new` through a file with no name (raises _NoUnnamedFiles where
+        there are none, before anything is linked)."""
+        try:
+            fd = os.open(final.parent, os.O_WRONLY | _O_TMPFILE, 0o644)
+        except OSError as e:
+            if e.errno in _NO_TMPFILE:
+                raise _NoUnnamedFiles from e
+            raise self._error(e, f"write {key}") from e
+        name = f"/proc/self/fd/{fd}"
+        linked = False
+        try:
+            write_all(fd, data)
+            if flush:
+                os.fsync(fd)
+            try:  # (the source is absolute: the descriptor given only selects linkat)
+                os.link(name, final, src_dir_fd=fd)
+            except FileExistsError:
+                return None
+            except FileNotFoundError as e:
+                if not os.path.exists(name):  # no /proc on this system
+                    raise _NoUnnamedFiles from e
+                raise
+            linked = True
+        except OSError as e:
+            raise self._error(e, f"write {key}") from e
+        finally:
+            if not (linked and keep_open):
+                os.close(fd)
+        return fd if keep_open else 0
 
     def replace(self, key: str, data: bytes | memoryview, generation: str) -> bool:
         if not self._is(key, generation):
@@ -214,6 +263,15 @@ class FileBucket(Bucket):
             return False
         except OSError as e:
             raise self._error(e, f"delete {key}") from e
+
+
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)  # Linux only
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP})
+"""What ``open`` says where a filesystem (or an old kernel) has no file with no name."""
+
+
+class _NoUnnamedFiles(Exception):
+    """This bucket's filesystem cannot link a file with no name: use a temporary name."""
 
 
 def _unlink_quietly(path: Path) -> None:
