@@ -30,6 +30,13 @@ fsync and a file creation cost almost nothing: the difference from a run on
 disk is what the disk costs (each run also prints what creating a file and one
 durable write cost where it ran).
 
+On ext4 without a journal, a file's creation skips every inode of its block
+group freed in about the last minute, one look each: after a run removed its
+thousands of files, creating one costs ten times as much for a minute (0.3 ms
+of CPU instead of 0.03 on the VM of the figures in docs/remote-tasks.md). The
+cost of a creation is therefore measured before the run, where the run meets
+it; let a minute pass between runs on such a disk.
+
     python benchmarks/bench_remote_tasks.py [--requests N] [--concurrent N] [--dir DIR]
         [--workers N] [--threads N]
 """
@@ -161,18 +168,17 @@ def flush_cost(where: Path, n: int = 300) -> tuple[float, float]:
 
 
 def create_cost(where: Path, n: int = 300) -> float:
-    """Seconds of this thread's CPU to create (and later remove) one empty file in
-    ``where``. On ext4 this depends on the directory's block group: on the VM of the
-    figures in docs/remote-tasks.md it ranged from 0.015 to 0.7 ms, higher where many
-    files had just been created and deleted."""
+    """Seconds of this thread's CPU to create one empty file in ``where`` (the files stay
+    until the run's directory is removed: removing them would make the run's own
+    creations dearer, see the module docstring). On the VM of the figures in
+    docs/remote-tasks.md it ranged from 0.015 to 0.9 ms, the highest within a minute
+    of many files' removal."""
     scratch = where / "create-cost"
     scratch.mkdir(parents=True, exist_ok=True)
     c0 = time.thread_time()
     for i in range(n):
         os.close(os.open(scratch / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-    cpu = (time.thread_time() - c0) / n
-    shutil.rmtree(scratch)
-    return cpu
+    return (time.thread_time() - c0) / n
 
 
 def runs_of(runs: Path, xs: range) -> collections.Counter:
@@ -281,11 +287,12 @@ def main() -> None:
                                            silence_logs=logging.CRITICAL)
         client = distributed.Client(cluster)
         addr = cluster.scheduler_address
+        created = create_cost(root / "bucket")
         print(f"broker {url} (own process); Dask scheduler {addr}, {args.workers} worker "
               f"processes x {args.threads} threads (distributed {distributed.__version__}); "
               f"{os.cpu_count()} CPUs; "
-              f"nodes and bucket (file://) in {root.parent}; load average "
-              f"{os.getloadavg()[0]:.1f}")
+              f"nodes and bucket (file://) in {root.parent}, where creating a file costs "
+              f"{created * 1e3:.3f} ms of CPU now; load average {os.getloadavg()[0]:.1f}")
         nodes = make_lab(root, url, f"file://{root}/bucket", names=NODES)
         p1, p2, alice, bob = nodes
         for name in PROVIDERS:
@@ -333,9 +340,9 @@ def main() -> None:
             print(f"  CPU per task, {what}: {sum(used.values()) / m * 1e3:.1f} ms (" + ", ".join(
                 f"{role} {n * 1e3 / m:.1f}" for role, n in used.items()) + ")")
         wall, cpu = flush_cost(root / "flush")
-        created = create_cost(root / "bucket")
         print(f"  the disk in {root.parent}: creating a file in the bucket directory costs "
-              f"{created * 1e3:.3f} ms of CPU; one durable file write (write, fsync, rename, "
+              f"{create_cost(root / 'bucket' / 'after') * 1e3:.3f} ms of CPU after the runs "
+              f"({created * 1e3:.3f} before); one durable file write (write, fsync, rename, "
               f"fsync the directory), alone: {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms "
               f"CPU. A computed call with a tiny result creates 2 files in the bucket (its "
               f"claim, left to expire, and the result record, which carries the result), "
