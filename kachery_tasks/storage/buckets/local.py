@@ -5,9 +5,9 @@ file with no name yet (``O_TMPFILE``; where the filesystem has none, a
 temporary name in the destination directory), is fsynced (unless the writer
 says it need not be: claims and turns), and is then hard-linked to its final
 name: ``link`` fails if the name exists, so exactly one writer creates the
-object and readers never see a partial one. A file with no name costs no
-directory entry to add and remove: on a disk each of those is a metadata
-update, about a third of what a claim's creation costs.
+object and readers never see a partial one. A file with no name spares
+adding and removing a temporary directory entry, two metadata updates of
+the disk for each object.
 
 An object's generation is its file's inode and change time: a repair
 (:meth:`FileBucket.replace`) renames a new file over the old one, which
