@@ -1,9 +1,10 @@
 """Remote tasks across a channel: a tiny task asked of two providers, beside plain Dask.
 
 Everything runs on this machine, each part as it would in a lab: the broker
-(``bench_broker.start_broker``) in its own process; one Dask scheduler with 2
-worker processes x 2 threads (a ``LocalCluster`` started here; ``--workers`` and
-``--threads`` change its shape); two provider
+(``bench_broker.start_broker``) in its own process; one Dask scheduler in its
+own process, as a lab's ``dask scheduler`` is, with 2 worker processes x 2
+threads (distributed's ``SubprocessCluster``; ``--workers`` and ``--threads``
+change its shape); two provider
 daemons (``kachery-tasks node start --provide _bench_remote_defs --dask
 ADDR``), each a process, both running their tasks on that one scheduler; the
 requester in this process (``with kachery.channel("lab"):``); the channel's
@@ -18,8 +19,8 @@ same scheduler in the same run:
   spread over the 2 providers: all answered, each id computed once (runs are
   counted by lines the task appends in ``$KT_BENCH_RUNS``), tasks/s (target at
   least 200), beside ``client.gather(client.map(...))``, with the CPU time
-  per task of each group of processes (requester, providers, broker,
-  workers, and the scheduler's thread: where the time goes) and the share of
+  per task of each group of processes (requester, this process's Dask
+  client, providers, broker, workers, scheduler: where the time goes) and the share of
   the CPUs' time the hypervisor of a virtual machine took (steal);
 * a shared hit: a second requester node of the lab calling ids the first one
   got computed, served from the signed records in the channel's bucket
@@ -95,16 +96,19 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
 
 
 def cpu_split(pids: dict[str, list[int]], loop_thread: int) -> dict[str, float]:
-    """The CPU time of this process, its Dask loop thread (the LocalCluster's scheduler,
-    and this process's Dask client) apart from the rest (the requester), beside
-    :func:`cpu_seconds` of the other processes ``pids``."""
+    """The CPU time of this process, its Dask client's thread apart from the rest (the
+    requester), beside :func:`cpu_seconds` of the other processes ``pids``."""
     loop = time.clock_gettime(time.pthread_getcpuclockid(loop_thread))
     # this process from its own clock: psutil counts in ticks (10 ms), the thread in ns
-    return {REQUESTER: time.process_time() - loop, **cpu_seconds(pids), SCHEDULER: loop}
+    return {REQUESTER: time.process_time() - loop, CLIENT: loop, **cpu_seconds(pids)}
 
 
 REQUESTER = "requester (this process)"
-SCHEDULER = "Dask scheduler (a thread of it)"
+CLIENT = "this process's Dask client (a thread of it)"
+
+
+async def _thread_ident() -> int:
+    return threading.get_ident()
 
 
 def host_times() -> tuple[int, int, int]:
@@ -275,21 +279,22 @@ def main() -> None:
 
     import distributed
     from _bench_remote_defs import tiny, tiny_plain
+    from distributed.deploy.subprocess import SubprocessCluster
 
     broker, url = bench_broker.start_broker()
     daemons: list[subprocess.Popen] = []
     cluster = client = None
     nodes: list = []
     try:
-        cluster = distributed.LocalCluster(n_workers=args.workers,
-                                           threads_per_worker=args.threads, processes=True,
-                                           dashboard_address=":0",
-                                           silence_logs=logging.CRITICAL)
+        cluster = SubprocessCluster(n_workers=args.workers, threads_per_worker=args.threads,
+                                    worker_class="distributed.Worker", dashboard_address=":0",
+                                    silence_logs=logging.CRITICAL)
         client = distributed.Client(cluster)
         addr = cluster.scheduler_address
         created = create_cost(root / "bucket")
-        print(f"broker {url} (own process); Dask scheduler {addr}, {args.workers} worker "
-              f"processes x {args.threads} threads (distributed {distributed.__version__}); "
+        print(f"broker {url} (own process); Dask scheduler {addr} (own process), "
+              f"{args.workers} worker processes x {args.threads} threads (distributed "
+              f"{distributed.__version__}); "
               f"{os.cpu_count()} CPUs; "
               f"nodes and bucket (file://) in {root.parent}, where creating a file costs "
               f"{created * 1e3:.3f} ms of CPU now; load average {os.getloadavg()[0]:.1f}")
@@ -318,12 +323,12 @@ def main() -> None:
         m = args.concurrent
         cxs, plain_cxs = range(1_000_000, 1_000_000 + m), range(-1_000_000 - m, -1_000_000)
         pids = {"provider daemons": [d.pid for d in daemons], "broker": [broker.pid],
-                "Dask workers": list(client.run(os.getpid).values())}
+                "Dask workers": list(client.run(os.getpid).values()),
+                "Dask scheduler": [client.run_on_scheduler(os.getpid)]}
         with alice:
             seen = MessageCount(alice)
             t_remote, t_plain, cpu_remote, cpu_plain, host_remote, host_plain = concurrent(
-                client, tiny, tiny_plain, cxs, plain_cxs, pids,
-                client.run_on_scheduler(threading.get_ident))
+                client, tiny, tiny_plain, cxs, plain_cxs, pids, client.sync(_thread_ident))
             seen.close()
         counts = runs_of(runs, cxs)
         twice = sum(1 for c in counts.values() if c > 1)
