@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kachery_tasks.runtime import cache
+from tests.network.channels.conftest import wait_for
 
 RUNTIME_TESTS = Path(__file__).resolve().parents[1] / "runtime"
 pytestmark = pytest.mark.timeout(120)
@@ -132,14 +133,6 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def _wait_for_lines(path: Path, words: list[str], timeout: float = 30.0) -> None:
-    deadline = time.time() + timeout
-    while _lines(path) != words:
-        if time.time() > deadline:
-            raise AssertionError(f"{path} holds {_lines(path)}, not {words}")
-        time.sleep(0.02)
-
-
 def test_an_action_whose_holder_is_stopped_past_its_lease_does_not_run_twice(tmp_path):
     """SIGSTOP (like a long C call holding the GIL) stops the heartbeat: the lease
     expires, yet its holder is alive on this host, so a second caller waits for the
@@ -151,7 +144,8 @@ def test_an_action_whose_holder_is_stopped_past_its_lease_does_not_run_twice(tmp
     try:
         _wait_for_running(tid)
         # (recorded as running before its body starts: stop it once the body has begun)
-        _wait_for_lines(target, ["start", str(holder.pid)])
+        wait_for(lambda: _lines(target) == ["start", str(holder.pid)], 30,
+                 "the action's first line")
         os.kill(holder.pid, signal.SIGSTOP)
         time.sleep(1.0)  # more than three TTLs: the lease has expired
         lease = cache.current().records.lease(tid)
