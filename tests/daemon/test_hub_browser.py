@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from kachery_tasks.network.channels import ChannelSession, ChannelStore, Invite
 from kachery_tasks.network.channels.membership import create_channel
 from kachery_tasks.testing.pubsub import Inbox
 from tests.daemon.conftest import OCTETS, token_of
-from tests.network.channels.conftest import broker_with_admission, make_node
+from tests.network.channels.conftest import broker_with_admission, make_node, wait_for
 from tests.network.conftest import FAST
 
 CHROMIUM = "/usr/bin/chromium"
@@ -183,13 +182,6 @@ def test_tasks_show_a_run_with_its_result_and_provenance(hub, served):
     assert h.problems == []
 
 
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def channel_world(tmp_path):
     """A channel owned by the served node, on a real broker with admission and a file://
@@ -265,7 +257,8 @@ def test_the_owner_adds_a_node_and_its_requests_are_accepted(hub, served, daemon
                 timeout=WAIT_MS)
             assert lab.trusted_config().members[alice_key.public_hex].permissions == {
                 "read_feeds"}
-            wait_for(lambda: owner_session.config.version == 3)  # the notice arrived
+            wait_for(lambda: owner_session.config.version == 3, 15.0,
+                     "the notice of version 3")
             alice_session.publish("request_file", {"uri": "sha256://" + "cd" * 32})
             assert len(received.quiet(1.0)) == 1  # dropped: alice may not download now
         assert h.problems == []

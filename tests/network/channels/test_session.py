@@ -18,7 +18,7 @@ from kachery_tasks.network.channels.membership import (
     remove_node,
 )
 from kachery_tasks.testing.pubsub import Inbox
-from tests.network.channels.conftest import ALL, config_of, make_node
+from tests.network.channels.conftest import ALL, config_of, make_node, wait_for
 from tests.network.conftest import FAST
 
 
@@ -42,13 +42,6 @@ def world(tmp_path, admitting_broker):
                                   joined=joined, alice_key=alice_key, session=session))
     for s in sessions:
         s.close()
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
 
 
 def test_sessions_see_each_other_and_exchange_messages(world):
