@@ -266,13 +266,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.workers < 1 or args.threads < 1:
         parser.error("--workers and --threads are at least 1")
-    if args.dir is not None:
-        Path(args.dir).mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="bench-remote-", dir=args.dir))
-    runs = root / "runs"
-    runs.mkdir()
     os.environ["KACHERY_TASKS_PROGRESS"] = "0"
-    os.environ["KT_BENCH_RUNS"] = str(runs)  # inherited by the Dask workers
     os.environ["PYTHONPATH"] = os.pathsep.join(  # workers and daemons import the task module
         p for p in (str(BENCH), str(REPO), os.environ.get("PYTHONPATH")) if p)
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -281,6 +275,12 @@ def main() -> None:
     from _bench_remote_defs import tiny, tiny_plain
     from distributed.deploy.subprocess import SubprocessCluster
 
+    if args.dir is not None:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="bench-remote-", dir=args.dir))
+    runs = root / "runs"
+    runs.mkdir()
+    os.environ["KT_BENCH_RUNS"] = str(runs)  # inherited by the Dask workers
     broker, url = bench_broker.start_broker()
     daemons: list[subprocess.Popen] = []
     cluster = client = None
@@ -288,6 +288,9 @@ def main() -> None:
     try:
         cluster = SubprocessCluster(n_workers=args.workers, threads_per_worker=args.threads,
                                     worker_class="distributed.Worker", dashboard_address=":0",
+                                    # where the scheduler's process tells its address (by
+                                    # default a file distributed leaves in /tmp)
+                                    scheduler_kwargs={"scheduler_file": str(root / "scheduler")},
                                     silence_logs=logging.CRITICAL)
         client = distributed.Client(cluster)
         addr = cluster.scheduler_address
