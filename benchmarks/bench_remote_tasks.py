@@ -103,6 +103,10 @@ def cpu_split(pids: dict[str, list[int]], loop_thread: int) -> dict[str, float]:
     return {REQUESTER: time.process_time() - loop, CLIENT: loop, **cpu_seconds(pids)}
 
 
+CHURNED = 0.1e-3
+"""Seconds of CPU per file creation above which the benchmark says the disk was churned:
+0.015-0.03 ms on the VM of docs/remote-tasks.md where nothing was removed lately."""
+
 REQUESTER = "requester (this process)"
 CLIENT = "this process's Dask client (a thread of it)"
 
@@ -301,6 +305,13 @@ def main() -> None:
               f"{os.cpu_count()} CPUs; "
               f"nodes and bucket (file://) in {root.parent}, where creating a file costs "
               f"{created * 1e3:.3f} ms of CPU now; load average {os.getloadavg()[0]:.1f}")
+        if created > CHURNED:
+            print(f"  note: over {CHURNED * 1e3:.1f} ms per file created. On ext4 without a "
+                  "journal a creation costs that much after files were removed near here in "
+                  "the last minutes (by a test run, or this benchmark's previous run); each "
+                  "computed call creates 2 files, so the figures below pay for those removals. "
+                  "Let 6 minutes pass, or give --dir a directory elsewhere on the disk "
+                  "(docs/remote-tasks.md)")
         nodes = make_lab(root, url, f"file://{root}/bucket", names=NODES)
         p1, p2, alice, bob = nodes
         for name in PROVIDERS:
