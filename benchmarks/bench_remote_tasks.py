@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import logging
 import os
 import shutil
@@ -383,17 +384,18 @@ def main() -> None:
         print(f"  computed {sum(counts.values())} times for {len(counts)} distinct ids")
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     finally:
-        for node in nodes:  # their sessions, before the broker goes
-            node.close()
-        for d in daemons:
-            stop(d)
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-        broker.terminate()
-        broker.wait(30)
-        shutil.rmtree(root, ignore_errors=True)
+        with contextlib.ExitStack() as cleanup:  # last in, first out; each step runs even
+            cleanup.callback(shutil.rmtree, root, ignore_errors=True)  # if one before failed
+            cleanup.callback(broker.wait, 30)
+            cleanup.callback(broker.terminate)
+            if cluster is not None:
+                cleanup.callback(cluster.close)
+            if client is not None:
+                cleanup.callback(client.close)
+            for d in daemons:
+                cleanup.callback(stop, d)
+            for node in nodes:  # their sessions first, before the broker goes
+                cleanup.callback(node.close)
 
 
 if __name__ == "__main__":
