@@ -27,6 +27,7 @@ start``) in a process of its own; this process is node B asking (its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -211,13 +212,14 @@ def main() -> None:
             print(f"  {sub_kind} subscribers, {publishers} x {pub_kind} publisher(s): "
                   f"{min(rates):>8,.0f} msg/s (slowest subscriber; target >= 5,000)")
     finally:
-        for d in daemons:
-            stop(d)
-        broker.terminate()
-        broker.wait(30)
-        if emulator is not None:
-            emulator.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        with contextlib.ExitStack() as cleanup:  # last in, first out; each step runs even
+            cleanup.callback(shutil.rmtree, root, ignore_errors=True)  # if one before failed
+            if emulator is not None:
+                cleanup.callback(emulator.stop)
+            cleanup.callback(broker.wait, 30)
+            cleanup.callback(broker.terminate)
+            for d in daemons:
+                cleanup.callback(stop, d)
 
 
 if __name__ == "__main__":
