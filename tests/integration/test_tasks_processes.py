@@ -58,14 +58,14 @@ def test_two_processes_compute_the_same_task_once():
 
 
 def _wait_for_running(tid: str, timeout: float = 30.0):
+    """The run of ``tid``, once it is recorded as running."""
     records = cache.current().records
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+
+    def running():
         runs = records.runs(task_id=tid)
-        if runs and runs[0].status == "running":
-            return runs[0]
-        time.sleep(0.05)
-    raise AssertionError("the task never started")
+        return runs[0] if runs and runs[0].status == "running" else None
+
+    return wait_for(running, timeout, "the task's start")
 
 
 def test_sigkill_mid_task_leaves_no_success_and_the_next_call_recomputes(tmp_path, monkeypatch):
