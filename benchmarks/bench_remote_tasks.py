@@ -32,11 +32,12 @@ disk is what the disk costs (each run also prints what creating a file and one
 durable write cost where it ran).
 
 On ext4 without a journal, a file's creation skips every inode of its block
-group freed in about the last minute, one look each: after a run removed its
-thousands of files, creating one costs ten times as much for a minute (0.3 ms
-of CPU instead of 0.03 on the VM of the figures in docs/remote-tasks.md). The
-cost of a creation is therefore measured before the run, where the run meets
-it; let a minute pass between runs on such a disk.
+group freed in about the last minute (about 6 while anything keeps writing
+there), one look each: after a run removed its thousands of files, creating
+one costs 10 to 40 times as much (0.3-1.2 ms of CPU instead of 0.015-0.03 on
+the VM of the figures in docs/remote-tasks.md). The cost of a creation is
+therefore measured before the run, where the run meets it, and a note says
+when it is over ``CHURNED``; let 6 minutes pass between runs on such a disk.
 
     python benchmarks/bench_remote_tasks.py [--requests N] [--concurrent N] [--dir DIR]
         [--workers N] [--threads N]
@@ -180,8 +181,8 @@ def create_cost(where: Path, n: int = 300) -> float:
     """Seconds of this thread's CPU to create one empty file in ``where`` (the files stay
     until the run's directory is removed: removing them would make the run's own
     creations dearer, see the module docstring). On the VM of the figures in
-    docs/remote-tasks.md it ranged from 0.015 to 0.9 ms, the highest within a minute
-    of many files' removal."""
+    docs/remote-tasks.md it ranged from 0.014 to 1.2 ms, the highest within minutes
+    of many files' removal nearby."""
     scratch = where / "create-cost"
     scratch.mkdir(parents=True, exist_ok=True)
     c0 = time.thread_time()
