@@ -105,9 +105,10 @@ def cpu_split(pids: dict[str, list[int]], loop_thread: int) -> dict[str, float]:
     return {REQUESTER: time.process_time() - loop, CLIENT: loop, **cpu_seconds(pids)}
 
 
-CHURNED = 0.1e-3
-"""Seconds of CPU per file creation above which the benchmark says the disk was churned:
-0.015-0.03 ms on the VM of docs/remote-tasks.md where nothing was removed lately."""
+CHURNED = 0.05e-3
+"""Seconds of CPU per file creation above which the benchmark says the disk was churned.
+On the VM of docs/remote-tasks.md: 0.014-0.032 ms where nothing was removed lately,
+0.04-1.2 ms before runs that followed others' removals."""
 
 REQUESTER = "requester (this process)"
 CLIENT = "this process's Dask client (a thread of it)"
@@ -308,7 +309,7 @@ def main() -> None:
               f"nodes and bucket (file://) in {root.parent}, where creating a file costs "
               f"{created * 1e3:.3f} ms of CPU now; load average {os.getloadavg()[0]:.1f}")
         if created > CHURNED:
-            print(f"  note: over {CHURNED * 1e3:.1f} ms per file created. On ext4 without a "
+            print(f"  note: over {CHURNED * 1e3:.2f} ms per file created. On ext4 without a "
                   "journal a creation costs that much after files were removed near here in "
                   "the last minutes (by a test run, or this benchmark's previous run); each "
                   "computed call creates 2 files, so the figures below pay for those removals. "
