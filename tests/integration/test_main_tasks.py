@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,11 +80,18 @@ def _run_notebook(tmp_path: Path) -> list[str]:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
+    from jupyter_client import KernelManager
+
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in NOTEBOOK_CELLS]
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
+    # Unix sockets, not TCP ports: a port the kernel was given can be taken by another
+    # test's server before the kernel binds it (the kernel then never answers). Their
+    # directory is short: a socket's path holds at most 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="kt-nb-") as sockets:
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=f"{sockets}/k")
+        client = nbclient.NotebookClient(nb, km=km, timeout=120,
+                                         resources={"metadata": {"path": str(tmp_path)}})
+        client.execute()
     out = nb.cells[-1].outputs
     return "".join(o.get("text", "") for o in out if o.output_type == "stream").split()
 
