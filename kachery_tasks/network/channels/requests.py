@@ -8,7 +8,8 @@ hex digits) and every answer names it and the asker (``"to"``). An answer is
 * **final** (``file_uploaded``): the exchange is done;
 * **progress** (``file_upload_progress``): the answerer is at work, and the
   asker's wait is extended;
-* a **decline** (``file_absent``): that member cannot help.
+* a **decline** (``file_absent``): that member cannot help (its last word: a
+  progress report of its heard afterwards is ignored).
 
 **Asking** (:class:`Asker`): the asker expects an answer from each member
 online that may answer (``asked``, chosen by the caller from presence and the
@@ -118,8 +119,7 @@ class Pending:
 
     @property
     def declined_by_all(self) -> bool:
-        declined = {n for n, t in self.answers.items() if t in self.exchange.decline}
-        return self.asked <= declined
+        return self.asked <= self.declines.keys()
 
     @property
     def answered(self) -> int:
@@ -244,8 +244,10 @@ class Asker:
             if pending is None or msg.type not in pending.exchange.answers \
                     or pending.status in _ENDED:  # it ended: a late answer changes nothing
                 return
-            pending.answers[msg.sender] = msg.type
             exchange = pending.exchange
+            if msg.type in exchange.progress and msg.sender in pending.declines:
+                return  # published by its sender's progress thread after the decline went out
+            pending.answers[msg.sender] = msg.type
             if msg.type in exchange.final and pending.final is None:
                 pending.final = msg
             elif msg.type in exchange.decline:

@@ -250,6 +250,29 @@ def test_an_answer_heard_after_the_wait_ended_does_not_change_its_outcome(sessio
     assert pending.status == "done" and pending.outcome == "in the bucket"
 
 
+def test_a_report_heard_after_a_decline_leaves_the_request_declined(sessions):
+    """A responder's progress thread can publish a report (``queued``, say) after its
+    handler's decline went out from another thread: the decline stands, the request ends
+    declined at once instead of waiting out its timeout."""
+    a, b = sessions("a"), sessions("b")
+    injected: list[str] = []
+
+    def events(event):
+        row = event["request"]
+        if row["status"] == "waiting" and not injected:  # sent: the decline, then a report
+            injected.append(row["id"])
+            for type, extra in (("file_absent", {}), ("file_upload_progress", {"bytes": 1})):
+                asker._on_answer(SimpleNamespace(type=type, sender=b.node_id, body={
+                    "request": row["id"], "to": a.node_id, "sha256": "x", **extra}))
+
+    asker = Asker(a, events=events)
+    pending = asker.ask(FILE, {"uri": "u"}, asked={b.node_id}, online=1, timeout=3,
+                        what="the test request")
+    assert injected == [pending.id]
+    assert pending.status == "declined"
+    assert pending.answers == {b.node_id: "file_absent"}
+
+
 def test_an_answer_wakes_only_the_thread_waiting_for_it(sessions, monkeypatch):
     """Many requests wait at once (a map sent to providers): a message for one of them
     must not wake the others, else every message costs a wake-up of every waiting thread."""
