@@ -211,6 +211,10 @@ def _set_up(conn: sqlite3.Connection, schema: str) -> None:
 POLL_FIRST_DELAY = 50e-6
 POLL_MAX_DELAY = 2e-3
 
+_jitter = random.Random()
+"""The retries' own generator: they run in background threads too (heartbeats, daemons),
+and drawing from the global one would change the numbers of a user's seeded ``random``."""
+
 
 def _is_busy(e: sqlite3.OperationalError) -> bool:
     """Whether SQLite said the database is locked or busy (another writer holds it)."""
@@ -229,7 +233,7 @@ def retry_while_locked(fn: Callable[[], T], first_delay: float, max_delay: float
         except sqlite3.OperationalError as e:
             if not _is_busy(e) or time.monotonic() > deadline:
                 raise
-            time.sleep(delay * (0.5 + random.random()))
+            time.sleep(delay * (0.5 + _jitter.random()))
             delay = min(delay * 2, max_delay)
 
 

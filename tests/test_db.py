@@ -1,4 +1,5 @@
 import multiprocessing as mp
+import random
 import sqlite3
 import threading
 
@@ -107,6 +108,25 @@ def test_a_polling_connection_waits_out_another_writer_outside_a_transaction(tmp
     t.join()
     rows = conn.execute("SELECT k, v FROM t ORDER BY k").fetchall()
     assert rows == [(1, "mine"), (2, "mine"), (100, "other"), (101, "other")]
+
+
+def test_retries_leave_the_global_random_numbers_alone():
+    """A user's seeded ``random`` gives the same numbers whether or not kachery-tasks
+    retried a busy database meanwhile (its retries also run in background threads)."""
+    attempts = []
+
+    def busy_twice():
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return "done"
+
+    random.seed(7)
+    expected = [random.random() for _ in range(3)]
+    random.seed(7)
+    assert db.retry_while_locked(busy_twice, first_delay=1e-4, max_delay=1e-3) == "done"
+    assert len(attempts) == 3
+    assert [random.random() for _ in range(3)] == expected
 
 
 def test_a_polling_connection_gives_up_after_the_busy_timeout(tmp_path, monkeypatch):
