@@ -400,6 +400,8 @@ class Responder:
         """Publish ``incoming``'s answer, retrying for :data:`ANSWER_RETRY_SECONDS`."""
         if incoming.answered is None:
             return
+        with self._lock:  # a report still queued would only follow the answer
+            self._progress.pop(incoming.id, None)
         type, body = incoming.answered
         deadline = time.monotonic() + ANSWER_RETRY_SECONDS
         while True:

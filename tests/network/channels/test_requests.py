@@ -201,11 +201,12 @@ def test_both_sides_keep_status_rows(sessions):
 
 def test_progress_reports_never_hold_up_the_work():
     """A broker that does not acknowledge progress reports does not stop the answer."""
-    release = threading.Event()
+    release, sending = threading.Event(), threading.Event()
     published = []
 
     def publish(type, body, timeout=None):
         if type == "file_upload_progress":
+            sending.set()
             release.wait(30)  # the pub/sub is away
         published.append((type, body.get("bytes")))
 
@@ -215,7 +216,9 @@ def test_progress_reports_never_hold_up_the_work():
                               off=lambda t, h: None, publish=publish, pubsub=object())
 
     def work(incoming):
-        for i in range(3):
+        incoming.progress({"sha256": "x", "bytes": 0, "total": 3})
+        assert sending.wait(30)  # the first report is on its way, and stuck
+        for i in (1, 2):
             incoming.progress({"sha256": "x", "bytes": i, "total": 3})
         incoming.answer("file_uploaded", {"sha256": "x"})
 
@@ -224,8 +227,46 @@ def test_progress_reports_never_hold_up_the_work():
     handlers["request_file"](msg)
     wait_for(lambda: ("file_uploaded", None) in published, what="the answer")
     release.set()
-    wait_for(lambda: len(published) >= 2, what="a progress report")
-    assert published[0] == ("file_uploaded", None)
+    wait_for(lambda: len(published) >= 2, what="the stuck progress report")
+    assert published[:2] == [("file_uploaded", None), ("file_upload_progress", 0)]
+    responder.close()
+
+
+def test_a_report_still_queued_when_the_answer_goes_out_is_not_sent():
+    """Reports go out from their own thread, one at a time: one queued behind a slow
+    report when the answer is published would only follow the answer, and is dropped."""
+    release, sending = threading.Event(), threading.Event()
+    published = []
+
+    def publish(type, body, timeout=None):
+        if body.get("bytes") == 0:
+            sending.set()
+            release.wait(30)  # the first report is slow to go out
+        published.append((type, body.get("request"), body.get("bytes")))
+
+    handlers = {}
+    session = SimpleNamespace(node_id="me", channel=SimpleNamespace(name="lab"),
+                              on=lambda t, h: handlers.setdefault(t, h),
+                              off=lambda t, h: None, publish=publish, pubsub=object())
+    rid, other = "ab" * 16, "cd" * 16
+
+    def work(incoming):
+        incoming.progress({"sha256": "x", "bytes": 0, "total": 2})
+        assert sending.wait(30)
+        incoming.progress({"sha256": "x", "bytes": 1, "total": 2})  # queued behind it
+        incoming.answer("file_uploaded", {"sha256": "x"})
+
+    responder = Responder(session, FILE, work)
+    handlers["request_file"](SimpleNamespace(type="request_file", sender="asker",
+                                             body={"request": rid}))
+    wait_for(lambda: ("file_uploaded", rid, None) in published, what="the answer")
+    # another request's report, queued after the answer: the thread sends it after any
+    # report of the answered request still queued
+    responder.send_progress(SimpleNamespace(id=other), {"request": other, "bytes": 5})
+    release.set()
+    wait_for(lambda: ("file_upload_progress", other, 5) in published, what="the other report")
+    assert published == [("file_uploaded", rid, None), ("file_upload_progress", rid, 0),
+                         ("file_upload_progress", other, 5)]
     responder.close()
 
 
