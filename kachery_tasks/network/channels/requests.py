@@ -104,7 +104,8 @@ class Pending:
     timeout: float
     started: float = field(default_factory=time.time)
     status: str = "waiting"  # waiting, progress, done, declined, timeout, failed
-    answers: dict[str, str] = field(default_factory=dict)  # node -> the last answer type
+    answers: dict[str, str] = field(default_factory=dict)  # node -> its last answer type
+    # (a decline stays its last: see Asker._on_answer)
     final: ChannelMessage | None = None
     declines: dict[str, ChannelMessage] = field(default_factory=dict)  # node -> its decline
     outcome: Any = None  # what poll() found, when it ended the wait

@@ -199,6 +199,16 @@ def test_both_sides_keep_status_rows(sessions):
     assert {e["request"]["status"] for e in events} >= {"waiting", "serving", "declined"}
 
 
+def _session_publishing_with(publish):
+    """A stand-in for a responder's ChannelSession that publishes with ``publish``; also
+    the handlers a Responder registers on it, for the test to hand requests to."""
+    handlers: dict = {}
+    session = SimpleNamespace(node_id="me", channel=SimpleNamespace(name="lab"),
+                              on=lambda t, h: handlers.setdefault(t, h),
+                              off=lambda t, h: None, publish=publish, pubsub=object())
+    return session, handlers
+
+
 def test_progress_reports_never_hold_up_the_work():
     """A broker that does not acknowledge progress reports does not stop the answer."""
     release, sending = threading.Event(), threading.Event()
@@ -210,10 +220,7 @@ def test_progress_reports_never_hold_up_the_work():
             release.wait(30)  # the pub/sub is away
         published.append((type, body.get("bytes")))
 
-    handlers = {}
-    session = SimpleNamespace(node_id="me", channel=SimpleNamespace(name="lab"),
-                              on=lambda t, h: handlers.setdefault(t, h),
-                              off=lambda t, h: None, publish=publish, pubsub=object())
+    session, handlers = _session_publishing_with(publish)
 
     def work(incoming):
         incoming.progress({"sha256": "x", "bytes": 0, "total": 3})
@@ -244,10 +251,7 @@ def test_a_report_still_queued_when_the_answer_goes_out_is_not_sent():
             release.wait(30)  # the first report is slow to go out
         published.append((type, body.get("request"), body.get("bytes")))
 
-    handlers = {}
-    session = SimpleNamespace(node_id="me", channel=SimpleNamespace(name="lab"),
-                              on=lambda t, h: handlers.setdefault(t, h),
-                              off=lambda t, h: None, publish=publish, pubsub=object())
+    session, handlers = _session_publishing_with(publish)
     rid, other = "ab" * 16, "cd" * 16
 
     def work(incoming):
