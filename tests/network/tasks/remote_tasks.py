@@ -18,9 +18,11 @@ RAN = kachery.untracked(collections.Counter())
 def _ran(name):
     RAN[name] += 1
     where = os.environ.get("KACHERY_TEST_RUNS_DIR")
-    if where:
-        with open(os.path.join(where, f"{name}-{os.getpid()}-{uuid.uuid4().hex}"), "w") as f:
+    if where:  # written whole, then renamed: a test globbing the directory never reads half a file
+        final = os.path.join(where, f"{name}-{os.getpid()}-{uuid.uuid4().hex}")
+        with open(os.path.join(where, f".writing-{uuid.uuid4().hex}"), "w") as f:
             f.write(str(os.getpid()))
+        os.replace(f.name, final)
 
 
 @kachery.pure
