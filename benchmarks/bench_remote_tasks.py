@@ -21,7 +21,9 @@ same scheduler in the same run:
   least 200), beside ``client.gather(client.map(...))``, with the CPU time
   per task of each group of processes (requester, this process's Dask
   client, providers, broker, workers, scheduler: where the time goes) and the share of
-  the CPUs' time the hypervisor of a virtual machine took (steal);
+  the CPUs' time the hypervisor of a virtual machine took (steal); ``--rounds``
+  (3) rounds with fresh ids, each beside its own plain run, as a host's speed
+  drifts within minutes: each round, then the lowest, median and highest rate;
 * a shared hit: a second requester node of the lab calling ids the first one
   got computed, served from the signed records in the channel's bucket
   (target: median under 5 ms), beside a hit in the first node's own records.
@@ -39,8 +41,8 @@ the VM of the figures in docs/remote-tasks.md). The cost of a creation is
 therefore measured before the run, where the run meets it, and a note says
 when it is over ``CHURNED``; let 6 minutes pass between runs on such a disk.
 
-    python benchmarks/bench_remote_tasks.py [--requests N] [--concurrent N] [--dir DIR]
-        [--workers N] [--threads N]
+    python benchmarks/bench_remote_tasks.py [--requests N] [--concurrent N] [--rounds N]
+        [--dir DIR] [--workers N] [--threads N]
 """
 
 from __future__ import annotations
@@ -265,14 +267,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200,
                         help="calls one at a time (fresh ids), and shared hits of them")
     parser.add_argument("--concurrent", type=int, default=1000, help="requests at once")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of --concurrent requests (fresh ids), each beside plain Dask")
     parser.add_argument("--dir", default=None,
                         help="where the nodes and the bucket live (default: the temporary "
                              "directory; /dev/shm shows what the disk's flushes cost)")
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     parser.add_argument("--threads", type=int, default=2, help="threads of each worker")
     args = parser.parse_args()
-    if args.workers < 1 or args.threads < 1:
-        parser.error("--workers and --threads are at least 1")
+    if args.workers < 1 or args.threads < 1 or args.rounds < 1 or args.concurrent < 1:
+        parser.error("--workers, --threads, --rounds and --concurrent are at least 1")
     os.environ["KACHERY_TASKS_PROGRESS"] = "0"
     os.environ["PYTHONPATH"] = os.pathsep.join(  # workers and daemons import the task module
         p for p in (str(BENCH), str(REPO), os.environ.get("PYTHONPATH")) if p)
@@ -337,30 +341,47 @@ def main() -> None:
         print(f"  overhead {overhead * 1e3:.1f} ms (target < 30 ms), "
               f"{statistics.median(remote_t) / statistics.median(plain_t):.1f}x plain")
 
-        m = args.concurrent
-        cxs, plain_cxs = range(1_000_000, 1_000_000 + m), range(-1_000_000 - m, -1_000_000)
+        m, rounds = args.concurrent, args.rounds
         pids = {"provider daemons": [d.pid for d in daemons], "broker": [broker.pid],
                 "Dask workers": list(client.run(os.getpid).values()),
                 "Dask scheduler": [client.run_on_scheduler(os.getpid)]}
-        with alice:
-            seen = MessageCount(alice)
-            t_remote, t_plain, cpu_remote, cpu_plain, host_remote, host_plain = concurrent(
-                client, tiny, tiny_plain, cxs, plain_cxs, pids, client.sync(_thread_ident))
-            seen.close()
-        counts = runs_of(runs, cxs)
-        twice = sum(1 for c in counts.values() if c > 1)
-        print(f"{m} requests at once to 2 providers (kachery.gather(tiny.map(...))):")
-        print(f"  across the channel        {t_remote:6.2f} s  {m / t_remote:7.0f} tasks/s "
-              f"(target >= 200); all {m} answered; computed {sum(counts.values())} times, "
-              f"{len(counts)} distinct, {twice} computed twice")
-        print(f"  plain client.map+gather   {t_plain:6.2f} s  {m / t_plain:7.0f} tasks/s; "
-              f"channel {t_remote / t_plain:.1f}x the time of plain")
-        print(f"  this machine meanwhile: across the channel {host_remote}; plain {host_plain}")
+        print(f"{m} requests at once to 2 providers (kachery.gather(tiny.map(...))), "
+              f"{rounds} round(s) with fresh ids, each beside plain client.map+gather:")
+        rates, plain_rates = [], []
+        cpu_remote: collections.Counter = collections.Counter()
+        cpu_plain: collections.Counter = collections.Counter()
+        seen = MessageCount(alice)
+        for r in range(rounds):
+            lo = 1_000_000 + r * m
+            cxs, plain_cxs = range(lo, lo + m), range(-lo - m, -lo)
+            with alice:
+                t_remote, t_plain, used_remote, used_plain, host_remote, host_plain = \
+                    concurrent(client, tiny, tiny_plain, cxs, plain_cxs, pids,
+                               client.sync(_thread_ident))
+            cpu_remote.update(used_remote)
+            cpu_plain.update(used_plain)
+            counts = runs_of(runs, cxs)
+            twice = sum(1 for c in counts.values() if c > 1)
+            rates.append(m / t_remote)
+            plain_rates.append(m / t_plain)
+            print(f"  round {r + 1}: across the channel {t_remote:6.2f} s {m / t_remote:5.0f} "
+                  f"tasks/s (target >= 200); all {m} answered; computed "
+                  f"{sum(counts.values())} times, {len(counts)} distinct, {twice} computed "
+                  f"twice; plain {t_plain:5.2f} s {m / t_plain:5.0f} tasks/s; channel "
+                  f"{t_remote / t_plain:.1f}x the time of plain")
+            print(f"    this machine meanwhile: across the channel {host_remote}; "
+                  f"plain {host_plain}")
+        seen.close()
+        print(f"  across the channel: lowest {min(rates):.0f}, median "
+              f"{statistics.median(rates):.0f}, highest {max(rates):.0f} tasks/s; plain "
+              f"{min(plain_rates):.0f}, {statistics.median(plain_rates):.0f}, "
+              f"{max(plain_rates):.0f}")
+        n_all = m * rounds
         print("  messages the requester received per call: " + ", ".join(
-            f"{what} {n / m:.1f}" for what, n in sorted(seen.counts.items())))
+            f"{what} {n / n_all:.1f}" for what, n in sorted(seen.counts.items())))
         for what, used in (("across the channel", cpu_remote), ("plain", cpu_plain)):
-            print(f"  CPU per task, {what}: {sum(used.values()) / m * 1e3:.1f} ms (" + ", ".join(
-                f"{role} {n * 1e3 / m:.1f}" for role, n in used.items()) + ")")
+            print(f"  CPU per task, {what}: {sum(used.values()) / n_all * 1e3:.1f} ms (" +
+                  ", ".join(f"{role} {n * 1e3 / n_all:.1f}" for role, n in used.items()) + ")")
         wall, cpu = flush_cost(root / "flush")
         print(f"  the disk in {root.parent}: creating a file in the bucket directory costs "
               f"{create_cost(root / 'bucket' / 'after') * 1e3:.3f} ms of CPU after the runs "
