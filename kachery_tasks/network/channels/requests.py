@@ -303,8 +303,9 @@ class Incoming:
         """Report progress; returns at once. The responder's progress thread publishes
         the latest report of each request (best effort: a lost one only shortens the
         asker's patience), so a pub/sub that is away never slows the work down."""
+        if not self.responder.send_progress(self, self._addressed(body)):
+            return  # the answer went out: a report now would only follow it
         self.progress_now = {k: body[k] for k in ("bytes", "total") if k in body} or None
-        self.responder.send_progress(self, self._addressed(body))
         self.responder.changed(self)
 
     def answer(self, type: str, body: dict[str, Any], detail: str = "") -> None:
@@ -420,15 +421,21 @@ class Responder:
                          incoming.id[:8], e)
                 time.sleep(0.5)
 
-    def send_progress(self, incoming: Incoming, body: dict[str, Any]) -> None:
-        """Have the progress thread publish ``body`` (replacing a report not sent yet)."""
+    def send_progress(self, incoming: Incoming, body: dict[str, Any]) -> bool:
+        """Have the progress thread publish ``body`` (replacing a report not sent yet);
+        False, and nothing sent, once ``incoming`` is answered: :meth:`send_answer` drops
+        a report still queued, and none is queued after it (``answered`` is set before
+        the answer is sent, and read here under the same lock)."""
         with self._lock:
+            if incoming.answered is not None:
+                return False
             self._progress[incoming.id] = body
             if self._progress_thread is None:
                 self._progress_thread = threading.Thread(
                     target=self._send_progress, name="kachery-progress", daemon=True)
                 self._progress_thread.start()
             self._progress_ready.notify()
+        return True
 
     def _send_progress(self) -> None:
         type = next(iter(sorted(self.exchange.progress)))

@@ -266,11 +266,37 @@ def test_a_report_still_queued_when_the_answer_goes_out_is_not_sent():
     wait_for(lambda: ("file_uploaded", rid, None) in published, what="the answer")
     # another request's report, queued after the answer: the thread sends it after any
     # report of the answered request still queued
-    responder.send_progress(SimpleNamespace(id=other), {"request": other, "bytes": 5})
+    responder.send_progress(SimpleNamespace(id=other, answered=None),
+                            {"request": other, "bytes": 5})
     release.set()
     wait_for(lambda: ("file_upload_progress", other, 5) in published, what="the other report")
     assert published == [("file_uploaded", rid, None), ("file_upload_progress", rid, 0),
                          ("file_upload_progress", other, 5)]
+    responder.close()
+
+
+def test_a_report_given_after_the_answer_is_not_sent():
+    """A report given once the request is answered (a provider's status tick that read
+    the request just before its call ended) is not sent, and leaves the status row."""
+    published = []
+    session, handlers = _session_publishing_with(
+        lambda type, body, timeout=None: published.append((type, body.get("bytes"))))
+    served = []
+
+    def work(incoming):
+        incoming.answer("file_uploaded", {"sha256": "x"})
+        incoming.progress({"sha256": "x", "bytes": 1, "total": 2})  # late
+        served.append(incoming)
+
+    responder = Responder(session, FILE, work)
+    handlers["request_file"](SimpleNamespace(type="request_file", sender="asker",
+                                             body={"request": "ab" * 16}))
+    wait_for(lambda: served, what="the request served")
+    other = SimpleNamespace(id="cd" * 16, answered=None)
+    assert responder.send_progress(other, {"request": other.id, "bytes": 7})
+    wait_for(lambda: ("file_upload_progress", 7) in published, what="the other report")
+    assert published == [("file_uploaded", None), ("file_upload_progress", 7)]
+    assert served[0].progress_now is None and served[0].status == "answered"
     responder.close()
 
 
