@@ -351,13 +351,13 @@ def main() -> None:
         cpu_remote: collections.Counter = collections.Counter()
         cpu_plain: collections.Counter = collections.Counter()
         seen = MessageCount(alice)
+        loop_thread = client.sync(_thread_ident)
         for r in range(rounds):
             lo = 1_000_000 + r * m
             cxs, plain_cxs = range(lo, lo + m), range(-lo - m, -lo)
             with alice:
                 t_remote, t_plain, used_remote, used_plain, host_remote, host_plain = \
-                    concurrent(client, tiny, tiny_plain, cxs, plain_cxs, pids,
-                               client.sync(_thread_ident))
+                    concurrent(client, tiny, tiny_plain, cxs, plain_cxs, pids, loop_thread)
             cpu_remote.update(used_remote)
             cpu_plain.update(used_plain)
             counts = runs_of(runs, cxs)

@@ -9,8 +9,10 @@ import collections
 import os
 import time
 import uuid
+from pathlib import Path
 
 import kachery_tasks as kachery
+from kachery_tasks.fsutil import write_atomic
 
 RAN = kachery.untracked(collections.Counter())
 
@@ -18,11 +20,9 @@ RAN = kachery.untracked(collections.Counter())
 def _ran(name):
     RAN[name] += 1
     where = os.environ.get("KACHERY_TEST_RUNS_DIR")
-    if where:  # written whole, then renamed: a test globbing the directory never reads half a file
-        final = os.path.join(where, f"{name}-{os.getpid()}-{uuid.uuid4().hex}")
-        with open(os.path.join(where, f".writing-{uuid.uuid4().hex}"), "w") as f:
-            f.write(str(os.getpid()))
-        os.replace(f.name, final)
+    if where:  # written whole (a test globbing the directory never reads half a file)
+        write_atomic(Path(where) / f"{name}-{os.getpid()}-{uuid.uuid4().hex}",
+                     str(os.getpid()).encode())
 
 
 @kachery.pure
