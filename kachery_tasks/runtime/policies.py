@@ -118,8 +118,9 @@ class TaskPolicy:
         it returns the cache's MISS for a result that is gone)."""
         return load(row)
 
-    def ran(self, task: Any, task_id: str, value: Any) -> Any:
-        """What a run that returned ``value`` (as cached) gives back."""
+    def ran(self, task: Any, task_id: str, value: Any, finished: float) -> Any:
+        """What a run that returned ``value`` (as cached) and ended at ``finished``
+        (as recorded) gives back."""
         return value
 
     def value(self, outcome: Any) -> Any:
@@ -156,8 +157,8 @@ class QueryPolicy(TaskPolicy):
     def reason(self, mode: str) -> str:
         return "query"
 
-    def ran(self, task: Any, task_id: str, value: Any) -> QueryResult:
-        return QueryResult(value, False, None, time.time())
+    def ran(self, task: Any, task_id: str, value: Any, finished: float) -> QueryResult:
+        return QueryResult(value, False, None, finished)
 
     def stale(self, value: Any, error: str, computed: float | None) -> QueryResult:
         """The outcome of a failed run that serves the last result, ``value``."""
@@ -197,8 +198,8 @@ class ActionPolicy(TaskPolicy):
             raise task.action_failed(row)
         return ActionOutcome(row.task_id, task.name, True, False, None, row.finished)
 
-    def ran(self, task: Any, task_id: str, value: Any) -> ActionOutcome:
-        return ActionOutcome(task_id, task.name, True, True, None, time.time())
+    def ran(self, task: Any, task_id: str, value: Any, finished: float) -> ActionOutcome:
+        return ActionOutcome(task_id, task.name, True, True, None, finished)
 
 
 PURE = PurePolicy()

@@ -349,8 +349,9 @@ class Records:
         error: str | None = None,
         serve: bool = True,
         data: bytes | None = None,
-    ) -> None:
+    ) -> float:
         """End a run: mark it, serve its outcome (if ``serve``), add edges, drop the lease.
+        Returns the time recorded as its end.
 
         Callers pass ``serve=False`` for failures of pure tasks and queries:
         those are recorded, never served. ``data`` holds a small encoded result
@@ -385,6 +386,7 @@ class Records:
         finally:
             if lease is not None:
                 self.heartbeat.remove(lease)
+        return now
 
     def _release_quietly(self, lease: leases.Lease) -> None:
         """Drop our lease after recording the outcome failed (best effort: the

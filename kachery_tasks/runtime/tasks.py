@@ -444,8 +444,8 @@ class Task:
         if not self._warned and self._watch is not None and self._watch.changed():
             self._warn_id_changed()
         if not p.keeps_value:
-            c.records.finish(run_id, start, held, "success", frame.children)
-            return p.ran(self, tid, None)
+            finished = c.records.finish(run_id, start, held, "success", frame.children)
+            return p.ran(self, tid, None, finished)
         try:
             codec, data = results.encode(value)
             label = f"{self.func.__name__}.{codec.extension}"
@@ -459,9 +459,9 @@ class Task:
             c.records.finish(run_id, start, held, "error", frame.children, error=_describe(e),
                              serve=False)
             raise
-        c.records.finish(run_id, start, held, "success", frame.children, uri, codec.name,
-                         data=inline)
-        return p.ran(self, tid, c.put(tid, codec.memo(value, data)))
+        finished = c.records.finish(run_id, start, held, "success", frame.children, uri,
+                                    codec.name, data=inline)
+        return p.ran(self, tid, c.put(tid, codec.memo(value, data)), finished)
 
     def _begin(self, c: cache_mod.NodeCache, start: RunStart, ttl: float | None,
                check_cached: bool) -> Any:

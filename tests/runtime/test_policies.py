@@ -135,7 +135,8 @@ def test_the_action_policy_serves_recorded_outcomes(tmp_path):
 
 def test_pure_and_query_policies_serve_the_loaded_value():
     assert PURE.served(double, "row", lambda r: ("loaded", r)) == ("loaded", "row")
-    assert QUERY.ran(read, "id", 5).value == 5 and not QUERY.ran(read, "id", 5).stale
+    ran = QUERY.ran(read, "id", 5, 1767000000.5)
+    assert ran.value == 5 and not ran.stale and ran.computed == 1767000000.5
 
 
 def test_a_stale_query_warns_only_when_called():

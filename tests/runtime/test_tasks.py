@@ -164,6 +164,7 @@ def test_action_runs_at_most_once_per_id(tmp_path):
     assert first.ok and first.ran and first.error is None
     second = task_defs.publish(str(target), "hello")
     assert second.ok and not second.ran and second.task_id == first.task_id
+    assert second.finished == first.finished  # the one run's end, as recorded
     assert target.read_text() == "hello\n"
     assert calls["publish"] - before == 1
     again = kachery.again(task_defs.publish, str(target), "hello")

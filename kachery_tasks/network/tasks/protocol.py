@@ -27,7 +27,11 @@ The provider answers, addressed to the requester (``"to"``), always naming
   a pure result, which the requester checks as it checks one read from the
   bucket (signer a member allowed to ``process_tasks``), else None; a pure
   result of at most 1,024 bytes is carried by that record (its ``data``,
-  :mod:`kachery_tasks.runtime.shared`) instead of the bucket;
+  :mod:`kachery_tasks.runtime.shared`) instead of the bucket. The
+  ``task_finished`` of an action also carries ``ran`` (false when the
+  provider answered from an outcome recorded earlier in the channel) and
+  ``finished`` (when the action ended, seconds since the epoch), so every
+  requester reports the one run's time;
 * ``task_failed {"error": {"type", "message", "traceback", "provider",
   "label"}}`` (final): the task raised; the requester raises an error with
   that type name, message, the remote traceback text and the provider's
@@ -146,9 +150,27 @@ def answer_entry(type: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def finished_body(task_id: str, kind: str, result_uri: str | None, codec: str | None,
-                  record: str | None) -> dict[str, Any]:
-    return {"task_id": task_id, "kind": kind, "result_uri": result_uri, "codec": codec,
-            "record": record}
+                  record: str | None, *, ran: bool | None = None,
+                  finished: float | None = None) -> dict[str, Any]:
+    """The body of a ``task_finished``; ``ran`` and ``finished`` describe an action's run."""
+    body: dict[str, Any] = {"task_id": task_id, "kind": kind, "result_uri": result_uri,
+                            "codec": codec, "record": record}
+    if ran is not None:
+        body["ran"] = ran
+    if finished is not None:
+        body["finished"] = finished
+    return body
+
+
+def action_run(body: dict[str, Any], now: float) -> tuple[bool, float]:
+    """Whether a ``task_finished`` says its action ran for this request, and when it
+    ended; a body without them (or with malformed ones) ran now."""
+    ran, finished = body.get("ran", True), body.get("finished", now)
+    if type(ran) is not bool:
+        ran = True
+    if type(finished) not in (int, float) or not 0 < finished <= now + 86400:
+        finished = now
+    return ran, float(finished)
 
 
 def failed_body(task_id: str, *, type: str, message: str, traceback: str, provider: str,

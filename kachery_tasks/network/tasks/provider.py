@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -603,13 +604,16 @@ class TaskProvider:
             if uri is not None:
                 bucket.offer_content(c.store, uri, progress=False)
             codec = row.codec if row is not None and uri is not None else None
+            finished = row.finished if row is not None else time.time()
             if claim is not None:
                 try:
-                    claim.release({"status": "success", "result_uri": uri, "codec": codec})
+                    claim.release({"status": "success", "result_uri": uri, "codec": codec,
+                                   "finished": finished})
                 except ClaimLostError as e:  # it ran here; say so in the log
                     log.warning("channel %s: %s", self.channel_name, e)
+            ran = {"ran": True, "finished": finished} if call.kind == "action" else {}
             self._finish(job, "task_finished", protocol.finished_body(
-                call.task_id, call.kind, uri, codec, None), "computed")
+                call.task_id, call.kind, uri, codec, None, **ran), "computed")
         finally:
             if claim is not None and not claim.released:
                 claim.release()  # a failure of the provider: free the id for another try
@@ -670,7 +674,7 @@ class TaskProvider:
             return
         self._finish(job, "task_finished", protocol.finished_body(
             job.call.task_id, job.call.kind, outcome.get("result_uri"), outcome.get("codec"),
-            None), f"outcome {how}")
+            None, ran=False, finished=_finished_at(outcome, holder)), f"outcome {how}")
 
     def _failure(self, job: _Job, e: BaseException) -> dict[str, Any]:
         text = "".join(traceback.format_exception(e))
@@ -787,4 +791,12 @@ def _failure_outcome(failure: dict[str, Any]) -> dict[str, Any]:
     return {"status": "error", "error": error}
 
 
+def _finished_at(outcome: dict[str, Any], holder: Holder) -> float | None:
+    """When the action whose claim ``holder`` is ended: as its outcome says, else when
+    its claim was released."""
+    finished = outcome.get("finished")
+    return float(finished) if type(finished) in (int, float) else holder.renewed
+
+
 __all__ = ["DEFAULT_WORKERS", "MAX_ACCEPTED", "STATUS_EVERY", "TaskProvider", "claims_prefix"]
+

@@ -450,8 +450,9 @@ class ChannelTasks:
         """An action's or a query's outcome from the provider, recorded here as its."""
         tid, now = call.task_id, time.time()
         if call.kind == "action":
-            c.records.import_result(tid, "action", call.function, None, None, provider, now)
-            return ActionOutcome(tid, call.function, True, True, None, now)
+            ran, finished = protocol.action_run(body, now)
+            c.records.import_result(tid, "action", call.function, None, None, provider, finished)
+            return ActionOutcome(tid, call.function, True, ran, None, finished)
         uri, codec = body.get("result_uri"), body.get("codec")
         if uri is None:  # the query returned None
             codec_obj, data = results.encode(None)

@@ -89,20 +89,23 @@ class FakeProvider:
                 incoming.answer("task_finished", self._forged(call))
                 return
             try:
-                call.task.outcome(call, body["mode"])
+                outcome = call.task.outcome(call, body["mode"])
             except Exception as e:
                 incoming.answer("task_failed", protocol.failed_body(
                     tid, type=type(e).__name__, message=str(e),
                     traceback=traceback.format_exc(), provider=self.node.id,
                     label="test-provider"))
                 return
-            incoming.answer("task_finished", self._finished(call))
+            incoming.answer("task_finished", self._finished(call, outcome))
 
-    def _finished(self, call: Call) -> dict:
+    def _finished(self, call: Call, outcome) -> dict:
         c = cache.current()
         tid = call.task_id
         row = c.records.result(tid)
-        if call.kind == "action" or row is None:
+        if call.kind == "action":  # ran here now, or served from its recorded outcome
+            return protocol.finished_body(tid, "action", None, None, None, ran=outcome.ran,
+                                          finished=outcome.finished)
+        if row is None:
             return protocol.finished_body(tid, call.kind, None, None, None)
         uri = c.materialize(tid)
         remote = self.node.remotes[-1]

@@ -197,6 +197,11 @@ def test_an_action_runs_on_the_provider_once_and_is_recorded_here(labs):
     assert first.ran and not second.ran
     assert row.node == labs.nodes["bob"].id and row.status == "success"
     assert len(bob.requests) == 1
+    with labs.nodes["carol"], kachery.channel("lab", timeout=20):  # another member asks
+        third = rt.note("hello")
+        carol_row = cache.current().records.result(rt.note.task_id("hello"))
+    assert len(bob.requests) == 2 and rt.RAN.count("note(hello)") == 1
+    assert not third.ran and third.finished == first.finished == carol_row.finished
 
 
 def test_a_query_runs_remotely_each_time_and_falls_back_when_unreachable(labs):
