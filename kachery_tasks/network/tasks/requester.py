@@ -34,7 +34,9 @@ recorded here as the provider's. ``task_failed`` raises
 :class:`~kachery_tasks.errors.RemoteTaskError`.
 
 **Errors.** Nobody provides the function: :class:`NoProviderError` at once
-(with ``fallback="local"`` the call runs here instead). Every provider
+(with ``fallback="local"`` the call runs here instead, as it does when the
+channel's broker cannot be reached: then a warning is logged once, and the
+broker is tried again after :data:`OFFLINE_RETRY` seconds, not at every call). Every provider
 declined: :class:`CallRejectedError` (ChannelPermissionError when they all said
 this node may not ask), each reason in the message. None answered in time:
 ChannelTimeoutError naming who was asked and who answered.
@@ -46,6 +48,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -57,6 +60,8 @@ from ...errors import (
     ChannelTimeoutError,
     InvalidValueError,
     NoProviderError,
+    PubSubAuthError,
+    PubSubError,
     RemoteTaskError,
     TaskError,
 )
@@ -68,7 +73,8 @@ from ...runtime.executors import TaskFuture, serve_recorded
 from ...runtime.policies import ActionOutcome, QueryResult
 from ..channels.messages import ChannelMessage
 from ..channels.remote import ChannelRemote, channel_url
-from ..channels.requests import Pending
+from ..channels.requests import Asker, Pending
+from ..channels.session import ChannelSession
 from ..channels.store import ChannelStore
 from . import protocol
 
@@ -80,6 +86,12 @@ THREADS = 64
 
 POLL_EVERY = 1.0
 """Seconds between two looks in the bucket for a pure call's record while waiting."""
+
+OFFLINE_RETRY = 30.0
+"""With ``fallback="local"``: seconds calls run here, without trying the broker again,
+after it could not be reached."""
+
+log = logging.getLogger(__name__)
 
 _status_sink: contextvars.ContextVar[Callable[[str, str], None] | None] = \
     contextvars.ContextVar("kachery_channel_status", default=None)
@@ -148,6 +160,7 @@ class ChannelTasks:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._stack: contextlib.ExitStack | None = None
+        self._offline_until: float | None = None  # monotonic; the broker was unreachable
 
     # ----------------------------------------------------------------- block
     def __enter__(self) -> ChannelTasks:
@@ -241,11 +254,13 @@ class ChannelTasks:
         go in a batch (no provider, no permission) takes the single-call path, which
         raises or falls back as it says."""
         ctx = contextvars.copy_context()
-        session, _ = self._remote().session()
-        config, me = session.config, session.node_id
-        members = [(n, d) for n, d in session.members() if n != me]
+        connected = self._session()
         orders: dict[str, list[str]] | None = None
-        if protocol.REQUESTER_NEEDS in config.permissions_of(me):
+        if connected is not None:
+            session = connected[0]
+            config, me = session.config, session.node_id
+            members = [(n, d) for n, d in session.members() if n != me]
+        if connected is not None and protocol.REQUESTER_NEEDS in config.permissions_of(me):
             try:
                 orders = {call.task_id: choose_providers(call, members, config)
                           for call, _ in calls}
@@ -276,7 +291,10 @@ class ChannelTasks:
             value = self._from_bucket(c, call.task_id)  # node.remotes were looked at already
             if value is not cache_mod.MISS:
                 return value
-        session, asker = remote.session()
+        connected = self._session()
+        if connected is None:
+            return self._run_here(call, mode)
+        session, asker = connected
         config, me = session.config, session.node_id
         if protocol.REQUESTER_NEEDS not in config.permissions_of(me):
             need = protocol.REQUESTER_NEEDS
@@ -291,12 +309,42 @@ class ChannelTasks:
         except NoProviderError:
             if self.fallback != "local":
                 raise
-            with context.use_remote_runner(None):
-                return call.task.outcome(call, mode)
+            return self._run_here(call, mode)
         data = self._call_bytes(c, call)
         online = len({n for n, _ in members})
         pending, provider = self._ask(asker, call, data, mode, providers, online)
         return self._outcome(c, call, pending, provider)
+
+    @staticmethod
+    def _run_here(call: Call, mode: str) -> Any:
+        """The outcome of ``call`` run (or served) here, as outside the block."""
+        with context.use_remote_runner(None):
+            return call.task.outcome(call, mode)
+
+    def _session(self) -> tuple[ChannelSession, Asker] | None:
+        """The channel's session; None when its broker cannot be reached and calls may run
+        here (``fallback="local"``; the broker is tried again after :data:`OFFLINE_RETRY`
+        seconds). Without that fallback, the broker's error."""
+        local = self.fallback == "local"
+        if local and self._offline_until is not None \
+                and time.monotonic() < self._offline_until:
+            return None
+        try:
+            connected = self._remote().session()
+        except PubSubAuthError:
+            raise  # this node's key or membership: running here would hide it
+        except PubSubError as e:
+            if not local:
+                raise
+            with self._lock:
+                first = self._offline_until is None
+                self._offline_until = time.monotonic() + OFFLINE_RETRY
+            if first:
+                log.warning("channel %s cannot be reached (%s); its calls run on this node "
+                            "(fallback='local')", self.name, e)
+            return None
+        self._offline_until = None
+        return connected
 
     def _remote(self) -> ChannelRemote:
         if self.remote is None:

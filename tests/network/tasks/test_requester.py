@@ -7,6 +7,7 @@ fake_provider.py (the real provider is tested with its own module).
 from __future__ import annotations
 
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -218,6 +219,36 @@ def test_a_query_runs_remotely_each_time_and_falls_back_when_unreachable(labs):
     with labs.nodes["alice"], kachery.channel("lab", timeout=20), \
             pytest.warns(kachery.StaleResultWarning, match="no provider of .*count"):
         assert rt.count() == b
+
+
+def test_with_fallback_local_calls_run_here_while_the_broker_cannot_be_reached(
+        tmp_path, monkeypatch, caplog):
+    from kachery_tasks.errors import PubSubError
+    from kachery_tasks.network.channels import remote as remote_mod
+
+    from ..channels.conftest import Lab
+
+    monkeypatch.setitem(remote_mod.SESSION_OPTIONS, "connect_timeout", 1.0)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    offline = Lab(tmp_path, f"ws://127.0.0.1:{port}")
+    alice = offline.add("alice")
+    rt.RAN.clear()
+    try:
+        with alice, kachery.channel("lab", timeout=20), pytest.raises(PubSubError):
+            rt.double(4)  # without the fallback: the broker's error
+        with alice, kachery.channel("lab", fallback="local", timeout=20):
+            assert rt.double(4) == 8
+            assert kachery.gather(rt.double.map([5, 6])) == [10, 12]
+            assert rt.note("offline").ran
+            row = cache.current().records.result(rt.double.task_id(4))
+        assert row.node == alice.id
+        assert rt.RAN == ["double(4)", "double(5)", "double(6)", "note(offline)"]
+        unreachable = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
+        assert len(unreachable) == 1  # said once, not tried again at every call
+    finally:
+        offline.close()
 
 
 def test_large_arguments_travel_through_the_bucket(labs):
