@@ -47,6 +47,7 @@ the class derives from it too, so generic handlers keep working.
     │   ├── ChannelNotFoundError    (LookupError) this node has not joined that channel
     │   ├── ChannelPermissionError  not the owner's node, not a member, or a missing permission
     │   └── ChannelTimeoutError     (TimeoutError) members did not answer a request in time
+    │       └── ChannelMemberLeftError  the members asked left the channel without answering
     └── DaemonError                 the node daemon cannot start (one is running already, ...)
 """
 
@@ -270,6 +271,11 @@ class ChannelPermissionError(ChannelError):
 class ChannelTimeoutError(ChannelError, TimeoutError):
     """A request sent to a channel's members got no final answer in time; the message
     names the channel, how many members were online and how many answered."""
+
+
+class ChannelMemberLeftError(ChannelTimeoutError):
+    """Every member asked left the channel (its connection closed: stopped, killed,
+    cut off) before answering, so no answer will come; the message names them."""
 
 
 class DaemonError(KacheryError):

@@ -229,7 +229,8 @@ COMMANDS = (
                     arg("--claim-ttl", type=_seconds, metavar="SECONDS", default=None,
                         help="seconds a claim on a task lives without renewal (default 60): "
                              "how long another provider waits before taking over the task "
-                             "of one that died"),
+                             "of one that died (requesters notice a provider gone from the "
+                             "channel after 5 s and ask the next one)"),
                 ],
                 run=_start,
             ),

@@ -17,7 +17,11 @@ config). When every one of them declined, the request ends at once
 (``declined``); when no final answer comes within ``timeout`` seconds of the
 last sign of life (the request, a progress message), it fails with
 ChannelTimeoutError naming the channel, how many members were online and how
-many answered. While waiting, the asker repeats the request (same id) when it
+many answered. When every member asked that has not declined has been out of
+presence for :data:`GONE_AFTER` seconds (while this node is connected), the
+wait ends at once with ChannelMemberLeftError: a member that was stopped or
+killed will not answer, and the caller can ask another without waiting out
+the timeout. While waiting, the asker repeats the request (same id) when it
 heard nothing for ``repeat_after`` seconds, since a broker that restarted lost
 what it was carrying; and it may look elsewhere for the outcome (``poll``: the
 file may be in the bucket already) every ``poll_every`` seconds.
@@ -46,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import ChannelTimeoutError, KacheryError, PubSubAuthError
+from ...errors import ChannelMemberLeftError, ChannelTimeoutError, KacheryError, PubSubAuthError
 from .messages import ChannelMessage
 from .session import ChannelSession
 
@@ -65,6 +69,13 @@ PROGRESS_TIMEOUT = 2.0
 
 REMEMBERED_ANSWERS = 10_000
 """Answers a responder keeps to send again when a request is repeated."""
+
+GONE_AFTER = 5.0
+"""Seconds every member asked (and not declined) must stay out of presence before the
+asker stops waiting for them: a member reconnecting at once is not given up on."""
+
+LOOK_EVERY = 1.0
+"""Seconds between two looks at presence while waiting for an answer."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +197,8 @@ class Asker:
 
     def _wait(self, pending: Pending, what: str, repeat_after: float,
               poll: Callable[[], Any] | None, poll_every: float) -> Pending:
-        last_sent = last_poll = time.monotonic()
+        last_sent = last_poll = last_look = time.monotonic()
+        gone_since: float | None = None  # since when every member asked is out of presence
         wake = pending.wake
         assert wake is not None
         while True:
@@ -200,12 +212,26 @@ class Asker:
                 if now >= pending.deadline:
                     break
                 life = pending.deadline - pending.timeout  # the last sign of life
-                waits = [pending.deadline - now, max(last_sent, life) + repeat_after - now]
+                waits = [pending.deadline - now, max(last_sent, life) + repeat_after - now,
+                         last_look + LOOK_EVERY - now]
                 if poll is not None:
                     waits.append(last_poll + poll_every - now)
                 wake.wait(max(0.0, min(waits)))
                 now = time.monotonic()
                 quiet = now - max(last_sent, pending.deadline - pending.timeout)
+            if now - last_look >= LOOK_EVERY:
+                last_look = now
+                gone = self._all_left(pending)
+                if gone is None:
+                    gone_since = None
+                elif gone_since is None:
+                    gone_since = now
+                elif now - gone_since >= GONE_AFTER:
+                    self._end(pending, "timeout", "the members asked left the channel")
+                    raise ChannelMemberLeftError(
+                        f"{_members(gone)} asked ({what}) left channel {pending.channel} "
+                        f"(stopped, killed or cut off) without a final answer "
+                        f"({_answer_summary(pending)})")
             if poll is not None and now - last_poll >= poll_every:
                 last_poll = now
                 found = poll()
@@ -228,6 +254,19 @@ class Asker:
             f"{len(pending.asked)} of them may answer, {pending.answered} answered "
             f"({_answer_summary(pending)}); try again, or ask the members to start their "
             "daemon ('kachery-tasks node start')")
+
+    def _all_left(self, pending: Pending) -> list[str] | None:
+        """The members asked that have not declined, when none of them is in presence
+        (and this node is connected, so that presence is current); else None."""
+        session = self.session
+        if not session.connected:
+            return None
+        waiting = pending.asked - pending.declines.keys()
+        try:
+            present = {node for node, _ in session.members()}
+        except KacheryError:
+            return None
+        return None if not waiting or waiting & present else sorted(waiting)
 
     def _end(self, pending: Pending, status: str, detail: str) -> Pending:
         with self._lock:
@@ -467,3 +506,10 @@ class Responder:
             self._progress_ready.notify_all()
         self.session.off(self.exchange.request, self._on_request)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _members(nodes: list[str]) -> str:
+    """``the member 0123456789abcdef...`` / ``the 3 members asked``, for messages."""
+    if len(nodes) == 1:
+        return f"the member {nodes[0][:16]}..."
+    return f"all {len(nodes)} members"

@@ -56,6 +56,7 @@ from typing import Any
 
 from ...errors import (
     CallRejectedError,
+    ChannelMemberLeftError,
     ChannelPermissionError,
     ChannelTimeoutError,
     InvalidValueError,
@@ -385,6 +386,7 @@ class ChannelTasks:
         heard: dict[str, str] = {}
         declined: dict[str, tuple[str, str]] = {}
         silent: list[str] = []
+        left: list[str] = []
         what = f"the request to run {call.function} ({tid[:19]}...)"
         poll = None
         if call.kind == "pure" and mode == "call":
@@ -410,6 +412,9 @@ class ChannelTasks:
                                     asked={provider}, online=online, timeout=self.timeout,
                                     what=what, poll=poll, poll_every=POLL_EVERY,
                                     on_progress=on_progress)
+            except ChannelMemberLeftError:  # stopped or killed: the next one, at once
+                left.append(provider)
+                continue
             except ChannelTimeoutError:
                 silent.append(provider)
                 continue
@@ -418,14 +423,15 @@ class ChannelTasks:
             msg = pending.declines.get(provider)
             body = msg.body if msg is not None and isinstance(msg.body, dict) else {}
             declined[provider] = (str(body.get("code", "")), str(body.get("reason", ""))[:500])
-        raise self._all_failed(call, providers, heard, declined, silent)
+        raise self._all_failed(call, providers, heard, declined, silent, left)
 
     def _all_failed(self, call: Call, providers: list[str], heard: dict[str, str],
-                    declined: dict[str, tuple[str, str]], silent: list[str]) -> Exception:
+                    declined: dict[str, tuple[str, str]], silent: list[str],
+                    left: list[str]) -> Exception:
         name = self._remote().channel.name
         reasons = "; ".join(f"{self._label(n)}: {reason or code}"
                             for n, (code, reason) in declined.items())
-        if declined and not silent:
+        if declined and not silent and not left:
             if all(code == "not_allowed" for code, _ in declined.values()):
                 return ChannelPermissionError(
                     f"the providers of {call.function} in channel {name} refused this node: "
@@ -436,12 +442,20 @@ class ChannelTasks:
         answered = [f"{self._label(n)} said {heard[n]!r}" for n in silent if n in heard]
         answered += [f"{self._label(n)} declined ({code})" for n, (code, _) in declined.items()]
         quiet = [self._label(n) for n in silent if n not in heard]
+        gone = f"; left the channel before answering: " \
+               f"{', '.join(self._label(n) for n in left)}" if left else ""
+        if left and not silent:
+            return ChannelMemberLeftError(
+                f"no provider of channel {name} finished {call.function} "
+                f"({call.task_id[:19]}...): asked {', '.join(map(self._label, providers))}"
+                f"{gone}; declined: {reasons or 'none'}. Try again once a provider is back "
+                f"('kachery-tasks channel status {name}' shows who provides what)")
         return ChannelTimeoutError(
             f"no provider of channel {name} finished {call.function} ({call.task_id[:19]}...) "
             f"within {self.timeout:g} s of its last sign of life: asked "
             f"{', '.join(self._label(n) for n in providers)}; answered: "
-            f"{', '.join(answered) or 'none'}; silent: {', '.join(quiet) or 'none'}. Try "
-            f"again, or pass a longer timeout to kachery.channel({name!r}, timeout=...)")
+            f"{', '.join(answered) or 'none'}; silent: {', '.join(quiet) or 'none'}{gone}. "
+            f"Try again, or pass a longer timeout to kachery.channel({name!r}, timeout=...)")
 
     # --------------------------------------------------------------- outcome
     def _outcome(self, c: cache_mod.NodeCache, call: Call, pending: Pending,

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from kachery_tasks.errors import ChannelTimeoutError
+from kachery_tasks.errors import ChannelMemberLeftError, ChannelTimeoutError
 from kachery_tasks.network.channels import ChannelSession
+from kachery_tasks.network.channels import requests as requests_mod
 from kachery_tasks.network.channels.files import FILE
 from kachery_tasks.network.channels.requests import Asker, Responder
 from kachery_tasks.testing.pubsub import Inbox
@@ -97,6 +98,41 @@ def test_a_timeout_names_the_channel_who_was_online_and_who_answered(sessions):
     assert str(e.value).startswith(
         "no member of channel lab answered the request for sha256://abc within 0.8 s: "
         "3 members online, 2 of them may answer, 1 answered (1 file_absent)")
+
+
+def test_when_the_members_asked_leave_the_wait_ends_without_the_timeout(sessions,
+                                                                       monkeypatch):
+    monkeypatch.setattr(requests_mod, "GONE_AFTER", 0.5)
+    a, b, c = sessions("a"), sessions("b"), sessions("c")
+    Responder(b, FILE, answer_with("file_absent"))
+    Responder(c, FILE, lambda incoming: threading.Timer(0.3, c.close).start())  # killed
+    with pytest.raises(ChannelMemberLeftError) as e:  # long before the 60 s
+        Asker(a).ask(FILE, {"uri": "u"}, asked={b.node_id, c.node_id}, online=3, timeout=60,
+                     what="the test request")
+    assert str(e.value).startswith(
+        f"the member {c.node_id[:16]}... asked (the test request) left channel lab")
+    assert "1 file_absent" in str(e.value)
+
+
+def test_a_member_back_in_the_channel_at_once_is_still_waited_for(sessions, lab):
+    a, b = sessions("a"), sessions("b")
+    asker = Asker(a)
+    result = {}
+
+    def ask():
+        result["p"] = asker.ask(FILE, {"uri": "u"}, asked={b.node_id}, online=1, timeout=30,
+                                what="the test request", repeat_after=0.3)
+
+    thread = threading.Thread(target=ask)
+    Responder(b, FILE, lambda incoming: None)  # takes it, then its connection drops
+    thread.start()
+    time.sleep(0.3)
+    b.close()
+    time.sleep(1.5)  # out of presence for a while, less than GONE_AFTER
+    again = sessions("b")
+    Responder(again, FILE, answer_with("file_uploaded"))
+    thread.join(30)
+    assert result["p"].status == "done" and result["p"].final.sender == b.node_id
 
 
 def test_a_request_is_repeated_when_nothing_is_heard(sessions):

@@ -6,6 +6,7 @@ fake_provider.py (the real provider is tested with its own module).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 
@@ -249,6 +250,27 @@ def test_with_fallback_local_calls_run_here_while_the_broker_cannot_be_reached(
         assert len(unreachable) == 1  # said once, not tried again at every call
     finally:
         offline.close()
+
+
+def test_a_provider_that_leaves_mid_call_is_passed_over_without_the_timeout(labs, monkeypatch):
+    from kachery_tasks.network.channels import requests as requests_mod
+
+    monkeypatch.setattr(requests_mod, "GONE_AFTER", 0.5)
+    bob = provider(labs, "bob", stall=True)  # takes the call, then is killed
+    carol = provider(labs, "carol")
+    first = {n: labs.nodes[n].id for n in ("bob", "carol")}
+
+    def asked_first(x):
+        tid = rt.double.task_id(x)
+        return min(first, key=lambda n: hashlib.sha256(f"{tid}{first[n]}".encode()).hexdigest())
+
+    x = next(x for x in range(1000, 1100) if asked_first(x) == "bob")
+    with labs.nodes["alice"], kachery.channel("lab", timeout=300):
+        future = rt.double.submit(x)
+        wait_for(lambda: bob.requests, what="bob taking the call")
+        bob.close()
+        assert future.result(timeout=30) == 2 * x  # not the 300 s a silent one gets
+    assert len(bob.requests) == 1 and len(carol.requests) == 1
 
 
 def test_large_arguments_travel_through_the_bucket(labs):
