@@ -160,10 +160,16 @@ class Holder:
         """True while the claim is running and not past its expiry at ``now``."""
         return self.state == RUNNING and self.expires is not None and now < self.expires
 
-    def describe(self) -> str:
-        """One line: who holds the claim on which call, since and until when."""
-        who = f"node {self.node[:16]}..." if self.node else "another node"
-        what = f"{self.task_id} ({self.function})" if self.function else self.task_id
+    def describe(self, who: str | None = None, *, short: bool = False) -> str:
+        """One line: who holds the claim on which call, since and until when. ``who``
+        names the holder (``label (16 hex...)``; by default its node id); ``short``
+        names the call by the start of its task id alone (for a status line)."""
+        if who is None:
+            who = f"node {self.node[:16]}..." if self.node else "another node"
+        if short:
+            what = f"{self.task_id[:19]}..."
+        else:
+            what = f"{self.task_id} ({self.function})" if self.function else self.task_id
         if self.state == DONE:
             return f"{who} finished {what} at {fmt_time(self.renewed)}"
         if self.state == CHANGING:

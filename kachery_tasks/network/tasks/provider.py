@@ -527,8 +527,8 @@ class TaskProvider:
                 if got.done:
                     self._from_outcome(job, got)
                     return
-                self._set_status(job, "waiting", f"{self._label_of(got.node)}: "
-                                                 f"{got.describe()}")
+                self._set_status(job, "waiting",
+                                 got.describe(self._label_of(got.node), short=True))
                 done = ((lambda h=got: self._published_by(h)) if finished is not None
                         else (lambda: self._has_record(call.task_id)) if pure
                         else (lambda: False))

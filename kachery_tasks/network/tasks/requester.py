@@ -88,6 +88,9 @@ THREADS = 64
 POLL_EVERY = 1.0
 """Seconds between two looks in the bucket for a pure call's record while waiting."""
 
+DETAIL_MAX = 500
+"""Characters of a provider's status detail kept for ``ChannelFuture.detail``."""
+
 OFFLINE_RETRY = 30.0
 """With ``fallback="local"``: seconds calls run here, without trying the broker again,
 after it could not be reached."""
@@ -403,7 +406,7 @@ class ChannelTasks:
                 heard[provider] = status
                 if sink is not None:
                     sink("running" if status == "progress" else status,
-                         str(body.get("detail", ""))[:200])
+                         str(body.get("detail", ""))[:DETAIL_MAX])
 
             if sink is not None:
                 sink("queued", f"asking {self._label(provider)}")
@@ -645,7 +648,7 @@ class _BatchRequest:
             if type == "task_status":
                 status = str(entry.get("status", ""))
                 self.calls[tid][1]._set_status("running" if status == "progress" else status,
-                                               str(entry.get("detail", ""))[:200])
+                                               str(entry.get("detail", ""))[:DETAIL_MAX])
             elif type == "task_declined":
                 if self._take([tid]):
                     self._single(tid, skip=True)

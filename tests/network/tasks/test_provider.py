@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -62,8 +63,10 @@ def assert_left(provider, task_ids):
     assert len(provider.claims._renewer) == 0
 
 
-def ask(lab, requester, provider_name, call, mode="call", timeout=20.0, statuses=None):
-    """Ask provider ``provider_name`` for ``call`` from node ``requester``: the Pending."""
+def ask(lab, requester, provider_name, call, mode="call", timeout=20.0, statuses=None,
+        details=None):
+    """Ask provider ``provider_name`` for ``call`` from node ``requester``: the Pending
+    (each status heard is added to ``statuses``, each ``(status, detail)`` to ``details``)."""
     session = lab.session(requester)
     asker = Asker(session)
     provider_id = lab.nodes[provider_name].id
@@ -72,6 +75,8 @@ def ask(lab, requester, provider_name, call, mode="call", timeout=20.0, statuses
     def seen(pending, msg):
         if statuses is not None:
             statuses.append(msg.body["status"])
+        if details is not None:
+            details.append((msg.body["status"], msg.body["detail"]))
 
     return asker.ask(protocol.TASK, protocol.request_body(provider_id, data, mode),
                      asked={provider_id}, online=1, timeout=timeout,
@@ -189,12 +194,17 @@ def test_two_providers_asked_the_same_id_compute_it_once(two, provided):
     lab, _ = two
     start_provider(lab, "prov2", provided)
     call = remote_tasks.slow_square.prepare(5, 1.0)
-    statuses: list[str] = []
-    a, b = _in_threads(lambda: ask(lab, "req", "prov", call),
-                       lambda: ask(lab, "req2", "prov2", call, statuses=statuses))
+    details: list[tuple[str, str]] = []
+    a, b = _in_threads(lambda: ask(lab, "req", "prov", call, details=details),
+                       lambda: ask(lab, "req2", "prov2", call, details=details))
     assert a.final.type == b.final.type == "task_finished"
     assert a.final.body["record"] == b.final.body["record"]
     assert RAN["slow_square"] == 1
+    waiting = [detail for status, detail in details if status == "waiting"]
+    assert waiting  # the holder by its label, the call by its short id, until when
+    holder = re.escape(call.task_id[:19])
+    assert re.fullmatch(rf"prov2? \([0-9a-f]{{16}}\.\.\.\) holds the claim on {holder}\.\.\. "
+                        r"since [-\d]+ [:\d]+, until [-\d]+ [:\d]+ unless renewed", waiting[0])
 
 
 def test_a_record_planted_by_a_non_member_is_replaced_and_does_not_end_a_wait(two, provided):
