@@ -67,19 +67,18 @@ def file_path(value: str) -> str:
     return value
 
 
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse type for a whole number from ``minimum`` to :data:`MAX_INT`."""
+def whole_number(minimum: int, maximum: int = MAX_INT) -> Callable[[str], int]:
+    """An argparse type for a whole number from ``minimum`` to ``maximum``."""
+    bounds = f"{minimum} or more" if maximum == MAX_INT else f"from {minimum} to {maximum}"
 
     def parse(text: str) -> int:
         try:
             n = int(text)
         except ValueError:  # not a number, or one of over 4300 digits
             n = None
-        if n is None or not minimum <= n <= MAX_INT:
+        if n is None or not minimum <= n <= maximum:
             shown = repr(text) if len(text) <= 30 else f"{text[:20]!r}... ({len(text)} characters)"
-            raise argparse.ArgumentTypeError(
-                f"must be a whole number from {minimum} to {MAX_INT}, not {shown}"
-            )
+            raise argparse.ArgumentTypeError(f"must be a whole number, {bounds}, not {shown}")
         return n
 
     parse.__name__ = "whole number"

@@ -92,6 +92,9 @@ def _start(args: argparse.Namespace) -> int:
                     where = _executor_name(args)
                     print(f"providing {len(provided)} task(s) from "
                           f"{', '.join(provided.modules)}, run {where}")
+                    warning = _serves_no_channel(node, daemon)
+                    if warning:
+                        print(warning, file=sys.stderr)
                 print(f"HTTP API and hub: {http.url}  (API docs: {http.url}/docs)")
                 print("open the hub with the link 'kachery-tasks node url --login' prints; "
                       "stop with Ctrl-C", flush=True)
@@ -133,6 +136,34 @@ def _provider_parts(args: argparse.Namespace, node) -> tuple:
     return provided, executor
 
 
+def _serves_no_channel(node, daemon) -> str | None:
+    """A warning for ``--provide`` when no channel lets this node process tasks (none
+    joined, or none granting ``process_tasks``): no member could ask it; else None."""
+    from ..network.channels.config import grant_command, ordered_permissions
+
+    channels = [service.channel for service in daemon.services.values()]
+    if not channels:
+        return ("warning: --provide: this node has joined no channel, so no member can ask it "
+                "to run tasks; join one with 'kachery-tasks channel join INVITE' (the daemon "
+                "picks it up within seconds)")
+    held = []
+    for channel in channels:
+        config = channel.trusted_config()
+        if config is None:
+            continue
+        if "process_tasks" in config.permissions_of(node.id):
+            return None
+        held.append((config, ordered_permissions(config.permissions_of(node.id))))
+    if not held:
+        return None
+    what = "; ".join(f"{config.name}: {', '.join(allowed) or 'nothing'}"
+                     for config, allowed in held)
+    grant = grant_command(held[0][0], node.id, "process_tasks")
+    return (f"warning: --provide: this node may not process_tasks in any channel it serves "
+            f"(it may {what}), so no member can ask it to run tasks. It starts providing "
+            f"within seconds of the owner running '{grant}'")
+
+
 def _executor_name(args: argparse.Namespace) -> str:
     if args.dask:
         return f"on the Dask cluster at {args.dask}"
@@ -141,13 +172,18 @@ def _executor_name(args: argparse.Namespace) -> str:
     return "in this process"
 
 
+MAX_WORKERS = 1024
+"""``--workers``: worker processes of a LocalCluster started by ``node start``."""
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = None
     if value is None or not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"must be seconds from 0 to 86400, not {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most "
+                                         f"86400 (a day), not {text[:30]!r}")
     return value
 
 
@@ -224,7 +260,8 @@ COMMANDS = (
                         help="run the tasks of these Python modules for the channels' members"),
                     arg("--dask", metavar="ADDR", default=None,
                         help="run provided tasks on this Dask scheduler (tcp://host:8786)"),
-                    arg("--workers", type=whole_number(1), metavar="N", default=None,
+                    arg("--workers", type=whole_number(1, MAX_WORKERS), metavar="N",
+                        default=None,
                         help="run provided tasks on a LocalCluster of N worker processes"),
                     arg("--claim-ttl", type=_seconds, metavar="SECONDS", default=None,
                         help="seconds a claim on a task lives without renewal (default 60): "

@@ -16,10 +16,12 @@ request. Both files are removed when the server stops.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -85,6 +87,32 @@ def running_api(node: Node) -> dict[str, Any] | None:
     return info if alive else None
 
 
+def can_listen(host: str, port: int) -> None:
+    """Raise a DaemonError saying why ``host:port`` cannot be listened on (a name that does
+    not resolve, an address not of this machine, a port taken or reserved); else nothing.
+    The web server would only say that it did not start."""
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise DaemonError(f"the HTTP API cannot listen on {where}: {host!r} is neither an IP "
+                          f"address nor a name that resolves ({e}); give one with --listen, "
+                          "e.g. 127.0.0.1:7660 or 0.0.0.0:7660") from None
+    family, type_, proto, _, address = infos[0]
+    with socket.socket(family, type_, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            why = {errno.EADDRINUSE: "the port is taken (another process listens there)",
+                   errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+                   errno.EACCES: "ports below 1024 need privileges"}.get(
+                       e.errno, e.strerror or str(e))
+            raise DaemonError(f"the HTTP API cannot listen on {where}: {why}; choose another "
+                              "with --listen") from None
+
+
 class HttpServer:
     """The node's API served by uvicorn on a background thread (``with HttpServer(...):``)."""
 
@@ -125,6 +153,7 @@ class HttpServer:
             raise DaemonError(
                 f"a daemon (pid {other['pid']}) already serves {self.node.path} at "
                 f"{other.get('url')}: stop it first, or use that one")
+        can_listen(self.host, self.port)
         where = self.node.ensure(DAEMON_DIR)
         token = new_token()
         write_atomic(where / "token", token.encode(), mode=0o600)

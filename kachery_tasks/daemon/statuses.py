@@ -56,6 +56,7 @@ STATUS: dict[type[e.KacheryError], int] = {
     e.ChannelNotFoundError: 404,
     e.ChannelPermissionError: 403,
     e.ChannelTimeoutError: 504,
+    e.ChannelMemberLeftError: 504,
     e.DaemonError: 409,  # another daemon serves the node
     NotAuthenticated: 401,
     ForeignOrigin: 403,

@@ -59,7 +59,7 @@ from typing import Any
 
 from .. import nodes as node_mod
 from ..config import ENV_DIR, default_path
-from ..errors import ExecutorError
+from ..errors import ExecutorError, InvalidValueError
 from ..progress import progress_bar
 from . import cache as cache_mod
 from . import context, encoders, shared
@@ -556,7 +556,12 @@ def connect(
     node = node_path if node_path is not None else cache_mod.current().node.path
     try:
         if client is None and address is not None:
-            client = distributed.Client(address, timeout=timeout)
+            try:
+                client = distributed.Client(address, timeout=timeout)
+            except ValueError as e:  # not an address: no port, an unknown scheme
+                raise InvalidValueError(
+                    f"{address!r} is not the address of a Dask scheduler ({e}); give "
+                    "tcp://HOST:PORT, e.g. tcp://scheduler:8786") from None
         elif client is None:  # no cluster given: start one here
             cluster = distributed.LocalCluster(
                 n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,

@@ -2,6 +2,8 @@ import json
 import os
 import stat
 
+import pytest
+
 
 def test_node_init_and_info(run_cli, tmp_path, node_path):
     shared = tmp_path / "lab"
@@ -80,12 +82,59 @@ def test_node_start_logs_what_it_serves_and_never_a_key_or_token(tmp_path):
     assert "eyJ" not in log and "accessToken" not in log  # no token (base64 JSON) either
 
 
+def _provider_warnings(path) -> list[str]:
+    """Start ``node start --provide`` on node ``path``, stop it once it provides: the
+    warning lines it printed."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KACHERY_TASKS_DIR": str(path)}
+    proc = subprocess.Popen([sys.executable, "-m", "kachery_tasks", "node", "start", "--quiet",
+                             "--provide", "tests.network.tasks.remote_tasks"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("node daemon of ")
+        assert proc.stdout.readline().startswith("providing ")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return [line for line in proc.stderr.read().splitlines() if line.startswith("warning:")]
+
+
+def test_node_start_warns_when_no_channel_lets_it_provide(tmp_path):
+    from kachery_tasks.config import init_node_dir
+    from tests.network.channels.conftest import Lab, broker_with_admission
+
+    alone = tmp_path / "alone"
+    init_node_dir(alone)
+    assert _provider_warnings(alone) == [
+        "warning: --provide: this node has joined no channel, so no member can ask it to run "
+        "tasks; join one with 'kachery-tasks channel join INVITE' (the daemon picks it up "
+        "within seconds)"]
+    with broker_with_admission() as (broker, _):
+        lab = Lab(tmp_path, broker.url)
+        a, b = lab.add("a"), lab.add("b", frozenset({"download", "upload"}))
+        try:
+            assert _provider_warnings(a.path) == []  # a may process_tasks
+            assert _provider_warnings(b.path) == [
+                "warning: --provide: this node may not process_tasks in any channel it serves "
+                "(it may lab: download, upload), so no member can ask it to run tasks. It "
+                "starts providing within seconds of the owner running 'kachery-tasks channel "
+                f"set-permissions lab {b.id} --allow download,upload,process_tasks'"]
+        finally:
+            lab.close()
+
+
 def test_node_start_refuses_a_module_it_cannot_import(run_cli, node_path):
     r = run_cli("node", "start", "--provide", "no_such_lab.pipelines")
     assert r.returncode == 1
     assert r.stderr.decode().strip() == (
-        "error: no module named no_such_lab.pipelines (no no_such_lab); install the package "
-        "that provides it or fix the name")
+        "error: no module named no_such_lab.pipelines can be imported here (its package "
+        "no_such_lab is not found either); install the package that provides it, run from the "
+        "directory that holds it, or fix the name")
     assert not (node_path / "daemon" / "pid").exists()  # nothing was started
 
 
@@ -95,6 +144,21 @@ def test_node_start_takes_dask_or_workers_only_for_provided_tasks(run_cli):
     r = run_cli("node", "start", "--provide", "tests.network.tasks.remote_tasks", "--workers",
                 "2", "--dask", "tcp://127.0.0.1:9")
     assert r.returncode == 1 and b"not both" in r.stderr
+    r = run_cli("node", "start", "--provide", "tests.network.tasks.remote_tasks", "--dask",
+                "notaurl")
+    assert r.returncode == 1 and r.stderr.decode().startswith(
+        "error: 'notaurl' is not the address of a Dask scheduler (")
+
+
+@pytest.mark.parametrize("option, message", [
+    (("--workers", "0"), "--workers: must be a whole number, from 1 to 1024, not '0' (see"),
+    (("--workers", "99999999999"), "from 1 to 1024, not '99999999999'"),
+    (("--claim-ttl", "0"),
+     "--claim-ttl: must be a number of seconds above 0 and at most 86400 (a day), not '0' ("),
+])
+def test_node_start_says_what_its_numbers_may_be(run_cli, option, message):
+    r = run_cli("node", "start", "--provide", "tests.network.tasks.remote_tasks", *option)
+    assert r.returncode == 1 and message in r.stderr.decode()  # a usage error
 
 
 def test_node_info_works_without_the_daemon_extra(node_path, monkeypatch, capsys):

@@ -94,7 +94,7 @@ def test_ls_limit_must_be_a_positive_whole_number(limit):
     r = run_main("tasks", "ls", "--limit", limit)
     assert r.status == 1
     assert r.stderr.startswith("error: kachery-tasks tasks ls: argument --limit: must be a whole "
-                               "number from 1 to 9223372036854775807")
+                               "number, 1 or more, not ")
     assert r.stderr.count("\n") == 1
 
 

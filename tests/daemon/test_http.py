@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,6 +97,27 @@ def test_one_daemon_per_node(node, tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("host, why", [
+    ("999.1.1.1", "'999.1.1.1' is neither an IP address nor a name that resolves"),
+    ("192.0.2.1", "the address is not one of this machine's"),  # TEST-NET-1
+])
+def test_an_address_it_cannot_listen_on_says_why(node, host, why):
+    with pytest.raises(DaemonError) as e, HttpServer(node, listen=f"{host}:7660"):
+        pass
+    assert str(e.value).startswith(f"the HTTP API cannot listen on {host}:7660: {why}")
+    assert not (node.path / "daemon" / "token").exists()  # nothing was started
+
+
+def test_a_port_taken_says_so(node):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(DaemonError, match="the port is taken"), \
+                HttpServer(node, listen=f"127.0.0.1:{port}"):
+            pass
 
 
 def test_listening_on_the_network_warns_about_tls(tmp_path):

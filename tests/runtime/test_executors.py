@@ -11,7 +11,7 @@ import pytest
 import task_defs
 
 import kachery_tasks.runtime as kachery
-from kachery_tasks.errors import ExecutorError
+from kachery_tasks.errors import ExecutorError, InvalidValueError
 from kachery_tasks.runtime import cache
 from kachery_tasks.runtime.executors import DaskExecutor, LocalExecutor, dask_key
 from kachery_tasks.storage.layout import result_key
@@ -147,6 +147,13 @@ class TestDaskExecutor(ExecutorContract):
             address="tcp://127.0.0.1:9", timeout=2
         ):
             pass
+
+    @pytest.mark.parametrize("address", ["notaurl", "tcp://host", "foo://host:8786"])
+    def test_an_address_that_is_not_one_says_what_to_give(self, address):
+        with pytest.raises(InvalidValueError) as e, kachery.dask(address=address, timeout=2):
+            pass
+        assert str(e.value).startswith(f"{address!r} is not the address of a Dask scheduler (")
+        assert str(e.value).endswith("give tcp://HOST:PORT, e.g. tcp://scheduler:8786")
 
 
 def _set_worker_env(client, name: str, value: str | None) -> None:

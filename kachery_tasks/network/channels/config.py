@@ -119,6 +119,14 @@ def ordered_permissions(permissions: Iterable[str]) -> list[str]:
     return [p for p in PERMISSIONS if p in given]
 
 
+def grant_command(config: ChannelConfig, node: str, need: str) -> str:
+    """The owner's command that gives ``node`` the ``need`` permission in ``config``'s
+    channel and keeps the ones it has (``set-permissions`` replaces the whole list)."""
+    allow = ordered_permissions(config.permissions_of(node) | {need})
+    return (f"kachery-tasks channel set-permissions {config.name} {node} "
+            f"--allow {','.join(allow)}")
+
+
 # -- field checks -------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ from ...sizes import format_size
 from ...storage.local import LocalStore
 from ...storage.sync import upload
 from ...uris import parse_uri
+from .config import grant_command
 from .messages import ChannelMessage
 from .requests import Asker, Exchange, Incoming, Pending
 
@@ -90,7 +91,7 @@ def ask_for_file(asker: Asker, bucket: BucketRemote, store: LocalStore, uri: str
         raise ChannelPermissionError(
             f"this node may not ask channel {config.name} for files (it lacks the download "
             f"permission in config version {config.version}): ask the owner to run "
-            f"'kachery-tasks channel set-permissions {config.name} {me} --allow download,...'")
+            f"'{grant_command(config, me, 'download')}'")
     present = [(n, d) for n, d in session.members() if n != me]
     online = {n for n, _ in present}
     asked = {n for n, d in present if isinstance(d, dict) and d.get("daemon")

@@ -124,9 +124,10 @@ def import_module(name: str) -> types.ModuleType:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
+            missing = "" if e.name == name else f" (its package {e.name} is not found either)"
             raise TaskModuleError(
-                f"no module named {name} (no {e.name}); install the package that provides it "
-                "or fix the name"
+                f"no module named {name} can be imported here{missing}; install the package "
+                "that provides it, run from the directory that holds it, or fix the name"
             ) from None
         raise TaskModuleError(f"cannot import task module {name}: {one_line(e)}") from None
     except (Exception, SystemExit) as e:  # its code failed: say where, in one line

@@ -72,6 +72,7 @@ from ...runtime import context, encoders, results, shared, wire
 from ...runtime.call import Call, encode_result
 from ...runtime.executors import TaskFuture, serve_recorded
 from ...runtime.policies import ActionOutcome, QueryResult
+from ..channels.config import grant_command
 from ..channels.messages import ChannelMessage
 from ..channels.remote import ChannelRemote, channel_url
 from ..channels.requests import Asker, Pending
@@ -304,8 +305,8 @@ class ChannelTasks:
             need = protocol.REQUESTER_NEEDS
             raise ChannelPermissionError(
                 f"this node may not ask channel {config.name} to run tasks (it lacks the "
-                f"{need} permission): ask the owner to run 'kachery-tasks channel "
-                f"set-permissions {config.name} {me} --allow {need},...'")
+                f"{need} permission): ask the owner to run "
+                f"'{grant_command(config, me, need)}'")
         members = [(n, d) for n, d in session.members() if n != me]
         try:
             providers = choose_providers(call, members, config)

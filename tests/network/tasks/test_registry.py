@@ -101,8 +101,10 @@ def test_a_task_reexported_by_two_modules_is_registered_once():
     ("tests.network.tasks.needs_missing",
      r"cannot import task module tests\.network\.tasks\.needs_missing: ModuleNotFoundError: "
      r"No module named 'kachery_tasks_no_such_dependency'$"),
-    ("mylab_no_such.pipelines", r"no module named mylab_no_such\.pipelines \(no mylab_no_such\)"),
-    ("tests.network.tasks.no_such", r"no module named tests\.network\.tasks\.no_such"),
+    ("mylab_no_such.pipelines", r"no module named mylab_no_such\.pipelines can be imported "
+     r"here \(its package mylab_no_such is not found either\)"),
+    ("tests.network.tasks.no_such",
+     r"no module named tests\.network\.tasks\.no_such can be imported here; install"),
     ("tests.network.tasks.no_tasks", r"module tests\.network\.tasks\.no_tasks holds no task"),
     ("mylab/pipelines.py", r"'mylab/pipelines\.py' is not a module name"),
 ])
