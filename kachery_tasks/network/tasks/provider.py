@@ -59,7 +59,10 @@ the provider shuts down.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import os
+import sys
 import threading
 import time
 import traceback
@@ -677,7 +680,7 @@ class TaskProvider:
             None, ran=False, finished=_finished_at(outcome, holder)), f"outcome {how}")
 
     def _failure(self, job: _Job, e: BaseException) -> dict[str, Any]:
-        text = "".join(traceback.format_exception(e))
+        text = remote_traceback(e)
         if len(text) > TRACEBACK_MAX:
             text = "...\n" + text[-TRACEBACK_MAX:]
         return protocol.failed_body(job.call.task_id, type=type(e).__name__,
@@ -782,6 +785,29 @@ def _ended(future: TaskFuture) -> Exception | None:
     except BaseException as e:
         return ExecutorError(f"the task ended with {type(e).__name__}: {e}")
     return None
+
+
+def _internal_dirs() -> tuple[str, ...]:
+    """Directories of the code a task runs under on a provider (this package, the
+    executors' libraries), whose frames say nothing to the task's author."""
+    dirs = [os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+            os.path.dirname(concurrent.futures.__file__)]
+    for name in ("distributed", "dask", "tornado"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            dirs.append(os.path.dirname(module.__file__))
+    return tuple(d + os.sep for d in dirs)
+
+
+def remote_traceback(e: BaseException) -> str:
+    """The traceback text of a task's exception as its requester sees it: from the first
+    frame of the task's own code (the provider's and the executor's frames before it are
+    left out); the whole of it when no frame is the task's."""
+    internal = _internal_dirs()
+    tb = first = e.__traceback__
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(internal):
+        first = first.tb_next
+    return "".join(traceback.TracebackException(type(e), e, first or tb).format())
 
 
 def _failure_outcome(failure: dict[str, Any]) -> dict[str, Any]:

@@ -236,6 +236,10 @@ def test_a_raising_task_is_answered_task_failed_with_its_traceback(two):
     assert error["type"] == "ValueError"
     assert error["message"] == "cannot take 3"
     assert "raise ValueError" in error["traceback"] and "remote_tasks.py" in error["traceback"]
+    lines = error["traceback"].splitlines()  # the task's own frames, not the provider's
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[1].startswith("  File ") and "remote_tasks.py" in lines[1]
+    assert lines[-1] == "ValueError: cannot take 3" and "kachery_tasks" not in error["traceback"]
     assert error["provider"] == lab.nodes["prov"].id and error["label"] == "prov"
     bucket = lab.remote("req").bucket
     assert not bucket.has_result_record(fails.task_id(3))  # failures are not results
@@ -755,3 +759,18 @@ def test_a_task_ending_with_system_exit_is_answered_failed_and_frees_its_claim(t
     assert pending.final.type == "task_failed"
     assert pending.final.body["error"]["type"] == "SystemExit"
     assert provider.claims.read(remote_tasks.exits.task_id(3)) is None
+
+
+def test_a_task_raising_on_a_cluster_sends_its_own_frames_only(lab, provided, threads_cluster):
+    from kachery_tasks.runtime.executors import DaskExecutor
+
+    for name in ("prov", "req"):
+        lab.add(name)
+    start_provider(lab, "prov", provided, executor=DaskExecutor(threads_cluster))
+    pending = ask(lab, "req", "prov", fails.prepare(5))
+    assert pending.final.type == "task_failed"
+    text = pending.final.body["error"]["traceback"]
+    lines = text.splitlines()  # not the provider's, Dask's or the worker's frames
+    assert lines[1].startswith("  File ") and "remote_tasks.py" in lines[1], text
+    assert lines[-1] == "ValueError: cannot take 5"
+    assert "kachery_tasks" not in text and "distributed" not in text
