@@ -74,18 +74,25 @@ def _show(args: argparse.Namespace) -> int:
                 print(f"  {uri}")
     elif served is not None:  # computed elsewhere: no run here
         print(f"function:  {served['function']} ({served['kind']})")
+        print("arguments: not recorded here ('kachery-tasks tasks show' on the node that "
+              "computed it lists them)")
     if served is not None:
         what = info["served_result"] or f"outcome {served['status']}"
         print(f"result:    {what}" + (f" ({served['codec']})" if served["codec"] else ""))
         if served["node"] == cache.current().node_id:
             whose = "this node"
         else:
-            whose = "a collaborator" + (f": {label}" if label else "") + (
+            whose = f"computed by {label or 'another node'}" + (
                 "; signed record" if served["kind"] == "pure" else "; sent by the provider")
         print(f"signer:    node {served['node']} ({whose})")
     else:
         print("result:    none served (never succeeded, or forgotten)")
-    print(f"runs:      {len(runs)}")
+    if runs:
+        print(f"runs:      {len(runs)}")
+    else:
+        print("runs:      none on this node" + (
+            f" (computed by {label or 'another node'})"
+            if served is not None and served["node"] != cache.current().node_id else ""))
     for r in runs:
         line = (f"  {_t(r['started'])}  {r['status']:<9} {_dur(r['duration']):>9}  "
                 f"node {r['node'][:12]} pid {r['pid']} on {r['host']}")

@@ -142,7 +142,9 @@ def test_show_names_the_channel_member_that_computed_an_imported_result(tmp_path
     r = run_cli("tasks", "show", tid, env=env)
     assert r.returncode == 0, r.stderr
     out = r.stdout.decode()
-    assert f"node {bob.id} (a collaborator: bob-the-provider in channel lab;" in out
+    assert f"node {bob.id} (computed by bob-the-provider in channel lab; signed record)" in out
     assert "function:  task_defs.add (pure)" in out
+    assert "arguments: not recorded here ('kachery-tasks tasks show' on the node that " in out
+    assert "runs:      none on this node (computed by bob-the-provider in channel lab)" in out
     r = run_cli("tasks", "show", tid, "--json", env=env)
     assert json.loads(r.stdout)["signer_label"] == "bob-the-provider in channel lab"
