@@ -46,6 +46,7 @@ def test_serves_until_a_signal_then_stops_cleanly(sig):
         proc.kill()
     assert proc.returncode == 0
     assert "broker stopped" in out
+    assert "listening" not in err and "stopped" not in err  # said once, on stdout
     assert "opened for client 'alice'" in err
     assert "warning: --open: every client is admitted" in err
     assert secret not in out + err

@@ -129,7 +129,7 @@ class Broker:
                               "(is another broker running there? choose another --port)") from e
         self.port = self._server.sockets[0].getsockname()[1]
         self._housekeeper = asyncio.create_task(self._housekeeping())
-        log.info("broker listening on %s", self.url)
+        log.debug("broker listening on %s", self.url)
 
     async def close(self) -> None:
         """Stop listening; tell every client (DISCONNECTED, 80003) and close its connection.
@@ -152,7 +152,7 @@ class Broker:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        log.info("broker on %s stopped", self.url)
+        log.debug("broker on %s stopped", self.url)
 
     def abort_connections(self) -> int:
         """Cut every websocket without a closing frame, as a network failure would (tests)."""
