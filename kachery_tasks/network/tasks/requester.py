@@ -35,11 +35,13 @@ recorded here as the provider's. ``task_failed`` raises
 
 **Errors.** Nobody provides the function: :class:`NoProviderError` at once
 (with ``fallback="local"`` the call runs here instead, as it does when the
-channel's broker cannot be reached: then a warning is logged once, and the
-broker is tried again after :data:`OFFLINE_RETRY` seconds, not at every call). Every provider
-declined: :class:`CallRejectedError` (ChannelPermissionError when they all said
-this node may not ask), each reason in the message. None answered in time:
-ChannelTimeoutError naming who was asked and who answered.
+channel's broker cannot be reached, or a request cannot be sent to it: then a
+warning is logged once, and the broker is tried again after
+:data:`OFFLINE_RETRY` seconds, not at every call). Every provider declined:
+:class:`CallRejectedError` (ChannelPermissionError when they all said this
+node may not ask), each reason in the message. None answered in time:
+ChannelTimeoutError naming who was asked and who answered; when the providers
+asked left the channel, ChannelMemberLeftError.
 """
 
 from __future__ import annotations
@@ -317,7 +319,14 @@ class ChannelTasks:
             return self._run_here(call, mode)
         data = self._call_bytes(c, call)
         online = len({n for n, _ in members})
-        pending, provider = self._ask(asker, call, data, mode, providers, online)
+        try:
+            pending, provider = self._ask(asker, call, data, mode, providers, online)
+        except PubSubAuthError:
+            raise
+        except PubSubError as e:  # the broker went away since the block began
+            if not self._offline(e):
+                raise
+            return self._run_here(call, mode)
         return self._outcome(c, call, pending, provider)
 
     @staticmethod
@@ -330,8 +339,7 @@ class ChannelTasks:
         """The channel's session; None when its broker cannot be reached and calls may run
         here (``fallback="local"``; the broker is tried again after :data:`OFFLINE_RETRY`
         seconds). Without that fallback, the broker's error."""
-        local = self.fallback == "local"
-        if local and self._offline_until is not None \
+        if self.fallback == "local" and self._offline_until is not None \
                 and time.monotonic() < self._offline_until:
             return None
         try:
@@ -339,17 +347,25 @@ class ChannelTasks:
         except PubSubAuthError:
             raise  # this node's key or membership: running here would hide it
         except PubSubError as e:
-            if not local:
+            if not self._offline(e):
                 raise
-            with self._lock:
-                first = self._offline_until is None
-                self._offline_until = time.monotonic() + OFFLINE_RETRY
-            if first:
-                log.warning("channel %s cannot be reached (%s); its calls run on this node "
-                            "(fallback='local')", self.name, e)
             return None
         self._offline_until = None
         return connected
+
+    def _offline(self, error: PubSubError) -> bool:
+        """Whether calls may run here now that the broker failed with ``error``
+        (``fallback="local"``); if so, the broker is left alone for :data:`OFFLINE_RETRY`
+        seconds, and the first time a warning says so."""
+        if self.fallback != "local":
+            return False
+        with self._lock:
+            first = self._offline_until is None
+            self._offline_until = time.monotonic() + OFFLINE_RETRY
+        if first:
+            log.warning("channel %s cannot be reached (%s); its calls run on this node "
+                        "(fallback='local')", self.name, error)
+        return True
 
     def _remote(self) -> ChannelRemote:
         if self.remote is None:

@@ -252,6 +252,38 @@ def test_with_fallback_local_calls_run_here_while_the_broker_cannot_be_reached(
         offline.close()
 
 
+def test_with_fallback_local_calls_run_here_once_the_broker_went_away(
+        labs, admitting_broker):  # noqa: F811 - the fixture imported above
+    broker, _ = admitting_broker
+    provider(labs)
+    with labs.nodes["alice"], kachery.channel("lab", fallback="local", timeout=20):
+        assert rt.double(70) == 140  # asked of bob
+        broker.stop()
+        assert rt.double(71) == 142  # the request cannot be sent: here
+        assert rt.double(72) == 144
+        rows = [cache.current().records.result(rt.double.task_id(x)) for x in (70, 71, 72)]
+    assert [row.node for row in rows] == [labs.nodes["bob"].id] + [labs.nodes["alice"].id] * 2
+
+
+def test_with_fallback_local_a_request_the_broker_does_not_take_runs_here(labs, monkeypatch):
+    from kachery_tasks.errors import PubSubError
+    from kachery_tasks.network.channels.requests import Asker
+
+    bob = provider(labs)
+
+    def refused(*args, **kwargs):  # as a publish that timed out waiting for the broker
+        raise PubSubError("publish on 'lab' timed out after 10 s")
+
+    with labs.nodes["alice"], kachery.channel("lab", fallback="local", timeout=20):
+        monkeypatch.setattr(Asker, "ask", refused)
+        assert rt.double(80) == 160
+        row = cache.current().records.result(rt.double.task_id(80))
+    assert row.node == labs.nodes["alice"].id and bob.requests == []
+    with labs.nodes["alice"], kachery.channel("lab", timeout=20), \
+            pytest.raises(PubSubError, match="timed out"):
+        rt.double(81)  # without the fallback: the broker's error
+
+
 def test_a_provider_that_leaves_mid_call_is_passed_over_without_the_timeout(labs, monkeypatch):
     from kachery_tasks.network.channels import requests as requests_mod
 
