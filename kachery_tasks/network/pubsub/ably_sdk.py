@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,10 @@ from .base import (
 from .threads import CallbackThread, LoopThread, shared_loop
 
 log = logging.getLogger("kachery_tasks.network.pubsub")
+
+DOWN_LOG_EVERY = 60.0
+"""Seconds between two warnings that a dropped connection is still down (each failed
+attempt in between is a debug record)."""
 
 ENV_ABLY_KEY = "ABLY_API_KEY"
 ENV_ABLY_TOKEN = "ABLY_TOKEN"
@@ -139,6 +144,9 @@ class AblyPubSub(PubSub):
         self._closing: asyncio.Future | None = None
         self._closed = False
         self._sdk_closed = False  # the SDK client reached "closed" after close()
+        self._down_since: float | None = None  # monotonic: the connection dropped
+        self._down_said = 0.0  # monotonic: when the log last said it is down
+        self._down_tries = 0  # reconnection attempts that failed since it dropped
         self._close_lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------------
@@ -264,13 +272,35 @@ class AblyPubSub(PubSub):
             # The SDK may retry later from FAILED; closing stops it for good.
             self._closing = asyncio.ensure_future(self._close_client())
         elif state in ("disconnected", "suspended"):
-            log.warning("pub/sub connection to %s %s%s; reconnecting", self.url, state,
-                        f" ({reason})" if reason else "")
+            self._down(state, reason)
         elif state == "connected" or change.event.value == "update":
+            down, self._down_since = self._down_since, None
+            after = f" after {time.monotonic() - down:.0f} s" if down is not None else ""
             if reason is not None:
-                log.warning("pub/sub connection to %s re-established: %s", self.url, reason)
+                log.warning("pub/sub connection to %s re-established%s: %s", self.url, after,
+                            reason)
+            elif down is not None:
+                log.warning("pub/sub connection to %s re-established%s", self.url, after)
             else:
                 log.info("pub/sub connection to %s %s", self.url, state)
+
+    def _down(self, state: str, reason: Any) -> None:
+        """Log a dropped connection once, then once every :data:`DOWN_LOG_EVERY` seconds
+        while the reconnection attempts (every ``retry_interval``) keep failing."""
+        now = time.monotonic()
+        why = f" ({reason})" if reason else ""
+        if self._down_since is None:
+            self._down_since, self._down_said, self._down_tries = now, now, 0
+            log.warning("pub/sub connection to %s %s%s; reconnecting", self.url, state, why)
+            return
+        self._down_tries += 1
+        if now - self._down_said >= DOWN_LOG_EVERY:
+            self._down_said = now
+            log.warning("pub/sub connection to %s still %s after %.0f s (%d attempts)%s; "
+                        "reconnecting", self.url, state, now - self._down_since,
+                        self._down_tries, why)
+        else:
+            log.debug("pub/sub connection to %s %s%s; reconnecting", self.url, state, why)
 
     def _error(self, reason: Any, doing: str) -> PubSubError:
         """The KacheryError for an SDK exception (or None) met while ``doing``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -411,3 +412,24 @@ def test_a_refused_connection_is_reported_and_retried_at_once():
     options = {**FAST, "connect_timeout": 1.5, "request_timeout": 10.0}
     with pytest.raises(PubSubError, match=rf"cannot open a websocket to 127\.0\.0\.1:{port}"):
         connect_pubsub(f"ws://127.0.0.1:{port}", "alice", **options)
+
+
+def test_a_connection_down_for_a_while_is_logged_once_not_at_each_attempt(
+        make_broker, connect, proxy_to, caplog):
+    broker = make_broker(limits=quick_limits(presence_timeout=30.0))
+    proxy = proxy_to(broker.url)
+    client = connect(proxy.url, "alice")
+    caplog.set_level(logging.DEBUG, logger="kachery_tasks.network.pubsub")
+    proxy.cut()  # refused for 3 s: a dozen attempts, retried every 0.2 s
+    time.sleep(3.0)
+    proxy.restore()
+    deadline = time.monotonic() + 20
+    while client.state != "connected":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    attempts = [r for r in caplog.records if r.levelno == logging.DEBUG
+                and "reconnecting" in r.getMessage()]
+    assert len(attempts) >= 3  # the later attempts, as debug records
+    assert [w for w in warnings if "reconnecting" in w] == [warnings[0]]
+    assert any(re.search(r"re-established after \d+ s", w) for w in warnings)
