@@ -70,6 +70,10 @@ def _start(args: argparse.Namespace) -> int:
         logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
         logger.propagate = False
     node = current_node()
+    if args.listen:  # before joining any channel: a daemon that cannot serve stays offline
+        from ..daemon.http import can_listen, parse_listen
+
+        can_listen(*parse_listen(args.listen))
     provided, executor = _provider_parts(args, node)
     with stop_signals() as stop:
         daemon = NodeDaemon(node, label=args.label, inline_max=args.inline_max,
@@ -90,9 +94,10 @@ def _start(args: argparse.Namespace) -> int:
                       f"channels: {channels or 'none yet'}")
                 if provided is not None:
                     where = _executor_name(args)
-                    print(f"providing {len(provided)} task(s) from "
-                          f"{', '.join(provided.modules)}, run {where}")
                     warning = _serves_no_channel(node, daemon)
+                    print(f"providing {len(provided)} task(s) from "
+                          f"{', '.join(provided.modules)}, run {where}"
+                          + ("; in no channel yet (see the warning)" if warning else ""))
                     if warning:
                         print(warning, file=sys.stderr)
                 print(f"HTTP API and hub: {http.url}  (API docs: {http.url}/docs)")
@@ -118,9 +123,9 @@ def _provider_parts(args: argparse.Namespace, node) -> tuple:
         raise InvalidValueError("give --dask ADDR (a running scheduler) or --workers N (a "
                                 "LocalCluster started here), not both")
     if not args.provide:
-        if args.dask or args.workers:
-            raise InvalidValueError("--dask and --workers say where provided tasks run: give "
-                                    "the modules with --provide MODULE too")
+        if args.dask or args.workers or args.claim_ttl is not None:
+            raise InvalidValueError("--dask, --workers and --claim-ttl are about provided "
+                                    "tasks: give the modules with --provide MODULE too")
         return None, None
     from ..network.tasks import Provided
 
@@ -156,11 +161,11 @@ def _serves_no_channel(node, daemon) -> str | None:
         held.append((config, ordered_permissions(config.permissions_of(node.id))))
     if not held:
         return None
-    what = "; ".join(f"{config.name}: {', '.join(allowed) or 'nothing'}"
+    what = "; ".join(f"in {config.name} it may {', '.join(allowed) or 'do nothing'}"
                      for config, allowed in held)
     grant = grant_command(held[0][0], node.id, "process_tasks")
     return (f"warning: --provide: this node may not process_tasks in any channel it serves "
-            f"(it may {what}), so no member can ask it to run tasks. It starts providing "
+            f"({what}), so no member can ask it to run tasks. It starts providing "
             f"within seconds of the owner running '{grant}'")
 
 
@@ -266,8 +271,9 @@ COMMANDS = (
                     arg("--claim-ttl", type=_seconds, metavar="SECONDS", default=None,
                         help="seconds a claim on a task lives without renewal (default 60): "
                              "how long another provider waits before taking over the task "
-                             "of one that died (requesters notice a provider gone from the "
-                             "channel after 5 s and ask the next one)"),
+                             "of one that died (its requesters ask the next provider about "
+                             "20 s after it died: 15 s for the broker to drop it from presence, "
+                             "then 5 s)"),
                 ],
                 run=_start,
             ),

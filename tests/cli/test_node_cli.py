@@ -95,13 +95,16 @@ def _provider_warnings(path) -> list[str]:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().startswith("node daemon of ")
-        assert proc.stdout.readline().startswith("providing ")
+        providing = proc.stdout.readline()
+        assert providing.startswith("providing ")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    return [line for line in proc.stderr.read().splitlines() if line.startswith("warning:")]
+    warnings = [line for line in proc.stderr.read().splitlines() if line.startswith("warning:")]
+    assert providing.endswith("; in no channel yet (see the warning)\n") == bool(warnings)
+    return warnings
 
 
 def test_node_start_warns_when_no_channel_lets_it_provide(tmp_path):
@@ -121,11 +124,20 @@ def test_node_start_warns_when_no_channel_lets_it_provide(tmp_path):
             assert _provider_warnings(a.path) == []  # a may process_tasks
             assert _provider_warnings(b.path) == [
                 "warning: --provide: this node may not process_tasks in any channel it serves "
-                "(it may lab: download, upload), so no member can ask it to run tasks. It "
+                "(in lab it may download, upload), so no member can ask it to run tasks. It "
                 "starts providing within seconds of the owner running 'kachery-tasks channel "
                 f"set-permissions lab {b.id} --allow download,upload,process_tasks'"]
         finally:
             lab.close()
+
+
+def test_node_start_refuses_an_address_it_cannot_listen_on_before_starting(run_cli, node_path):
+    r = run_cli("node", "start", "--listen", "192.0.2.1:7000")  # TEST-NET-1: not this machine
+    assert r.returncode == 1
+    assert r.stderr.decode().strip() == (
+        "error: the HTTP API cannot listen on 192.0.2.1:7000: the address is not one of this "
+        "machine's; choose another with --listen")  # nothing started, nothing logged
+    assert not (node_path / "daemon" / "pid").exists()
 
 
 def test_node_start_refuses_a_module_it_cannot_import(run_cli, node_path):
@@ -139,8 +151,9 @@ def test_node_start_refuses_a_module_it_cannot_import(run_cli, node_path):
 
 
 def test_node_start_takes_dask_or_workers_only_for_provided_tasks(run_cli):
-    r = run_cli("node", "start", "--workers", "2")
-    assert r.returncode == 1 and b"--provide MODULE" in r.stderr
+    for option in (("--workers", "2"), ("--claim-ttl", "10"), ("--dask", "tcp://h:8786")):
+        r = run_cli("node", "start", *option)
+        assert r.returncode == 1 and b"give the modules with --provide MODULE" in r.stderr
     r = run_cli("node", "start", "--provide", "tests.network.tasks.remote_tasks", "--workers",
                 "2", "--dask", "tcp://127.0.0.1:9")
     assert r.returncode == 1 and b"not both" in r.stderr
