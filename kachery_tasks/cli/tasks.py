@@ -7,7 +7,13 @@ import json
 import time
 
 from ..errors import KacheryError
-from ..runtime.provenance import resolve_function, resolve_task_id, run_dict, show
+from ..runtime.provenance import (
+    imported_dict,
+    resolve_function,
+    resolve_task_id,
+    run_dict,
+    show,
+)
 from . import command
 from .args import arg, json_flag, whole_number
 
@@ -31,17 +37,44 @@ def _dur(d: float | None) -> str:
 def _ls(args: argparse.Namespace) -> int:
     records = _records()
     function = resolve_function(records, args.function) if args.function else None
+    if args.imported:
+        return _ls_imported(records, function, args)
     runs = records.latest_runs(function=function, limit=args.limit)
     if args.json:
         print(json.dumps([run_dict(r) for r in runs], indent=2))
         return 0
     if not runs:
-        print("no task runs recorded on this node")
+        elsewhere = records.imported_count()
+        print("no task runs recorded on this node" + (
+            f"; {elsewhere} outcome(s) computed by other nodes are: 'kachery-tasks tasks ls "
+            "--imported' lists them" if elsewhere else ""))
         return 0
     print(f"{'TASK ID':<23} {'KIND':<6} {'STATUS':<9} {'FINISHED':<19} {'TIME':>9}  FUNCTION")
     for r in runs:
         print(f"{r.task_id[:23]} {r.kind:<6} {r.effective_status():<9} {_t(r.finished):<19} "
               f"{_dur(r.duration):>9}  {r.function}")
+    return 0
+
+
+def _ls_imported(records, function: str | None, args: argparse.Namespace) -> int:
+    """``tasks ls --imported``: the outcomes other nodes computed, recorded here."""
+    from ..runtime import cache
+
+    rows = records.imported(function=function, limit=args.limit)
+    if args.json:
+        print(json.dumps([imported_dict(r) for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no outcome computed by another node is recorded on this node")
+        return 0
+    node = cache.current().node
+    labels: dict[str, str] = {}
+    print(f"{'TASK ID':<23} {'KIND':<6} {'STATUS':<9} {'FINISHED':<19}  FUNCTION  (COMPUTED BY)")
+    for r in rows:
+        if r.node not in labels:
+            labels[r.node] = member_label(node, r.node) or f"node {r.node[:12]}..."
+        print(f"{r.task_id[:23]} {r.kind:<6} {r.status:<9} {_t(r.finished):<19}  "
+              f"{r.function}  ({labels[r.node]})")
     return 0
 
 
@@ -171,6 +204,10 @@ COMMANDS = (
                         help="only this function (module.qualname, or its last part)"),
                     arg("--limit", type=whole_number(1), default=50,
                         help="at most this many rows (default 50)"),
+                    arg("--imported", action="store_true",
+                        help="list the outcomes other nodes computed that are recorded here "
+                             "(from a shared bucket, or sent by a channel's provider), with "
+                             "who computed each"),
                     json_flag(),
                 ],
                 run=_ls,

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from ..errors import InvalidValueError, TaskNotCachedError
-from .records import Records, Run
+from .records import Records, ResultRow, Run
 
 #: Results kept inline whose JSON is at most this long are shown with ``show``.
 PREVIEW_BYTES = 4096
@@ -26,8 +26,8 @@ def resolve_function(records: Records, name: str) -> str:
         return matches[0]
     if not matches:
         raise TaskNotCachedError(
-            f"no runs of a function named {name!r} on this node; 'kachery-tasks tasks ls' "
-            "lists the recorded ones"
+            f"no outcomes of a function named {name!r} are recorded on this node; "
+            "'kachery-tasks tasks ls' lists the recorded ones"
         )
     raise InvalidValueError(f"{name!r} is ambiguous: {', '.join(sorted(matches))}")
 
@@ -39,7 +39,7 @@ def resolve_task_id(records: Records, prefix: str) -> str:
     if not matches:
         raise TaskNotCachedError(
             f"no task with id {prefix} is recorded on this node; 'kachery-tasks tasks ls' "
-            "lists them"
+            "lists those run here, 'kachery-tasks tasks ls --imported' those computed elsewhere"
         )
     if len(matches) > 1:
         raise InvalidValueError(
@@ -58,6 +58,13 @@ def run_dict(r: Run) -> dict[str, Any]:
         "finished": r.finished, "duration": r.duration, "status": r.effective_status(),
         "error": r.error, "reason": r.reason, "components": r.components,
     }
+
+
+def imported_dict(r: ResultRow) -> dict[str, Any]:
+    """One outcome computed elsewhere as JSON-ready data (``tasks ls --imported --json``)."""
+    return {"task_id": r.task_id, "kind": r.kind, "function": r.function,
+            "status": r.status, "result_uri": r.result_uri, "codec": r.codec, "node": r.node,
+            "finished": r.finished, "error": r.error}
 
 
 def show(records: Records, task_id: str) -> dict[str, Any]:

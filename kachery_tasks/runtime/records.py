@@ -441,10 +441,29 @@ class Records:
         with self.lock:
             return [Run.from_row(r) for r in self.conn.execute(sql, params)]
 
-    def functions(self) -> list[str]:
-        """Every function name that has runs here."""
+    def imported(self, function: str | None = None, limit: int = 100) -> list[ResultRow]:
+        """Outcomes computed by other nodes and recorded here (no run of this node behind
+        them: imported from a bucket or sent by a channel's provider), newest first."""
+        sql = f"SELECT {_RESULT_COLS} FROM results WHERE run_id IS NULL"
+        params: list[Any] = []
+        if function is not None:
+            sql += " AND function=?"
+            params.append(function)
+        sql += f" ORDER BY finished DESC LIMIT {int(limit)}"
         with self.lock:
-            return [r[0] for r in self.conn.execute("SELECT DISTINCT function FROM runs")]
+            return [ResultRow(*r) for r in self.conn.execute(sql, params)]
+
+    def imported_count(self) -> int:
+        """How many outcomes computed by other nodes are recorded here."""
+        with self.lock:
+            return self.conn.execute(
+                "SELECT COUNT(*) FROM results WHERE run_id IS NULL").fetchone()[0]
+
+    def functions(self) -> list[str]:
+        """Every function name that has runs or imported outcomes here."""
+        with self.lock:
+            return [r[0] for r in self.conn.execute(
+                "SELECT function FROM runs UNION SELECT function FROM results")]
 
     def task_ids_with_prefix(self, prefix: str) -> list[str]:
         """Task ids that start with ``prefix`` (with or without ``sha256:``)."""

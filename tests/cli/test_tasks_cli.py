@@ -76,7 +76,7 @@ def test_errors_are_one_line(run_cli, history):
     r = run_cli("tasks", "show", "ffffffffff")
     assert r.returncode == 1 and r.stderr.decode().startswith("error: no task with id")
     r = run_cli("tasks", "why", "no_such_function")
-    assert r.returncode == 1 and "no runs of a function named" in r.stderr.decode()
+    assert r.returncode == 1 and "no outcomes of a function named" in r.stderr.decode()
 
 
 def test_empty_node_and_help(run_cli):
@@ -148,3 +148,14 @@ def test_show_names_the_channel_member_that_computed_an_imported_result(tmp_path
     assert "runs:      none on this node (computed by bob-the-provider in channel lab)" in out
     r = run_cli("tasks", "show", tid, "--json", env=env)
     assert json.loads(r.stdout)["signer_label"] == "bob-the-provider in channel lab"
+    out = run_cli("tasks", "ls", env=env).stdout.decode()  # no run here: says where to look
+    assert out == ("no task runs recorded on this node; 1 outcome(s) computed by other nodes "
+                   "are: 'kachery-tasks tasks ls --imported' lists them\n")
+    lines = run_cli("tasks", "ls", "--imported", env=env).stdout.decode().splitlines()
+    assert lines[0].split() == ["TASK", "ID", "KIND", "STATUS", "FINISHED", "FUNCTION",
+                                "(COMPUTED", "BY)"]
+    assert lines[1].startswith(f"{tid[:23]} pure   success ")
+    assert lines[1].endswith("  task_defs.add  (bob-the-provider in channel lab)")
+    [row] = json.loads(run_cli("tasks", "ls", "--imported", "--function", "add", "--json",
+                               env=env).stdout)
+    assert (row["task_id"], row["node"], row["function"]) == (tid, bob.id, "task_defs.add")

@@ -59,7 +59,7 @@ def test_unknown_and_ambiguous_are_4xx(client, history):
     r = client.get("/api/tasks/sha256:")
     assert r.status_code == 400 and "several tasks" in r.json()["error"]
     r = client.get("/api/tasks/why", params={"function": "nothing"})
-    assert r.status_code == 404 and "no runs of a function" in r.json()["error"]
+    assert r.status_code == 404 and "no outcomes of a function" in r.json()["error"]
 
 
 def test_the_call_tree_stops_at_a_cycle_and_at_the_limit():
