@@ -31,7 +31,9 @@ The provider answers, addressed to the requester (``"to"``), always naming
   ``task_finished`` of an action also carries ``ran`` (false when the
   provider answered from an outcome recorded earlier in the channel) and
   ``finished`` (when the action ended, seconds since the epoch), so every
-  requester reports the one run's time;
+  requester reports the one run's time, and, when it did not run for this
+  request, ``ran_on`` (the node that ran it, recorded by the requester as its
+  producer if that node is a member allowed to ``process_tasks``);
 * ``task_failed {"error": {"type", "message", "traceback", "provider",
   "label"}}`` (final): the task raised; the requester raises an error with
   that type name, message, the remote traceback text and the provider's
@@ -151,14 +153,14 @@ def answer_entry(type: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def finished_body(task_id: str, kind: str, result_uri: str | None, codec: str | None,
                   record: str | None, *, ran: bool | None = None,
-                  finished: float | None = None) -> dict[str, Any]:
-    """The body of a ``task_finished``; ``ran`` and ``finished`` describe an action's run."""
+                  finished: float | None = None, ran_on: str | None = None) -> dict[str, Any]:
+    """The body of a ``task_finished``; ``ran``, ``finished`` and ``ran_on`` describe an
+    action's run."""
     body: dict[str, Any] = {"task_id": task_id, "kind": kind, "result_uri": result_uri,
                             "codec": codec, "record": record}
-    if ran is not None:
-        body["ran"] = ran
-    if finished is not None:
-        body["finished"] = finished
+    for key, value in (("ran", ran), ("finished", finished), ("ran_on", ran_on)):
+        if value is not None:
+            body[key] = value
     return body
 
 

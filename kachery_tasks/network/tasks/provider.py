@@ -677,7 +677,8 @@ class TaskProvider:
             return
         self._finish(job, "task_finished", protocol.finished_body(
             job.call.task_id, job.call.kind, outcome.get("result_uri"), outcome.get("codec"),
-            None, ran=False, finished=_finished_at(outcome, holder)), f"outcome {how}")
+            None, ran=False, finished=_finished_at(outcome, holder), ran_on=holder.node),
+            f"outcome {how}")
 
     def _failure(self, job: _Job, e: BaseException) -> dict[str, Any]:
         text = remote_traceback(e)

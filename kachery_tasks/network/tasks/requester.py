@@ -533,7 +533,12 @@ class ChannelTasks:
         tid, now = call.task_id, time.time()
         if call.kind == "action":
             ran, finished = protocol.action_run(body, now)
-            c.records.import_result(tid, "action", call.function, None, None, provider, finished)
+            ran_on = body.get("ran_on")  # another provider ran it: its producer, if it may
+            config = self._remote().config()
+            producer = ran_on if isinstance(ran_on, str) and ran_on in config.members \
+                and "process_tasks" in config.permissions_of(ran_on) else provider
+            c.records.import_result(tid, "action", call.function, None, None, producer,
+                                    finished)
             return ActionOutcome(tid, call.function, True, ran, None, finished)
         uri, codec = body.get("result_uri"), body.get("codec")
         if uri is None:  # the query returned None

@@ -30,11 +30,12 @@ class FakeProvider:
 
     def __init__(self, lab: Lab, name: str, tasks, *, decline: tuple[str, str] | None = None,
                  silent: bool = False, stall: bool = False, forge: bool = False,
-                 lose: bool = False, announce=None) -> None:
+                 lose: bool = False, announce=None, ran_on: str | None = None) -> None:
         self.node = lab.nodes[name]
         self.provided = Provided(tasks)
         self.decline, self.silent, self.stall, self.forge = decline, silent, stall, forge
         self.lose = lose  # a batch's answers are lost on the way (its final answer is empty)
+        self.ran_on = ran_on  # said to have run an action served from its outcome
         self.requests: list[dict] = []
         self.release = threading.Event()
         session = ChannelSession(ChannelStore(self.node.dir).find("lab"), self.node.key,
@@ -104,7 +105,8 @@ class FakeProvider:
         row = c.records.result(tid)
         if call.kind == "action":  # ran here now, or served from its recorded outcome
             return protocol.finished_body(tid, "action", None, None, None, ran=outcome.ran,
-                                          finished=outcome.finished)
+                                          finished=outcome.finished,
+                                          ran_on=None if outcome.ran else self.ran_on)
         if row is None:
             return protocol.finished_body(tid, call.kind, None, None, None)
         uri = c.materialize(tid)

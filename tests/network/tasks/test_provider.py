@@ -255,6 +255,8 @@ def test_an_action_runs_once_in_the_channel_and_again_when_asked_again(two, prov
     assert RAN["notify"] == 1
     assert first.final.body["ran"] is True and second.final.body["ran"] is False
     assert second.final.body["finished"] == first.final.body["finished"]  # the one run's
+    assert second.final.body["ran_on"] == lab.nodes["prov"].id  # prov ran it, prov2 answered
+    assert "ran_on" not in first.final.body
     third = ask(lab, "req", "prov", notify.prepare("hello"), mode="again")
     assert third.final.type == "task_finished"
     assert RAN["notify"] == 2

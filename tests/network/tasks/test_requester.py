@@ -206,6 +206,23 @@ def test_an_action_runs_on_the_provider_once_and_is_recorded_here(labs):
     assert not third.ran and third.finished == first.finished == carol_row.finished
 
 
+def test_an_action_another_provider_ran_is_recorded_as_that_providers(labs):
+    carol = labs.nodes["carol"].id
+    bob = provider(labs, ran_on=carol)  # answers from an outcome it says carol recorded
+    with labs.nodes["bob"]:
+        rt.note("once")  # so that bob serves the outcome rather than running it
+    with labs.nodes["alice"], kachery.channel("lab", timeout=20):
+        outcome = rt.note("once")
+        row = cache.current().records.result(rt.note.task_id("once"))
+    assert not outcome.ran and len(bob.requests) == 1
+    assert row.node == carol  # who ran it, not who answered
+    bob.ran_on = "ab" * 32  # not a member: the answering provider is recorded instead
+    with labs.nodes["carol"], kachery.channel("lab", timeout=20):
+        rt.note("once")
+        row = cache.current().records.result(rt.note.task_id("once"))
+    assert row.node == labs.nodes["bob"].id
+
+
 def test_a_query_runs_remotely_each_time_and_falls_back_when_unreachable(labs):
     bob = provider(labs)
     with labs.nodes["alice"], kachery.channel("lab", timeout=20):
