@@ -429,29 +429,29 @@ class Records:
 
     def latest_runs(self, function: str | None = None, limit: int = 100) -> list[Run]:
         """The newest run of each task id, newest first."""
-        sql = (
-            f"SELECT {_RUN_COLS} FROM runs WHERE run_id IN "
-            "(SELECT MAX(run_id) FROM runs GROUP BY task_id)"
-        )
-        params: list[Any] = []
-        if function is not None:
-            sql += " AND function=?"
-            params.append(function)
-        sql += f" ORDER BY run_id DESC LIMIT {int(limit)}"
-        with self.lock:
-            return [Run.from_row(r) for r in self.conn.execute(sql, params)]
+        rows = self._select(f"SELECT {_RUN_COLS} FROM runs WHERE run_id IN "
+                            "(SELECT MAX(run_id) FROM runs GROUP BY task_id)",
+                            function, "run_id", limit)
+        return [Run.from_row(r) for r in rows]
 
     def imported(self, function: str | None = None, limit: int = 100) -> list[ResultRow]:
         """Outcomes computed by other nodes and recorded here (no run of this node behind
         them: imported from a bucket or sent by a channel's provider), newest first."""
-        sql = f"SELECT {_RESULT_COLS} FROM results WHERE run_id IS NULL"
+        rows = self._select(f"SELECT {_RESULT_COLS} FROM results WHERE run_id IS NULL",
+                            function, "finished", limit)
+        return [ResultRow(*r) for r in rows]
+
+    def _select(self, sql: str, function: str | None, newest: str,
+                limit: int) -> list[tuple]:
+        """The rows of ``sql`` (a SELECT with a WHERE clause), of ``function`` only if
+        given, at most ``limit``, the highest ``newest`` column first."""
         params: list[Any] = []
         if function is not None:
             sql += " AND function=?"
             params.append(function)
-        sql += f" ORDER BY finished DESC LIMIT {int(limit)}"
+        sql += f" ORDER BY {newest} DESC LIMIT {int(limit)}"
         with self.lock:
-            return [ResultRow(*r) for r in self.conn.execute(sql, params)]
+            return self.conn.execute(sql, params).fetchall()
 
     def imported_count(self) -> int:
         """How many outcomes computed by other nodes are recorded here."""
