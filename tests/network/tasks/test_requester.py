@@ -273,9 +273,13 @@ def test_with_fallback_local_calls_run_here_once_the_broker_went_away(
         labs, admitting_broker):  # noqa: F811 - the fixture imported above
     broker, _ = admitting_broker
     provider(labs)
+    session, _ = labs.remote("alice").session()
+    wait_for(lambda: labs.nodes["bob"].id in {n for n, _ in session.members()},
+             what="bob in alice's presence")  # else the first call runs here too
     with labs.nodes["alice"], kachery.channel("lab", fallback="local", timeout=20):
         assert rt.double(70) == 140  # asked of bob
         broker.stop()
+        wait_for(lambda: not session.connected, what="alice's connection dropping")
         assert rt.double(71) == 142  # the request cannot be sent: here
         assert rt.double(72) == 144
         rows = [cache.current().records.result(rt.double.task_id(x)) for x in (70, 71, 72)]
