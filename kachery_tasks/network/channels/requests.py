@@ -509,7 +509,7 @@ class Responder:
 
 
 def _members(nodes: list[str]) -> str:
-    """``the member 0123456789abcdef...`` / ``the 3 members asked``, for messages."""
+    """``the member 0123456789abcdef...`` or ``all 3 members``, for messages."""
     if len(nodes) == 1:
         return f"the member {nodes[0][:16]}..."
     return f"all {len(nodes)} members"
