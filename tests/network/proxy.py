@@ -80,7 +80,15 @@ class Proxy:
             self._server.close()
             for transport in list(self._transports):
                 transport.abort()
+            # Connections still being forwarded end here, not when the garbage
+            # collector finds their tasks pending (which asyncio logs as an error).
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         self._call(stop())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
