@@ -309,21 +309,21 @@ class ChannelTasks:
                 f"this node may not ask channel {config.name} to run tasks (it lacks the "
                 f"{need} permission): ask the owner to run "
                 f"'{grant_command(config, me, need)}'")
-        members = [(n, d) for n, d in session.members() if n != me]
-        try:
-            providers = choose_providers(call, members, config)
-            providers.sort(key=lambda p: p in skip)
-        except NoProviderError:
-            if self.fallback != "local":
-                raise
-            return self._run_here(call, mode)
-        data = self._call_bytes(c, call)
-        online = len({n for n, _ in members})
-        try:
+        try:  # the broker may have gone away since the block began
+            members = [(n, d) for n, d in session.members() if n != me]
+            try:
+                providers = choose_providers(call, members, config)
+                providers.sort(key=lambda p: p in skip)
+            except NoProviderError:
+                if self.fallback != "local":
+                    raise
+                return self._run_here(call, mode)
+            data = self._call_bytes(c, call)
+            online = len({n for n, _ in members})
             pending, provider = self._ask(asker, call, data, mode, providers, online)
         except PubSubAuthError:
             raise
-        except PubSubError as e:  # the broker went away since the block began
+        except PubSubError as e:  # presence cannot be listed, or the request not sent
             if not self._offline(e):
                 raise
             return self._run_here(call, mode)

@@ -286,6 +286,25 @@ def test_with_fallback_local_calls_run_here_once_the_broker_went_away(
     assert [row.node for row in rows] == [labs.nodes["bob"].id] + [labs.nodes["alice"].id] * 2
 
 
+def test_with_fallback_local_a_presence_that_cannot_be_listed_runs_the_call_here(
+        labs, monkeypatch):
+    """As when the SDK has suspended the channel (its broker gone for a while)."""
+    from kachery_tasks.errors import PubSubError
+    from kachery_tasks.network.channels import ChannelSession
+
+    provider(labs)
+
+    def suspended(*args, **kwargs):
+        raise PubSubError("list the presence of 'lab' failed: Unable to get presence; "
+                          "channel state = ChannelState.SUSPENDED (error 90001)")
+
+    with labs.nodes["alice"], kachery.channel("lab", fallback="local", timeout=20):
+        monkeypatch.setattr(ChannelSession, "members", suspended)
+        assert rt.double(75) == 150
+        row = cache.current().records.result(rt.double.task_id(75))
+    assert row.node == labs.nodes["alice"].id
+
+
 def test_with_fallback_local_a_request_the_broker_does_not_take_runs_here(labs, monkeypatch):
     from kachery_tasks.errors import PubSubError
     from kachery_tasks.network.channels.requests import Asker
