@@ -127,12 +127,14 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, shared: bool = Fals
         os.chmod(tmp, (mode | 0o060) if shared else mode)
         os.replace(tmp, path)
     except OSError as e:
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         raise os_error(e, f"cannot write {path}") from e
     fsync_dir(path.parent)
 
 
-def _remove_quietly(path: Path) -> None:
+def remove_quietly(path: Path) -> None:
+    """Remove a temporary file after a failure, whatever prevents it (it may not exist, or
+    its very name may be what failed): the first error is the one to report."""
     try:
         os.unlink(path)
     except OSError:

@@ -43,7 +43,7 @@ from .feeds import transfer as feed_transfer
 from .feeds.bucket import FeedSyncReport
 from .feeds.store import FeedStore, get_feed_store
 from .feeds.uris import parse_feed_uri
-from .fsutil import os_error, temp_path, write_atomic
+from .fsutil import os_error, remove_quietly, temp_path, write_atomic
 from .keys import KeyPair, node_keypair
 from .remotes import Remote, open_remote
 from .storage.buckets import configured_bucket_url
@@ -409,10 +409,7 @@ def _copy_out(path: str, dest: Path) -> str:
         shutil.copyfile(path, tmp)
         os.replace(tmp, dest)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        remove_quietly(tmp)
         raise os_error(e, f"cannot write {dest}") from e
     return str(dest)
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from ..fsutil import fsync_dir, os_error, temp_path
+from ..fsutil import fsync_dir, os_error, remove_quietly, temp_path
 
 
 def write_lines(lines: Iterable[bytes], out: str | os.PathLike[str] | IO[bytes]) -> int:
@@ -29,10 +29,10 @@ def write_lines(lines: Iterable[bytes], out: str | os.PathLike[str] | IO[bytes])
         os.replace(tmp, path)
         fsync_dir(path.absolute().parent)  # the new name survives a crash too
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        remove_quietly(tmp)
         raise os_error(e, f"cannot write {path}") from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        remove_quietly(tmp)
         raise
     return n
 

@@ -171,6 +171,7 @@ def test_no_command_line_is_an_internal_error(placeholders, argv):
         ["pin", "{stored}", "bad"],
         ["node", "init", "--dir", LONG_NAME],
         ["load", "{stored}", "--dest", LONG_NAME],
+        ["feed", "export", "{feed}", "--output", LONG_NAME + "/x"],
         ["store", "bin.dat", "--label", "\udcff"],
         ["nope"],
         ["node"],
