@@ -85,6 +85,18 @@ def whole_number(minimum: int, maximum: int = MAX_INT) -> Callable[[str], int]:
     return parse
 
 
+def seconds(text: str) -> float:
+    """An argparse type for a duration in seconds, above 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most "
+                                         f"86400 (a day), not {text[:30]!r}")
+    return value
+
+
 def size(text: str) -> int:
     """An argparse type for a byte size such as ``50GiB`` (see :func:`parse_size`)."""
     try:

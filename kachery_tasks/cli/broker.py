@@ -8,10 +8,14 @@ import ipaddress
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidValueError, KacheryError
 from . import command
-from .args import arg
+from .args import arg, seconds
+
+if TYPE_CHECKING:
+    from ..network.broker.limits import Limits
 
 _DETAILS = """\
 Serves the part of Ably's realtime protocol that the ably SDK uses (JSON over
@@ -23,7 +27,12 @@ Admits only members of kachery channels: a node presents a token signed by
 its node key carrying the channel's owner-signed config, and may use only
 that channel. A node removed from a channel (a newer config) is disconnected.
 --owner limits the broker to the channels of given owner keys. --open admits
-every client (for development: listen on a loopback address)."""
+every client (for development: listen on a loopback address).
+
+A node whose connection drops without closing (killed, cut off) stays present
+for --presence-timeout seconds, so that a short network glitch does not make it
+leave and enter again; its requesters move on to another provider once it has
+left."""
 
 
 def _owner_key(text: str) -> str:
@@ -42,20 +51,25 @@ def _start(args: argparse.Namespace) -> int:
     )
     if args.open and args.owner:
         raise InvalidValueError("--open admits everyone: it cannot be combined with --owner")
-    asyncio.run(_serve(args.host, args.port, args.open, args.owner))
+    from ..network.broker.limits import Limits
+
+    limits = Limits(presence_timeout=args.presence_timeout)
+    asyncio.run(_serve(args.host, args.port, args.open, args.owner, limits))
     return 0
 
 
-async def _serve(host: str, port: int, open_to_all: bool, owners: list[str] | None) -> None:
+async def _serve(host: str, port: int, open_to_all: bool, owners: list[str] | None,
+                 limits: Limits) -> None:
     from ..network.broker import Broker
 
     if open_to_all:
-        broker = Broker(host, port)
+        broker = Broker(host, port, limits=limits)
     else:
         from ..network.channels import ChannelAdmission
 
         admission = ChannelAdmission(owners=owners)
-        broker = Broker(host, port, authorize=admission.authorize, observe=admission.observe)
+        broker = Broker(host, port, authorize=admission.authorize, observe=admission.observe,
+                        limits=limits)
         admission.on_removed = broker.disconnect
     await broker.start()
     stop = asyncio.Event()
@@ -98,6 +112,9 @@ COMMANDS = (
                         help="admit every client, member or not (development only)"),
                     arg("--owner", action="append", type=_owner_key, metavar="OWNER_KEY",
                         help="serve only channels of this owner key (64 hex; repeat for several)"),
+                    arg("--presence-timeout", type=seconds, metavar="SECONDS", default=15.0,
+                        help="seconds a node whose connection dropped stays present before it "
+                             "leaves (default 15)"),
                 ],
                 run=_start,
             ),

@@ -14,7 +14,7 @@ from ..errors import KacheryError
 from ..nodes import current_node
 from ..sizes import format_size
 from . import command
-from .args import arg, file_path, json_flag, size, whole_number
+from .args import arg, file_path, json_flag, seconds, size, whole_number
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -181,17 +181,6 @@ MAX_WORKERS = 1024
 """``--workers``: worker processes of a LocalCluster started by ``node start``."""
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most "
-                                         f"86400 (a day), not {text[:30]!r}")
-    return value
-
-
 def _url(args: argparse.Namespace) -> int:
     from ..daemon.http import daemon_dir, running_api
 
@@ -268,12 +257,12 @@ COMMANDS = (
                     arg("--workers", type=whole_number(1, MAX_WORKERS), metavar="N",
                         default=None,
                         help="run provided tasks on a LocalCluster of N worker processes"),
-                    arg("--claim-ttl", type=_seconds, metavar="SECONDS", default=None,
+                    arg("--claim-ttl", type=seconds, metavar="SECONDS", default=None,
                         help="seconds a claim on a task lives without renewal (default 60): "
                              "how long another provider waits before taking over the task "
                              "of one that died (its requesters ask the next provider about "
-                             "20 s after it died: 15 s for the broker to drop it from presence, "
-                             "then 5 s)"),
+                             "20 s after it died: 15 s for the broker to drop it from presence "
+                             "(the broker's --presence-timeout), then 5 s)"),
                 ],
                 run=_start,
             ),

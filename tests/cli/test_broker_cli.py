@@ -99,3 +99,30 @@ def test_open_and_owner_do_not_mix(run_cli):
     assert r.returncode == 1 and "cannot be combined with --owner" in r.stderr.decode()
     r = run_cli("broker", "start", "--owner", "xyz")
     assert r.returncode == 1 and "64 lowercase hex digits" in r.stderr.decode()
+
+
+def test_presence_timeout_is_how_long_a_dropped_member_stays_present():
+    """With --presence-timeout 1 a member cut off leaves within seconds (the default
+    keeps it 15 s)."""
+    from kachery_tasks.testing.pubsub import Inbox as Events
+    from tests.network.proxy import Proxy
+
+    proc = start("--port", "0", "--open", "--presence-timeout", "1")
+    proxy = None
+    try:
+        url = proc.stdout.readline().split()[3]
+        proxy = Proxy(url).start()
+        with connect_pubsub(proxy.url, "member", lambda: "t", connect_timeout=10) as member, \
+                connect_pubsub(url, "watcher", lambda: "t", connect_timeout=10) as watcher:
+            events = Events()
+            watcher.on_presence("room", events)
+            member.enter("room", "here")
+            events.wait_for(1)
+            proxy.cut()  # and it never comes back
+            got = events.wait_for(2, timeout=8)
+            assert (got[1].action, got[1].member.client_id) == ("leave", "member")
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        proc.kill()
+        proc.communicate(timeout=20)

@@ -90,7 +90,7 @@ class Requester:
 @pytest.fixture
 def channel(tmp_path, procs):  # noqa: F811
     port = free_port()
-    start_broker(procs, port)
+    start_broker(procs, port, "--presence-timeout", "2")  # a killed provider leaves in 2 s
     paths = member_nodes(tmp_path, f"file://{tmp_path}/bucket", f"ws://127.0.0.1:{port}",
                          {"p1": ALL, "p2": ALL, "req": ALL})
     runs = tmp_path / "runs"
@@ -120,7 +120,7 @@ def test_a_provider_killed_mid_task_is_taken_over_by_another(channel, procs):  #
     p1.proc.wait(10)
     statuses: list[str] = []
     answer = requester.ask(paths["p2"], call, timeout=30.0, statuses=statuses).final
-    first.join(30)  # it left presence when killed: no need to wait out the 120 s
+    first.join(30)  # it left presence 2 s after it was killed: no need to wait out the 120 s
     assert isinstance(lost["error"], ChannelMemberLeftError)
     assert f"the member {Node(paths['p1']).id[:16]}... asked" in str(lost["error"])
     assert answer.type == "task_finished"

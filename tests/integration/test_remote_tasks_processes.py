@@ -1,6 +1,7 @@
 """Remote tasks end to end, every part a process: ``kachery.channel`` in requester
-processes, ``node start --provide`` daemons, the embedded broker, and a file:// bucket
-or a gs:// one (fake-gcs-server): every test runs on both.
+processes, ``node start --provide`` daemons, the embedded broker, and a gs:// bucket
+(fake-gcs-server), where a lab's channel keeps its results. (Providers as processes
+on a bucket directory: ``test_provider_processes.py``.)
 
 One channel for the whole module: providers p1 (``remote_tasks`` and
 ``shifted_tasks``) and p2 (``remote_tasks`` and ``edited_tasks``: ``shifted``
@@ -103,18 +104,15 @@ def outcome(proc: Proc, timeout: float = 90.0) -> list[dict]:
     return json.loads(proc.wait_for(lambda s: s.startswith("[")))
 
 
-@pytest.fixture(scope="module", params=["file", "gs"])
-def lab(request, tmp_path_factory):
+@pytest.fixture(scope="module")
+def lab(gcs_emulator, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("remote-tasks")
     with started_procs() as procs, pytest.MonkeyPatch.context() as env:
-        if request.param == "file":
-            bucket_url = f"file://{tmp}/bucket"
-        else:  # a bucket in the session's fake-gcs-server, for this process and its children
-            emulator = request.getfixturevalue("gcs_emulator")
-            env.setenv("STORAGE_EMULATOR_HOST", emulator.url)
-            name = f"remote-tasks-{uuid.uuid4().hex[:12]}"
-            emulator.create_bucket(name)
-            bucket_url = f"gs://{name}/lab/kachery"
+        # a bucket in the session's fake-gcs-server, for this process and its children
+        env.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+        name = f"remote-tasks-{uuid.uuid4().hex[:12]}"
+        gcs_emulator.create_bucket(name)
+        bucket_url = f"gs://{name}/lab/kachery"
         port = free_port()
         start_broker(procs, port)
         paths = member_nodes(tmp, bucket_url, f"ws://127.0.0.1:{port}",
