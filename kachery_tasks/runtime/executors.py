@@ -529,6 +529,15 @@ def _is_local_address(address: str) -> bool:
     ) or address.startswith("inproc://")
 
 
+def _address_problem(address: str, error: ValueError) -> str:
+    """What is wrong with a scheduler address, in words: distributed says "invalid literal
+    for int() with base 10" of a port that is not a number."""
+    port = address.split("://", 1)[-1].rpartition(":")[2]
+    if ":" in address.split("://", 1)[-1] and not port.isdigit():
+        return f"its port {port!r} is not a number" if port else "no port after its ':'"
+    return str(error)
+
+
 def connect(
     address: str | None = None,
     *,
@@ -560,8 +569,9 @@ def connect(
                 client = distributed.Client(address, timeout=timeout)
             except ValueError as e:  # not an address: no port, an unknown scheme
                 raise InvalidValueError(
-                    f"{address!r} is not the address of a Dask scheduler ({e}); give "
-                    "tcp://HOST:PORT, e.g. tcp://scheduler:8786") from None
+                    f"{address!r} is not the address of a Dask scheduler "
+                    f"({_address_problem(address, e)}); give tcp://HOST:PORT, e.g. "
+                    "tcp://scheduler:8786") from None
         elif client is None:  # no cluster given: start one here
             cluster = distributed.LocalCluster(
                 n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
