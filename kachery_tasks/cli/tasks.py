@@ -6,7 +6,6 @@ import argparse
 import json
 import time
 
-from ..errors import KacheryError
 from ..runtime.provenance import (
     imported_dict,
     resolve_function,
@@ -145,19 +144,10 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def member_label(node, member: str) -> str | None:
-    """``<label> in channel <name>`` for ``member`` in the first joined channel of ``node``
-    whose trusted config lists it; None when no such channel does."""
+    """``<label> in channel <name>`` for ``member``, or None (see ChannelStore.member_label)."""
     from ..network.channels.store import ChannelStore
 
-    for joined in ChannelStore(node.dir).all():
-        try:
-            config = joined.trusted_config()
-        except KacheryError:
-            continue
-        info = config.members.get(member) if config is not None else None
-        if info is not None:
-            return f"{info.label} in channel {config.name}"
-    return None
+    return ChannelStore(node.dir).member_label(member)
 
 
 def _why(args: argparse.Namespace) -> int:

@@ -164,11 +164,20 @@ def test_tasks_show_a_run_with_its_result_and_provenance(hub, served):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
     import task_defs
 
+    from kachery_tasks.runtime import cache
+
+    elsewhere = task_defs.add.task_id(40, 2)
     with served.node:
         task_defs.total([1, 2])
+        cache.current().records.import_result(  # as a channel's provider's answer is
+            elsewhere, "pure", "task_defs.add", "sha256://" + "ab" * 32, "json", "cd" * 32)
     h = hub()
     h.tab("tasks")
     total = task_defs.total.task_id([1, 2])
+    row = h.page.wait_for_selector(f"#imported tr[data-task='{elsewhere}']", timeout=WAIT_MS)
+    assert row.inner_text().split("\t")[:3] == ["task_defs.add", "pure", "success"]
+    assert "node cdcdcdcdcdcd" in row.inner_text()
+    assert h.page.query_selector(f"#imported tr[data-task='{total}']") is None  # run here
     h.page.click(f"#runs tr[data-task='{total}']")
     h.page.wait_for_selector(".result-value", timeout=WAIT_MS)
     assert h.page.inner_text(".result-value") == "5"

@@ -342,3 +342,35 @@ def test_binding_takes_exactly_the_signatures_parameters(args, name):
     bound = task.signature.bind(*positional, **keyword)
     bound.apply_defaults()
     assert {n: bound.arguments[n] for n in args} == args
+
+
+def test_imported_results_are_listed_with_who_computed_them(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from kachery_tasks.daemon.api import create_app
+    from kachery_tasks.runtime import cache
+    from tests.daemon.conftest import AUTH, TOKEN, FakeDaemon
+    from tests.network.channels.conftest import Lab
+
+    lab = Lab(tmp_path, "ws://127.0.0.1:9")  # no broker needed: only the config is read
+    alice, bob = lab.add("alice"), lab.add("bob-the-provider")
+    stranger = "cd" * 32
+    try:
+        with alice:
+            records = cache.current().records
+            task_defs.add(1, 1)  # a run of its own: not listed
+            records.import_result(task_defs.add.task_id(40, 2), "pure", "task_defs.add",
+                                  "sha256://" + "ab" * 32, "json", bob.id)
+            records.import_result(task_defs.total.task_id([7]), "pure", "task_defs.total",
+                                  "sha256://" + "ef" * 32, "json", stranger)
+        with TestClient(create_app(alice, FakeDaemon(alice), TOKEN), headers=AUTH) as client:
+            got = client.get("/api/tasks/imported").json()["results"]
+            only = client.get("/api/tasks/imported", params={"function": "add"}).json()
+    finally:
+        lab.close()
+    by_id = {r["task_id"]: r for r in got}
+    assert set(by_id) == {task_defs.add.task_id(40, 2), task_defs.total.task_id([7])}
+    bobs = by_id[task_defs.add.task_id(40, 2)]
+    assert (bobs["node"], bobs["computed_by"]) == (bob.id, "bob-the-provider in channel lab")
+    assert by_id[task_defs.total.task_id([7])]["computed_by"] is None  # not a member
+    assert [r["task_id"] for r in only["results"]] == [task_defs.add.task_id(40, 2)]

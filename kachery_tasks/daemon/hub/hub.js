@@ -229,11 +229,18 @@ function startTail(feed, name) {
 
 // ------------------------------------------------------------------ tasks
 async function loadRuns() {
-  const r = await api("GET", "/tasks/runs?limit=100");
+  const [r, i] = await Promise.all([api("GET", "/tasks/runs?limit=100"),
+    api("GET", "/tasks/imported?limit=100")]);
   $("#runs tbody").replaceChildren(...r.runs.map((run) => el("tr", {
     class: "clickable", "data-task": run.task_id, onclick: () => showTask(run.task_id) },
     el("td", {}, run.function), el("td", {}, run.kind), el("td", {}, run.status),
     el("td", {}, when(run.finished)), el("td", { class: "mono" }, short(run.task_id)))));
+  $("#imported tbody").replaceChildren(...i.results.map((res) => el("tr", {
+    class: "clickable", "data-task": res.task_id, onclick: () => showTask(res.task_id) },
+    el("td", {}, res.function), el("td", {}, res.kind), el("td", {}, res.status),
+    el("td", {}, when(res.finished)),
+    el("td", {}, res.computed_by || `node ${res.node.slice(0, 12)}…`),
+    el("td", { class: "mono" }, short(res.task_id)))));
 }
 
 function tree(node) {

@@ -14,7 +14,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ...runtime.provenance import call_tree, resolve_function, resolve_task_id, run_dict, show
+from ...runtime.provenance import (
+    call_tree,
+    imported_dict,
+    resolve_function,
+    resolve_task_id,
+    run_dict,
+    show,
+)
 from ...runtime.records import Records, why
 from ..requested import DEFAULT_WAIT, MAX_WAIT, TaskRequests
 from . import node_of
@@ -39,6 +46,26 @@ def runs(request: Request, function: Annotated[str | None, Query(max_length=1000
     records = _records(request)
     name = resolve_function(records, function) if function else None
     return {"runs": [run_dict(r) for r in records.latest_runs(function=name, limit=limit)]}
+
+
+@router.get("/tasks/imported",
+            summary="Outcomes other nodes computed that are recorded here, newest first")
+def imported(request: Request, function: Annotated[str | None, Query(max_length=1000)] = None,
+             limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict:
+    """Results from a shared bucket or sent by a channel's provider: no run of this node is
+    behind them. ``computed_by`` names the node by its label in a joined channel, if any."""
+    from ...network.channels.store import ChannelStore
+
+    records = _records(request)
+    name = resolve_function(records, function) if function else None
+    store = ChannelStore(node_of(request).dir)
+    labels: dict[str, str | None] = {}
+    results = []
+    for row in records.imported(function=name, limit=limit):
+        if row.node not in labels:
+            labels[row.node] = store.member_label(row.node)
+        results.append({**imported_dict(row), "computed_by": labels[row.node]})
+    return {"results": results}
 
 
 class TaskRequest(BaseModel):

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from ...config import NodeDir
-from ...errors import ChannelError, ChannelNotFoundError, ChannelPermissionError
+from ...errors import ChannelError, ChannelNotFoundError, ChannelPermissionError, KacheryError
 from ...fsutil import TMP_PREFIX, ensure_dir, os_error, write_atomic
 from ...keys import KeyPair
 from ...storage.locks import hold
@@ -144,6 +144,20 @@ class ChannelStore:
                 continue  # not a channel directory (or a damaged one): ls shows the others
             found.append(JoinedChannel(self.node, path, invite))
         return sorted(found, key=lambda c: (c.name, c.owner))
+
+    def member_label(self, member: str) -> str | None:
+        """``<label> in channel <name>`` for the node ``member``, from the first joined
+        channel whose trusted config lists it; None when no such channel does (who computed
+        a result, in words)."""
+        for joined in self.all():
+            try:
+                config = joined.trusted_config()
+            except KacheryError:
+                continue
+            info = config.members.get(member) if config is not None else None
+            if info is not None:
+                return f"{info.label} in channel {config.name}"
+        return None
 
     def find(self, name: str) -> JoinedChannel:
         """The joined channel called ``name`` (or ``<owner[:16]>-<name>``)."""
