@@ -7,6 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Generated tests check behaviour, never speed: on a loaded machine (the suite runs in
+# several processes beside the servers it starts) an example may take seconds to draw or
+# to run, which is not a failure.
+settings.register_profile("kachery", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("kachery")
 
 
 @pytest.fixture(autouse=True)

@@ -138,7 +138,8 @@ def _fill(word: str, placeholders: dict[str, str]) -> str:
 
 
 @settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=300, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(command_lines())
 def test_no_command_line_is_an_internal_error(placeholders, argv):

@@ -260,7 +260,8 @@ _names = (f"p{i}" for i in itertools.count())
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(order=st.lists(st.integers(0, 5), max_size=8))
 def test_any_stream_is_accepted_exactly_up_to_its_first_bad_message(order):
