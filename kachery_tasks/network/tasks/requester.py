@@ -261,23 +261,12 @@ class ChannelTasks:
         go in a batch (no provider, no permission) takes the single-call path, which
         raises or falls back as it says."""
         ctx = contextvars.copy_context()
-        connected = self._session()
-        orders: dict[str, list[str]] | None = None
-        if connected is not None:
-            session = connected[0]
-            config, me = session.config, session.node_id
-            members = [(n, d) for n, d in session.members() if n != me]
-        if connected is not None and protocol.REQUESTER_NEEDS in config.permissions_of(me):
-            try:
-                orders = {call.task_id: choose_providers(call, members, config)
-                          for call, _ in calls}
-            except NoProviderError:
-                pass
-        if orders is None:  # may not ask, or no provider: each call raises (or runs here)
-            for call, fut in calls:  # as the single path says
+        planned = self._orders(calls)
+        if planned is None:  # offline, may not ask, or no provider: each call raises (or
+            for call, fut in calls:  # runs here) as the single path says
                 self._start(call, lambda call=call: self.run_call(call, "call"), fut)
             return
-        online = len({n for n, _ in members})
+        orders, online = planned
         groups: dict[str, list[tuple[Call, ChannelFuture]]] = {}
         for call, fut in calls:
             groups.setdefault(orders[call.task_id][0], []).append((call, fut))
@@ -286,6 +275,27 @@ class ChannelTasks:
                 batch = _BatchRequest(self, provider, group[i:i + protocol.BATCH_MAX], orders,
                                       online, ctx)
                 self._submit(ctx, batch.run)
+
+    def _orders(self, calls: list[tuple[Call, ChannelFuture]]
+                ) -> tuple[dict[str, list[str]], int] | None:
+        """Each call's providers in order (by task id) and how many members are online;
+        None when the calls cannot go in batches: the broker is away, this node may not
+        ask, or a call has no provider."""
+        connected = self._session()
+        if connected is None:
+            return None
+        session = connected[0]
+        if protocol.REQUESTER_NEEDS not in session.config.permissions_of(session.node_id):
+            return None
+        members = self._present(session)
+        if members is None:
+            return None
+        try:
+            orders = {call.task_id: choose_providers(call, members, session.config)
+                      for call, _ in calls}
+        except NoProviderError:
+            return None
+        return orders, len({n for n, _ in members})
 
     # ----------------------------------------------------------------- runner
     def run_call(self, call: Call, mode: str, skip: frozenset[str] = frozenset()) -> Any:
@@ -309,21 +319,21 @@ class ChannelTasks:
                 f"this node may not ask channel {config.name} to run tasks (it lacks the "
                 f"{need} permission): ask the owner to run "
                 f"'{grant_command(config, me, need)}'")
-        try:  # the broker may have gone away since the block began
-            members = [(n, d) for n, d in session.members() if n != me]
-            try:
-                providers = choose_providers(call, members, config)
-                providers.sort(key=lambda p: p in skip)
-            except NoProviderError:
-                if self.fallback != "local":
-                    raise
-                return self._run_here(call, mode)
-            data = self._call_bytes(c, call)
-            online = len({n for n, _ in members})
+        members = self._present(session)
+        if members is None:
+            return self._run_here(call, mode)
+        try:
+            providers = choose_providers(call, members, config)
+        except NoProviderError:
+            if self.fallback != "local":
+                raise
+            return self._run_here(call, mode)
+        providers.sort(key=lambda p: p in skip)
+        data = self._call_bytes(c, call)
+        online = len({n for n, _ in members})
+        try:
             pending, provider = self._ask(asker, call, data, mode, providers, online)
-        except PubSubAuthError:
-            raise
-        except PubSubError as e:  # presence cannot be listed, or the request not sent
+        except PubSubError as e:  # the request could not be sent: the broker went away
             if not self._offline(e):
                 raise
             return self._run_here(call, mode)
@@ -344,8 +354,6 @@ class ChannelTasks:
             return None
         try:
             connected = self._remote().session()
-        except PubSubAuthError:
-            raise  # this node's key or membership: running here would hide it
         except PubSubError as e:
             if not self._offline(e):
                 raise
@@ -353,11 +361,23 @@ class ChannelTasks:
         self._offline_until = None
         return connected
 
+    def _present(self, session: ChannelSession) -> list[tuple[str, Any]] | None:
+        """The other members in presence, with their data; None when presence cannot be
+        listed (the broker went away since the block began: the SDK suspended the
+        channel) and calls may run here. Without that fallback, the error."""
+        try:
+            return [(n, d) for n, d in session.members() if n != session.node_id]
+        except PubSubError as e:
+            if not self._offline(e):
+                raise
+            return None
+
     def _offline(self, error: PubSubError) -> bool:
         """Whether calls may run here now that the broker failed with ``error``
-        (``fallback="local"``); if so, the broker is left alone for :data:`OFFLINE_RETRY`
-        seconds, and the first time a warning says so."""
-        if self.fallback != "local":
+        (``fallback="local"``, and not a refusal of this node's key or membership, which
+        running here would hide); if so, the broker is left alone for
+        :data:`OFFLINE_RETRY` seconds, and the first time a warning says so."""
+        if self.fallback != "local" or isinstance(error, PubSubAuthError):
             return False
         with self._lock:
             first = self._offline_until is None
@@ -622,12 +642,18 @@ class _BatchRequest:
             self._ask(c, parts[0])
 
     def _ask(self, c: cache_mod.NodeCache, part: list[tuple[str, str]]) -> None:
-        """Ask for ``part``; a failure to ask (the pub/sub is away) ends its open calls."""
+        """Ask for ``part``; a failure to ask (the pub/sub is away) ends its open calls,
+        or with ``fallback="local"`` sends them down the single path, which runs them
+        here."""
         try:
             self._ask_part(c, part)
         except BaseException as e:
+            here = isinstance(e, PubSubError) and self.tasks._offline(e)
             for tid in self._take([tid for tid, _ in part]):
-                self._fail(tid, e)
+                if here:
+                    self._single(tid, skip=False)
+                else:
+                    self._fail(tid, e)
 
     def _ask_part(self, c: cache_mod.NodeCache, part: list[tuple[str, str]]) -> None:
         tasks, provider = self.tasks, self.provider

@@ -300,9 +300,10 @@ def test_with_fallback_local_a_presence_that_cannot_be_listed_runs_the_call_here
 
     with labs.nodes["alice"], kachery.channel("lab", fallback="local", timeout=20):
         monkeypatch.setattr(ChannelSession, "members", suspended)
+        assert kachery.gather(rt.double.map([76, 77])) == [152, 154]  # a batch
         assert rt.double(75) == 150
-        row = cache.current().records.result(rt.double.task_id(75))
-    assert row.node == labs.nodes["alice"].id
+        rows = [cache.current().records.result(rt.double.task_id(x)) for x in (75, 76, 77)]
+    assert [row.node for row in rows] == [labs.nodes["alice"].id] * 3
 
 
 def test_with_fallback_local_a_request_the_broker_does_not_take_runs_here(labs, monkeypatch):
@@ -316,9 +317,10 @@ def test_with_fallback_local_a_request_the_broker_does_not_take_runs_here(labs, 
 
     with labs.nodes["alice"], kachery.channel("lab", fallback="local", timeout=20):
         monkeypatch.setattr(Asker, "ask", refused)
+        assert kachery.gather(rt.double.map([82, 83])) == [164, 166]  # a batch not sent
         assert rt.double(80) == 160
-        row = cache.current().records.result(rt.double.task_id(80))
-    assert row.node == labs.nodes["alice"].id and bob.requests == []
+        rows = [cache.current().records.result(rt.double.task_id(x)) for x in (80, 82, 83)]
+    assert [row.node for row in rows] == [labs.nodes["alice"].id] * 3 and bob.requests == []
     with labs.nodes["alice"], kachery.channel("lab", timeout=20), \
             pytest.raises(PubSubError, match="timed out"):
         rt.double(81)  # without the fallback: the broker's error
