@@ -66,14 +66,11 @@ def _ls_imported(records, function: str | None, args: argparse.Namespace) -> int
     if not rows:
         print("no outcome computed by another node is recorded on this node")
         return 0
-    node = cache.current().node
-    labels: dict[str, str] = {}
+    labels = _labels(cache.current().node, {r.node for r in rows})
     print(f"{'TASK ID':<23} {'KIND':<6} {'STATUS':<9} {'FINISHED':<19}  FUNCTION  (COMPUTED BY)")
     for r in rows:
-        if r.node not in labels:
-            labels[r.node] = member_label(node, r.node) or f"node {r.node[:12]}..."
         print(f"{r.task_id[:23]} {r.kind:<6} {r.status:<9} {_t(r.finished):<19}  "
-              f"{r.function}  ({labels[r.node]})")
+              f"{r.function}  ({labels[r.node] or f'node {r.node[:12]}...'})")
     return 0
 
 
@@ -86,7 +83,8 @@ def _show(args: argparse.Namespace) -> int:
     served = info.get("served")
     label = None
     if served is not None:
-        label = info["signer_label"] = member_label(cache.current().node, served["node"])
+        node = served["node"]
+        label = info["signer_label"] = _labels(cache.current().node, [node])[node]
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -143,11 +141,11 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def member_label(node, member: str) -> str | None:
-    """``<label> in channel <name>`` for ``member``, or None (see ChannelStore.member_label)."""
+def _labels(node, members) -> dict[str, str | None]:
+    """Who each of ``members`` is in ``node``'s channels (ChannelStore.member_labels)."""
     from ..network.channels.store import ChannelStore
 
-    return ChannelStore(node.dir).member_label(member)
+    return ChannelStore(node.dir).member_labels(members)
 
 
 def _why(args: argparse.Namespace) -> int:

@@ -58,14 +58,10 @@ def imported(request: Request, function: Annotated[str | None, Query(max_length=
 
     records = _records(request)
     name = resolve_function(records, function) if function else None
-    store = ChannelStore(node_of(request).dir)
-    labels: dict[str, str | None] = {}
-    results = []
-    for row in records.imported(function=name, limit=limit):
-        if row.node not in labels:
-            labels[row.node] = store.member_label(row.node)
-        results.append({**imported_dict(row), "computed_by": labels[row.node]})
-    return {"results": results}
+    rows = records.imported(function=name, limit=limit)
+    labels = ChannelStore(node_of(request).dir).member_labels({row.node for row in rows})
+    return {"results": [{**imported_dict(row), "computed_by": labels[row.node]}
+                        for row in rows]}
 
 
 class TaskRequest(BaseModel):

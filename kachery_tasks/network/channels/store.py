@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from ...config import NodeDir
@@ -145,19 +146,25 @@ class ChannelStore:
             found.append(JoinedChannel(self.node, path, invite))
         return sorted(found, key=lambda c: (c.name, c.owner))
 
-    def member_label(self, member: str) -> str | None:
-        """``<label> in channel <name>`` for the node ``member``, from the first joined
+    def member_labels(self, members: Iterable[str]) -> dict[str, str | None]:
+        """``<label> in channel <name>`` for each node of ``members``, from the first joined
         channel whose trusted config lists it; None when no such channel does (who computed
-        a result, in words)."""
+        a result, in words). Each channel's config is read once."""
+        labels: dict[str, str | None] = dict.fromkeys(members)
         for joined in self.all():
+            if all(labels.values()):
+                break
             try:
                 config = joined.trusted_config()
             except KacheryError:
                 continue
-            info = config.members.get(member) if config is not None else None
-            if info is not None:
-                return f"{info.label} in channel {config.name}"
-        return None
+            if config is None:
+                continue
+            for member, label in labels.items():
+                info = config.members.get(member)
+                if label is None and info is not None:
+                    labels[member] = f"{info.label} in channel {config.name}"
+        return labels
 
     def find(self, name: str) -> JoinedChannel:
         """The joined channel called ``name`` (or ``<owner[:16]>-<name>``)."""

@@ -128,3 +128,17 @@ def test_adopting_is_one_process_at_a_time(node, owner_key, monkeypatch):
     slow.join(10)
     fast.join(10)
     assert read(channel).version == 3
+
+
+def test_members_are_named_by_their_label_in_the_first_channel_that_lists_them(node,
+                                                                             owner_key):
+    other, stranger = "cd" * 32, "ef" * 32
+    store = ChannelStore(node)
+    for name, members in (("alpha", {NODE: frozenset()}),
+                          ("beta", {NODE: frozenset(), other: frozenset()})):
+        config = config_of(owner_key, members, name=name)
+        store.add(Invite.of(config), config)
+    assert store.member_labels([NODE, other, stranger]) == {
+        NODE: f"node-{NODE[:6]} in channel alpha", other: f"node-{other[:6]} in channel beta",
+        stranger: None}
+    assert store.member_labels([]) == {}
