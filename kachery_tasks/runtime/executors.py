@@ -532,8 +532,8 @@ def _is_local_address(address: str) -> bool:
 def _address_problem(address: str, error: ValueError) -> str:
     """What is wrong with a scheduler address, in words: distributed says "invalid literal
     for int() with base 10" of a port that is not a number."""
-    port = address.split("://", 1)[-1].rpartition(":")[2]
-    if ":" in address.split("://", 1)[-1] and not port.isdigit():
+    _, colon, port = address.split("://", 1)[-1].rpartition(":")
+    if colon and not port.isdigit():
         return f"its port {port!r} is not a number" if port else "no port after its ':'"
     return str(error)
 

@@ -826,4 +826,3 @@ def _finished_at(outcome: dict[str, Any], holder: Holder) -> float | None:
 
 
 __all__ = ["DEFAULT_WORKERS", "MAX_ACCEPTED", "STATUS_EVERY", "TaskProvider", "claims_prefix"]
-
