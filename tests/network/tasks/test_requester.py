@@ -6,7 +6,6 @@ fake_provider.py (the real provider is tested with its own module).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 
@@ -22,6 +21,7 @@ from kachery_tasks.errors import (
     RemoteTaskError,
     TaskError,
 )
+from kachery_tasks.network.tasks.requester import choose_providers
 from kachery_tasks.runtime import cache
 
 from ..channels.conftest import admitting_broker, lab, wait_for  # noqa: F401 - fixtures
@@ -332,13 +332,13 @@ def test_a_provider_that_leaves_mid_call_is_passed_over_without_the_timeout(labs
     monkeypatch.setattr(requests_mod, "GONE_AFTER", 0.5)
     bob = provider(labs, "bob", stall=True)  # takes the call, then is killed
     carol = provider(labs, "carol")
-    first = {n: labs.nodes[n].id for n in ("bob", "carol")}
-
-    def asked_first(x):
-        tid = rt.double.task_id(x)
-        return min(first, key=lambda n: hashlib.sha256(f"{tid}{first[n]}".encode()).hexdigest())
-
-    x = next(x for x in range(1000, 1100) if asked_first(x) == "bob")
+    session, _ = labs.remote("alice").session()
+    wait_for(lambda: {bob.node.id, carol.node.id} <= {n for n, _ in session.members()},
+             what="both providers in alice's presence")
+    members = session.members()
+    x = next(x for x in range(1000, 1100)  # a call whose first provider is bob
+             if choose_providers(rt.double.prepare(x), members, session.config)[0]
+             == bob.node.id)
     with labs.nodes["alice"], kachery.channel("lab", timeout=300):
         future = rt.double.submit(x)
         wait_for(lambda: bob.requests, what="bob taking the call")
