@@ -104,7 +104,6 @@ def test_open_and_owner_do_not_mix(run_cli):
 def test_presence_timeout_is_how_long_a_dropped_member_stays_present():
     """With --presence-timeout 1 a member cut off leaves within seconds (the default
     keeps it 15 s)."""
-    from kachery_tasks.testing.pubsub import Inbox as Events
     from tests.network.proxy import Proxy
 
     proc = start("--port", "0", "--open", "--presence-timeout", "1")
@@ -114,7 +113,7 @@ def test_presence_timeout_is_how_long_a_dropped_member_stays_present():
         proxy = Proxy(url).start()
         with connect_pubsub(proxy.url, "member", lambda: "t", connect_timeout=10) as member, \
                 connect_pubsub(url, "watcher", lambda: "t", connect_timeout=10) as watcher:
-            events = Events()
+            events = Inbox()
             watcher.on_presence("room", events)
             member.enter("room", "here")
             events.wait_for(1)
