@@ -25,6 +25,11 @@ against each implementation):
   executor's (at once when it already has).
 * A failure of the executor itself (a Dask cluster that is gone) raises
   :class:`~kachery_tasks.errors.ExecutorError`.
+* An executor whose ``runs_bundles`` is true (a cluster) also starts
+  prepared calls of one task as one unit, ``submit_bundle(calls, mode,
+  budget)``: each call looked up, recorded and published under its own id
+  as when it runs alone, for less than a unit each (:mod:`.bundles`).
+  ``threads()`` says how many calls the executor runs at once.
 
 :class:`LocalExecutor` (the default) runs each submission at once in the
 calling thread. :class:`DaskExecutor` sends misses to a ``distributed``
@@ -61,8 +66,8 @@ from .. import nodes as node_mod
 from ..config import ENV_DIR, default_path
 from ..errors import ExecutorError, InvalidValueError
 from ..progress import progress_bar
+from . import bundles, context, encoders, shared
 from . import cache as cache_mod
-from . import context, encoders, shared
 from .call import Call, encode_result
 from .context import current_executor, use_executor
 from .tasks import Task
@@ -199,6 +204,20 @@ class Executor(abc.ABC):
         """The results of ``futures`` in order (raises the first failure)."""
         return [f.result() for f in futures]
 
+    runs_bundles: bool = False
+    """Whether :meth:`submit_bundle` starts several calls as one unit, for less than one
+    unit each (a cluster: see :mod:`.bundles`)."""
+
+    def threads(self) -> int:
+        """How many calls the executor runs at once."""
+        return 1
+
+    def submit_bundle(self, calls: Sequence[Call], mode: str = "call",
+                      budget: float = bundles.BUDGET) -> bundles.Bundle:
+        """Start prepared ``calls`` of one task as one unit (:mod:`.bundles`), where
+        :attr:`runs_bundles` says the executor can."""
+        raise NotImplementedError(f"{type(self).__name__} does not run calls in bundles")
+
     def close(self) -> None:  # noqa: B027 - optional: most executors hold nothing
         """Release the executor's resources (a no-op for the local executor)."""
 
@@ -276,11 +295,17 @@ def dask_key(task: Task, task_id: str, mode: str) -> str:
 class DaskExecutor(Executor):
     """Runs cache misses on a ``distributed`` cluster through ``client``."""
 
+    runs_bundles = True
+
+    THREADS_FOR = 10.0
+    """Seconds :meth:`threads` keeps the cluster's count before asking its scheduler again."""
+
     def __init__(self, client: Any, share_node_dir: bool = True, cluster: Any = None) -> None:
         self.client = client
         self.share_node_dir = share_node_dir
         self.cluster = cluster
         self.owns_client = False  # connect() sets it: close() ends a client it made
+        self._threads: tuple[int, float] | None = None  # (count, when it was read)
 
     def submit(self, task: Task, args: tuple, kwargs: dict, mode: str = "call") -> TaskFuture:
         return self.submit_many(task, [(tuple(args), dict(kwargs))], mode)[0]
@@ -300,8 +325,7 @@ class DaskExecutor(Executor):
         todo = [i for i, f in enumerate(out) if f is None]
         if not todo:
             return out  # type: ignore[return-value]
-        node_spec = (str(c.node.path) if self.share_node_dir else None,
-                     [r.url for r in c.node.remotes])
+        node_spec = self._node_spec()
         reason = policy.reason(mode)
         by_key: dict[str, int] = {}
         key_of: dict[int, str] = {}
@@ -337,6 +361,46 @@ class DaskExecutor(Executor):
             dfut = dfuts[by_key[key_of[i]]]
             out[i] = TaskFuture(task, prepared[i].task_id, dask_future=dfut, executor=self)
         return out  # type: ignore[return-value]
+
+    def _node_spec(self) -> NodeSpec:
+        c = cache_mod.current()
+        return (str(c.node.path) if self.share_node_dir else None,
+                [r.url for r in c.node.remotes])
+
+    def submit_bundle(self, calls: Sequence[Call], mode: str = "call",
+                      budget: float = bundles.BUDGET) -> bundles.Bundle:
+        """One Dask task runs ``calls`` (of one task, their arguments holding no futures)
+        on a worker, one after the other, each recorded and published as when it runs
+        alone; its key starts with the task's name, as the keys of single calls do."""
+        if not calls:
+            raise InvalidValueError("a bundle needs at least one call")
+        task = calls[0].task
+        if any(call.task is not task for call in calls):
+            raise InvalidValueError("the calls of a bundle are calls of one task")
+        if any(_has_future(call.args) or _has_future(call.kwargs.values()) for call in calls):
+            raise InvalidValueError("a bundle's calls cannot take futures as arguments")
+        reason = task.policy.reason(mode)
+        key = f"{task.name}-bundle-{secrets.token_hex(8)}"
+        try:
+            future = self.client.submit(
+                _run_bundle, task, self._node_spec(), [(c.task_id, reason) for c in calls],
+                [c.args for c in calls], [c.kwargs for c in calls], mode, budget, key=key,
+                pure=False)
+        except Exception as e:
+            raise self._executor_error(e) from e
+        return bundles.Bundle(future, [c.task_id for c in calls], self._executor_error)
+
+    def threads(self) -> int:
+        """The threads of the cluster's workers (read again every :attr:`THREADS_FOR`
+        seconds; 1 when the scheduler cannot say)."""
+        now = time.monotonic()
+        if self._threads is None or now - self._threads[1] > self.THREADS_FOR:
+            try:
+                count = sum(self.client.nthreads().values())
+            except Exception:
+                count = 1
+            self._threads = (max(1, count), now)
+        return self._threads[0]
 
     def _erred(self, key: str) -> bool:
         state = getattr(self.client, "futures", {}).get(key)
@@ -412,12 +476,29 @@ def _run_on_worker(task: Task, node_spec: NodeSpec, start: Any, args: tuple, kwa
     prepared by the client, or ``(task_id, reason)`` when the arguments hold
     no futures and the worker can describe the call.
     """
+    with _as_worker_node(node_spec):
+        return _run_here(task, start, args, kwargs, mode)
+
+
+def _run_bundle(task: Task, node_spec: NodeSpec, starts: list[tuple[str, str]],
+                args: list[tuple], kwargs: list[dict], mode: str, budget: float) -> list[tuple]:
+    """What a Dask worker runs for a bundle (:mod:`.bundles`): each call as
+    :func:`_run_on_worker` runs one, until ``budget`` seconds have passed."""
+    with _as_worker_node(node_spec):
+        return bundles.run_calls(lambda i: _run_here(task, starts[i], args[i], kwargs[i], mode),
+                                 len(starts), budget)
+
+
+@contextlib.contextmanager
+def _as_worker_node(node_spec: NodeSpec) -> Iterator[None]:
+    """On a worker: the node ``node_spec`` names is the current node, and the calls
+    nested in the calls run here go to the cluster (:func:`nested_runner`)."""
     path, urls = node_spec
     worker_node = node_mod.node(path if path is not None else default_path(), remotes=urls)
     token = _worker_node.set(node_spec)
     try:
         with worker_node:
-            return _run_here(task, start, args, kwargs, mode)
+            yield
     finally:
         _worker_node.reset(token)
 

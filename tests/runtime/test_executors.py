@@ -12,7 +12,7 @@ import task_defs
 
 import kachery_tasks.runtime as kachery
 from kachery_tasks.errors import ExecutorError, InvalidValueError
-from kachery_tasks.runtime import cache
+from kachery_tasks.runtime import bundles, cache
 from kachery_tasks.runtime.executors import DaskExecutor, LocalExecutor, dask_key
 from kachery_tasks.storage.layout import result_key
 from kachery_tasks.testing.executors import ExecutorContract
@@ -122,6 +122,63 @@ class TestDaskExecutor(ExecutorContract):
         with pytest.raises(ExecutorError, match="CancelledError"):
             fut.wait()  # not a success: the call never ran to its end
 
+    def test_a_bundle_runs_its_calls_on_a_worker_each_recorded_under_its_id(
+            self, executor, dask_client):
+        calls = [task_defs.add.prepare(90 + i, 1) for i in range(5)]
+        bundle = executor.submit_bundle(calls)
+        assert bundle._future.key.startswith("task_defs.add-bundle-")  # grouped per function
+        assert [o.status for o in bundle.outcomes()] == [bundles.RAN] * 5
+        worker_pids = set(dask_client.run(os.getpid).values())
+        for i in range(5):
+            [run] = _runs(task_defs.add, 90 + i, 1)
+            assert run.pid in worker_pids and run.status == "success"
+        again = executor.submit_many(task_defs.add, [((90 + i, 1), {}) for i in range(5)])
+        assert all(f._dask is None for f in again)  # recorded: served without the cluster
+        assert [f.result() for f in again] == [91 + i for i in range(5)]
+
+    def test_a_bundled_call_that_raises_is_described_and_the_others_run(self, executor,
+                                                                         tmp_path):
+        marker, missing = tmp_path / "there", tmp_path / "missing"
+        marker.write_text("")
+        calls = [task_defs.fail_until.prepare(str(missing)),
+                 task_defs.fail_until.prepare(str(marker))]
+        first, second = executor.submit_bundle(calls).outcomes()
+        assert (first.status, second.status) == (bundles.FAILED, bundles.RAN)
+        error = first.error
+        assert (error.type_name, error.message) == ("ValueError", f"no marker {missing}")
+        lines = error.traceback.splitlines()  # from the task's own frame
+        assert "task_defs.py" in lines[1] and "kachery_tasks" not in error.traceback
+        assert lines[-1] == f"ValueError: no marker {missing}"
+        assert _runs(task_defs.fail_until, str(missing), status="error")
+        assert executor.submit(task_defs.fail_until, (str(marker),), {})._dask is None
+
+    def test_a_bundle_hands_back_the_calls_it_had_no_time_for(self, executor):
+        calls = [task_defs.slow_square.prepare(95 + i, 0.3) for i in range(3)]
+        outcomes = executor.submit_bundle(calls, budget=0.1).outcomes()
+        assert [o.status for o in outcomes] == [bundles.RAN, bundles.UNRUN, bundles.UNRUN]
+        assert _runs(task_defs.slow_square, 95, 0.3)
+        assert _runs(task_defs.slow_square, 96, 0.3) == []  # never started
+
+    def test_a_bundle_holds_calls_of_one_task_without_futures(self, executor):
+        with pytest.raises(InvalidValueError, match="at least one"):
+            executor.submit_bundle([])
+        with pytest.raises(InvalidValueError, match="one task"):
+            executor.submit_bundle([task_defs.add.prepare(1), task_defs.scale.prepare(1)])
+        fut = executor.submit(task_defs.add, (97, 1), {})
+        with pytest.raises(InvalidValueError, match="futures"):
+            executor.submit_bundle([task_defs.add.prepare(fut, 1)])
+        assert fut.result() == 98
+
+    def test_a_bundle_the_cluster_cancelled_is_an_executor_error(self, executor, dask_client):
+        bundle = executor.submit_bundle([task_defs.slow_square.prepare(99, 5.0)])
+        dask_client.cancel([bundle._future])
+        with pytest.raises(ExecutorError, match="CancelledError"):
+            bundle.outcomes()
+
+    def test_threads_counts_the_workers_threads(self, executor):
+        assert executor.threads() == 2  # 2 workers of 1 thread
+        assert LocalExecutor().threads() == 1 and not LocalExecutor().runs_bundles
+
     def test_waiting_for_a_finished_call_asks_nothing_of_the_client(self, executor,
                                                                     monkeypatch):
         fut = executor.submit(task_defs.add, (72, 1), {})
@@ -141,6 +198,8 @@ class TestDaskExecutor(ExecutorContract):
         client.close()
         with pytest.raises(ExecutorError, match="Dask cluster"):
             executor.submit(task_defs.add, (70, 1), {}).result()
+        with pytest.raises(ExecutorError, match="Dask cluster"):
+            executor.submit_bundle([task_defs.add.prepare(70, 2)])
 
     def test_an_unreachable_scheduler_is_an_executor_error(self):
         with pytest.raises(ExecutorError, match="cannot reach"), kachery.dask(

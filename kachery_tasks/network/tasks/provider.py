@@ -22,7 +22,8 @@ in each channel where it may ``process_tasks``, the requests addressed to it
    outcome (action), or takes the claim over when its holder died.
    Identical requests arriving here while a call is in progress join it.
 3. **Running.** On the provider's executor (in-process, or a Dask cluster:
-   the task id stays the Dask key), as the node of the daemon whose remotes
+   the task id stays the Dask key, but for calls run in bundles, see
+   **Batches**), as the node of the daemon whose remotes
    include the channel, so nested pure calls are cached and shared as
    everywhere. Every request in progress hears a ``task_status`` (queued,
    waiting or running) at least every :data:`STATUS_EVERY` seconds, which
@@ -40,10 +41,16 @@ in each channel where it may ``process_tasks``, the requests addressed to it
 **Batches.** A ``request_tasks`` (``map`` on the requester) is checked and
 accepted call by call as above; the answers gather in an :class:`~.batches.
 Outbox` and go back in a few ``tasks_progress`` messages and one
-``tasks_answered`` (:mod:`.protocol`). On a cluster, a batch's new calls run
+``tasks_answered`` (:mod:`.protocol`). On a cluster, a batch's new calls start
 as one unit: one look in the bucket for their results, their claims, then
-one ``submit_many`` (one ``client.map``) for the claimed calls of each task;
-each call is settled (published, released, answered) as it ends. A call
+the claimed calls of each task go to the cluster together. Many calls of a
+task (two or more per thread of the cluster) run in bundles of up to
+:data:`BUNDLE_MAX` calls, each bundle one Dask task that runs its calls one
+after the other (:mod:`~kachery_tasks.runtime.bundles`: a Dask task costs
+about a millisecond of CPU around the cluster, more than a tiny call itself);
+fewer calls, and calls of a task whose calls proved long, go out in one
+``submit_many`` (one ``client.map``), one Dask task each, keyed by its task
+id. Each call is settled (published, released, answered) as it ends. A call
 another provider holds is waited for by a job thread, as a single request's.
 
 **Threads.** The session's :class:`~kachery_tasks.network.channels.requests.
@@ -59,13 +66,9 @@ the provider shuts down.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import os
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,10 +85,11 @@ from ...errors import (
 )
 from ...nodes import Node
 from ...remotes.bucket import BucketRemote
+from ...runtime import bundles, shared
 from ...runtime import cache as cache_mod
-from ...runtime import shared
 from ...runtime.call import Call, ResultRef
 from ...runtime.executors import LOCAL, Executor, TaskFuture
+from ...runtime.tracebacks import remote_traceback
 from ..channels.remote import channel_url
 from ..channels.requests import Incoming, Responder
 from ..channels.session import ChannelSession
@@ -118,6 +122,14 @@ BATCH_WORKERS = 2
 SETTLE_WORKERS = 8
 """Threads that answer the calls of batches as they end on the cluster (read the record,
 release the claim, answer: about ten bucket requests, slow on a remote bucket)."""
+
+BUNDLE_MAX = 32
+"""Calls at most in one bundle (:mod:`~kachery_tasks.runtime.bundles`): a provider with
+many calls of a task to start runs them in bundles of up to this many."""
+
+LONG_FOR = 60.0
+"""Seconds a task whose calls proved long (one took a bundle's whole budget) runs one
+Dask task per call."""
 
 TRACEBACK_MAX = 16_000
 """Characters of a remote traceback sent (its end: where it was raised)."""
@@ -187,6 +199,7 @@ class TaskProvider:
         self._ticker = threading.Thread(target=self._tick, name="kachery-provide-status",
                                         daemon=True)
         self._ticker.start()
+        self._long: dict[str, float] = {}  # task name -> until when its calls go one by one
         self._outbox = Outbox()
         self._launcher = Launcher(self.executor, self.node)
         self.responder = Responder(session, protocol.TASK, self._serve,
@@ -486,22 +499,80 @@ class TaskProvider:
         """Start the calls of ``group`` (one task, one mode) together; each is settled by
         the settling threads when it ends (or here, with the error, when they cannot be
         started). Every call of the group is settled: its claim is never left behind."""
-        first = group[0][0]
         try:
             for job, claim in group:
                 self._begin(job, claim)
+        except Exception as e:
+            self._settle_all(group, e)
+            return
+        self._launch(group, self._bundle_size(group[0][0].call.task, len(group)))
+
+    def _bundle_size(self, task: Any, n: int) -> int:
+        """Calls per bundle for ``n`` calls of ``task`` to start (1: one Dask task each).
+        Bundles only when the cluster gets at least two of them per thread, and not for a
+        task whose calls proved long lately (:meth:`_settle_bundle`)."""
+        if not self.executor.runs_bundles or n < 4 or self._long.get(task.name, 0.0) > \
+                time.monotonic():
+            return 1
+        return max(1, min(BUNDLE_MAX, n // (2 * self.executor.threads())))
+
+    def _launch(self, group: list[tuple[_Job, Claim | None]], size: int) -> None:
+        """Start the begun calls of ``group`` on the cluster: in bundles of ``size`` calls,
+        or (``size`` 1) one Dask task each, keyed by its task id."""
+        mode = group[0][0].mode
+        parts = [group[i:i + size] for i in range(0, len(group), size)] if size > 1 else []
+        for n, part in enumerate(parts):
+            try:
+                bundle = self.executor.submit_bundle([job.call for job, _ in part], mode,
+                                                     bundles.BUDGET)
+            except Exception as e:  # the cluster is away: each call not started hears it
+                self._settle_all([pair for rest in parts[n:] for pair in rest], e)
+                return
+            bundle.on_done(lambda b, part=part: self._settler.submit(
+                self._guarded, [job for job, _ in part],
+                lambda: self._settle_bundle(part, b), settling=True))
+        if parts:
+            return
+        try:
             futures = self.executor.submit_many(
-                first.call.task, [(job.call.args, job.call.kwargs) for job, _ in group],
-                first.mode)
+                group[0][0].call.task, [(job.call.args, job.call.kwargs) for job, _ in group],
+                mode)
         except Exception as e:  # the cluster is away: each call hears it
-            failed = e
-            for job, claim in group:
-                self._guarded([job], lambda job=job, claim=claim: self._settle(job, claim,
-                                                                               failed),
-                              settling=True)
+            self._settle_all(group, e)
             return
         for (job, claim), future in zip(group, futures, strict=True):
             future.on_done(lambda f, job=job, claim=claim: self._settle_later(job, claim, f))
+
+    def _settle_all(self, group: list[tuple[_Job, Claim | None]], error: Exception) -> None:
+        """Settle every call of ``group`` with ``error`` (they could not run)."""
+        for job, claim in group:
+            self._guarded([job], lambda job=job, claim=claim: self._settle(job, claim, error),
+                          settling=True)
+
+    def _settle_bundle(self, part: list[tuple[_Job, Claim | None]],
+                       bundle: bundles.Bundle) -> None:
+        """A settling thread, as this node: a bundle ended. Its calls that ran or failed
+        are settled (each by a settling thread of its own); those it did not start go out
+        one Dask task each. When its first call alone took the bundle's whole budget, the
+        task's calls are long: they are not bundled for :data:`LONG_FOR` seconds."""
+        try:
+            outcomes = bundle.outcomes()
+        except Exception as e:  # the bundle itself failed, or the cluster went away
+            self._settle_all(part, e)
+            return
+        unrun: list[tuple[_Job, Claim | None]] = []
+        for pair, outcome in zip(part, outcomes, strict=True):
+            if outcome.status == bundles.UNRUN:
+                unrun.append(pair)
+                continue
+            job, claim = pair
+            self._settler.submit(self._guarded, [job],
+                                 lambda job=job, claim=claim, e=outcome.error:
+                                 self._settle(job, claim, e), settling=True)
+        if unrun:
+            if len(unrun) == len(part) - 1:  # its first call alone took the whole budget
+                self._long[part[0][0].call.task.name] = time.monotonic() + LONG_FOR
+            self._launch(unrun, 1)
 
     def _settle_later(self, job: _Job, claim: Claim | None, future: TaskFuture) -> None:
         """Hand an ended call to the settling threads (the executor's thread calling this
@@ -681,11 +752,15 @@ class TaskProvider:
             f"outcome {how}")
 
     def _failure(self, job: _Job, e: BaseException) -> dict[str, Any]:
-        text = remote_traceback(e)
+        """The ``task_failed`` body of ``e`` (a bundled call's as its worker described it)."""
+        if isinstance(e, bundles.CallFailed):
+            name, message, text = e.type_name, e.message, e.traceback
+        else:
+            name, message, text = type(e).__name__, str(e), remote_traceback(e)
         if len(text) > TRACEBACK_MAX:
             text = "...\n" + text[-TRACEBACK_MAX:]
-        return protocol.failed_body(job.call.task_id, type=type(e).__name__,
-                                    message=str(e)[:4000], traceback=text, provider=self.me,
+        return protocol.failed_body(job.call.task_id, type=name, message=message[:4000],
+                                    traceback=text, provider=self.me,
                                     label=self.session.label)
 
     def _finish(self, job: _Job, type: str, body: dict[str, Any], how: str) -> None:
@@ -786,29 +861,6 @@ def _ended(future: TaskFuture) -> Exception | None:
     except BaseException as e:
         return ExecutorError(f"the task ended with {type(e).__name__}: {e}")
     return None
-
-
-def _internal_dirs() -> tuple[str, ...]:
-    """Directories of the code a task runs under on a provider (this package, the
-    executors' libraries), whose frames say nothing to the task's author."""
-    dirs = [os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-            os.path.dirname(concurrent.futures.__file__)]
-    for name in ("distributed", "dask", "tornado"):
-        module = sys.modules.get(name)
-        if module is not None and getattr(module, "__file__", None):
-            dirs.append(os.path.dirname(module.__file__))
-    return tuple(d + os.sep for d in dirs)
-
-
-def remote_traceback(e: BaseException) -> str:
-    """The traceback text of a task's exception as its requester sees it: from the first
-    frame of the task's own code (the provider's and the executor's frames before it are
-    left out); the whole of it when no frame is the task's."""
-    internal = _internal_dirs()
-    tb = first = e.__traceback__
-    while first is not None and first.tb_frame.f_code.co_filename.startswith(internal):
-        first = first.tb_next
-    return "".join(traceback.TracebackException(type(e), e, first or tb).format())
 
 
 def _failure_outcome(failure: dict[str, Any]) -> dict[str, Any]:

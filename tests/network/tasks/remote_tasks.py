@@ -66,3 +66,12 @@ def exits(x):
     the claim."""
     _ran("exits")
     raise SystemExit(x)
+
+
+@kachery.pure
+def fails_if_odd(x):
+    """Fails for odd numbers: a batch of its calls mixes results and failures."""
+    _ran("fails_if_odd")
+    if x % 2:
+        raise ValueError(f"{x} is odd")
+    return x

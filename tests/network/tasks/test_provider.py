@@ -15,7 +15,7 @@ from kachery_tasks.network.channels.requests import Asker
 from kachery_tasks.network.tasks import Provided, protocol
 from kachery_tasks.network.tasks.left import FILE_NAME
 from kachery_tasks.network.tasks.provider import TaskProvider
-from kachery_tasks.runtime import shared
+from kachery_tasks.runtime import bundles, shared
 from tests.network.channels.conftest import wait_for
 from tests.network.tasks import remote_tasks
 from tests.network.tasks.planted import plant_record
@@ -591,12 +591,13 @@ def threads_cluster():
 
 
 class _Counting:
-    """A DaskExecutor that notes the size of each submit_many."""
+    """A DaskExecutor that notes the size of each submit_many and each bundle."""
 
     def __init__(self, client):
         from kachery_tasks.runtime.executors import DaskExecutor
 
         self.groups: list[int] = []
+        self.bundles: list[int] = []
         counting = self
 
         class Counted(DaskExecutor):
@@ -604,13 +605,19 @@ class _Counting:
                 counting.groups.append(len(calls))
                 return super().submit_many(task, calls, mode)
 
+            def submit_bundle(self, calls, mode="call", budget=bundles.BUDGET):
+                counting.bundles.append(len(calls))
+                return super().submit_bundle(calls, mode, budget)
+
         self.executor = Counted(client)
 
 
 def test_a_batch_on_a_cluster_starts_its_calls_together_and_answers_each(
         lab, provided, threads_cluster):
-    """More calls than the provider has job threads start in one client.map; each is
-    answered as it ends (a failure with its traceback), its claim left or released."""
+    """More calls than the provider has job threads start at once: many calls of a task
+    in bundles (two at least per thread of the cluster, 4 here), a lone call as one Dask
+    task; each is answered as it ends (a failure with its traceback), its claim left or
+    released."""
     for name in ("prov", "req"):
         lab.add(name)
     counting = _Counting(threads_cluster)
@@ -629,10 +636,111 @@ def test_a_batch_on_a_cluster_starts_its_calls_together_and_answers_each(
         error = finals[fails.task_id(7)]
         assert error["type"] == "task_failed" and error["error"]["message"] == "cannot take 7"
         assert "raise ValueError" in error["error"]["traceback"]
-        assert sorted(counting.groups) == [1, 24]  # per task: squares together, fails alone
+        assert counting.bundles == [3] * 8  # 24 squares: 24 // (2 * 4 threads) per bundle
+        assert counting.groups == [1]  # fails alone: one Dask task
         assert RAN["square"] == 24
         assert_left(provider, [square.task_id(100 + i) for i in range(24)])
         assert provider.claims.read(fails.task_id(7)) is None  # failures are not results
+        assert provider.in_progress() == 0
+    finally:
+        provider.close()
+
+
+def test_a_bundled_call_that_fails_is_answered_with_its_own_frames_and_frees_its_claim(
+        lab, provided, threads_cluster):
+    from kachery_tasks.runtime.executors import DaskExecutor
+
+    for name in ("prov", "req"):
+        lab.add(name)
+    counting = _Counting(threads_cluster)
+    provider = start_provider(lab, "prov", provided, executor=counting.executor)
+    odd = remote_tasks.fails_if_odd
+    try:
+        pending, entries, _ = ask_batch(lab, "req", [odd.prepare(i).to_bytes()
+                                                     for i in range(16)])
+        assert pending.status == "done"
+        assert counting.bundles == [2] * 8 and counting.groups == []
+        finals = {e["task_id"]: e for e in entries if e["type"] != "task_status"}
+        for i in range(0, 16, 2):
+            assert finals[odd.task_id(i)]["type"] == "task_finished"
+        for i in range(1, 16, 2):
+            error = finals[odd.task_id(i)]["error"]
+            assert finals[odd.task_id(i)]["type"] == "task_failed"
+            assert (error["type"], error["message"]) == ("ValueError", f"{i} is odd")
+            lines = error["traceback"].splitlines()  # from the task's frame on
+            assert lines[1].startswith("  File ") and "remote_tasks.py" in lines[1]
+            assert "kachery_tasks" not in error["traceback"]
+            assert provider.claims.read(odd.task_id(i)) is None
+            assert error["label"] == "prov"
+        assert_left(provider, [odd.task_id(i) for i in range(0, 16, 2)])
+        assert RAN["fails_if_odd"] == 16
+        assert isinstance(counting.executor, DaskExecutor)
+    finally:
+        provider.close()
+
+
+def test_calls_too_long_for_a_bundle_go_out_one_by_one_and_the_task_is_no_longer_bundled(
+        lab, provided, threads_cluster, monkeypatch):
+    """A bundle whose first call takes its whole budget hands the others back: they run
+    as one Dask task each, each computed once; the task's next batch is not bundled."""
+    monkeypatch.setattr(bundles, "BUDGET", 0.05)
+    for name in ("prov", "req"):
+        lab.add(name)
+    counting = _Counting(threads_cluster)
+    provider = start_provider(lab, "prov", provided, executor=counting.executor)
+    slow = remote_tasks.slow_square
+    try:
+        calls = [slow.prepare(600 + i, 0.1).to_bytes() for i in range(16)]
+        pending, entries, _ = ask_batch(lab, "req", calls, timeout=30.0)
+        assert pending.status == "done"
+        assert counting.bundles == [2] * 8
+        assert counting.groups == [1] * 8  # each bundle's second call, handed back
+        finished = {e["task_id"] for e in entries if e["type"] == "task_finished"}
+        assert finished == {slow.task_id(600 + i, 0.1) for i in range(16)}
+        assert RAN["slow_square"] == 16
+        calls = [slow.prepare(700 + i, 0.01).to_bytes() for i in range(16)]
+        pending, entries, _ = ask_batch(lab, "req", calls, timeout=30.0)
+        assert pending.status == "done"
+        assert counting.bundles == [2] * 8 and counting.groups == [1] * 8 + [16]
+        assert RAN["slow_square"] == 32
+    finally:
+        provider.close()
+
+
+@pytest.mark.timeout(60)  # calls left unanswered would be kept waiting by their statuses
+def test_when_a_bundle_cannot_start_each_of_its_calls_fails_and_frees_its_claim(
+        lab, provided, threads_cluster, monkeypatch):
+    from kachery_tasks.errors import ExecutorError
+
+    for name in ("prov", "req"):
+        lab.add(name)
+    counting = _Counting(threads_cluster)
+    started = []
+    real = counting.executor.submit_bundle
+
+    def submit_bundle(calls, mode="call", budget=bundles.BUDGET):
+        if started:  # the first bundle starts, the cluster is gone for the others
+            raise ExecutorError("the Dask cluster at inproc://x failed")
+        started.append(calls)
+        return real(calls, mode, budget)
+
+    monkeypatch.setattr(counting.executor, "submit_bundle", submit_bundle)
+    provider = start_provider(lab, "prov", provided, executor=counting.executor)
+    try:
+        calls = [square.prepare(800 + i).to_bytes() for i in range(16)]
+        pending, entries, _ = ask_batch(lab, "req", calls)
+        assert pending.status == "done"
+        finals = {e["task_id"]: e for e in entries if e["type"] != "task_status"}
+        ran = {call.task_id for call in started[0]}
+        assert len(ran) == 2 and RAN["square"] == 2
+        for i in range(16):
+            tid = square.task_id(800 + i)
+            if tid in ran:
+                assert finals[tid]["type"] == "task_finished"
+                continue
+            assert finals[tid]["type"] == "task_failed"
+            assert "cluster" in finals[tid]["error"]["message"]
+            assert provider.claims.read(tid) is None
         assert provider.in_progress() == 0
     finally:
         provider.close()
