@@ -612,109 +612,97 @@ class _Counting:
         self.executor = Counted(client)
 
 
-def test_a_batch_on_a_cluster_starts_its_calls_together_and_answers_each(
-        lab, provided, threads_cluster):
-    """More calls than the provider has job threads start at once: many calls of a task
-    in bundles (two at least per thread of the cluster, 4 here), a lone call as one Dask
-    task; each is answered as it ends (a failure with its traceback), its claim left or
-    released."""
+@pytest.fixture
+def counted(lab, provided, threads_cluster):
+    """A provider "prov" on the threads cluster through a counting executor, and a
+    requester "req": ``(counting, provider)``."""
     for name in ("prov", "req"):
         lab.add(name)
     counting = _Counting(threads_cluster)
     provider = start_provider(lab, "prov", provided, executor=counting.executor, workers=4)
-    try:
-        calls = [square.prepare(100 + i).to_bytes() for i in range(24)]
-        calls += [square.prepare(100).to_bytes(), fails.prepare(7).to_bytes()]
-        pending, entries, _ = ask_batch(lab, "req", calls)
-        assert pending.status == "done"
-        finals = {e["task_id"]: e for e in entries if e["type"] != "task_status"}
-        for i in range(24):
-            entry = finals[square.task_id(100 + i)]
-            assert entry["type"] == "task_finished"
-            record = shared.read_record(entry["record"].encode(), square.task_id(100 + i), "")
-            assert record["node"] == lab.nodes["prov"].id
-        error = finals[fails.task_id(7)]
-        assert error["type"] == "task_failed" and error["error"]["message"] == "cannot take 7"
-        assert "raise ValueError" in error["error"]["traceback"]
-        assert counting.bundles == [3] * 8  # 24 squares: 24 // (2 * 4 threads) per bundle
-        assert counting.groups == [1]  # fails alone: one Dask task
-        assert RAN["square"] == 24
-        assert_left(provider, [square.task_id(100 + i) for i in range(24)])
-        assert provider.claims.read(fails.task_id(7)) is None  # failures are not results
-        assert provider.in_progress() == 0
-    finally:
-        provider.close()
+    yield counting, provider
+    provider.close()
+
+
+def test_a_batch_on_a_cluster_starts_its_calls_together_and_answers_each(lab, counted):
+    """More calls than the provider has job threads start at once: many calls of a task
+    in bundles (two at least per thread of the cluster, 4 here), a lone call as one Dask
+    task; each is answered as it ends (a failure with its traceback), its claim left or
+    released."""
+    counting, provider = counted
+    calls = [square.prepare(100 + i).to_bytes() for i in range(24)]
+    calls += [square.prepare(100).to_bytes(), fails.prepare(7).to_bytes()]
+    pending, entries, _ = ask_batch(lab, "req", calls)
+    assert pending.status == "done"
+    finals = {e["task_id"]: e for e in entries if e["type"] != "task_status"}
+    for i in range(24):
+        entry = finals[square.task_id(100 + i)]
+        assert entry["type"] == "task_finished"
+        record = shared.read_record(entry["record"].encode(), square.task_id(100 + i), "")
+        assert record["node"] == lab.nodes["prov"].id
+    error = finals[fails.task_id(7)]
+    assert error["type"] == "task_failed" and error["error"]["message"] == "cannot take 7"
+    assert "raise ValueError" in error["error"]["traceback"]
+    assert counting.bundles == [3] * 8  # 24 squares: 24 // (2 * 4 threads) per bundle
+    assert counting.groups == [1]  # fails alone: one Dask task
+    assert RAN["square"] == 24
+    assert_left(provider, [square.task_id(100 + i) for i in range(24)])
+    assert provider.claims.read(fails.task_id(7)) is None  # failures are not results
+    assert provider.in_progress() == 0
 
 
 def test_a_bundled_call_that_fails_is_answered_with_its_own_frames_and_frees_its_claim(
-        lab, provided, threads_cluster):
-    from kachery_tasks.runtime.executors import DaskExecutor
-
-    for name in ("prov", "req"):
-        lab.add(name)
-    counting = _Counting(threads_cluster)
-    provider = start_provider(lab, "prov", provided, executor=counting.executor)
+        lab, counted):
+    counting, provider = counted
     odd = remote_tasks.fails_if_odd
-    try:
-        pending, entries, _ = ask_batch(lab, "req", [odd.prepare(i).to_bytes()
-                                                     for i in range(16)])
-        assert pending.status == "done"
-        assert counting.bundles == [2] * 8 and counting.groups == []
-        finals = {e["task_id"]: e for e in entries if e["type"] != "task_status"}
-        for i in range(0, 16, 2):
-            assert finals[odd.task_id(i)]["type"] == "task_finished"
-        for i in range(1, 16, 2):
-            error = finals[odd.task_id(i)]["error"]
-            assert finals[odd.task_id(i)]["type"] == "task_failed"
-            assert (error["type"], error["message"]) == ("ValueError", f"{i} is odd")
-            lines = error["traceback"].splitlines()  # from the task's frame on
-            assert lines[1].startswith("  File ") and "remote_tasks.py" in lines[1]
-            assert "kachery_tasks" not in error["traceback"]
-            assert provider.claims.read(odd.task_id(i)) is None
-            assert error["label"] == "prov"
-        assert_left(provider, [odd.task_id(i) for i in range(0, 16, 2)])
-        assert RAN["fails_if_odd"] == 16
-        assert isinstance(counting.executor, DaskExecutor)
-    finally:
-        provider.close()
+    pending, entries, _ = ask_batch(lab, "req", [odd.prepare(i).to_bytes()
+                                                 for i in range(16)])
+    assert pending.status == "done"
+    assert counting.bundles == [2] * 8 and counting.groups == []
+    finals = {e["task_id"]: e for e in entries if e["type"] != "task_status"}
+    for i in range(0, 16, 2):
+        assert finals[odd.task_id(i)]["type"] == "task_finished"
+    for i in range(1, 16, 2):
+        error = finals[odd.task_id(i)]["error"]
+        assert finals[odd.task_id(i)]["type"] == "task_failed"
+        assert (error["type"], error["message"]) == ("ValueError", f"{i} is odd")
+        lines = error["traceback"].splitlines()  # from the task's frame on
+        assert lines[1].startswith("  File ") and "remote_tasks.py" in lines[1]
+        assert "kachery_tasks" not in error["traceback"]
+        assert provider.claims.read(odd.task_id(i)) is None
+        assert error["label"] == "prov"
+    assert_left(provider, [odd.task_id(i) for i in range(0, 16, 2)])
+    assert RAN["fails_if_odd"] == 16
 
 
 def test_calls_too_long_for_a_bundle_go_out_one_by_one_and_the_task_is_no_longer_bundled(
-        lab, provided, threads_cluster, monkeypatch):
+        lab, counted, monkeypatch):
     """A bundle whose first call takes its whole budget hands the others back: they run
     as one Dask task each, each computed once; the task's next batch is not bundled."""
     monkeypatch.setattr(bundles, "BUDGET", 0.05)
-    for name in ("prov", "req"):
-        lab.add(name)
-    counting = _Counting(threads_cluster)
-    provider = start_provider(lab, "prov", provided, executor=counting.executor)
+    counting, provider = counted
     slow = remote_tasks.slow_square
-    try:
-        calls = [slow.prepare(600 + i, 0.1).to_bytes() for i in range(16)]
-        pending, entries, _ = ask_batch(lab, "req", calls, timeout=30.0)
-        assert pending.status == "done"
-        assert counting.bundles == [2] * 8
-        assert counting.groups == [1] * 8  # each bundle's second call, handed back
-        finished = {e["task_id"] for e in entries if e["type"] == "task_finished"}
-        assert finished == {slow.task_id(600 + i, 0.1) for i in range(16)}
-        assert RAN["slow_square"] == 16
-        calls = [slow.prepare(700 + i, 0.01).to_bytes() for i in range(16)]
-        pending, entries, _ = ask_batch(lab, "req", calls, timeout=30.0)
-        assert pending.status == "done"
-        assert counting.bundles == [2] * 8 and counting.groups == [1] * 8 + [16]
-        assert RAN["slow_square"] == 32
-    finally:
-        provider.close()
+    calls = [slow.prepare(600 + i, 0.1).to_bytes() for i in range(16)]
+    pending, entries, _ = ask_batch(lab, "req", calls, timeout=30.0)
+    assert pending.status == "done"
+    assert counting.bundles == [2] * 8
+    assert counting.groups == [1] * 8  # each bundle's second call, handed back
+    finished = {e["task_id"] for e in entries if e["type"] == "task_finished"}
+    assert finished == {slow.task_id(600 + i, 0.1) for i in range(16)}
+    assert RAN["slow_square"] == 16
+    calls = [slow.prepare(700 + i, 0.01).to_bytes() for i in range(16)]
+    pending, entries, _ = ask_batch(lab, "req", calls, timeout=30.0)
+    assert pending.status == "done"
+    assert counting.bundles == [2] * 8 and counting.groups == [1] * 8 + [16]
+    assert RAN["slow_square"] == 32 and provider.in_progress() == 0
 
 
 @pytest.mark.timeout(60)  # calls left unanswered would be kept waiting by their statuses
 def test_when_a_bundle_cannot_start_each_of_its_calls_fails_and_frees_its_claim(
-        lab, provided, threads_cluster, monkeypatch):
+        lab, counted, monkeypatch):
     from kachery_tasks.errors import ExecutorError
 
-    for name in ("prov", "req"):
-        lab.add(name)
-    counting = _Counting(threads_cluster)
+    counting, provider = counted
     started = []
     real = counting.executor.submit_bundle
 
@@ -725,25 +713,21 @@ def test_when_a_bundle_cannot_start_each_of_its_calls_fails_and_frees_its_claim(
         return real(calls, mode, budget)
 
     monkeypatch.setattr(counting.executor, "submit_bundle", submit_bundle)
-    provider = start_provider(lab, "prov", provided, executor=counting.executor)
-    try:
-        calls = [square.prepare(800 + i).to_bytes() for i in range(16)]
-        pending, entries, _ = ask_batch(lab, "req", calls)
-        assert pending.status == "done"
-        finals = {e["task_id"]: e for e in entries if e["type"] != "task_status"}
-        ran = {call.task_id for call in started[0]}
-        assert len(ran) == 2 and RAN["square"] == 2
-        for i in range(16):
-            tid = square.task_id(800 + i)
-            if tid in ran:
-                assert finals[tid]["type"] == "task_finished"
-                continue
-            assert finals[tid]["type"] == "task_failed"
-            assert "cluster" in finals[tid]["error"]["message"]
-            assert provider.claims.read(tid) is None
-        assert provider.in_progress() == 0
-    finally:
-        provider.close()
+    calls = [square.prepare(800 + i).to_bytes() for i in range(16)]
+    pending, entries, _ = ask_batch(lab, "req", calls)
+    assert pending.status == "done"
+    finals = {e["task_id"]: e for e in entries if e["type"] != "task_status"}
+    ran = {call.task_id for call in started[0]}
+    assert len(ran) == 2 and RAN["square"] == 2
+    for i in range(16):
+        tid = square.task_id(800 + i)
+        if tid in ran:
+            assert finals[tid]["type"] == "task_finished"
+            continue
+        assert finals[tid]["type"] == "task_failed"
+        assert "cluster" in finals[tid]["error"]["message"]
+        assert provider.claims.read(tid) is None
+    assert provider.in_progress() == 0
 
 
 def test_two_providers_on_a_cluster_asked_the_same_batch_compute_each_id_once(
