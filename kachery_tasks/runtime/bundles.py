@@ -35,7 +35,20 @@ BUDGET = 1.0
 """Seconds after which a bundle starts no more calls (the rest go out one by one). Wall
 time: on a busy machine, tiny calls take several times their CPU."""
 
+ARGUMENTS_MAX = 64 * 1024
+"""Bytes of arguments (in memory) above which a call is not bundled: a bundle's calls
+travel to the cluster in one message, and Dask handles large arguments best one task
+each."""
+
 RAN, FAILED, UNRUN = "ran", "failed", "unrun"
+
+
+def fits(call: Any) -> bool:
+    """Whether ``call``'s arguments are small enough to travel in a bundle
+    (:data:`ARGUMENTS_MAX`, measured as Dask measures what it holds)."""
+    from dask.sizeof import sizeof
+
+    return sizeof((call.args, call.kwargs)) <= ARGUMENTS_MAX
 
 
 @dataclass(frozen=True)
@@ -127,4 +140,5 @@ class Bundle:
         return [_outcome(item) for item in raw]
 
 
-__all__ = ["BUDGET", "FAILED", "RAN", "UNRUN", "Bundle", "CallFailed", "Outcome", "run_calls"]
+__all__ = ["ARGUMENTS_MAX", "BUDGET", "FAILED", "RAN", "UNRUN", "Bundle", "CallFailed", "Outcome",
+           "fits", "run_calls"]

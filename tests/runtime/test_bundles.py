@@ -74,6 +74,21 @@ def test_a_described_failure_survives_pickling():
                                                              "Traceback ...", "'x'")
 
 
+def test_a_call_fits_a_bundle_when_its_arguments_are_small_in_memory():
+    import numpy as np
+
+    from kachery_tasks.runtime.bundles import ARGUMENTS_MAX, fits
+
+    class _Call:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    assert fits(_Call(3, "x", scale=2.0))
+    assert fits(_Call(np.zeros(ARGUMENTS_MAX // 8 - 64)))
+    assert not fits(_Call(np.zeros(ARGUMENTS_MAX // 8 + 64)))
+    assert not fits(_Call(1, data=np.zeros(ARGUMENTS_MAX // 8 + 64)))
+
+
 class _Future:
     """Stands in for a cluster's future (the real one: tests/runtime/test_executors.py)."""
 

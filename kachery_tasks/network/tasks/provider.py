@@ -44,8 +44,8 @@ Outbox` and go back in a few ``tasks_progress`` messages and one
 ``tasks_answered`` (:mod:`.protocol`). On a cluster, a batch's new calls start
 as one unit: one look in the bucket for their results, their claims, then
 the claimed calls of each task go to the cluster together. Many calls of a
-task (two or more per thread of the cluster) run in bundles of up to
-:data:`BUNDLE_MAX` calls, each bundle one Dask task that runs its calls one
+task (two or more per thread of the cluster, their arguments small) run in
+bundles of up to :data:`BUNDLE_MAX` calls, each bundle one Dask task that runs its calls one
 after the other (:mod:`~kachery_tasks.runtime.bundles`: a Dask task costs
 about a millisecond of CPU around the cluster, more than a tiny call itself);
 fewer calls, and calls of a task whose calls proved long, go out in one
@@ -505,7 +505,13 @@ class TaskProvider:
         except Exception as e:
             self._settle_all(group, e)
             return
-        self._launch(group, self._bundle_size(group[0][0].call.task, len(group)))
+        fits = [bundles.fits(job.call) for job, _ in group]
+        small = [pair for pair, ok in zip(group, fits, strict=True) if ok]
+        large = [pair for pair, ok in zip(group, fits, strict=True) if not ok]
+        if small:
+            self._launch(small, self._bundle_size(group[0][0].call.task, len(small)))
+        if large:  # their arguments travel in their own Dask tasks, as Dask prefers
+            self._launch(large, 1)
 
     def _bundle_size(self, task: Any, n: int) -> int:
         """Calls per bundle for ``n`` calls of ``task`` to start (1: one Dask task each).

@@ -697,6 +697,33 @@ def test_calls_too_long_for_a_bundle_go_out_one_by_one_and_the_task_is_no_longer
     assert RAN["slow_square"] == 32 and provider.in_progress() == 0
 
 
+def test_calls_with_large_arguments_are_not_bundled(lab, counted):
+    """16 calls of small arguments go in bundles; 2 whose array is over 64 KiB in memory
+    (the requester's content, fetched by the provider) go one Dask task each."""
+    import numpy as np
+
+    counting, provider = counted
+    store = lab.nodes["req"].store
+    uris = []
+
+    def store_bytes(data, label):  # and into the channel's bucket, where the provider looks
+        uris.append(store.store_bytes(data, label=label))
+        lab.remote("req").offer_content(store, uris[-1], progress=False)
+        return uris[-1]
+
+    big = [np.full(10_000, float(i)) for i in range(2)]  # 80 kB each
+    calls = [square.prepare(900 + i).to_bytes() for i in range(16)]
+    calls += [square.prepare(b).to_bytes(store_bytes) for b in big]
+    assert len(uris) == 2
+    pending, entries, _ = ask_batch(lab, "req", calls)
+    assert pending.status == "done"
+    finished = {e["task_id"] for e in entries if e["type"] == "task_finished"}
+    assert finished == {square.task_id(900 + i) for i in range(16)} | {
+        square.task_id(b) for b in big}
+    assert counting.bundles == [2] * 8 and counting.groups == [2]
+    assert RAN["square"] == 18 and provider.in_progress() == 0
+
+
 @pytest.mark.timeout(60)  # calls left unanswered would be kept waiting by their statuses
 def test_when_a_bundle_cannot_start_each_of_its_calls_fails_and_frees_its_claim(
         lab, counted, monkeypatch):
