@@ -610,6 +610,15 @@ def _is_local_address(address: str) -> bool:
     ) or address.startswith("inproc://")
 
 
+def _check_address(address: str) -> None:
+    """Raise ValueError when ``address`` names no Dask scheduler (no port, an unknown
+    scheme), as ``distributed.Client`` would once its event loop had started."""
+    from distributed.comm import get_address_host_port, parse_address
+
+    if parse_address(address)[0] != "inproc":  # (in this process: no host and port)
+        get_address_host_port(address)
+
+
 def _address_problem(address: str, error: ValueError) -> str:
     """What is wrong with a scheduler address, in words: distributed says "invalid literal
     for int() with base 10" of a port that is not a number."""
@@ -647,6 +656,7 @@ def connect(
     try:
         if client is None and address is not None:
             try:
+                _check_address(address)  # before a client starts its event loop for nothing
                 client = distributed.Client(address, timeout=timeout)
             except ValueError as e:  # not an address: no port, an unknown scheme
                 raise InvalidValueError(
