@@ -697,6 +697,26 @@ def test_calls_too_long_for_a_bundle_go_out_one_by_one_and_the_task_is_no_longer
     assert RAN["slow_square"] == 32 and provider.in_progress() == 0
 
 
+def test_bundled_actions_run_once_and_bundled_queries_each_time(lab, counted):
+    """An action's calls in bundles run once each (asked again, their outcomes are
+    served, not run); a query's calls run for every request, in bundles too."""
+    counting, provider = counted
+    calls = [notify.prepare(f"note {i}").to_bytes() for i in range(16)]
+    for round in range(2):
+        pending, entries, _ = ask_batch(lab, "req", calls)
+        assert pending.status == "done"
+        finals = [e for e in entries if e["type"] != "task_status"]
+        assert len(finals) == 16 and all(e["type"] == "task_finished" for e in finals)
+        assert all(e["ran"] is (round == 0) for e in finals)
+        assert RAN["notify"] == 16  # not again in the second round
+    assert counting.bundles == [2] * 8
+    pending, entries, _ = ask_batch(lab, "req", [clock.prepare().to_bytes()] * 16)
+    assert pending.status == "done"
+    assert len([e for e in entries if e["type"] == "task_finished"]) == 16
+    assert RAN["clock"] == 16 and counting.bundles == [2] * 16
+    assert provider.in_progress() == 0
+
+
 def test_calls_with_large_arguments_are_not_bundled(lab, counted):
     """16 calls of small arguments go in bundles; 2 whose array is over 64 KiB in memory
     (the requester's content, fetched by the provider) go one Dask task each."""
