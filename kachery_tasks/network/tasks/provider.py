@@ -44,7 +44,7 @@ Outbox` and go back in a few ``tasks_progress`` messages and one
 ``tasks_answered`` (:mod:`.protocol`). On a cluster, a batch's new calls start
 as one unit: one look in the bucket for their results, their claims, then
 the claimed calls of each task go to the cluster together. Many calls of a
-task (two or more per thread of the cluster, their arguments small) run in
+task (four or more per thread of the cluster, their arguments small) run in
 bundles of up to :data:`BUNDLE_MAX` calls, each bundle one Dask task that runs its calls one
 after the other (:mod:`~kachery_tasks.runtime.bundles`: a Dask task costs
 about a millisecond of CPU around the cluster, more than a tiny call itself);

@@ -626,9 +626,9 @@ def counted(lab, provided, threads_cluster):
 
 def test_a_batch_on_a_cluster_starts_its_calls_together_and_answers_each(lab, counted):
     """More calls than the provider has job threads start at once: many calls of a task
-    in bundles (two at least per thread of the cluster, 4 here), a lone call as one Dask
-    task; each is answered as it ends (a failure with its traceback), its claim left or
-    released."""
+    in bundles (two bundles at least per thread of the cluster, 4 threads here), a lone
+    call as one Dask task; each is answered as it ends (a failure with its traceback),
+    its claim left or released."""
     counting, provider = counted
     calls = [square.prepare(100 + i).to_bytes() for i in range(24)]
     calls += [square.prepare(100).to_bytes(), fails.prepare(7).to_bytes()]
