@@ -16,6 +16,7 @@ from kachery_tasks.network.tasks import Provided, protocol
 from kachery_tasks.network.tasks.left import FILE_NAME
 from kachery_tasks.network.tasks.provider import TaskProvider
 from kachery_tasks.runtime import bundles, shared
+from kachery_tasks.runtime import cache as cache_mod
 from tests.network.channels.conftest import wait_for
 from tests.network.tasks import remote_tasks
 from tests.network.tasks.planted import plant_record
@@ -714,6 +715,24 @@ def test_bundled_actions_run_once_and_bundled_queries_each_time(lab, counted):
     assert pending.status == "done"
     assert len([e for e in entries if e["type"] == "task_finished"]) == 16
     assert RAN["clock"] == 16 and counting.bundles == [2] * 16
+    assert provider.in_progress() == 0
+
+
+def test_bundled_calls_run_their_nested_calls_through_the_cluster(lab, counted):
+    """Calls of ``nested`` in bundles call ``square`` as nested calls (through the
+    cluster, the bundle's thread waiting outside the worker's pool), as the provider's
+    node: each square is computed once and recorded there."""
+    counting, provider = counted
+    calls = [nested.prepare(1000 + i).to_bytes() for i in range(16)]
+    pending, entries, _ = ask_batch(lab, "req", calls)
+    assert pending.status == "done"
+    finals = [e for e in entries if e["type"] != "task_status"]
+    assert len(finals) == 16 and all(e["type"] == "task_finished" for e in finals)
+    assert counting.bundles == [2] * 8
+    assert RAN["square"] == 16
+    with lab.nodes["prov"]:  # the squares were recorded as the provider's node
+        records = cache_mod.current().records
+        assert all(records.result(square.task_id(1000 + i)) is not None for i in range(16))
     assert provider.in_progress() == 0
 
 
