@@ -14,10 +14,10 @@ starts those one Dask task each, keyed by their task ids, as calls of long
 tasks always are. So a bundle of long calls costs the time of one call
 before the others go out, and no worker thread waits idle behind a bundle.
 
-What a bundle returns is small: per call, whether it ran, the description
-of the exception it raised (its type's name, message and traceback text,
-never the exception itself, which may not survive pickling), or that it was
-not started. Values stay where they were computed, recorded and published
+What a bundle returns is small: per call, an :class:`Outcome`: it ran, it
+failed (its exception described by type name, message and traceback text in
+a :class:`CallFailed`, never the exception itself, which may not survive
+pickling), or it was not started. Values stay where they were computed, recorded and published
 by the worker's node.
 """
 
@@ -74,36 +74,25 @@ class CallFailed(Exception):
         return (CallFailed, (self.type_name, self.message, self.traceback))
 
 
-def run_calls(run_one: Callable[[int], Any], n: int, budget: float) -> list[tuple]:
+def run_calls(run_one: Callable[[int], Any], n: int, budget: float) -> list[Outcome]:
     """On a worker: ``run_one(i)`` for ``i`` in ``range(n)`` until ``budget`` seconds have
-    passed (the first call always runs); per call ``(RAN,)``, ``(FAILED, type name,
-    message, traceback)`` or ``(UNRUN,)``."""
-    out: list[tuple] = []
+    passed (the first call always runs); what became of each call, in order. A task's
+    SystemExit fails its call, not the bundle; KeyboardInterrupt and the like end the
+    bundle as they end any Dask task."""
+    out: list[Outcome] = []
     began = time.monotonic()
     for i in range(n):
         if i and time.monotonic() - began > budget:
-            out.extend([(UNRUN,)] * (n - i))
+            out.extend([Outcome(UNRUN)] * (n - i))
             break
         try:
             run_one(i)
-        except BaseException as e:  # a task's SystemExit fails its call, not the bundle
-            out.append((FAILED, type(e).__name__, str(e), remote_traceback(e)))
-            if not isinstance(e, Exception | SystemExit):
-                raise  # KeyboardInterrupt and the like end the worker's thread as they would
+        except (Exception, SystemExit) as e:
+            out.append(Outcome(FAILED, CallFailed(type(e).__name__, str(e),
+                                                  remote_traceback(e))))
             continue
-        out.append((RAN,))
+        out.append(Outcome(RAN))
     return out
-
-
-def _outcome(item: Any) -> Outcome:
-    if type(item) is tuple and item:
-        if item[0] == RAN:
-            return Outcome(RAN)
-        if item[0] == UNRUN:
-            return Outcome(UNRUN)
-        if item[0] == FAILED and len(item) == 4:
-            return Outcome(FAILED, CallFailed(*(str(x) for x in item[1:])))
-    raise ExecutorError(f"a bundle's worker sent an outcome this node cannot read: {item!r}")
 
 
 class Bundle:
@@ -134,10 +123,11 @@ class Bundle:
             if getattr(self._future, "status", None) == "error":
                 raise  # the bundle's own failure: every call of it failed with it
             raise self._executor_error(e) from e
-        if type(raw) is not list or len(raw) != len(self.task_ids):
-            raise ExecutorError(f"a bundle of {len(self.task_ids)} calls came back with "
-                                f"{len(raw) if type(raw) is list else 'no'} outcomes")
-        return [_outcome(item) for item in raw]
+        if type(raw) is not list or len(raw) != len(self.task_ids) \
+                or not all(isinstance(outcome, Outcome) for outcome in raw):
+            raise ExecutorError(f"a bundle of {len(self.task_ids)} calls came back without "
+                                f"an outcome for each: {str(raw)[:200]}")
+        return raw
 
 
 __all__ = ["ARGUMENTS_MAX", "BUDGET", "FAILED", "RAN", "UNRUN", "Bundle", "CallFailed", "Outcome",

@@ -213,9 +213,10 @@ class Executor(abc.ABC):
         return 1
 
     def submit_bundle(self, calls: Sequence[Call], mode: str = "call",
-                      budget: float = bundles.BUDGET) -> bundles.Bundle:
+                      budget: float | None = None) -> bundles.Bundle:
         """Start prepared ``calls`` of one task as one unit (:mod:`.bundles`), where
-        :attr:`runs_bundles` says the executor can."""
+        :attr:`runs_bundles` says the executor can; ``budget`` defaults to
+        :data:`.bundles.BUDGET`."""
         raise NotImplementedError(f"{type(self).__name__} does not run calls in bundles")
 
     def close(self) -> None:  # noqa: B027 - optional: most executors hold nothing
@@ -368,7 +369,7 @@ class DaskExecutor(Executor):
                 [r.url for r in c.node.remotes])
 
     def submit_bundle(self, calls: Sequence[Call], mode: str = "call",
-                      budget: float = bundles.BUDGET) -> bundles.Bundle:
+                      budget: float | None = None) -> bundles.Bundle:
         """One Dask task runs ``calls`` (of one task, their arguments holding no futures)
         on a worker, one after the other, each recorded and published as when it runs
         alone; its key starts with the task's name, as the keys of single calls do."""
@@ -380,6 +381,7 @@ class DaskExecutor(Executor):
         if any(_has_future(call.args) or _has_future(call.kwargs.values()) for call in calls):
             raise InvalidValueError("a bundle's calls cannot take futures as arguments")
         reason = task.policy.reason(mode)
+        budget = bundles.BUDGET if budget is None else budget
         key = f"{task.name}-bundle-{secrets.token_hex(8)}"
         try:
             future = self.client.submit(
@@ -481,7 +483,8 @@ def _run_on_worker(task: Task, node_spec: NodeSpec, start: Any, args: tuple, kwa
 
 
 def _run_bundle(task: Task, node_spec: NodeSpec, starts: list[tuple[str, str]],
-                args: list[tuple], kwargs: list[dict], mode: str, budget: float) -> list[tuple]:
+                args: list[tuple], kwargs: list[dict], mode: str,
+                budget: float) -> list[bundles.Outcome]:
     """What a Dask worker runs for a bundle (:mod:`.bundles`): each call as
     :func:`_run_on_worker` runs one, until ``budget`` seconds have passed."""
     with _as_worker_node(node_spec):

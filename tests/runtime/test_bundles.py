@@ -18,13 +18,18 @@ from kachery_tasks.runtime.bundles import (
     UNRUN,
     Bundle,
     CallFailed,
+    Outcome,
     run_calls,
 )
 
 
+def _statuses(outcomes):
+    return [o.status for o in outcomes]
+
+
 def test_the_calls_run_in_order_and_each_says_it_ran():
     seen = []
-    assert run_calls(seen.append, 4, budget=10.0) == [(RAN,)] * 4
+    assert run_calls(seen.append, 4, budget=10.0) == [Outcome(RAN)] * 4
     assert seen == [0, 1, 2, 3]
 
 
@@ -35,9 +40,9 @@ def test_no_call_starts_once_the_budget_is_spent_but_the_first_always_runs():
         seen.append(i)
         time.sleep(0.05)
 
-    assert run_calls(slow, 3, budget=0.01) == [(RAN,), (UNRUN,), (UNRUN,)]
+    assert _statuses(run_calls(slow, 3, budget=0.01)) == [RAN, UNRUN, UNRUN]
     assert seen == [0]
-    assert run_calls(seen.append, 2, budget=0.0)[0] == (RAN,)
+    assert _statuses(run_calls(seen.append, 2, budget=0.0))[0] == RAN
 
 
 def _raises(i):
@@ -47,10 +52,11 @@ def _raises(i):
 
 def test_a_call_that_raises_is_described_and_the_next_ones_run():
     out = run_calls(_raises, 3, budget=10.0)
-    assert len(out) == 3 and out[0] == out[2] == (RAN,)
-    status, name, message, text = out[1]
-    assert (status, name, message) == (FAILED, "ValueError", "bad 1")
-    assert "in _raises" in text and text.rstrip().endswith("ValueError: bad 1")
+    assert _statuses(out) == [RAN, FAILED, RAN] and out[0].error is None
+    error = out[1].error
+    assert (error.type_name, error.message) == ("ValueError", "bad 1")
+    assert "in _raises" in error.traceback
+    assert error.traceback.rstrip().endswith("ValueError: bad 1")
 
 
 def test_a_call_ending_with_system_exit_fails_alone_and_an_interrupt_ends_the_bundle():
@@ -59,7 +65,8 @@ def test_a_call_ending_with_system_exit_fails_alone_and_an_interrupt_ends_the_bu
             raise SystemExit(3)
 
     out = run_calls(exits, 2, budget=10.0)
-    assert out[0][:3] == (FAILED, "SystemExit", "3") and out[1] == (RAN,)
+    assert _statuses(out) == [FAILED, RAN]
+    assert (out[0].error.type_name, out[0].error.message) == ("SystemExit", "3")
 
     def interrupted(i):
         raise KeyboardInterrupt
@@ -68,10 +75,13 @@ def test_a_call_ending_with_system_exit_fails_alone_and_an_interrupt_ends_the_bu
         run_calls(interrupted, 2, budget=10.0)
 
 
-def test_a_described_failure_survives_pickling():
-    e = pickle.loads(pickle.dumps(CallFailed("KeyError", "'x'", "Traceback ...")))
-    assert (e.type_name, e.message, e.traceback, str(e)) == ("KeyError", "'x'",
-                                                             "Traceback ...", "'x'")
+def test_outcomes_survive_pickling_as_a_worker_sends_them():
+    out = pickle.loads(pickle.dumps(run_calls(_raises, 2, budget=10.0)))
+    assert _statuses(out) == [RAN, FAILED]
+    e = out[1].error
+    assert (type(e), e.type_name, e.message, str(e)) == (CallFailed, "ValueError", "bad 1",
+                                                         "bad 1")
+    assert "in _raises" in e.traceback
 
 
 def test_a_call_fits_a_bundle_when_its_arguments_are_small_in_memory():
@@ -107,15 +117,13 @@ def _bundle(future, n=2):
 
 
 def test_outcomes_are_read_in_order():
-    outcomes = _bundle(_Future([(RAN,), (FAILED, "ValueError", "no", "tb"), (UNRUN,)]),
-                       3).outcomes()
-    assert [o.status for o in outcomes] == [RAN, FAILED, UNRUN]
-    assert outcomes[0].error is None and outcomes[1].error.type_name == "ValueError"
+    sent = [Outcome(RAN), Outcome(FAILED, CallFailed("ValueError", "no", "tb")),
+            Outcome(UNRUN)]
+    assert _bundle(_Future(sent), 3).outcomes() == sent
 
 
-@pytest.mark.parametrize("raw", [[(RAN,)], [(RAN,), ("done",)], [(RAN,), (FAILED, "x")],
-                                 "ran", None])
-def test_outcomes_that_cannot_be_read_are_an_executor_error(raw):
+@pytest.mark.parametrize("raw", [[Outcome(RAN)], [Outcome(RAN), (RAN,)], "ran", None])
+def test_outcomes_that_are_not_one_per_call_are_an_executor_error(raw):
     with pytest.raises(ExecutorError):
         _bundle(_Future(raw)).outcomes()
 

@@ -505,18 +505,23 @@ class TaskProvider:
         except Exception as e:
             self._settle_all(group, e)
             return
+        task = group[0][0].call.task
+        if self._bundle_size(task, len(group)) == 1:
+            self._launch(group, 1)
+            return
         fits = [bundles.fits(job.call) for job, _ in group]
         small = [pair for pair, ok in zip(group, fits, strict=True) if ok]
         large = [pair for pair, ok in zip(group, fits, strict=True) if not ok]
         if small:
-            self._launch(small, self._bundle_size(group[0][0].call.task, len(small)))
+            self._launch(small, self._bundle_size(task, len(small)))
         if large:  # their arguments travel in their own Dask tasks, as Dask prefers
             self._launch(large, 1)
 
     def _bundle_size(self, task: Any, n: int) -> int:
         """Calls per bundle for ``n`` calls of ``task`` to start (1: one Dask task each).
         Bundles only when the cluster gets at least two of them per thread, and not for a
-        task whose calls proved long lately (:meth:`_settle_bundle`)."""
+        task whose calls proved long lately (:meth:`_settle_bundle`). Under 4 calls no
+        bundle is possible, and the cluster is not asked for its threads."""
         if not self.executor.runs_bundles or n < 4 or self._long.get(task.name, 0.0) > \
                 time.monotonic():
             return 1
@@ -529,8 +534,7 @@ class TaskProvider:
         parts = [group[i:i + size] for i in range(0, len(group), size)] if size > 1 else []
         for n, part in enumerate(parts):
             try:
-                bundle = self.executor.submit_bundle([job.call for job, _ in part], mode,
-                                                     bundles.BUDGET)
+                bundle = self.executor.submit_bundle([job.call for job, _ in part], mode)
             except Exception as e:  # the cluster is away: each call not started hears it
                 self._settle_all([pair for rest in parts[n:] for pair in rest], e)
                 return

@@ -606,7 +606,7 @@ class _Counting:
                 counting.groups.append(len(calls))
                 return super().submit_many(task, calls, mode)
 
-            def submit_bundle(self, calls, mode="call", budget=bundles.BUDGET):
+            def submit_bundle(self, calls, mode="call", budget=None):
                 counting.bundles.append(len(calls))
                 return super().submit_bundle(calls, mode, budget)
 
@@ -772,7 +772,7 @@ def test_when_a_bundle_cannot_start_each_of_its_calls_fails_and_frees_its_claim(
     started = []
     real = counting.executor.submit_bundle
 
-    def submit_bundle(calls, mode="call", budget=bundles.BUDGET):
+    def submit_bundle(calls, mode="call", budget=None):
         if started:  # the first bundle starts, the cluster is gone for the others
             raise ExecutorError("the Dask cluster at inproc://x failed")
         started.append(calls)
