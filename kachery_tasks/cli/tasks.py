@@ -83,8 +83,8 @@ def _show(args: argparse.Namespace) -> int:
     served = info.get("served")
     label = None
     if served is not None:
-        node = served["node"]
-        label = info["signer_label"] = _labels(cache.current().node, [node])[node]
+        signer = served["node"]
+        label = info["signer_label"] = _labels(cache.current().node, [signer])[signer]
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
